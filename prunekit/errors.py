@@ -1,0 +1,32 @@
+"""Typed exceptions raised at prunekit's boundaries; each message names the bad value."""
+
+
+class PrunekitError(Exception):
+    """Base class for every error prunekit raises on bad input."""
+
+
+class UnknownNameError(PrunekitError, KeyError):
+    """A registry lookup (model, criterion, scope...) got a name it does not know."""
+
+    def __init__(self, kind: str, name: str, known: list[str]) -> None:
+        self.kind, self.name, self.known = kind, name, list(known)
+        super().__init__(f"unknown {kind} {name!r}; known: {', '.join(self.known)}")
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return self.args[0]
+
+
+class InvalidArgumentError(PrunekitError, ValueError):
+    """A value is out of range or of the wrong form."""
+
+
+class DataNotFoundError(PrunekitError, FileNotFoundError):
+    """A data set is not where prunekit looked for it."""
+
+
+class CheckpointError(PrunekitError, ValueError):
+    """An uploaded or on-disk checkpoint cannot be loaded safely."""
+
+
+class UntrainedModelError(PrunekitError, RuntimeError):
+    """A result that needs trained weights was asked of a model that has none."""

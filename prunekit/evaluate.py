@@ -1,0 +1,75 @@
+"""Batched, deterministic top-1/top-5 accuracy with a progress callback."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from prunekit.data import EvalData
+from prunekit.errors import InvalidArgumentError
+
+Progress = Callable[[int, int], None]  # (images done, images total)
+DEFAULT_BATCH = 256
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Accuracy of one model on one data set (fractions in [0, 1])."""
+
+    top1: float
+    top5: float | None  # only when there are more than 10 classes
+    n: int  # images scored
+    total: int  # images in the full set; n < total means an estimate from a fixed subset
+    seconds: float
+
+    @property
+    def is_estimate(self) -> bool:
+        return self.n < self.total
+
+    def label(self) -> str:
+        """Human wording, e.g. '91.3% top-1 (estimate from 1,000 of 10,000 images)'."""
+        text = f"{100 * self.top1:.1f}% top-1"
+        if self.is_estimate:
+            text += f" (estimate from {self.n:,} of {self.total:,} images)"
+        return text
+
+
+def subset(data: EvalData, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` images and labels (a fixed, deterministic subset); all when ``n`` is None."""
+    if n is None or n >= len(data):
+        return data.images, data.labels
+    if n <= 0:
+        raise InvalidArgumentError(f"subset size must be positive, got {n}")
+    return data.images[:n], data.labels[:n]
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = DEFAULT_BATCH, progress: Progress | None = None) -> torch.Tensor:
+    """Logits (N, classes) of ``model`` in eval mode over ``images`` (N, C, H, W), batch by batch."""
+    device = next(model.parameters()).device
+    model.eval()
+    out = []
+    total = images.shape[0]
+    for start in range(0, total, batch_size):
+        batch = images[start : start + batch_size].to(device, non_blocking=True)
+        out.append(model(batch).float().cpu())
+        if progress is not None:
+            progress(min(start + batch_size, total), total)
+    return torch.cat(out)
+
+
+def accuracy(model: nn.Module, data: EvalData, limit: int | None = None, batch_size: int = DEFAULT_BATCH, progress: Progress | None = None) -> Accuracy:
+    """Top-1 (and top-5 for >10 classes) of ``model`` on ``data``, or on its first ``limit`` images."""
+    t0 = time.perf_counter()
+    images, labels = subset(data, limit)
+    logits = predict_logits(model, images, batch_size, progress)
+    top1 = (logits.argmax(1) == labels).float().mean().item()
+    top5 = None
+    if logits.shape[1] > 10:
+        k = min(5, logits.shape[1])
+        top5 = (logits.topk(k, 1).indices == labels[:, None]).any(1).float().mean().item()
+    return Accuracy(top1, top5, int(labels.shape[0]), len(data), time.perf_counter() - t0)
