@@ -29,7 +29,9 @@ def _read_limited(source: str | Path | bytes, max_bytes: int) -> bytes:
         if not path.is_file():
             raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
         if path.stat().st_size > max_bytes:
-            raise CheckpointError(f"checkpoint {path.name!r} is {path.stat().st_size:,} bytes; the limit is {max_bytes:,}")
+            raise CheckpointError(
+                f"checkpoint {path.name!r} is {path.stat().st_size:,} bytes; the limit is {max_bytes:,}"
+            )
         blob = path.read_bytes()
     if len(blob) > max_bytes:
         raise CheckpointError(f"checkpoint is {len(blob):,} bytes; the limit is {max_bytes:,}")

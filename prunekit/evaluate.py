@@ -48,7 +48,9 @@ def subset(data: EvalData, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = DEFAULT_BATCH, progress: Progress | None = None) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, batch_size: int = DEFAULT_BATCH, progress: Progress | None = None
+) -> torch.Tensor:
     """Logits (N, classes) of ``model`` in eval mode over ``images`` (N, C, H, W), batch by batch."""
     device = next(model.parameters()).device
     model.eval()
@@ -62,7 +64,13 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = DEF
     return torch.cat(out)
 
 
-def accuracy(model: nn.Module, data: EvalData, limit: int | None = None, batch_size: int = DEFAULT_BATCH, progress: Progress | None = None) -> Accuracy:
+def accuracy(
+    model: nn.Module,
+    data: EvalData,
+    limit: int | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    progress: Progress | None = None,
+) -> Accuracy:
     """Top-1 (and top-5 for >10 classes) of ``model`` on ``data``, or on its first ``limit`` images."""
     t0 = time.perf_counter()
     images, labels = subset(data, limit)

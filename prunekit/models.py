@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 
-def conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
+def conv_bn_relu(
+    cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1, act: bool = True
+) -> nn.Sequential:
     """Conv (no bias) + BatchNorm (+ ReLU when ``act``)."""
     layers: list[nn.Module] = [
         nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),

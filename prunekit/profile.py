@@ -76,9 +76,7 @@ def weight_macs(module: nn.Module, output: torch.Tensor) -> int:
 
 def _leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Modules without children, plus Conv/Linear subclasses that wrap a helper (e.g. a padding module)."""
-    return [
-        (n, m) for n, m in model.named_modules() if n and (isinstance(m, PRUNABLE_TYPES) or not list(m.children()))
-    ]
+    return [(n, m) for n, m in model.named_modules() if n and (isinstance(m, PRUNABLE_TYPES) or not list(m.children()))]
 
 
 def layer_kind(module: nn.Module) -> str:

@@ -1,0 +1,103 @@
+"""Layer collapse and effective sparsity, by the all-ones path test (Tanaka et al. 2020; Vysogorets & Kempe 2021).
+
+Replace every weight by its absolute value, zero every bias and BatchNorm shift/mean, feed an all-ones
+image: with only non-negative numbers the output is zero iff every input-output path is cut. The
+gradient of the summed output with respect to a weight is the total of the paths through it, so a
+non-zero weight with zero gradient is disconnected: pruned in effect though not in fact.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from prunekit.profile import PRUNABLE_TYPES
+
+# Sigmoid gates (squeeze-excitation) map 0 to 0.5, so a gate itself cannot be "cut"; the test is
+# exact for networks built from convs, linears, BN and positive-homogeneous activations.
+
+
+def _is_shift(name: str) -> bool:
+    leaf = name.rsplit(".", 1)[-1]
+    return leaf in ("bias", "running_mean")
+
+
+class PathProbe:
+    """A float64, all-positive twin of a model; ``load_`` copies (masked) weights in, ``probe`` runs the test."""
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:
+        self.net = copy.deepcopy(model).cpu().double().eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.input_shape = tuple(input_shape)
+        self.prunable = {n: m for n, m in self.net.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+        self._tensors = dict(self.net.named_parameters()) | dict(self.net.named_buffers())
+        self.load_(model)
+
+    @torch.no_grad()
+    def load_(self, model: nn.Module) -> None:
+        """Copy ``model``'s parameters in as absolute values, shifts zeroed (in place on the twin)."""
+        source = dict(model.named_parameters()) | dict(model.named_buffers())
+        for name, t in self._tensors.items():
+            if not t.is_floating_point():
+                continue
+            if _is_shift(name):
+                t.zero_()
+            else:
+                t.copy_(source[name].detach().abs())
+
+    def _forward(self, grad: bool) -> torch.Tensor:
+        x = torch.ones((1, *self.input_shape), dtype=torch.float64)
+        return self.net(x)
+
+    def output_mass(self) -> float:
+        """Sum of the all-ones output: 0.0 exactly when no input-output path survives."""
+        with torch.no_grad():
+            return float(self._forward(False).sum())
+
+    def path_scores(self) -> dict[str, torch.Tensor]:
+        """Per prunable layer: ``|w| * d(sum output)/d|w|``, the mass of paths through each weight."""
+        weights = [m.weight for m in self.prunable.values()]
+        for w in weights:
+            w.requires_grad_(True)
+        try:
+            out = self._forward(True).sum()
+            grads = torch.autograd.grad(out, weights, allow_unused=True)
+        finally:
+            for w in weights:
+                w.requires_grad_(False)
+        return {
+            name: (w.detach() * (g if g is not None else torch.zeros_like(w)))
+            for (name, w), g in zip(((n, m.weight) for n, m in self.prunable.items()), grads, strict=True)
+        }
+
+
+@dataclass(frozen=True)
+class Connectivity:
+    """What survives a mask: collapse, effective sparsity, and per-layer disconnected fractions."""
+
+    collapsed: bool  # no input-output path survives
+    effective_sparsity: float  # fraction of prunable weights that are zero OR on no surviving path
+    effective_layer_sparsity: dict[str, float]
+    disconnected_layers: list[str]  # layers none of whose weights lie on a surviving path
+
+
+def connectivity(probe: PathProbe, model: nn.Module) -> Connectivity:
+    """Run the path test on ``model`` (a masked working copy) through ``probe``."""
+    probe.load_(model)
+    scores = probe.path_scores()
+    alive_total, total, per_layer = 0, 0, {}
+    for name, s in scores.items():
+        alive = int((s > 0).sum())
+        per_layer[name] = 1.0 - alive / s.numel()
+        alive_total += alive
+        total += s.numel()
+    return Connectivity(
+        collapsed=probe.output_mass() == 0.0,
+        effective_sparsity=1.0 - alive_total / total if total else 0.0,
+        effective_layer_sparsity=per_layer,
+        disconnected_layers=[n for n, v in per_layer.items() if v >= 1.0],
+    )

@@ -1,0 +1,242 @@
+"""The engine's front door: a shared, read-only :class:`Lab` per model and a per-user :class:`Pruner`.
+
+``Lab`` holds what is expensive and never mutated (profile, clusters, sorted score tables); a
+``Pruner`` owns one working copy and one path probe, and turns a :class:`PruneConfig` into a
+:class:`PruneResult` whose every number is measured on the pruned tensors themselves.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+
+import torch
+
+from prunekit.allocate import NORMALISATIONS, PruneConfig, ScoreTable, allocate, build_table
+from prunekit.connectivity import PathProbe, connectivity
+from prunekit.errors import UnknownNameError
+from prunekit.evaluate import Accuracy, Progress, accuracy
+from prunekit.importance import FILTER, STRUCTURES, ScoreContext, get_criterion
+from prunekit.masks import WorkingCopy
+from prunekit.profile import Profile, profile_model
+from prunekit.structure import Cluster, build_clusters
+from prunekit.zoo import Loaded
+
+CALIBRATION_IMAGES = 256  # data-driven criteria read the LAST images of the eval split (stated in the UI)
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    name: str
+    type: str
+    params: int  # weight parameters of the layer
+    macs: int
+    sparsity: float  # fraction of the layer's weights that are zero
+    effective_sparsity: float  # fraction zero or on no surviving input-output path
+    remaining_macs: int
+
+
+@dataclass
+class PruneResult:
+    """Everything the UI and CLI show for one configuration; fractions in [0, 1]."""
+
+    model: str
+    criterion: str
+    structure: str
+    scope: str
+    normalise: str
+    sparsity: float  # requested
+    achieved_sparsity: float  # zeros among prunable weights, measured
+    layers: list[LayerResult]
+    total_params: int
+    nonzero_params: int
+    total_macs: int
+    remaining_macs: int
+    effective_sparsity: float
+    collapse: bool
+    collapsed_layers: list[str]  # layers with every weight pruned
+    disconnected_layers: list[str]  # layers with no weight on a surviving path
+    units_removed: int  # weights (unstructured) or channels (filter) removed
+    units_total: int
+    dense_layers: list[str] = field(default_factory=list)
+    unscored: list[str] = field(default_factory=list)
+    pretrained: bool = True
+    accuracy: dict | None = None
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.total_params / max(self.nonzero_params, 1)
+
+    @property
+    def theoretical_speedup(self) -> float:
+        return self.total_macs / self.remaining_macs if self.remaining_macs else float("inf")
+
+    def layer_sparsities(self) -> dict[str, float]:
+        return {layer.name: layer.sparsity for layer in self.layers}
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["compression_ratio"] = self.compression_ratio
+        out["theoretical_speedup"] = self.theoretical_speedup if self.remaining_macs else None
+        return out
+
+
+class Lab:
+    """Shared per model: profile, clusters and sorted tables (built once, then read-only)."""
+
+    def __init__(self, loaded: Loaded) -> None:
+        self.loaded = loaded
+        self._tables: dict[tuple, ScoreTable] = {}
+        self._lock = threading.Lock()
+
+    @cached_property
+    def profile(self) -> Profile:
+        return profile_model(self.loaded.model, self.loaded.input_spec.shape)
+
+    @cached_property
+    def clusters(self) -> tuple[Cluster, ...]:
+        return tuple(build_clusters(self.loaded.model, self.loaded.input_spec.shape))
+
+    @cached_property
+    def first_last(self) -> frozenset[str]:
+        names = [layer.name for layer in self.profile.prunable()]
+        return frozenset(names[:1] + names[-1:])
+
+    def calibration(self) -> tuple[torch.Tensor, torch.Tensor]:
+        data = self.loaded.eval_data()
+        n = min(CALIBRATION_IMAGES, len(data))
+        device = self.loaded.device
+        return data.images[-n:].to(device), data.labels[-n:].to(device)
+
+    def table(self, criterion: str, structure: str, normalise: str = "none") -> ScoreTable:
+        """Score and sort once per (criterion, structure, normalisation); later calls are lookups."""
+        key = (criterion, structure, normalise)
+        with self._lock:
+            if key not in self._tables:
+                self._tables[key] = self._build(criterion, structure, normalise)
+            return self._tables[key]
+
+    def _build(self, criterion: str, structure: str, normalise: str) -> ScoreTable:
+        if structure not in STRUCTURES:
+            raise UnknownNameError("structure", structure, list(STRUCTURES))
+        if normalise not in NORMALISATIONS:
+            raise UnknownNameError("normalisation", normalise, list(NORMALISATIONS))
+        crit = get_criterion(criterion)
+        ctx = ScoreContext(
+            model=self.loaded.model,
+            input_shape=self.loaded.input_spec.shape,
+            calib=self.calibration() if crit.needs_data else None,
+        )
+        scores = crit.score(ctx, structure)
+        clusters = self.clusters if structure == FILTER else ()
+        return build_table(scores, structure, criterion, normalise, clusters)
+
+    def pruner(self, criterion: str = "magnitude", structure: str = "unstructured", normalise: str = "none") -> Pruner:
+        return Pruner(self, self.table(criterion, structure, normalise))
+
+
+class Pruner:
+    """Per user: one working copy and one path probe, reused across sparsity changes."""
+
+    def __init__(self, lab: Lab, table: ScoreTable) -> None:
+        self.lab = lab
+        self.table = table
+        self.work = WorkingCopy(lab.loaded.model, table)
+        self._probe: PathProbe | None = None
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.work.model
+
+    @property
+    def probe(self) -> PathProbe:
+        if self._probe is None:
+            self._probe = PathProbe(self.lab.loaded.model, self.lab.loaded.input_spec.shape)
+        return self._probe
+
+    def apply_(self, config: PruneConfig):
+        """Allocate and write the masked weights (the fast path behind a slider); returns the allocation."""
+        alloc = allocate(self.table, config, self.lab.first_last)
+        self.work.apply_(alloc)
+        return alloc
+
+    def prune(self, config: PruneConfig) -> PruneResult:
+        """Apply ``config`` and measure everything on the pruned tensors."""
+        alloc = self.apply_(config)
+        return self._measure(config, alloc)
+
+    def evaluate(self, limit: int | None = None, progress: Progress | None = None) -> Accuracy:
+        return accuracy(self.model, self.lab.loaded.eval_data(), limit=limit, progress=progress)
+
+    def _measure(self, config: PruneConfig, alloc) -> PruneResult:
+        conn = connectivity(self.probe, self.model)
+        modules = dict(self.model.named_modules())
+        rows, zeros, prunable = [], 0, 0
+        for info in self.lab.profile.prunable():
+            w = modules[info.name].weight
+            n_zero = w.numel() - int(torch.count_nonzero(w))
+            density = 1.0 - n_zero / w.numel()
+            rows.append(
+                LayerResult(
+                    name=info.name,
+                    type=info.kind,
+                    params=w.numel(),
+                    macs=info.macs,
+                    sparsity=n_zero / w.numel(),
+                    effective_sparsity=conn.effective_layer_sparsity.get(info.name, n_zero / w.numel()),
+                    remaining_macs=round(info.macs * density),
+                )
+            )
+            zeros += n_zero
+            prunable += w.numel()
+        nonzero = sum(int(torch.count_nonzero(p)) for p in self.model.parameters())
+        return PruneResult(
+            model=self.lab.loaded.name,
+            criterion=self.table.criterion,
+            structure=self.table.structure,
+            scope=config.scope,
+            normalise=self.table.normalise,
+            sparsity=config.sparsity,
+            achieved_sparsity=zeros / prunable if prunable else 0.0,
+            layers=rows,
+            total_params=self.lab.profile.total_params,
+            nonzero_params=nonzero,
+            total_macs=self.lab.profile.total_macs,
+            remaining_macs=sum(r.remaining_macs for r in rows),
+            effective_sparsity=conn.effective_sparsity,
+            collapse=conn.collapsed,
+            collapsed_layers=[r.name for r in rows if r.sparsity >= 1.0],
+            disconnected_layers=conn.disconnected_layers,
+            units_removed=alloc.removed,
+            units_total=alloc.total,
+            dense_layers=sorted(alloc.dense),
+            unscored=list(self.table.unscored),
+            pretrained=self.lab.loaded.pretrained,
+        )
+
+    def collapse_point(self, config: PruneConfig) -> float | None:
+        """Smallest sparsity (in units of 1/pool) at which ``config``'s scope collapses the network, or None.
+
+        Pruned sets grow monotonically with sparsity, so collapse is monotone: bisect on the unit count.
+        The working copy is left at ``config``'s sparsity afterwards.
+        """
+        total = sum(s.size for s in self.table.sets)
+
+        def collapsed(k: int) -> bool:
+            self.apply_(PruneConfig(k / total, config.scope, config.keep_first_last, config.overrides))
+            self.probe.load_(self.model)
+            return self.probe.output_mass() == 0.0
+
+        lo, hi = 0, total - 1
+        if not collapsed(hi):
+            self.apply_(config)
+            return None
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if collapsed(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        self.apply_(config)
+        return lo / total
