@@ -1,0 +1,211 @@
+"""``python -m prunekit profile|prune|sweep|sensitivity MODEL ... [--json]``.
+
+Bad arguments exit 2 with one line naming the bad value; an unknown model lists the known ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from prunekit import zoo
+from prunekit.allocate import NORMALISATIONS, SCOPES, PruneConfig, check_sparsity
+from prunekit.errors import InvalidArgumentError, PrunekitError, UntrainedModelError
+from prunekit.importance import CRITERIA, STRUCTURES
+from prunekit.lab import Lab, PruneResult
+from prunekit.sensitivity import SensitivityConfig, sensitivity_scan
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _sparsity(text: str) -> float:
+    try:
+        return check_sparsity(float(text))
+    except (ValueError, InvalidArgumentError):
+        raise argparse.ArgumentTypeError(f"sparsity must be a number in [0, 1), got {text!r}") from None
+
+
+def _sparsity_list(text: str) -> list[float]:
+    return [_sparsity(part) for part in text.split(",") if part.strip()]
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a name from the zoo (python -m prunekit list)")
+    p.add_argument("--download", action="store_true", help="let torchvision download missing weights (online)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _add_prune_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scope", choices=SCOPES, default="global")
+    p.add_argument("--criterion", choices=list(CRITERIA), default="magnitude")
+    p.add_argument("--structure", choices=STRUCTURES, default="unstructured")
+    p.add_argument(
+        "--normalise", choices=list(NORMALISATIONS), default="none", help="score normalisation for global scope"
+    )
+    p.add_argument("--keep-first-last", action="store_true", help="keep the first and last layer dense")
+    p.add_argument("--eval-limit", type=int, default=None, help="score only the first N eval images (an estimate)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m prunekit", description="prunekit: profile and prune pretrained CNNs")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("list", help="list the models").add_argument("--json", action="store_true")
+    _add_model(sub.add_parser("profile", help="per-layer params and MACs"))
+    prune = sub.add_parser("prune", help="prune to one sparsity")
+    _add_model(prune)
+    _add_prune_options(prune)
+    prune.add_argument("--sparsity", type=_sparsity, required=True)
+    prune.add_argument("--eval", action="store_true", help="also measure dense and pruned accuracy")
+    sweep = sub.add_parser("sweep", help="accuracy and collapse against sparsity")
+    _add_model(sweep)
+    _add_prune_options(sweep)
+    sweep.add_argument("--sparsities", type=_sparsity_list, default=[0.1, 0.3, 0.5, 0.7, 0.9])
+    sens = sub.add_parser("sensitivity", help="prune one layer at a time")
+    _add_model(sens)
+    sens.add_argument("--criterion", choices=list(CRITERIA), default="magnitude")
+    sens.add_argument("--structure", choices=STRUCTURES, default="unstructured")
+    sens.add_argument("--sparsities", type=_sparsity_list, default=[0.3, 0.6, 0.9])
+    sens.add_argument("--eval-limit", type=int, default=None)
+    return parser
+
+
+def _result_json(result: PruneResult) -> dict:
+    out = result.to_json()
+    out["layers"] = [
+        {k: row[k] for k in ("name", "type", "params", "macs", "sparsity", "effective_sparsity")}
+        for row in out["layers"]
+    ]
+    return out
+
+
+def _require_trained(loaded: zoo.Loaded) -> None:
+    if not loaded.pretrained:
+        raise UntrainedModelError(
+            f"model {loaded.name!r} is untrained (no cached weights), so its accuracy means nothing; "
+            "use --download when online or put the weights in the torch hub cache"
+        )
+
+
+def cmd_list(args) -> tuple[object, str]:
+    rows = zoo.list_models()
+    data = [r.__dict__ for r in rows]
+    lines = [
+        f"{r.name:28} {r.family:18} {r.dataset:14} {r.params or 0:>12,}  {'pretrained' if r.pretrained else 'untrained'}  {r.note}"
+        for r in rows
+    ]
+    return data, "\n".join(lines)
+
+
+def cmd_profile(args) -> tuple[object, str]:
+    lab = Lab(zoo.load(args.model, download=args.download))
+    prof = lab.profile
+    data = {
+        "model": args.model,
+        "input_shape": list(prof.input_shape),
+        "convention": prof.convention,
+        "layers": [
+            {
+                "name": x.name,
+                "type": x.kind,
+                "input_shape": list(x.input_shape),
+                "output_shape": list(x.output_shape),
+                "params": x.params,
+                "macs": x.macs,
+            }
+            for x in prof.layers
+        ],
+        "total_params": prof.total_params,
+        "total_macs": prof.total_macs,
+        "total_flops": 2 * prof.total_macs,
+        "conv_params": prof.conv_params,
+        "conv_macs": prof.conv_macs,
+        "pretrained": lab.loaded.pretrained,
+    }
+    lines = [f"{x.name:40} {x.kind:12} {x.params:>12,} {x.macs:>16,}" for x in prof.layers if x.params or x.macs]
+    lines.append(f"{'total':40} {'':12} {prof.total_params:>12,} {prof.total_macs:>16,}  ({prof.convention})")
+    return data, "\n".join(lines)
+
+
+def _prune_one(lab: Lab, args, sparsity: float, with_eval: bool) -> dict:
+    pruner = lab.pruner(args.criterion, args.structure, args.normalise)
+    result = pruner.prune(PruneConfig(sparsity, args.scope, args.keep_first_last))
+    if with_eval:
+        dense = zoo_accuracy(lab, args.eval_limit)
+        pruned = pruner.evaluate(limit=args.eval_limit)
+        result.accuracy = {
+            "dense": dense.top1,
+            "pruned": pruned.top1,
+            "images": pruned.n,
+            "estimate": pruned.is_estimate,
+        }
+    return _result_json(result)
+
+
+def zoo_accuracy(lab: Lab, limit: int | None):
+    from prunekit.evaluate import accuracy
+
+    return accuracy(lab.loaded.model, lab.loaded.eval_data(), limit=limit)
+
+
+def _summary(d: dict) -> str:
+    acc = d.get("accuracy")
+    acc_text = f"  accuracy {acc['dense']:.2%} -> {acc['pruned']:.2%}" if acc else ""
+    return (
+        f"sparsity {d['sparsity']:.3f} ({d['scope']}, {d['criterion']}, {d['structure']}): achieved {d['achieved_sparsity']:.3f}, "
+        f"effective {d['effective_sparsity']:.3f}, compression {d['compression_ratio']:.2f}x, "
+        f"speedup {d['theoretical_speedup'] or float('inf'):.2f}x, collapse {d['collapse']}{acc_text}"
+    )
+
+
+def cmd_prune(args) -> tuple[object, str]:
+    lab = Lab(zoo.load(args.model, download=args.download))
+    if args.eval:
+        _require_trained(lab.loaded)
+    data = _prune_one(lab, args, args.sparsity, args.eval)
+    lines = [f"{r['name']:40} {r['type']:8} {r['params']:>10,} sparsity {r['sparsity']:.3f}" for r in data["layers"]]
+    return data, "\n".join([*lines, _summary(data)])
+
+
+def cmd_sweep(args) -> tuple[object, str]:
+    lab = Lab(zoo.load(args.model, download=args.download))
+    _require_trained(lab.loaded)
+    rows = [_prune_one(lab, args, s, True) for s in args.sparsities]
+    pruner = lab.pruner(args.criterion, args.structure, args.normalise)
+    point = pruner.collapse_point(PruneConfig(0.0, args.scope, args.keep_first_last))
+    data = {"model": args.model, "collapse_point": point, "results": rows}
+    return data, "\n".join([_summary(r) for r in rows] + [f"collapse first at sparsity {point}"])
+
+
+def cmd_sensitivity(args) -> tuple[object, str]:
+    lab = Lab(zoo.load(args.model, download=args.download))
+    _require_trained(lab.loaded)
+    config = SensitivityConfig(args.criterion, args.structure, tuple(args.sparsities), args.eval_limit)
+    rows = [{**row.__dict__, "drop": row.drop} for row in sensitivity_scan(lab, config)]
+    lines = [f"{r['layer']:40} {r['sparsity']:.2f} accuracy {r['accuracy']:.2%} (drop {r['drop']:+.2%})" for r in rows]
+    return {"model": args.model, "results": rows}, "\n".join(lines)
+
+
+COMMANDS: dict[str, Callable] = {
+    "list": cmd_list,
+    "profile": cmd_profile,
+    "prune": cmd_prune,
+    "sweep": cmd_sweep,
+    "sensitivity": cmd_sensitivity,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        data, text = COMMANDS[args.command](args)
+    except PrunekitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(data, indent=1, default=float) if args.json else text)
+    return 0

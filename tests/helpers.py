@@ -1,0 +1,80 @@
+"""Seeded tiny models for the engine's invariants."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from prunekit.data import EvalData
+from prunekit.zoo import InputSpec, Loaded
+
+
+class TinyCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
+        self.fc = nn.Linear(6 * 4 * 4, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        x = torch.relu(self.conv2(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 4), 1))
+
+
+class TinyResNet(nn.Module):
+    """A residual add couples conv2's and shortcut's filters; a depthwise conv couples in/out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(4)
+        self.conv1 = nn.Conv2d(4, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+        self.bn_dw = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 6, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(6)
+        self.short = nn.Conv2d(4, 6, 1, bias=False)
+        self.bn_s = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.bn0(self.stem(x)))
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = torch.relu(self.bn_dw(self.dw(y)))
+        y = self.bn2(self.conv2(y)) + self.bn_s(self.short(x))
+        return self.fc(torch.relu(y).mean((2, 3)))
+
+
+def seeded(cls: type[nn.Module], seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = cls()
+    with torch.no_grad():  # non-trivial BN statistics so BN-based criteria differ from uniform
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def tiny_loaded(cls: type[nn.Module], seed: int = 0, n: int = 64) -> Loaded:
+    model = seeded(cls, seed)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    gen = torch.Generator().manual_seed(seed)
+    data = EvalData(
+        "tiny",
+        torch.randn(n, 1, 8, 8, generator=gen),
+        torch.randint(0, 3, (n,), generator=gen),
+        ("a", "b", "c"),
+        "random",
+    )
+    return Loaded(
+        cls.__name__, model, InputSpec((1, 8, 8), (0.0,), (1.0,)), lambda: data, data.classes, {}, True, "test"
+    )
+
+
+def state_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
