@@ -1,0 +1,94 @@
+"""Streamlit AppTest for every page on the default model."""
+
+import pytest
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+PAGES = ["pages/model.py", "pages/prune.py", "pages/importance.py", "pages/sensitivity.py", "pages/tradeoffs.py"]
+TIMEOUT = 240
+
+
+def app(query: dict | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    return at
+
+
+def open_page(page: str, query: dict | None = None) -> AppTest:
+    at = app(query).run()
+    if page != "pages/model.py":
+        at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def metric(at: AppTest, label_start: str) -> str:
+    return next(m.value for m in at.metric if m.label.startswith(label_start))
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_loads_on_the_default_model(page):
+    at = open_page(page)
+    assert at.title and not at.error
+
+
+def test_model_page_numbers_match_the_profile():
+    from prunekit import zoo
+    from prunekit.profile import profile_model
+
+    at = open_page("pages/model.py")
+    loaded = zoo.load("fmnist-cnn")
+    prof = profile_model(loaded.model, (1, 28, 28))
+    assert metric(at, "Parameters") == f"{prof.total_params:,}"
+    assert metric(at, "MACs") == f"{prof.total_macs:,}"
+    assert any("last 3 layers" in i.value for i in at.info)
+
+
+def _layer_bars(at: AppTest):
+    import json
+
+    for chart in at.get("plotly_chart"):
+        spec = json.loads(chart.proto.spec)
+        if "Per-layer sparsity" in json.dumps(spec.get("layout", {}).get("title", "")):
+            return {t["name"]: t["y"] for t in spec["data"] if t.get("type") == "bar"}
+    raise AssertionError("no per-layer sparsity chart")
+
+
+def test_slider_changes_layer_sparsities_and_accuracy():
+    at = open_page("pages/prune.py")
+    before = _layer_bars(at)
+    acc_before = metric(at, "Global at")
+    at.slider(key="w_sparsity").set_value(0.9).run()
+    assert not at.exception
+    after = _layer_bars(at)
+    assert before["local"] != after["local"] and before["global"] != after["global"]
+    assert all(abs(v - 90) < 1 for v in after["local"])
+    assert metric(at, "Global at") != acc_before
+    assert "90%" in next(m.label for m in at.metric if m.label.startswith("Global at"))
+
+
+def test_collapse_preset_shows_the_warning():
+    at = open_page("pages/prune.py")
+    at.button[0].click().run()
+    assert not at.exception
+    warnings = [w.value for w in at.warning]
+    assert any("Global: layer collapse" in w for w in warnings), warnings
+    assert not any("Local: layer collapse" in w for w in warnings)
+
+
+def test_bad_query_string_falls_back_with_a_notice():
+    at = open_page("pages/model.py", {"model": "nosuchnet", "sparsity": "7", "criterion": "l1", "structure": "unstructured"})
+    notes = " ".join(w.value for w in at.warning)
+    assert "nosuchnet" in notes and "'7'" in notes
+    assert at.query_params["model"] == ["fmnist-cnn"] or at.query_params["model"] == "fmnist-cnn"
+
+
+def test_query_string_reopens_the_same_view():
+    at = open_page("pages/prune.py", {"model": "fmnist-cnn", "sparsity": "0.8", "structure": "filter", "criterion": "l2"})
+    assert at.slider(key="w_sparsity").value == pytest.approx(0.8)
+    assert at.selectbox(key="w_criterion").value == "l2"
+    assert not at.warning or all("collapse" in w.value for w in at.warning)
