@@ -7,7 +7,7 @@ from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
-PAGES = ["pages/model.py", "pages/prune.py", "pages/importance.py", "pages/sensitivity.py", "pages/tradeoffs.py"]
+PAGES = ["app_pages/model.py", "app_pages/prune.py", "app_pages/importance.py", "app_pages/sensitivity.py", "app_pages/tradeoffs.py"]
 TIMEOUT = 240
 
 
@@ -20,7 +20,7 @@ def app(query: dict | None = None) -> AppTest:
 
 def open_page(page: str, query: dict | None = None) -> AppTest:
     at = app(query).run()
-    if page != "pages/model.py":
+    if page != "app_pages/model.py":
         at.switch_page(page).run()
     assert not at.exception, at.exception
     return at
@@ -40,7 +40,7 @@ def test_model_page_numbers_match_the_profile():
     from prunekit import zoo
     from prunekit.profile import profile_model
 
-    at = open_page("pages/model.py")
+    at = open_page("app_pages/model.py")
     loaded = zoo.load("fmnist-cnn")
     prof = profile_model(loaded.model, (1, 28, 28))
     assert metric(at, "Parameters") == f"{prof.total_params:,}"
@@ -59,7 +59,7 @@ def _layer_bars(at: AppTest):
 
 
 def test_slider_changes_layer_sparsities_and_accuracy():
-    at = open_page("pages/prune.py")
+    at = open_page("app_pages/prune.py")
     before = _layer_bars(at)
     acc_before = metric(at, "Global at")
     at.slider(key="w_sparsity").set_value(0.9).run()
@@ -72,7 +72,7 @@ def test_slider_changes_layer_sparsities_and_accuracy():
 
 
 def test_collapse_preset_shows_the_warning():
-    at = open_page("pages/prune.py")
+    at = open_page("app_pages/prune.py")
     at.button[0].click().run()
     assert not at.exception
     warnings = [w.value for w in at.warning]
@@ -81,14 +81,14 @@ def test_collapse_preset_shows_the_warning():
 
 
 def test_bad_query_string_falls_back_with_a_notice():
-    at = open_page("pages/model.py", {"model": "nosuchnet", "sparsity": "7", "criterion": "l1", "structure": "unstructured"})
+    at = open_page("app_pages/model.py", {"model": "nosuchnet", "sparsity": "7", "criterion": "l1", "structure": "unstructured"})
     notes = " ".join(w.value for w in at.warning)
     assert "nosuchnet" in notes and "'7'" in notes
     assert at.query_params["model"] == ["fmnist-cnn"] or at.query_params["model"] == "fmnist-cnn"
 
 
 def test_query_string_reopens_the_same_view():
-    at = open_page("pages/prune.py", {"model": "fmnist-cnn", "sparsity": "0.8", "structure": "filter", "criterion": "l2"})
+    at = open_page("app_pages/prune.py", {"model": "fmnist-cnn", "sparsity": "0.8", "structure": "filter", "criterion": "l2"})
     assert at.slider(key="w_sparsity").value == pytest.approx(0.8)
     assert at.selectbox(key="w_criterion").value == "l2"
     assert not at.warning or all("collapse" in w.value for w in at.warning)

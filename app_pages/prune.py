@@ -29,7 +29,7 @@ PRESETS = {
 }
 cols = st.columns(len(PRESETS))
 for col, (label, values) in zip(cols, PRESETS.items(), strict=True):
-    col.button(label, on_click=glue.apply_preset, kwargs=values, use_container_width=True)
+    col.button(label, on_click=glue.apply_preset, kwargs=values, width="stretch")
 
 lab = glue.lab()
 untrained = glue.untrained_banner(lab)
@@ -87,7 +87,7 @@ if structure == "filter":
         "Filter sparsity counts channels; each removed channel also removes the next layer's input kernels, so the weight sparsity below is higher."
     )
 
-st.plotly_chart(plots.layer_sparsity_bars(results), use_container_width=True)
+st.plotly_chart(plots.layer_sparsity_bars(results), width="stretch")
 
 cols = st.columns(2)
 for col, (scope, r) in zip(cols, results.items(), strict=True):
@@ -106,6 +106,7 @@ for col, (scope, r) in zip(cols, results.items(), strict=True):
         m4.metric("Theoretical speedup", f"{r.theoretical_speedup:.2f}x" if r.remaining_macs else "inf")
         m5.metric("Weight sparsity", f"{r.achieved_sparsity:.1%}")
         m6.metric("Effective sparsity", f"{r.effective_sparsity:.1%}")
+        st.caption(f"{r.nonzero_params / r.total_params:.1%} of {r.total_params:,} parameters and {r.remaining_macs / r.total_macs:.1%} of {r.total_macs:,} MACs remain.")
 
 st.subheader("Accuracy")
 estimate = st.toggle(f"Fast estimate (first {glue.ESTIMATE_IMAGES:,} images)", value=False, key="w_estimate")

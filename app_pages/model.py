@@ -28,7 +28,7 @@ st.caption(prof.convention)
 left, right = st.columns(2)
 conv_only = left.toggle("Conv layers only", value=False)
 flops = right.toggle("Show FLOPs (2 x MACs) instead of MACs", value=False)
-st.plotly_chart(plots.params_vs_compute(prof, conv_only=conv_only, flops=flops), use_container_width=True)
+st.plotly_chart(plots.params_vs_compute(prof, conv_only=conv_only, flops=flops), width="stretch")
 
 rows = [x for x in prof.layers if x.prunable and (x.is_conv or not conv_only)]
 p_total, m_total = sum(x.params for x in rows) or 1, sum(x.macs for x in rows) or 1
@@ -65,7 +65,7 @@ table = pd.DataFrame(
 st.dataframe(
     table,
     hide_index=True,
-    use_container_width=True,
+    width="stretch",
     column_config={
         "params %": st.column_config.NumberColumn(format="%.2f"),
         "compute %": st.column_config.NumberColumn(format="%.2f"),

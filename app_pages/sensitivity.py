@@ -40,7 +40,7 @@ if st.button("Run the scan", type="primary") or st.session_state.get("sens_conf"
         [next(r.drop for r in rows if r.layer == layer and r.sparsity == s) for s in conf.sparsities]
         for layer in layers
     ]
-    st.plotly_chart(plots.sensitivity_heatmap(layers, list(conf.sparsities), drops), use_container_width=True)
+    st.plotly_chart(plots.sensitivity_heatmap(layers, list(conf.sparsities), drops), width="stretch")
     worst = sorted(zip(layers, drops, strict=True), key=lambda t: t[1][-1], reverse=True)
     st.markdown(
         f"Most sensitive at {conf.sparsities[-1]:.0%}: **`{worst[0][0]}`** (drop {100 * worst[0][1][-1]:.1f} points). "

@@ -36,7 +36,7 @@ try:
 except Exception as exc:
     st.error(f"Could not score with {criterion!r}: {exc}")
     st.stop()
-st.plotly_chart(plots.importance_heatmap(view.layers, view.scores, view.removed, sort), use_container_width=True)
+st.plotly_chart(plots.importance_heatmap(view.layers, view.scores, view.removed, sort), width="stretch")
 
 st.subheader("Do the criteria agree?")
 available = [n for n in filter_criteria if n != "bn-scale" or any("bn" in k.lower() or "." in k for k in view.layers)]
@@ -47,11 +47,11 @@ if len(chosen) >= 2:
             overlap, corr = glue.agreement(lab, chosen, scope)
         left, right = st.columns(2)
         left.plotly_chart(
-            plots.agreement_matrix(chosen, overlap, "Overlap of removed filters (Jaccard)"), use_container_width=True
+            plots.agreement_matrix(chosen, overlap, "Overlap of removed filters (Jaccard)"), width="stretch"
         )
         right.plotly_chart(
             plots.agreement_matrix(chosen, corr, "Rank correlation of scores (Spearman, mean over layers)"),
-            use_container_width=True,
+            width="stretch",
         )
     except Exception as exc:
         st.error(f"Could not compare: {exc}")
@@ -59,10 +59,10 @@ if len(chosen) >= 2:
 st.subheader("One layer up close")
 layer = st.selectbox("Layer", view.layers)
 i = view.layers.index(layer)
-st.plotly_chart(plots.scores_bar(view.scores[i], view.removed[i], layer), use_container_width=True)
+st.plotly_chart(plots.scores_bar(view.scores[i], view.removed[i], layer), width="stretch")
 kernels = glue.analysis.first_conv_kernels(lab.loaded.model)
 if kernels is not None:
-    st.plotly_chart(plots.kernel_grid(kernels[1], f"First layer ({kernels[0]}) kernels"), use_container_width=True)
+    st.plotly_chart(plots.kernel_grid(kernels[1], f"First layer ({kernels[0]}) kernels"), width="stretch")
 if untrained:
     st.info("Attribution maps are not shown: the model is untrained.")
 else:
@@ -77,5 +77,5 @@ else:
             pruned,
             f"Integrated Gradients towards the true class '{label}' (global, {glue.cfg()['criterion']}, {glue.cfg()['sparsity']:.0%})",
         ),
-        use_container_width=True,
+        width="stretch",
     )

@@ -41,10 +41,10 @@ for i, label in enumerate(chosen):
 bar.empty()
 dense = glue.dense_accuracy(lab, limit).top1
 st.plotly_chart(
-    plots.tradeoff_curves(curves, "sparsity", "sparsity (fraction removed)", dense), use_container_width=True
+    plots.tradeoff_curves(curves, "sparsity", "sparsity (fraction removed)", dense), width="stretch"
 )
 st.plotly_chart(
-    plots.tradeoff_curves(curves, "speedup", "theoretical speedup (x, log scale)", dense), use_container_width=True
+    plots.tradeoff_curves(curves, "speedup", "theoretical speedup (x, log scale)", dense), width="stretch"
 )
 if limit:
     st.caption(f"Accuracy is an estimate from the first {limit:,} evaluation images.")
