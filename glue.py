@@ -25,6 +25,7 @@ from prunekit.sensitivity import SensitivityConfig, SensitivityRow, sensitivity_
 
 torch.set_num_threads(os.cpu_count() or 1)
 ESTIMATE_IMAGES = 2000
+QUICK_IMAGES = 1000  # shown first, marked as an estimate, while the full evaluation runs
 DEFAULTS = {
     "model": "fmnist-cnn",
     "criterion": "magnitude",

@@ -106,7 +106,9 @@ for col, (scope, r) in zip(cols, results.items(), strict=True):
         m4.metric("Theoretical speedup", f"{r.theoretical_speedup:.2f}x" if r.remaining_macs else "inf")
         m5.metric("Weight sparsity", f"{r.achieved_sparsity:.1%}")
         m6.metric("Effective sparsity", f"{r.effective_sparsity:.1%}")
-        st.caption(f"{r.nonzero_params / r.total_params:.1%} of {r.total_params:,} parameters and {r.remaining_macs / r.total_macs:.1%} of {r.total_macs:,} MACs remain.")
+        st.caption(
+            f"{r.nonzero_params / r.total_params:.1%} of {r.total_params:,} parameters and {r.remaining_macs / r.total_macs:.1%} of {r.total_macs:,} MACs remain."
+        )
 
 st.subheader("Accuracy")
 estimate = st.toggle(f"Fast estimate (first {glue.ESTIMATE_IMAGES:,} images)", value=False, key="w_estimate")
@@ -114,15 +116,27 @@ if untrained:
     st.info("Accuracy is not shown: the model is untrained.")
     st.stop()
 limit = glue.eval_limit(lab, estimate)
-acc_cols = st.columns(3)
-with st.spinner("Evaluating dense, global and local models..."):
-    dense = glue.dense_accuracy(lab, limit)
-    acc_cols[0].metric("Dense", f"{dense.top1:.2%}")
-    for col, scope in zip(acc_cols[1:], results, strict=True):
-        acc = glue.pruned_accuracy(lab, scope, limit)
-        col.metric(
-            f"{scope.title()} at {sparsity:.0%}", f"{acc.top1:.2%}", f"{100 * (acc.top1 - dense.top1):+.2f} points"
+slots = st.columns(3)
+placeholders = [col.empty() for col in slots]
+status = st.empty()
+
+
+def show(limit_now):
+    dense = glue.dense_accuracy(lab, limit_now)
+    tag = f" (estimate, {dense.n:,} images)" if dense.is_estimate else ""
+    placeholders[0].metric("Dense" + tag, f"{dense.top1:.2%}")
+    for ph, scope in zip(placeholders[1:], results, strict=True):
+        acc = glue.pruned_accuracy(lab, scope, limit_now)
+        ph.metric(
+            f"{scope.title()} at {sparsity:.0%}{tag}", f"{acc.top1:.2%}", f"{100 * (acc.top1 - dense.top1):+.2f} points"
         )
+
+
+quick = glue.eval_limit(lab, True) and min(glue.QUICK_IMAGES, limit or len(lab.loaded.eval_data()))
+if quick and quick < (limit or len(lab.loaded.eval_data())):
+    show(quick)  # a marked estimate first, so the number moves with the slider at once
+with status, st.spinner("Scoring the pruned models on the evaluation set..."):
+    show(limit)
 data = lab.loaded.eval_data()
 st.caption(
     f"Top-1 on {'an estimate from the first ' + format(limit, ',') + ' of' if limit else 'all'} {len(data):,} images: {data.description}."

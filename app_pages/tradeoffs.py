@@ -40,11 +40,7 @@ for i, label in enumerate(chosen):
     bar.progress((i + 1) / max(len(chosen), 1), text=f"{label} done")
 bar.empty()
 dense = glue.dense_accuracy(lab, limit).top1
-st.plotly_chart(
-    plots.tradeoff_curves(curves, "sparsity", "sparsity (fraction removed)", dense), width="stretch"
-)
-st.plotly_chart(
-    plots.tradeoff_curves(curves, "speedup", "theoretical speedup (x, log scale)", dense), width="stretch"
-)
+st.plotly_chart(plots.tradeoff_curves(curves, "sparsity", "sparsity (fraction removed)", dense), width="stretch")
+st.plotly_chart(plots.tradeoff_curves(curves, "speedup", "theoretical speedup (x, log scale)", dense), width="stretch")
 if limit:
     st.caption(f"Accuracy is an estimate from the first {limit:,} evaluation images.")

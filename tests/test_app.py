@@ -7,7 +7,13 @@ from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
-PAGES = ["app_pages/model.py", "app_pages/prune.py", "app_pages/importance.py", "app_pages/sensitivity.py", "app_pages/tradeoffs.py"]
+PAGES = [
+    "app_pages/model.py",
+    "app_pages/prune.py",
+    "app_pages/importance.py",
+    "app_pages/sensitivity.py",
+    "app_pages/tradeoffs.py",
+]
 TIMEOUT = 240
 
 
@@ -81,14 +87,18 @@ def test_collapse_preset_shows_the_warning():
 
 
 def test_bad_query_string_falls_back_with_a_notice():
-    at = open_page("app_pages/model.py", {"model": "nosuchnet", "sparsity": "7", "criterion": "l1", "structure": "unstructured"})
+    at = open_page(
+        "app_pages/model.py", {"model": "nosuchnet", "sparsity": "7", "criterion": "l1", "structure": "unstructured"}
+    )
     notes = " ".join(w.value for w in at.warning)
     assert "nosuchnet" in notes and "'7'" in notes
     assert at.query_params["model"] == ["fmnist-cnn"] or at.query_params["model"] == "fmnist-cnn"
 
 
 def test_query_string_reopens_the_same_view():
-    at = open_page("app_pages/prune.py", {"model": "fmnist-cnn", "sparsity": "0.8", "structure": "filter", "criterion": "l2"})
+    at = open_page(
+        "app_pages/prune.py", {"model": "fmnist-cnn", "sparsity": "0.8", "structure": "filter", "criterion": "l2"}
+    )
     assert at.slider(key="w_sparsity").value == pytest.approx(0.8)
     assert at.selectbox(key="w_criterion").value == "l2"
     assert not at.warning or all("collapse" in w.value for w in at.warning)
