@@ -39,7 +39,6 @@ except Exception as exc:
 st.plotly_chart(plots.importance_heatmap(view.layers, view.scores, view.removed, sort), width="stretch")
 
 st.subheader("Do the criteria agree?")
-available = [n for n in filter_criteria if n != "bn-scale" or any("bn" in k.lower() or "." in k for k in view.layers)]
 chosen = st.multiselect("Criteria to compare", filter_criteria, default=["l1", "l2", "random", "synflow"])
 if len(chosen) >= 2:
     try:

@@ -22,9 +22,7 @@ criterion = a.selectbox(
     [n for n, x in CRITERIA.items() if "unstructured" in x.structures],
     format_func=lambda n: CRITERIA[n].title,
 )
-levels = b.multiselect(
-    "Sparsities", [0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99], default=[0.3, 0.6, 0.9] if False else [0.3, 0.5, 0.7, 0.9]
-)
+levels = b.multiselect("Sparsities", [0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99], default=[0.3, 0.5, 0.7, 0.9])
 estimate = st.toggle(f"Fast estimate (first {glue.ESTIMATE_IMAGES:,} images)", value=True)
 if not levels:
     st.info("Choose at least one sparsity.")

@@ -95,9 +95,9 @@ def _require_trained(loaded: zoo.Loaded) -> None:
 def cmd_list(args) -> tuple[object, str]:
     rows = zoo.list_models()
     data = [r.__dict__ for r in rows]
+    status = {True: "pretrained", False: "untrained"}
     lines = [
-        f"{r.name:28} {r.family:18} {r.dataset:14} {r.params or 0:>12,}  {'pretrained' if r.pretrained else 'untrained'}  {r.note}"
-        for r in rows
+        f"{r.name:28} {r.family:18} {r.dataset:14} {r.params or 0:>12,}  {status[r.pretrained]}  {r.note}" for r in rows
     ]
     return data, "\n".join(lines)
 
@@ -157,7 +157,8 @@ def _summary(d: dict) -> str:
     acc = d.get("accuracy")
     acc_text = f"  accuracy {acc['dense']:.2%} -> {acc['pruned']:.2%}" if acc else ""
     return (
-        f"sparsity {d['sparsity']:.3f} ({d['scope']}, {d['criterion']}, {d['structure']}): achieved {d['achieved_sparsity']:.3f}, "
+        f"sparsity {d['sparsity']:.3f} ({d['scope']}, {d['criterion']}, {d['structure']}): "
+        f"achieved {d['achieved_sparsity']:.3f}, "
         f"effective {d['effective_sparsity']:.3f}, compression {d['compression_ratio']:.2f}x, "
         f"speedup {d['theoretical_speedup'] or float('inf'):.2f}x, collapse {d['collapse']}{acc_text}"
     )

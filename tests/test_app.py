@@ -1,8 +1,8 @@
 """Streamlit AppTest for every page on the default model."""
 
-import pytest
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
