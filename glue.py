@@ -226,7 +226,7 @@ def untrained_banner(current: Lab) -> bool:
 
 def pruner(current: Lab, scope: str) -> Pruner:
     c = cfg()
-    key = (current.loaded.name, id(current), c["criterion"], c["structure"], c["normalise"], scope)
+    key = (current.loaded.name, id(current), *_settings(), scope)
     pruners = st.session_state.pruners
     if key not in pruners:
         with st.spinner(f"Scoring {c['criterion']} ({c['structure']}) once; every later slider move is a lookup..."):
@@ -246,25 +246,26 @@ def eval_limit(current: Lab, estimate: bool) -> int | None:
     return ESTIMATE_IMAGES if estimate and len(current.loaded.eval_data()) > ESTIMATE_IMAGES else None
 
 
+def _key(kind: str, current: Lab, *extra) -> tuple:
+    """Cache key: shared models by name; an upload only within its own session's Lab."""
+    owner = id(current) if current.loaded.family == "user" else 0
+    return (kind, current.loaded.name, owner, *extra)
+
+
+def _settings() -> tuple:
+    c = cfg()
+    return c["criterion"], c["structure"], c["normalise"]
+
+
 def dense_accuracy(current: Lab, limit: int | None) -> Accuracy:
-    key = ("dense", current.loaded.name, id(current) if current.loaded.family == "user" else 0, limit)
+    key = _key("dense", current, limit)
     return _shared(key, lambda: accuracy(current.loaded.model, current.loaded.eval_data(), limit=limit))
 
 
 def pruned_accuracy(current: Lab, scope: str, limit: int | None, progress=None) -> Accuracy:
-    c = cfg()
     p = pruner(current, scope)
     conf = config(scope)
-    key = (
-        "pruned",
-        current.loaded.name,
-        id(current) if current.loaded.family == "user" else 0,
-        c["criterion"],
-        c["structure"],
-        c["normalise"],
-        conf.key(),
-        limit,
-    )
+    key = _key("pruned", current, *_settings(), conf.key(), limit)
 
     def compute() -> Accuracy:
         p.apply_(conf)
@@ -274,17 +275,7 @@ def pruned_accuracy(current: Lab, scope: str, limit: int | None, progress=None) 
 
 
 def collapse_point(current: Lab, scope: str = "global") -> float | None:
-    c = cfg()
-    key = (
-        "collapse",
-        current.loaded.name,
-        id(current) if current.loaded.family == "user" else 0,
-        c["criterion"],
-        c["structure"],
-        c["normalise"],
-        scope,
-        c["keep"],
-    )
+    key = _key("collapse", current, *_settings(), scope, cfg()["keep"])
     p = pruner(current, scope)
     return _shared(key, lambda: p.collapse_point(config(scope)))
 
@@ -300,7 +291,7 @@ def agreement(current: Lab, criteria: list[str], scope: str):
 
 
 def sensitivity(current: Lab, conf: SensitivityConfig, progress: Callable[[float, str], None]) -> list[SensitivityRow]:
-    key = ("sensitivity", current.loaded.name, id(current) if current.loaded.family == "user" else 0, conf)
+    key = _key("sensitivity", current, conf)
     cache = _results()
     with cache.lock:
         if key in cache.values:
@@ -318,18 +309,7 @@ def sensitivity(current: Lab, conf: SensitivityConfig, progress: Callable[[float
 def tradeoff_curve(
     current: Lab, criterion: str, scope: str, structure: str, sparsities: tuple[float, ...], limit: int | None
 ) -> dict:
-    key = (
-        "curve",
-        current.loaded.name,
-        id(current) if current.loaded.family == "user" else 0,
-        criterion,
-        scope,
-        structure,
-        cfg()["normalise"],
-        sparsities,
-        cfg()["keep"],
-        limit,
-    )
+    key = _key("curve", current, criterion, scope, structure, cfg()["normalise"], sparsities, cfg()["keep"], limit)
 
     def compute() -> dict:
         p = current.pruner(criterion, structure, cfg()["normalise"])
