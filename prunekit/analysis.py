@@ -24,9 +24,7 @@ def filter_view(table: ScoreTable, config: PruneConfig, first_last: frozenset[st
     alloc = allocate(table, config, first_last)
     scores, removed = [], []
     for s in table.sets:
-        ordered = torch.empty_like(s.sorted_scores)
-        ordered[s.rank.long()] = s.sorted_scores  # back from sorted order to channel order
-        scores.append(ordered.tolist())
+        scores.append(s.sorted_scores[s.rank.long()].tolist())  # channel j's score sits at its rank
         removed.append((s.rank < alloc.counts[s.name]).tolist())
     return FilterView([s.name for s in table.sets], scores, removed)
 
