@@ -14,7 +14,11 @@ with st.expander("What am I looking at?"):
         "disagree, the choice of criterion matters more than the threshold."
     )
 lab = glue.lab()
-untrained = glue.untrained_banner(lab)
+if glue.untrained_banner(lab):
+    st.info(
+        "Filter importance of random initial weights describes the initialisation, not anything learned: pick a trained model."
+    )
+    st.stop()
 c = glue.cfg()
 filter_criteria = [n for n, crit in CRITERIA.items() if "filter" in crit.structures]
 a, b, d = st.columns(3)
@@ -62,19 +66,16 @@ st.plotly_chart(plots.scores_bar(view.scores[i], view.removed[i], layer), width=
 kernels = glue.analysis.first_conv_kernels(lab.loaded.model)
 if kernels is not None:
     st.plotly_chart(plots.kernel_grid(kernels[1], f"First layer ({kernels[0]}) kernels"), width="stretch")
-if untrained:
-    st.info("Attribution maps are not shown: the model is untrained.")
-else:
-    n = len(lab.loaded.eval_data())
-    index = st.number_input("Sample image", min_value=0, max_value=n - 1, value=0)
-    with st.spinner("captum Integrated Gradients on the dense and the globally pruned model..."):
-        image, dense, pruned, label = glue.attribution(lab, int(index))
-    st.plotly_chart(
-        plots.attribution_pair(
-            image,
-            dense,
-            pruned,
-            f"Integrated Gradients towards the true class '{label}' (global, {glue.cfg()['criterion']}, {glue.cfg()['sparsity']:.0%})",
-        ),
-        width="stretch",
-    )
+n = len(lab.loaded.eval_data())
+index = st.number_input("Sample image", min_value=0, max_value=n - 1, value=0)
+with st.spinner("captum Integrated Gradients on the dense and the globally pruned model..."):
+    image, dense, pruned, label = glue.attribution(lab, int(index))
+st.plotly_chart(
+    plots.attribution_pair(
+        image,
+        dense,
+        pruned,
+        f"Integrated Gradients towards the true class '{label}' (global, {glue.cfg()['criterion']}, {glue.cfg()['sparsity']:.0%})",
+    ),
+    width="stretch",
+)

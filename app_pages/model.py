@@ -12,7 +12,10 @@ with st.expander("What am I looking at?"):
         "in compute), late layers the opposite. That is why pruning 'the biggest layers' shrinks the file but barely "
         "speeds the model up (Blalock et al.'s compression ratio vs theoretical speedup)."
     )
+with st.expander("Bundled models (offline, trained here on Fashion-MNIST)", expanded=True):
+    st.dataframe(pd.DataFrame(glue.bundled_rows()), hide_index=True, width="stretch")
 lab = glue.lab()
+st.header(f"`{lab.loaded.name}`")
 glue.untrained_banner(lab)
 prof = lab.profile
 card = lab.loaded.card

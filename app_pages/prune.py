@@ -33,6 +33,8 @@ for col, (label, values) in zip(cols, PRESETS.items(), strict=True):
 
 lab = glue.lab()
 untrained = glue.untrained_banner(lab)
+if untrained:
+    st.caption("Per-layer sparsities below reflect the random initialisation's scale, not learned importance.")
 c = glue.cfg()
 a, b, d, e = st.columns([1, 1, 1, 1])
 structure = glue.bind(

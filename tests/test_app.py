@@ -102,3 +102,20 @@ def test_query_string_reopens_the_same_view():
     assert at.slider(key="w_sparsity").value == pytest.approx(0.8)
     assert at.selectbox(key="w_criterion").value == "l2"
     assert not at.warning or all("collapse" in w.value for w in at.warning)
+
+
+def test_model_page_lists_bundled_models_with_accuracies():
+    from prunekit import zoo
+
+    at = open_page("app_pages/model.py")
+    table = at.dataframe[0].value
+    assert list(table["model"]) == list(zoo.BUNDLED)
+    for name, acc in zip(table["model"], table["test top-1 (10k)"], strict=True):
+        assert acc == f"{zoo.bundled_card(name)['test_accuracy']:.2%}"
+
+
+def test_untrained_model_shows_banner_and_no_accuracy(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    at = open_page("app_pages/prune.py", {"model": "resnet18", "sparsity": "0.3"})
+    assert any("Untrained" in e.value for e in at.error)
+    assert not [m for m in at.metric if m.label.startswith("Dense")]
