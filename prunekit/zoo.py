@@ -234,7 +234,7 @@ def _load_torchvision(name: str, download: bool = False) -> Loaded:
 
 # --- registry ----------------------------------------------------------------------------------
 
-BUNDLED = tuple(ARCHITECTURES)
+BUNDLED = tuple(n for n in ARCHITECTURES if (MODELS_DIR / f"{n}.pt").is_file())
 EFFICIENTNET = ("efficientnet-lite0",)
 
 
