@@ -99,10 +99,11 @@ for col, (scope, r) in zip(cols, results.items(), strict=True):
         m1.metric(
             "Params left",
             f"{r.nonzero_params:,}",
-            f"{r.nonzero_params / r.total_params:.1%} of {r.total_params:,}",
-            delta_color="off",
+            help=f"{r.nonzero_params / r.total_params:.1%} of {r.total_params:,}",
         )
-        m2.metric("MACs left", f"{r.remaining_macs:,}", f"{r.remaining_macs / r.total_macs:.1%}", delta_color="off")
+        m2.metric(
+            "MACs left", f"{r.remaining_macs:,}", help=f"{r.remaining_macs / r.total_macs:.1%} of {r.total_macs:,}"
+        )
         m3.metric("Compression", f"{r.compression_ratio:.2f}x")
         m4, m5, m6 = st.columns(3)
         m4.metric("Theoretical speedup", f"{r.theoretical_speedup:.2f}x" if r.remaining_macs else "inf")
