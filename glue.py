@@ -282,14 +282,14 @@ def dense_accuracy(current: Lab, limit: int | None) -> Accuracy:
     return _shared(key, lambda: accuracy(current.loaded.model, current.loaded.eval_data(), limit=limit))
 
 
-def pruned_accuracy(current: Lab, scope: str, limit: int | None, progress=None) -> Accuracy:
+def pruned_accuracy(current: Lab, scope: str, limit: int | None) -> Accuracy:
     p = pruner(current, scope)
     conf = config(scope)
     key = _key("pruned", current, *_settings(), conf.key(), limit)
 
     def compute() -> Accuracy:
         p.apply_(conf)
-        return p.evaluate(limit=limit, progress=progress)
+        return p.evaluate(limit=limit)
 
     return _shared(key, compute)
 

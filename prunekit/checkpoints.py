@@ -6,6 +6,7 @@ The file is untrusted: it is size-limited, state_dicts go through ``torch.load(w
 
 from __future__ import annotations
 
+import copy
 import io
 import zipfile
 from dataclasses import replace
@@ -102,7 +103,7 @@ def load_checkpoint(
         kind = "TorchScript"
     else:
         state = _state_dict_from(blob)
-        model = _fresh_copy(base.model)
+        model = copy.deepcopy(base.model).cpu()  # base is shared by the zoo cache: never load into it
         _check_keys(model, state, arch)
         model.load_state_dict(state)
         kind = f"state_dict for {arch}"
@@ -114,12 +115,6 @@ def load_checkpoint(
         except Exception as exc:
             raise CheckpointError(f"model does not run on input {loaded.input_spec.shape}: {exc}") from None
     return loaded
-
-
-def _fresh_copy(model: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model).cpu()
 
 
 def _load_torchscript(blob: bytes) -> nn.Module:

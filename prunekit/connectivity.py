@@ -49,14 +49,14 @@ class PathProbe:
             else:
                 t.copy_(source[name].detach().abs())
 
-    def _forward(self, grad: bool) -> torch.Tensor:
+    def _forward(self) -> torch.Tensor:
         x = torch.ones((1, *self.input_shape), dtype=torch.float64)
         return self.net(x)
 
     def output_mass(self) -> float:
         """Sum of the all-ones output: 0.0 exactly when no input-output path survives."""
         with torch.no_grad():
-            return float(self._forward(False).sum())
+            return float(self._forward().sum())
 
     def path_scores(self) -> dict[str, torch.Tensor]:
         """Per prunable layer: ``|w| * d(sum output)/d|w|``, the mass of paths through each weight."""
@@ -64,7 +64,7 @@ class PathProbe:
         for w in weights:
             w.requires_grad_(True)
         try:
-            out = self._forward(True).sum()
+            out = self._forward().sum()
             grads = torch.autograd.grad(out, weights, allow_unused=True)
         finally:
             for w in weights:

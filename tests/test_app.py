@@ -51,7 +51,11 @@ def test_model_page_numbers_match_the_profile():
     prof = profile_model(loaded.model, (1, 28, 28))
     assert metric(at, "Parameters") == f"{prof.total_params:,}"
     assert metric(at, "MACs") == f"{prof.total_macs:,}"
-    assert any("last 3 layers" in i.value for i in at.info)
+    layers = [x for x in prof.layers if x.prunable]  # default view: conv + linear
+    p_share = sum(x.params for x in layers[-3:]) / sum(x.params for x in layers)
+    m_share = sum(x.macs for x in layers[-3:]) / sum(x.macs for x in layers)
+    takeaway = next(i.value for i in at.info if "last 3 layers" in i.value)
+    assert f"{p_share:.0%} of the parameters" in takeaway and f"{m_share:.0%} of the compute" in takeaway
 
 
 def _layer_bars(at: AppTest):

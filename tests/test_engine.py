@@ -105,10 +105,12 @@ def test_structured_masks_remove_whole_coupled_groups():
     assert torch.equal((m.dw.weight.flatten(1) == 0).all(1), dead1)
     assert (m.conv2.weight[:, dead1] == 0).all()
     assert torch.equal(m.bn_dw.weight == 0, dead1)
-    # within one channel group per cluster
-    for unit_set in pruner.table.sets:
-        assert abs(result.units_removed - sum(round(0.5 * s.size) for s in pruner.table.sets)) == 0
-        assert unit_set.size > 0
+    # local: every cluster loses exactly round(0.5 x its channels), counted on the root's dead filters
+    for cluster in pruner.table.clusters:
+        root = dict(m.named_modules())[cluster.root]
+        dead = int((root.weight.flatten(1) == 0).all(1).sum())
+        assert dead == round(0.5 * cluster.size), cluster.root
+    assert result.units_removed == sum(round(0.5 * c.size) for c in pruner.table.clusters)
 
 
 def test_structured_counts_the_next_layers_kernels_as_removed():
