@@ -155,7 +155,10 @@ def zoo_accuracy(lab: Lab, limit: int | None):
 
 def _summary(d: dict) -> str:
     acc = d.get("accuracy")
-    acc_text = f"  accuracy {acc['dense']:.2%} -> {acc['pruned']:.2%}" if acc else ""
+    acc_text = ""
+    if acc:
+        acc_text = f"  accuracy {acc['dense']:.2%} -> {acc['pruned']:.2%}"
+        acc_text += f" (estimate from {acc['images']:,} images)" if acc["estimate"] else f" ({acc['images']:,} images)"
     return (
         f"sparsity {d['sparsity']:.3f} ({d['scope']}, {d['criterion']}, {d['structure']}): "
         f"achieved {d['achieved_sparsity']:.3f}, "

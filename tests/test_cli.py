@@ -91,3 +91,8 @@ def test_module_entry_point():
         [sys.executable, "-m", "prunekit", "prune", "fmnist-cnn", "--sparsity", "7"], capture_output=True, text=True
     )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+
+
+def test_text_summary_marks_estimates(capsys):
+    code, out, _ = run(["prune", "fmnist-cnn", "--sparsity", "0.5", "--eval", "--eval-limit", "300"], capsys)
+    assert code == 0 and "estimate from 300 images" in out.splitlines()[-1]
