@@ -1,7 +1,9 @@
-"""Batched, deterministic top-1/top-5 accuracy with a progress callback."""
+"""Batched, deterministic top-1/top-5 accuracy with a progress callback, fixed stratified subsets for
+quick estimates, and Wilson intervals so an estimate says how uncertain it is."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +32,10 @@ class Accuracy:
     def is_estimate(self) -> bool:
         return self.n < self.total
 
+    def interval(self, z: float = 1.96) -> tuple[float, float]:
+        """Wilson score interval of top-1 (95% by default): honest for small ``n`` and near 0 or 1."""
+        return wilson(round(self.top1 * self.n), self.n, z)
+
     def label(self) -> str:
         """Human wording, e.g. '91.3% top-1 (estimate from 1,000 of 10,000 images)'."""
         text = f"{100 * self.top1:.1f}% top-1"
@@ -45,6 +51,38 @@ def subset(data: EvalData, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     if n <= 0:
         raise InvalidArgumentError(f"subset size must be positive, got {n}")
     return data.images[:n], data.labels[:n]
+
+
+def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for ``correct`` successes out of ``n`` trials, as fractions in [0, 1]."""
+    if n <= 0:
+        raise InvalidArgumentError(f"an interval needs at least one trial, got n={n}")
+    if not 0 <= correct <= n:
+        raise InvalidArgumentError(f"correct must be in [0, {n}], got {correct}")
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def stratified_indices(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """A fixed subset of about ``n`` indices with each class in proportion to its share of ``labels``.
+
+    Deterministic: each class contributes its first indices in order, so every process picks the same
+    images. Returns sorted int64 indices (all of them when ``n >= len(labels)``).
+    """
+    total = int(labels.shape[0])
+    if n <= 0:
+        raise InvalidArgumentError(f"subset size must be positive, got {n}")
+    if n >= total:
+        return torch.arange(total)
+    picked = []
+    for cls in torch.unique(labels):
+        members = (labels == cls).nonzero().flatten()
+        take = max(1, round(n * members.numel() / total))
+        picked.append(members[:take])
+    return torch.cat(picked).sort().values
 
 
 @torch.inference_mode()
@@ -72,12 +110,24 @@ def accuracy(
     progress: Progress | None = None,
 ) -> Accuracy:
     """Top-1 (and top-5 for >10 classes) of ``model`` on ``data``, or on its first ``limit`` images."""
-    t0 = time.perf_counter()
     images, labels = subset(data, limit)
+    return accuracy_of(model, images, labels, len(data), batch_size, progress)
+
+
+def accuracy_of(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    total: int,
+    batch_size: int = DEFAULT_BATCH,
+    progress: Progress | None = None,
+) -> Accuracy:
+    """Top-1 (and top-5 for >10 classes) on ``images`` (N, C, H, W) / ``labels`` (N,) drawn from a set of ``total``."""
+    t0 = time.perf_counter()
     logits = predict_logits(model, images, batch_size, progress)
     top1 = (logits.argmax(1) == labels).float().mean().item()
     top5 = None
     if logits.shape[1] > 10:
         k = min(5, logits.shape[1])
         top5 = (logits.topk(k, 1).indices == labels[:, None]).any(1).float().mean().item()
-    return Accuracy(top1, top5, int(labels.shape[0]), len(data), time.perf_counter() - t0)
+    return Accuracy(top1, top5, int(labels.shape[0]), total, time.perf_counter() - t0)

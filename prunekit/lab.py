@@ -1,7 +1,9 @@
-"""The engine's front door: a shared, read-only :class:`Lab` per model and a per-user :class:`Pruner`.
+"""The engine's front door: a shared :class:`Lab` per model and :class:`Pruner` working copies.
 
-``Lab`` holds what is expensive and never mutated (profile, clusters, sorted score tables); a
-``Pruner`` owns one working copy and one path probe, and turns a :class:`PruneConfig` into a
+``Lab`` holds what is expensive and never mutated (profile, clusters, sorted score tables) and serves
+every session: ``Lab.result`` computes each configuration's :class:`PruneResult` once (however many
+sessions ask at once) on a pruner borrowed from a small pool, so memory does not grow with sessions.
+A ``Pruner`` owns one working copy and one path probe, and turns a :class:`PruneConfig` into a
 :class:`PruneResult` whose every number is measured on the pruned tensors themselves.
 """
 
@@ -20,10 +22,12 @@ from prunekit.evaluate import Accuracy, Progress, accuracy
 from prunekit.importance import FILTER, STRUCTURES, ScoreContext, get_criterion
 from prunekit.masks import WorkingCopy
 from prunekit.profile import Profile, profile_model
+from prunekit.shared import Pool, SingleFlight
 from prunekit.structure import Cluster, build_clusters
 from prunekit.zoo import Loaded
 
 CALIBRATION_IMAGES = 256  # data-driven criteria read the LAST images of the eval split (stated in the UI)
+POOL_SIZE = 2  # working copies per (model, table): enough for two concurrent misses, bounded for big models
 
 
 @dataclass(frozen=True)
@@ -87,8 +91,10 @@ class Lab:
 
     def __init__(self, loaded: Loaded) -> None:
         self.loaded = loaded
-        self._tables: dict[tuple, ScoreTable] = {}
+        self._tables: SingleFlight[ScoreTable] = SingleFlight(maxsize=64)
+        self._pools: dict[tuple, Pool[Pruner]] = {}
         self._lock = threading.Lock()
+        self._results: SingleFlight[object] = SingleFlight()
 
     @cached_property
     def profile(self) -> Profile:
@@ -111,11 +117,7 @@ class Lab:
 
     def table(self, criterion: str, structure: str, normalise: str = "none") -> ScoreTable:
         """Score and sort once per (criterion, structure, normalisation); later calls are lookups."""
-        key = (criterion, structure, normalise)
-        with self._lock:
-            if key not in self._tables:
-                self._tables[key] = self._build(criterion, structure, normalise)
-            return self._tables[key]
+        return self._tables.get((criterion, structure, normalise), lambda: self._build(criterion, structure, normalise))
 
     def _build(self, criterion: str, structure: str, normalise: str) -> ScoreTable:
         if structure not in STRUCTURES:
@@ -133,7 +135,37 @@ class Lab:
         return build_table(scores, structure, criterion, normalise, clusters)
 
     def pruner(self, criterion: str = "magnitude", structure: str = "unstructured", normalise: str = "none") -> Pruner:
+        """A private pruner (its own working copy): for scripts and sweeps that own it."""
         return Pruner(self, self.table(criterion, structure, normalise))
+
+    def result(self, criterion: str, structure: str, normalise: str, config: PruneConfig) -> PruneResult:
+        """The shared :class:`PruneResult` of one configuration, computed once. Read-only: never mutate it."""
+        key = ("result", criterion, structure, normalise, config.key())
+        return self._results.get(
+            key, lambda: self._on_pooled(criterion, structure, normalise, lambda p: p.prune(config))
+        )
+
+    def collapse_point(self, criterion: str, structure: str, normalise: str, config: PruneConfig) -> float | None:
+        """Shared :meth:`Pruner.collapse_point` of ``config``'s scope, computed once per configuration."""
+        key = ("collapse", criterion, structure, normalise, config.key())
+        return self._results.get(
+            key, lambda: self._on_pooled(criterion, structure, normalise, lambda p: p.collapse_point(config))
+        )
+
+    def _on_pooled(self, criterion: str, structure: str, normalise: str, work):
+        table = self.table(criterion, structure, normalise)
+        with self._lock:
+            key = (criterion, structure, normalise)
+            if key not in self._pools:
+                self._pools[key] = Pool(lambda: Pruner(self, table), POOL_SIZE)
+            pool = self._pools[key]
+        with pool.borrow() as pruner:
+            return work(pruner)
+
+    def working_copies(self) -> int:
+        """How many pooled working copies exist (bounded by tables x POOL_SIZE, whatever the sessions)."""
+        with self._lock:
+            return sum(p.made for p in self._pools.values())
 
 
 class Pruner:

@@ -1,0 +1,156 @@
+"""What the evaluation service computes: an :class:`EvalJob` names one accuracy measurement, and
+:func:`run_job` measures it inside a worker process. Jobs are small, frozen and hashable: identical
+requests from many sessions are the same job, and a job is the key of its result.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+
+import torch
+
+from prunekit.allocate import PruneConfig, check_sparsity
+from prunekit.errors import InvalidArgumentError
+from prunekit.evaluate import Accuracy, accuracy_of, stratified_indices
+from prunekit.lab import Lab, Pruner
+from prunekit.zoo import Loaded
+
+DENSE = "dense"  # the criterion of a job that prunes nothing
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a worker loads a model: ``loader`` is an importable ``'module:function'`` called with ``args``.
+
+    The function returns a :class:`Loaded`. Only our own loaders are named here; nothing a user sent
+    is imported or run (an upload travels as bytes to ``checkpoints.load_checkpoint``).
+    """
+
+    loader: str
+    args: tuple = ()
+
+    def load(self) -> Loaded:
+        module, _, name = self.loader.partition(":")
+        if not module or not name:
+            raise InvalidArgumentError(f"a loader is 'module:function', got {self.loader!r}")
+        return getattr(importlib.import_module(module), name)(*self.args)
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """The accuracy of ``model`` pruned by one configuration, on the full evaluation split
+    (``subset=None``) or on a fixed stratified subset of about ``subset`` images (an estimate)."""
+
+    model: str
+    criterion: str = DENSE
+    structure: str = "unstructured"
+    normalise: str = "none"
+    sparsity: float = 0.0
+    scope: str = "global"
+    keep_first_last: bool = False
+    overrides: tuple[tuple[str, float], ...] = ()
+    subset: int | None = None
+
+    def __post_init__(self) -> None:
+        check_sparsity(self.sparsity)
+        if self.subset is not None and self.subset <= 0:
+            raise InvalidArgumentError(f"subset must be a positive image count or None, got {self.subset}")
+
+    @property
+    def is_dense(self) -> bool:
+        return self.criterion == DENSE
+
+    def canonical(self) -> EvalJob:
+        """The same measurement under one name: every configuration that prunes nothing is the dense job."""
+        if self.sparsity == 0.0 and not self.overrides and not self.is_dense:
+            return EvalJob(self.model, subset=self.subset)
+        return self
+
+    def with_subset(self, subset: int | None) -> EvalJob:
+        return replace(self, subset=subset)
+
+    def config(self) -> PruneConfig:
+        return PruneConfig(self.sparsity, self.scope, self.keep_first_last, dict(self.overrides))
+
+    def key(self) -> list:
+        """A JSON-friendly identity (for the persistent store)."""
+        return [
+            self.model,
+            self.criterion,
+            self.structure,
+            self.normalise,
+            round(self.sparsity, 6),
+            self.scope,
+            self.keep_first_last,
+            [list(o) for o in self.overrides],
+            self.subset,
+        ]
+
+
+class JobRunner:
+    """Worker-side state: loaded models and a bounded set of pruners (working copies) per process."""
+
+    def __init__(self, max_pruners: int = 4) -> None:
+        self.labs: dict[str, Lab] = {}
+        self.pruners: OrderedDict[tuple, Pruner] = OrderedDict()
+        self.max_pruners = max_pruners
+        self._subsets: dict[tuple[str, int], torch.Tensor] = {}
+
+    def load(self, key: str, spec: ModelSpec) -> None:
+        if key not in self.labs:
+            lab = Lab(spec.load())
+            self._warm(lab)
+            self.labs[key] = lab
+
+    @staticmethod
+    def _warm(lab: Lab) -> None:
+        """The first forward of a model is slow (allocator, kernels): pay it at load, not in a live job."""
+        images = lab.loaded.eval_data().images[:64]
+        accuracy_of(lab.loaded.model, images, torch.zeros(images.shape[0], dtype=torch.long), images.shape[0])
+
+    def run(self, job: EvalJob) -> Accuracy:
+        lab = self.labs.get(job.model)
+        if lab is None:
+            raise InvalidArgumentError(f"model {job.model!r} was never loaded in this worker")
+        model = lab.loaded.model if job.is_dense else self._pruned(lab, job)
+        data = lab.loaded.eval_data()
+        if job.subset is None or job.subset >= len(data):
+            return accuracy_of(model, data.images, data.labels, len(data))
+        idx = self._subset(job.model, data.labels, job.subset)
+        return accuracy_of(model, data.images[idx], data.labels[idx], len(data))
+
+    def _pruned(self, lab: Lab, job: EvalJob) -> torch.nn.Module:
+        key = (job.model, job.criterion, job.structure, job.normalise)
+        if key not in self.pruners:
+            self.pruners[key] = lab.pruner(job.criterion, job.structure, job.normalise)
+            while len(self.pruners) > self.max_pruners:
+                self.pruners.popitem(last=False)
+        self.pruners.move_to_end(key)
+        pruner = self.pruners[key]
+        pruner.apply_(job.config())
+        return pruner.model
+
+    def _subset(self, model: str, labels: torch.Tensor, n: int) -> torch.Tensor:
+        if (model, n) not in self._subsets:
+            self._subsets[(model, n)] = stratified_indices(labels, n)
+        return self._subsets[(model, n)]
+
+
+def worker_main(conn, threads: int) -> None:
+    """A worker process: receive ``(job, spec-or-None)``, answer ``("ok", job, fields)`` or ``("error", job, text)``."""
+    torch.set_num_threads(threads)
+    runner = JobRunner()
+    while True:
+        try:
+            job, spec = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            if spec is not None:
+                runner.load(job.model, spec)
+            acc = runner.run(job)
+            conn.send(("ok", job, acc))
+        except Exception as exc:  # reported on the page; the worker lives on
+            conn.send(("error", job, f"{type(exc).__name__}: {exc}"))

@@ -1,0 +1,356 @@
+"""The evaluation service: accuracy jobs run in worker processes, fed by one scheduler thread.
+
+Order of work: live requests first (estimates before full-split figures), each session's latest
+request wins (what it asked before is demoted, never lost), identical requests from many sessions
+are one job, then background work (accuracy curves, coarse to fine). Results are kept in memory and,
+when a :class:`ResultStore` is given, on disk keyed by the model's fingerprint (weights + evaluation
+set), the job and the code version. A worker that dies is restarted and its job retried once; a
+second death is reported as the job's error. Callers never block: they ask and read what is there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import logging
+import multiprocessing as mp
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from pathlib import Path
+
+from prunekit.errors import InvalidArgumentError
+from prunekit.evaluate import Accuracy
+from prunekit.jobs import EvalJob, ModelSpec, worker_main
+from prunekit.store import ResultStore, digest
+
+log = logging.getLogger(__name__)
+LIVE_ESTIMATE, LIVE_FULL, CURVE, STALE = 0, 1, 10, 100  # lower runs first; curve levels add 0, 1, 2
+MAX_ATTEMPTS = 2
+MAX_DEATHS_IN_A_ROW = 6  # workers dying with no job finished in between: they cannot start, so stop trying
+CURVE_GRIDS = (0.1, 0.05, 0.01)  # coarse to fine
+_ENGINE_FILES = ("allocate.py", "evaluate.py", "importance.py", "jobs.py", "masks.py", "models.py", "structure.py")
+
+
+def code_version() -> str:
+    """A digest of the engine files a result depends on: editing them invalidates stored results."""
+    root = Path(__file__).parent
+    h = hashlib.sha256()
+    for name in _ENGINE_FILES:
+        h.update((root / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class JobError:
+    """A job that could not be measured; ``message`` is shown on the page."""
+
+    message: str
+
+
+Outcome = Accuracy | JobError
+
+
+def curve_grid() -> list[tuple[int, float]]:
+    """(level, sparsity) for the slider grid, coarse to fine: every 0.1, then 0.05, then 0.01."""
+    seen, out = set(), []
+    for level, step in enumerate(CURVE_GRIDS):
+        for k in range(round(1 / step)):
+            s = round(k * step, 2)
+            if s not in seen and s < 1.0:
+                seen.add(s)
+                out.append((level, s))
+    return out
+
+
+@dataclass
+class _Entry:
+    job: EvalJob
+    seq: int
+    wanted: dict[str, int] = field(default_factory=dict)  # requester (a session, or "" for background) -> priority
+    attempts: int = 0
+    in_flight: bool = False
+
+    def priority(self) -> tuple[int, int]:
+        return (min(self.wanted.values(), default=STALE), self.seq)
+
+
+@dataclass
+class _Worker:
+    process: mp.Process
+    conn: object
+    loaded: set[str] = field(default_factory=set)
+    job: EvalJob | None = None
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    workers: int
+    alive: int
+    busy: int
+    queued_live: int
+    queued_background: int
+    done: int
+    restarts: int
+
+
+class EvalService:
+    """Accuracy jobs evaluated by ``workers`` processes of ``threads`` torch threads each."""
+
+    def __init__(self, workers: int | None = None, threads: int = 1, store: ResultStore | None = None) -> None:
+        workers = workers or max(1, os.cpu_count() or 1)
+        if workers <= 0 or threads <= 0:
+            raise InvalidArgumentError(f"workers and threads must be positive, got {workers} and {threads}")
+        self.threads, self.store = threads, store
+        self._ctx = mp.get_context("spawn")  # fork would copy the server's threads and torch's thread pool
+        self._lock = threading.Lock()
+        self._specs: dict[str, ModelSpec] = {}
+        self._fingerprints: dict[str, Callable[[], str] | str] = {}
+        self._outcomes: OrderedDict[EvalJob, Outcome] = OrderedDict()
+        self._pending: dict[EvalJob, _Entry] = {}
+        self._sessions: dict[str, set[EvalJob]] = {}
+        self._seq = itertools.count()
+        self._restarts = 0
+        self._deaths_in_a_row = 0
+        self.broken: str | None = None  # why the workers cannot run, once they cannot
+        self._code = code_version()
+        self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
+        self._workers = [self._spawn() for _ in range(workers)]
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="prunekit-scheduler", daemon=True)
+        self._thread.start()
+
+    # --- public, non-blocking ------------------------------------------------------------------
+
+    def register(self, key: str, spec: ModelSpec, fingerprint: Callable[[], str] | str | None = None) -> None:
+        """Say how workers load model ``key``; ``fingerprint`` (weights + eval set) enables the disk store."""
+        with self._lock:
+            self._specs[key] = spec
+            if fingerprint is not None:
+                self._fingerprints[key] = fingerprint
+
+    def lookup(self, job: EvalJob) -> Outcome | None:
+        """The outcome of ``job`` if known (memory, then disk); never computes."""
+        job = job.canonical()
+        with self._lock:
+            if job in self._outcomes:
+                self._outcomes.move_to_end(job)
+                return self._outcomes[job]
+            if job in self._pending:
+                return None
+        return self._from_disk(job)
+
+    def request(self, jobs: Iterable[tuple[EvalJob, int]], session: str = "") -> dict[EvalJob, Outcome | None]:
+        """Ask for ``(job, priority)`` pairs; returns what is known now (None: queued or running).
+
+        For a named ``session`` this call replaces its previous request: jobs it no longer asks for
+        are demoted to background (computed when the workers are idle), never dropped while running.
+        """
+        asked = [(job.canonical(), prio) for job, prio in jobs]
+        known = {job: self.lookup(job) for job, _ in asked}
+        if self.broken:
+            return {job: value or JobError(self.broken) for job, value in known.items()}
+        with self._lock:
+            for job, prio in asked:
+                if known[job] is None:
+                    self._want(job, session, prio)
+            if session:
+                self._supersede(session, {job for job, _ in asked if known[job] is None})
+        self._wake()
+        return known
+
+    def fill_curve(self, template: EvalJob, scopes: Iterable[str], session: str = "") -> None:
+        """Queue the full-split accuracy of ``template`` for each scope on the slider's grid, coarse to fine."""
+        jobs = [
+            (dataclasses.replace(template, scope=scope, sparsity=s, subset=None), CURVE + level)
+            for level, s in curve_grid()
+            for scope in scopes
+        ]
+        missing = [(job.canonical(), prio) for job, prio in jobs if self.lookup(job) is None]
+        with self._lock:
+            for job, prio in missing:
+                self._want(job, session, prio, keep=True)
+        self._wake()
+
+    def status(self) -> ServiceStatus:
+        with self._lock:
+            live = sum(1 for e in self._pending.values() if not e.in_flight and e.priority()[0] < CURVE)
+            return ServiceStatus(
+                workers=len(self._workers),
+                alive=sum(w.process.is_alive() for w in self._workers),
+                busy=sum(w.job is not None for w in self._workers),
+                queued_live=live,
+                queued_background=sum(1 for e in self._pending.values() if not e.in_flight) - live,
+                done=len(self._outcomes),
+                restarts=self._restarts,
+            )
+
+    def worker_pids(self) -> list[int]:
+        with self._lock:
+            return [w.process.pid for w in self._workers]
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake()
+        self._thread.join(5)
+        for w in self._workers:
+            w.conn.close()
+            w.process.kill()
+            w.process.join(5)
+        if self.store is not None:
+            self.store.close()
+
+    # --- bookkeeping (call with the lock held) ------------------------------------------------------
+
+    def _want(self, job: EvalJob, requester: str, prio: int, keep: bool = False) -> None:
+        entry = self._pending.get(job)
+        if entry is None:
+            entry = self._pending[job] = _Entry(job, next(self._seq))
+        entry.wanted[requester] = min(prio, entry.wanted.get(requester, prio))
+        if requester and not keep:
+            self._sessions.setdefault(requester, set()).add(job)
+
+    def _supersede(self, session: str, now: set[EvalJob]) -> None:
+        for job in self._sessions.get(session, set()) - now:
+            entry = self._pending.get(job)
+            if entry is not None and entry.wanted.pop(session, None) is not None:
+                entry.wanted.setdefault("", STALE)
+        self._sessions[session] = now
+
+    def _finish(self, job: EvalJob, outcome: Outcome) -> None:
+        self._pending.pop(job, None)
+        self._outcomes[job] = outcome
+        while len(self._outcomes) > 100_000:
+            self._outcomes.popitem(last=False)
+
+    # --- the disk store ------------------------------------------------------------------------
+
+    def _store_key(self, job: EvalJob) -> str | None:
+        with self._lock:
+            fp = self._fingerprints.get(job.model)
+        if self.store is None or fp is None:
+            return None
+        if callable(fp):
+            fp = fp()
+            with self._lock:
+                self._fingerprints[job.model] = fp
+        return digest(job.key(), fp, self._code)
+
+    def _from_disk(self, job: EvalJob) -> Accuracy | None:
+        key = self._store_key(job)
+        value = self.store.get(key) if key else None
+        if value is None:
+            return None
+        try:
+            acc = Accuracy(**value)
+        except TypeError:
+            return None  # written by another version of Accuracy: ignored, never shown
+        with self._lock:
+            self._outcomes[job] = acc
+        return acc
+
+    def _to_disk(self, job: EvalJob, acc: Accuracy) -> None:
+        key = self._store_key(job)
+        if key:
+            self.store.put(key, dataclasses.asdict(acc))
+
+    # --- the scheduler thread ------------------------------------------------------------------
+
+    def _spawn(self) -> _Worker:
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(target=worker_main, args=(child, self.threads), daemon=True, name="prunekit-worker")
+        proc.start()
+        child.close()
+        return _Worker(proc, parent)
+
+    def _wake(self) -> None:
+        try:
+            with self._lock:
+                self._wake_w.send_bytes(b"!")
+        except OSError:
+            pass
+
+    def _loop(self) -> None:
+        while not self._closed:
+            self._dispatch()
+            waitables = [self._wake_r] + [w.conn for w in self._workers] + [w.process.sentinel for w in self._workers]
+            for ready in wait(waitables, timeout=1.0):
+                self._handle(ready)
+
+    def _handle(self, ready) -> None:
+        if ready is self._wake_r:
+            while self._wake_r.poll():
+                self._wake_r.recv_bytes()
+            return
+        for i, w in enumerate(self._workers):
+            if ready is w.conn:
+                self._receive(i, w)
+            elif ready == w.process.sentinel and not w.process.is_alive():
+                self._crashed(i, w)
+
+    def _receive(self, i: int, w: _Worker) -> None:
+        try:
+            status, job, payload = w.conn.recv()
+        except (EOFError, OSError):
+            self._crashed(i, w)
+            return
+        outcome = payload if status == "ok" else JobError(payload)
+        with self._lock:
+            w.job, self._deaths_in_a_row = None, 0
+            if status != "ok":
+                w.loaded.discard(job.model)  # a failed load is retried with the spec next time
+            self._finish(job, outcome)
+        if isinstance(outcome, Accuracy):
+            self._to_disk(job, outcome)
+
+    def _crashed(self, i: int, w: _Worker) -> None:
+        w.process.join(1)
+        code = w.process.exitcode
+        w.conn.close()
+        with self._lock:
+            self._deaths_in_a_row += 1
+            if self._closed or self._deaths_in_a_row > MAX_DEATHS_IN_A_ROW:
+                self._give_up(f"evaluation workers keep dying at start (last exit code {code})")
+                return
+            log.warning("evaluation worker %s died (exit code %s); restarting it", w.process.pid, code)
+            self._restarts += 1
+            job, self._workers[i] = w.job, self._spawn()
+            entry = self._pending.get(job) if job is not None else None
+            if entry is not None:
+                entry.in_flight = False
+                entry.attempts += 1
+                if entry.attempts >= MAX_ATTEMPTS:
+                    self._finish(job, JobError(f"the evaluation worker died {entry.attempts} times (exit code {code})"))
+
+    def _give_up(self, why: str) -> None:
+        self.broken = self.broken or why
+        for job in list(self._pending):
+            self._finish(job, JobError(why))
+        self._closed = True
+
+    def _dispatch(self) -> None:
+        with self._lock:
+            for w in self._workers:
+                if w.job is not None or not w.process.is_alive():
+                    continue
+                entry = min((e for e in self._pending.values() if not e.in_flight), key=_Entry.priority, default=None)
+                if entry is None:
+                    return
+                self._send(w, entry)
+
+    def _send(self, w: _Worker, entry: _Entry) -> None:
+        job = entry.job
+        spec = None if job.model in w.loaded else self._specs.get(job.model)
+        if job.model not in w.loaded and spec is None:
+            self._finish(job, JobError(f"model {job.model!r} is not registered with the evaluation service"))
+            return
+        try:
+            w.conn.send((job, spec))
+        except (OSError, ValueError):
+            return  # the worker is dying: its sentinel brings it back, the entry stays queued
+        w.loaded.add(job.model)
+        w.job, entry.in_flight = job, True
