@@ -107,7 +107,7 @@ class JobRunner:
     @staticmethod
     def _warm(lab: Lab) -> None:
         """The first forward of a model is slow (allocator, kernels): pay it at load, not in a live job."""
-        images = lab.loaded.eval_data().images[:64]
+        images = lab.loaded.eval_data().images[:8]
         accuracy_of(lab.loaded.model, images, torch.zeros(images.shape[0], dtype=torch.long), images.shape[0])
 
     def run(self, job: EvalJob) -> Accuracy:

@@ -78,3 +78,36 @@ def tiny_loaded(cls: type[nn.Module], seed: int = 0, n: int = 64) -> Loaded:
 
 def state_of(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+TINY = {"TinyCNN": TinyCNN, "TinyResNet": TinyResNet}
+
+
+def load_tiny(name: str, seed: int = 0) -> Loaded:
+    """A worker-side loader (importable by name, as ``ModelSpec`` needs)."""
+    return tiny_loaded(TINY[name], seed)
+
+
+class _Crashing(TinyCNN):
+    """Kills its process on a forward while ``flag`` exists (removing it first when ``once``)."""
+
+    def __init__(self, flag: str, once: bool) -> None:
+        super().__init__()
+        self.flag, self.once = flag, once
+
+    def forward(self, x):
+        import os
+
+        if x.shape[0] > 8 and os.path.exists(self.flag):  # the 8-image warm-up at load passes
+            if self.once:
+                os.remove(self.flag)
+            os._exit(3)
+        return super().forward(x)
+
+
+def load_crashing(flag: str, once: bool) -> Loaded:
+    loaded = tiny_loaded(TinyCNN)
+    model = _Crashing(flag, once)
+    model.load_state_dict(loaded.model.state_dict())
+    loaded.model = model.eval()
+    return loaded

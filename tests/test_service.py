@@ -1,0 +1,253 @@
+"""The evaluation service, its result store and the shared-result building blocks."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+import pytest
+import torch
+
+from prunekit.allocate import PruneConfig
+from prunekit.errors import InvalidArgumentError
+from prunekit.evaluate import Accuracy, accuracy_of, stratified_indices, wilson
+from prunekit.jobs import EvalJob, ModelSpec
+from prunekit.lab import POOL_SIZE, Lab
+from prunekit.service import CURVE, LIVE_FULL, STALE, EvalService, JobError, curve_grid
+from prunekit.shared import Pool, SingleFlight
+from prunekit.store import ResultStore
+from tests.helpers import TinyResNet, tiny_loaded
+
+pytestmark = pytest.mark.xdist_group("service")  # worker processes: keep these on one xdist worker
+TINY = ModelSpec("tests.helpers:load_tiny", ("TinyResNet",))
+
+
+def wait_for(service: EvalService, jobs, session: str = "t", timeout: float = 60.0) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        known = service.request([(j, LIVE_FULL) for j in jobs], session)
+        if all(v is not None for v in known.values()):
+            return known
+        time.sleep(0.02)
+    raise AssertionError(f"jobs not done in {timeout} s: {service.status()}")
+
+
+@pytest.fixture
+def service(tmp_path):
+    svc = EvalService(workers=2, store=ResultStore(tmp_path / "r.sqlite3"))
+    svc.register("tiny", TINY, fingerprint="tiny-seed0")
+    yield svc
+    svc.close()
+
+
+# --- statistics ---------------------------------------------------------------------------------
+
+
+def test_wilson_matches_the_textbook_values():
+    # 17/20 (the ImageNet samples' 85%): Wilson 95% interval 0.640-0.948 (Newcombe 1998, method 3)
+    lo, hi = wilson(17, 20)
+    assert lo == pytest.approx(0.6396, abs=1e-4) and hi == pytest.approx(0.9476, abs=1e-4)
+    assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == 1.0
+    with pytest.raises(InvalidArgumentError, match="n=0"):
+        wilson(0, 0)
+
+
+def test_stratified_subset_keeps_class_shares_and_is_fixed():
+    labels = torch.tensor([0] * 60 + [1] * 30 + [2] * 10)[
+        torch.randperm(100, generator=torch.Generator().manual_seed(1))
+    ]
+    idx = stratified_indices(labels, 20)
+    counts = torch.bincount(labels[idx], minlength=3).tolist()
+    assert counts == [12, 6, 2]
+    assert torch.equal(idx, stratified_indices(labels, 20)) and torch.equal(idx, idx.sort().values)
+    assert len(stratified_indices(labels, 500)) == 100
+
+
+# --- shared results -----------------------------------------------------------------------------
+
+
+def test_single_flight_computes_once_for_concurrent_askers():
+    cache: SingleFlight[int] = SingleFlight()
+    calls, gate = [], threading.Event()
+
+    def compute():
+        calls.append(1)
+        gate.wait(5)
+        return 42
+
+    threads = [threading.Thread(target=lambda: cache.get("k", compute)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    assert cache.peek("k") is None  # still computing: a peek never waits
+    gate.set()
+    for t in threads:
+        t.join(5)
+    assert calls == [1] and cache.get("k", compute) == 42
+
+
+def test_single_flight_is_bounded_and_does_not_cache_errors():
+    cache: SingleFlight[int] = SingleFlight(maxsize=2)
+    for k in range(3):
+        cache.get(k, lambda k=k: k)
+    assert cache.peek(0) is None and cache.peek(2) == 2
+    with pytest.raises(ZeroDivisionError):
+        cache.get("bad", lambda: 1 // 0)
+    assert cache.get("bad", lambda: 7) == 7
+
+
+def test_pool_never_makes_more_than_its_size():
+    pool = Pool(object, size=2)
+    with pool.borrow() as a, pool.borrow() as b:
+        assert a is not b
+    for _ in range(10):
+        with pool.borrow():
+            pass
+    assert pool.made == 2
+
+
+def test_lab_result_is_shared_and_equals_a_private_pruner():
+    lab = Lab(tiny_loaded(TinyResNet))
+    config = PruneConfig(0.5, "global")
+    shared = lab.result("l1", "filter", "none", config)
+    assert lab.result("l1", "filter", "none", PruneConfig(0.5, "global")) is shared
+    private = lab.pruner("l1", "filter").prune(config)
+    assert shared.layer_sparsities() == private.layer_sparsities()
+    assert shared.nonzero_params == private.nonzero_params
+    for s in (0.1, 0.2, 0.3, 0.4):
+        lab.result("l1", "filter", "none", PruneConfig(s, "local"))
+    assert lab.working_copies() <= POOL_SIZE
+
+
+# --- the service --------------------------------------------------------------------------------
+
+
+def _in_process(job: EvalJob, subset: int | None = None) -> Accuracy:
+    loaded = tiny_loaded(TinyResNet)
+    lab = Lab(loaded)
+    data = loaded.eval_data()
+    model = loaded.model
+    if not job.is_dense:
+        pruner = lab.pruner(job.criterion, job.structure)
+        pruner.apply_(job.config())
+        model = pruner.model
+    idx = stratified_indices(data.labels, subset) if subset else torch.arange(len(data))
+    return accuracy_of(model, data.images[idx], data.labels[idx], len(data))
+
+
+def test_worker_results_equal_in_process_evaluation(service):
+    jobs = [
+        EvalJob("tiny"),
+        EvalJob("tiny", "l1", "filter", sparsity=0.5, scope="global"),
+        EvalJob("tiny", "magnitude", sparsity=0.7, scope="local"),
+        EvalJob("tiny", "magnitude", sparsity=0.7, scope="local", subset=20),
+    ]
+    known = wait_for(service, jobs)
+    for job in jobs:
+        got, want = known[job], _in_process(job, job.subset)
+        assert isinstance(got, Accuracy), got
+        assert (got.top1, got.n, got.total) == (want.top1, want.n, want.total)
+    assert known[jobs[3]].n < known[jobs[3]].total  # the estimate says it is one
+
+
+def test_identical_requests_are_one_job_and_zero_sparsity_is_the_dense_job(service):
+    job = EvalJob("tiny", "magnitude", sparsity=0.3)
+    wait_for(service, [job], session="a")
+    done = service.status().done
+    wait_for(service, [EvalJob("tiny", "magnitude", sparsity=0.3)], session="b")
+    assert service.status().done == done
+    dense = wait_for(service, [EvalJob("tiny")])
+    zero = service.request([(EvalJob("tiny", "l2", "filter", sparsity=0.0, scope="local"), LIVE_FULL)])
+    assert list(zero.values()) == list(dense.values())
+
+
+def test_latest_request_wins_and_the_superseded_one_is_demoted_not_lost(service):
+    old = EvalJob("tiny", "magnitude", sparsity=0.11)
+    new = EvalJob("tiny", "magnitude", sparsity=0.12)
+    with service._lock:  # hold the scheduler off so both stay queued
+        service._want(old, "s", LIVE_FULL)
+        service._sessions["s"] = {old}
+        service._supersede("s", {new})
+        service._want(new, "s", LIVE_FULL)
+        assert service._pending[old].priority()[0] == STALE
+        assert service._pending[new].priority()[0] == LIVE_FULL
+    known = wait_for(service, [new, old], session="other")
+    assert all(isinstance(v, Accuracy) for v in known.values())
+
+
+def test_curve_is_filled_coarse_to_fine_for_both_scopes(service):
+    grid = curve_grid()
+    assert [s for level, s in grid if level == 0] == [round(0.1 * k, 2) for k in range(10)]
+    assert len({s for _, s in grid}) == 100 and [lv for lv, _ in grid] == sorted(lv for lv, _ in grid)
+    service.fill_curve(EvalJob("tiny", "magnitude"), ["global", "local"])
+    with service._lock:
+        levels = {e.priority()[0] for e in service._pending.values()}
+    assert levels <= {CURVE, CURVE + 1, CURVE + 2}
+    coarse = [EvalJob("tiny", "magnitude", sparsity=s, scope=sc) for s in (0.1, 0.5, 0.9) for sc in ("global", "local")]
+    deadline = time.time() + 60
+    while any(service.lookup(j) is None for j in coarse) and time.time() < deadline:
+        time.sleep(0.05)
+    assert all(isinstance(service.lookup(j), Accuracy) for j in coarse)
+
+
+def test_results_survive_a_restart_and_a_corrupt_row_is_ignored(tmp_path):
+    path = tmp_path / "r.sqlite3"
+    job = EvalJob("tiny", "l1", "filter", sparsity=0.25)
+    first = EvalService(workers=1, store=ResultStore(path))
+    first.register("tiny", TINY, fingerprint="tiny-seed0")
+    acc = wait_for(first, [job])[job]
+    first.close()
+    second = EvalService(workers=1, store=ResultStore(path))
+    second.register("tiny", TINY, fingerprint="tiny-seed0")
+    try:
+        assert second.lookup(job) == acc  # from disk: no worker ran it
+        assert second.status().done == 1 and second.status().busy == 0
+        other = EvalService(workers=1, store=ResultStore(path))
+        other.register("tiny", TINY, fingerprint="other-weights")
+        assert other.lookup(job) is None  # other weights: a different key, never the stale value
+        other.close()
+    finally:
+        second.close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE results SET value = replace(value, '0.', '1.')")
+    store = ResultStore(path)
+    assert all(store.get(k) is None for (k,) in sqlite3.connect(path).execute("SELECT key FROM results"))
+    assert len(store) == 0
+
+
+def test_store_is_bounded(tmp_path):
+    store = ResultStore(tmp_path / "s.sqlite3", max_rows=10)
+    for i in range(25):
+        store.put(f"k{i}", {"i": i})
+    assert len(store) <= 10 and store.get("k24") == {"i": 24} and store.get("k0") is None
+
+
+def test_a_crashed_worker_is_restarted_and_its_job_retried(tmp_path):
+    flag = tmp_path / "crash-once"
+    flag.touch()
+    svc = EvalService(workers=1)
+    svc.register("crashy", ModelSpec("tests.helpers:load_crashing", (str(flag), True)))
+    svc.register("doomed", ModelSpec("tests.helpers:load_crashing", (str(flag.with_name("always")), False)))
+    flag.with_name("always").touch()
+    try:
+        job = EvalJob("crashy", "magnitude", sparsity=0.5)
+        got = wait_for(svc, [job])[job]
+        assert isinstance(got, Accuracy) and svc.status().restarts == 1 and not flag.exists()
+        doomed = EvalJob("doomed")
+        err = wait_for(svc, [doomed])[doomed]
+        assert isinstance(err, JobError) and "died 2 times" in err.message
+        assert isinstance(wait_for(svc, [EvalJob("crashy")])[EvalJob("crashy")], Accuracy)  # still serving
+    finally:
+        svc.close()
+
+
+def test_unregistered_model_and_bad_jobs_give_clear_errors(service):
+    missing = EvalJob("nosuchmodel")
+    assert "not registered" in wait_for(service, [missing])[missing].message
+    with pytest.raises(InvalidArgumentError, match="sparsity"):
+        EvalJob("tiny", "magnitude", sparsity=1.0)
+    with pytest.raises(InvalidArgumentError, match="subset"):
+        EvalJob("tiny", subset=0)
+    bad = EvalJob("tiny", "nosuchcriterion", sparsity=0.5)
+    assert "nosuchcriterion" in wait_for(service, [bad])[bad].message
