@@ -1,31 +1,37 @@
 """The one module that binds Streamlit to the prunekit engine: caching, session state, the URL.
 
-Shared, never-mutated objects (models, score tables, evaluation results) live in
-``st.cache_resource``; each session owns its working copies. Evaluations run one at a time per
-process with torch threads = cores, so thirty students at one slider position cost one evaluation.
+What a configuration produces is keyed by the configuration, never by the session: ``Lab.result``
+(shared per model, computed once) gives the pruning numbers, and the evaluation service (worker
+processes, one scheduler) gives accuracies, so thirty students at one slider position cost one
+computation and the server process never evaluates while holding a lock. Pages ask and redraw;
+they never wait for an evaluation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import streamlit as st
 import torch
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from prunekit import analysis, checkpoints, zoo
 from prunekit.allocate import NORMALISATIONS, SCOPES, PruneConfig
 from prunekit.errors import PrunekitError
-from prunekit.evaluate import Accuracy, accuracy
+from prunekit.evaluate import Accuracy
 from prunekit.importance import CRITERIA, STRUCTURES
-from prunekit.lab import Lab, Pruner, PruneResult
+from prunekit.jobs import EvalJob, ModelSpec
+from prunekit.lab import Lab, PruneResult
 from prunekit.sensitivity import SensitivityConfig, SensitivityRow, sensitivity_scan
+from prunekit.service import LIVE_ESTIMATE, LIVE_FULL, EvalService, JobError, ServiceStatus, curve_grid
+from prunekit.shared import SingleFlight
+from prunekit.store import ResultStore
 
 torch.set_num_threads(os.cpu_count() or 1)
-ESTIMATE_IMAGES = 2000
-QUICK_IMAGES = 1000  # shown first, marked as an estimate, while the full evaluation runs
+ESTIMATE_IMAGES = 1000  # a fixed stratified subset: the first number at a position nobody has computed
 DEFAULTS = {
     "model": "fmnist-cnn",
     "criterion": "magnitude",
@@ -37,7 +43,7 @@ DEFAULTS = {
 UPLOAD_ARCHS = [*zoo.BUNDLED, *zoo.EFFICIENTNET, "resnet18", "resnet50", "mobilenet_v2", "vgg16"]
 
 
-# --- shared caches (one per process) ----------------------------------------------------------
+# --- shared objects (one per process, never mutated by a session) ------------------------------
 
 
 @st.cache_resource(show_spinner="Loading the model (first time only)...")
@@ -45,15 +51,25 @@ def shared_lab(name: str) -> Lab:
     return Lab(zoo.load(name))
 
 
-@dataclass
-class _Results:
-    lock: threading.Lock
-    values: dict
+@st.cache_resource(show_spinner=False)
+def service() -> EvalService:
+    """The evaluation service: ``$PRUNEKIT_WORKERS`` processes (default: one per core), results on disk."""
+    svc = EvalService(workers=int(os.environ.get("PRUNEKIT_WORKERS", 0)) or None, store=ResultStore())
+    default = shared_lab(DEFAULTS["model"])
+    _register(svc, default)
+    if curve_fill_enabled():
+        svc.fill_curve(_template(default, DEFAULTS), SCOPES)  # warm before most people ask for it
+    return svc
+
+
+def curve_fill_enabled() -> bool:
+    """Background accuracy curves (on unless ``PRUNEKIT_CURVE_FILL=0``, which the unit tests set)."""
+    return os.environ.get("PRUNEKIT_CURVE_FILL", "1") != "0"
 
 
 @st.cache_resource
-def _results() -> _Results:
-    return _Results(threading.Lock(), {})
+def _computed() -> SingleFlight:
+    return SingleFlight(maxsize=1024)
 
 
 @st.cache_resource
@@ -82,12 +98,8 @@ def model_names() -> list[str]:
 
 
 def _shared(key: tuple, compute: Callable[[], object]):
-    """Compute once per process; evaluations queue on one lock instead of thrashing the cores."""
-    cache = _results()
-    with cache.lock:
-        if key not in cache.values:
-            cache.values[key] = compute()
-        return cache.values[key]
+    """Compute once per process; a hit never waits behind someone else's computation."""
+    return _computed().get(key, compute)
 
 
 # --- state and the URL -------------------------------------------------------------------------
@@ -131,7 +143,6 @@ def init_state() -> None:
         cfg["criterion"] = "magnitude"
     st.session_state.cfg = cfg
     st.session_state.notices = notices
-    st.session_state.pruners = {}
     st.session_state.user_labs = {}
 
 
@@ -216,7 +227,13 @@ def _upload() -> None:
     except PrunekitError as exc:
         st.error(str(exc))
         return
-    st.session_state.user_labs[name] = Lab(loaded)
+    upload = Lab(loaded)
+    st.session_state.user_labs[name] = upload
+    service().register(
+        model_key(upload),
+        ModelSpec("prunekit.checkpoints:load_checkpoint", (file.getvalue(), arch, name)),
+        fingerprint=upload.fingerprint,
+    )
     cfg()["model"] = name
     st.session_state["w_model"] = name
     st.rerun()
@@ -244,60 +261,167 @@ def untrained_banner(current: Lab) -> bool:
 # --- pruning -----------------------------------------------------------------------------------
 
 
-def pruner(current: Lab, scope: str) -> Pruner:
-    c = cfg()
-    key = (current.loaded.name, id(current), *_settings(), scope)
-    pruners = st.session_state.pruners
-    if key not in pruners:
-        with st.spinner(f"Scoring {c['criterion']} ({c['structure']}) once; every later slider move is a lookup..."):
-            pruners[key] = current.pruner(c["criterion"], c["structure"], c["normalise"])
-    return pruners[key]
-
-
 def config(scope: str) -> PruneConfig:
     return PruneConfig(cfg()["sparsity"], scope, cfg()["keep"])
 
 
-def prune_both(current: Lab) -> dict[str, PruneResult]:
-    return {scope: pruner(current, scope).prune(config(scope)) for scope in SCOPES}
-
-
-def eval_limit(current: Lab, estimate: bool) -> int | None:
-    return ESTIMATE_IMAGES if estimate and len(current.loaded.eval_data()) > ESTIMATE_IMAGES else None
-
-
-def _key(kind: str, current: Lab, *extra) -> tuple:
-    """Cache key: shared models by name; an upload only within its own session's Lab."""
-    owner = id(current) if current.loaded.family == "user" else 0
-    return (kind, current.loaded.name, owner, *extra)
-
-
-def _settings() -> tuple:
+def _settings() -> tuple[str, str, str]:
     c = cfg()
     return c["criterion"], c["structure"], c["normalise"]
 
 
-def dense_accuracy(current: Lab, limit: int | None) -> Accuracy:
-    key = _key("dense", current, limit)
-    return _shared(key, lambda: accuracy(current.loaded.model, current.loaded.eval_data(), limit=limit))
+def prune_both(current: Lab) -> dict[str, PruneResult]:
+    """Both scopes' shared results (computed once per configuration; read-only)."""
+    with st.spinner("Scoring once for this criterion; every later slider move is a lookup..."):
+        return {scope: current.result(*_settings(), config(scope)) for scope in SCOPES}
 
 
-def pruned_accuracy(current: Lab, scope: str, limit: int | None) -> Accuracy:
-    p = pruner(current, scope)
-    conf = config(scope)
-    key = _key("pruned", current, *_settings(), conf.key(), limit)
-
-    def compute() -> Accuracy:
-        p.apply_(conf)
-        return p.evaluate(limit=limit)
-
-    return _shared(key, compute)
+def model_key(current: Lab) -> str:
+    """The service's name for a model: zoo models by name, an upload by its name and weights."""
+    if current.loaded.family == "user":
+        return f"{current.loaded.name}#{current.fingerprint[:12]}"
+    return current.loaded.name
 
 
-def collapse_point(current: Lab, scope: str = "global") -> float | None:
-    key = _key("collapse", current, *_settings(), scope, cfg()["keep"])
-    p = pruner(current, scope)
-    return _shared(key, lambda: p.collapse_point(config(scope)))
+def _register(svc: EvalService, current: Lab) -> None:
+    if current.loaded.family != "user":
+        svc.register(model_key(current), ModelSpec("prunekit.zoo:load", (current.loaded.name,)), current.fingerprint)
+
+
+def _template(current: Lab, c: dict) -> EvalJob:
+    return EvalJob(model_key(current), c["criterion"], c["structure"], c["normalise"], keep_first_last=c["keep"])
+
+
+def _session() -> str:
+    ctx = get_script_run_ctx(suppress_warning=True)
+    return ctx.session_id if ctx is not None else ""
+
+
+def eval_limit(current: Lab, estimate: bool) -> int | None:
+    """For in-process scans: score only the first ESTIMATE_IMAGES images when ``estimate``."""
+    return ESTIMATE_IMAGES if estimate and len(current.loaded.eval_data()) > ESTIMATE_IMAGES else None
+
+
+def estimate_size(current: Lab) -> int | None:
+    """Images in the quick estimate, or None when the evaluation set is small enough to score whole."""
+    return ESTIMATE_IMAGES if len(current.loaded.eval_data()) > ESTIMATE_IMAGES else None
+
+
+# --- accuracy from the evaluation service --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What is known of one accuracy: the full-split figure, a marked estimate, or an error."""
+
+    full: Accuracy | None = None
+    estimate: Accuracy | None = None
+    error: str | None = None
+
+    @property
+    def best(self) -> Accuracy | None:
+        return self.full or self.estimate
+
+
+@dataclass(frozen=True)
+class AccuracyView:
+    dense: Reading
+    scopes: dict[str, Reading]
+    curves: dict[str, dict[float, float]]  # scope -> sparsity -> full-split top-1
+    curve_points: int  # grid points per scope
+    status: ServiceStatus
+
+    @property
+    def point_pending(self) -> bool:
+        return any(r.full is None and r.error is None for r in (self.dense, *self.scopes.values()))
+
+    @property
+    def curve_pending(self) -> bool:
+        return any(len(c) < self.curve_points for c in self.curves.values())
+
+
+def _reading(known: dict, full: EvalJob, estimate: EvalJob | None) -> Reading:
+    values = [known.get(full.canonical()), known.get(estimate.canonical()) if estimate else None]
+    errors = [v.message for v in values if isinstance(v, JobError)]
+    good = [v if isinstance(v, Accuracy) else None for v in values]
+    return Reading(good[0], good[1], errors[0] if errors else None)
+
+
+def accuracy_view(current: Lab, fill_curve: bool = True) -> AccuracyView:
+    """Ask the service for the on-screen accuracies (estimates first) and read what is known now."""
+    svc = service()
+    _register(svc, current)
+    template = _template(current, cfg())
+    est = estimate_size(current)
+    points = {"dense": EvalJob(template.model)} | {
+        scope: dataclasses.replace(template, scope=scope, sparsity=cfg()["sparsity"]) for scope in SCOPES
+    }
+    asked = [(job, LIVE_FULL) for job in points.values()]
+    asked += [(job.with_subset(est), LIVE_ESTIMATE) for job in points.values()] if est else []
+    known = svc.request(asked, _session())
+    if fill_curve and curve_fill_enabled():
+        svc.fill_curve(template, SCOPES)
+    readings = {name: _reading(known, job, job.with_subset(est) if est else None) for name, job in points.items()}
+    return AccuracyView(
+        dense=readings.pop("dense"),
+        scopes=readings,
+        curves={scope: _curve(svc, dataclasses.replace(template, scope=scope)) for scope in SCOPES},
+        curve_points=len(curve_grid()),
+        status=svc.status(),
+    )
+
+
+def _curve(svc: EvalService, template: EvalJob) -> dict[float, float]:
+    out = {}
+    for _, s in curve_grid():
+        got = svc.lookup(dataclasses.replace(template, sparsity=s))
+        if isinstance(got, Accuracy):
+            out[s] = got.top1
+    return dict(sorted(out.items()))
+
+
+def tradeoff_points(current: Lab, recipes: list[tuple[str, str, str]], sparsities, estimate: bool) -> dict:
+    """Per recipe (criterion, scope, structure): sparsity, speedup and accuracy (None while pending)."""
+    subset = estimate_size(current) if estimate else None
+    base = _template(current, cfg())
+    jobs = {
+        (recipe, s): dataclasses.replace(
+            base, criterion=recipe[0], scope=recipe[1], structure=recipe[2], sparsity=s, subset=subset
+        )
+        for recipe in recipes
+        for s in sparsities
+    }
+    known = service().request([(job, LIVE_FULL) for job in jobs.values()], _session())
+    curves = {}
+    for recipe in recipes:
+        results = [
+            current.result(recipe[0], recipe[2], cfg()["normalise"], PruneConfig(s, recipe[1], cfg()["keep"]))
+            for s in sparsities
+        ]
+        accs = [known[jobs[(recipe, s)].canonical()] for s in sparsities]
+        curves[recipe] = {
+            "sparsity": list(sparsities),
+            "speedup": [r.theoretical_speedup for r in results],
+            "accuracy": [a.top1 if isinstance(a, Accuracy) else None for a in accs],
+            "errors": [a.message for a in accs if isinstance(a, JobError)],
+            "collapse_point": current.collapse_point(
+                recipe[0], recipe[2], cfg()["normalise"], PruneConfig(0.0, recipe[1], cfg()["keep"])
+            ),
+        }
+    return curves
+
+
+def dense_reading(current: Lab, estimate: bool) -> Reading:
+    job = EvalJob(model_key(current), subset=estimate_size(current) if estimate else None)
+    got = service().request([(job, LIVE_FULL)], "")[job]
+    return _reading({job: got}, job, None)
+
+
+# --- other pages -------------------------------------------------------------------------------
+
+
+def _key(kind: str, current: Lab, *extra) -> tuple:
+    return (kind, model_key(current), *extra)
 
 
 def filter_view(current: Lab, criterion: str, scope: str) -> analysis.FilterView:
@@ -311,44 +435,23 @@ def agreement(current: Lab, criteria: list[str], scope: str):
 
 
 def sensitivity(current: Lab, conf: SensitivityConfig, progress: Callable[[float, str], None]) -> list[SensitivityRow]:
-    key = _key("sensitivity", current, conf)
-    cache = _results()
-    with cache.lock:
-        if key in cache.values:
-            return cache.values[key]
     sets = len(current.table(conf.criterion, conf.structure).sets) * len(conf.sparsities)
-    rows = []
-    with cache.lock:
+
+    def compute() -> list[SensitivityRow]:
+        rows = []
         for i, row in enumerate(sensitivity_scan(current, conf)):
             rows.append(row)
             progress((i + 1) / sets, f"{row.layer} at {row.sparsity:.0%}: {row.accuracy:.1%}")
-        cache.values[key] = rows
-    return rows
+        return rows
 
-
-def tradeoff_curve(
-    current: Lab, criterion: str, scope: str, structure: str, sparsities: tuple[float, ...], limit: int | None
-) -> dict:
-    key = _key("curve", current, criterion, scope, structure, cfg()["normalise"], sparsities, cfg()["keep"], limit)
-
-    def compute() -> dict:
-        p = current.pruner(criterion, structure, cfg()["normalise"])
-        acc, speed = [], []
-        for s in sparsities:
-            r = p.prune(PruneConfig(s, scope, cfg()["keep"]))
-            acc.append(p.evaluate(limit=limit).top1)
-            speed.append(r.theoretical_speedup)
-        point = p.collapse_point(PruneConfig(0.0, scope, cfg()["keep"]))
-        return {"sparsity": list(sparsities), "accuracy": acc, "speedup": speed, "collapse_point": point}
-
-    return _shared(key, compute)
+    return _shared(_key("sensitivity", current, conf), compute)
 
 
 def attribution(current: Lab, index: int) -> tuple:
     data = current.loaded.eval_data()
     image, label = data.images[index], int(data.labels[index])
-    p = pruner(current, "global")
-    p.apply_(config("global"))
     dense = analysis.attribution_map(current.loaded.model, image, label)
-    pruned = analysis.attribution_map(p.model, image, label)
+    with current.borrow(*_settings()) as p:
+        p.apply_(config("global"))
+        pruned = analysis.attribution_map(p.model, image, label)
     return image.mean(0), dense, pruned, data.classes[label]

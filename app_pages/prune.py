@@ -114,33 +114,56 @@ for col, (scope, r) in zip(cols, results.items(), strict=True):
         )
 
 st.subheader("Accuracy")
-estimate = st.toggle(f"Fast estimate (first {glue.ESTIMATE_IMAGES:,} images)", value=False, key="w_estimate")
 if untrained:
     st.info("Accuracy is not shown: the model is untrained.")
     st.stop()
-limit = glue.eval_limit(lab, estimate)
-slots = st.columns(3)
-placeholders = [col.empty() for col in slots]
-status = st.empty()
-
-
-def show(limit_now):
-    dense = glue.dense_accuracy(lab, limit_now)
-    tag = f" (estimate, {dense.n:,} images)" if dense.is_estimate else ""
-    placeholders[0].metric("Dense" + tag, f"{dense.top1:.2%}")
-    for ph, scope in zip(placeholders[1:], results, strict=True):
-        acc = glue.pruned_accuracy(lab, scope, limit_now)
-        ph.metric(
-            f"{scope.title()} at {sparsity:.0%}{tag}", f"{acc.top1:.2%}", f"{100 * (acc.top1 - dense.top1):+.2f} points"
-        )
-
-
-quick = glue.eval_limit(lab, True) and min(glue.QUICK_IMAGES, limit or len(lab.loaded.eval_data()))
-if quick and quick < (limit or len(lab.loaded.eval_data())):
-    show(quick)  # a marked estimate first, so the number moves with the slider at once
-with status, st.spinner("Scoring the pruned models on the evaluation set..."):
-    show(limit)
 data = lab.loaded.eval_data()
-st.caption(
-    f"Top-1 on {'an estimate from the first ' + format(limit, ',') + ' of' if limit else 'all'} {len(data):,} images: {data.description}."
-)
+POLL = {"point": 0.25, "curve": 1.0, "done": None}  # seconds between refreshes while results arrive
+
+
+def _mode(view) -> str:
+    return "point" if view.point_pending else "curve" if view.curve_pending else "done"
+
+
+def _metric(slot, label: str, reading, dense=None) -> None:
+    if reading.error:
+        slot.error(f"{label}: the evaluation failed ({reading.error}). It will be retried on the next move.")
+        return
+    acc = reading.best
+    if acc is None:
+        slot.metric(label, "computing...", help="Queued in the evaluation workers.")
+        return
+    lo, hi = acc.interval()
+    tag = f" (estimate, {acc.n:,} images)" if acc.is_estimate else ""
+    base = dense.full if acc is reading.full and dense is not None else dense.estimate if dense else None
+    delta = f"{100 * (acc.top1 - base.top1):+.2f} points" if base is not None else None
+    slot.metric(
+        label + tag, f"{acc.top1:.2%}", delta, help=f"95% interval (Wilson) {lo:.1%} to {hi:.1%} on {acc.n:,} images"
+    )
+
+
+def accuracy_panel() -> None:
+    view = glue.accuracy_view(lab, fill_curve=False)
+    slots = st.columns(3)
+    _metric(slots[0], "Dense", view.dense)
+    for slot, (scope, reading) in zip(slots[1:], view.scopes.items(), strict=True):
+        _metric(slot, f"{scope.title()} at {sparsity:.0%}", reading, view.dense)
+    st.plotly_chart(
+        plots.accuracy_curve(view.curves, sparsity, {s: r.best for s, r in view.scopes.items()}, view.dense.best),
+        width="stretch",
+    )
+    s = view.status
+    st.caption(
+        f"Top-1 on all {len(data):,} images ({data.description}); an estimate first reads a fixed stratified subset of "
+        f"{glue.ESTIMATE_IMAGES:,}. Curve: {sum(map(len, view.curves.values()))} of {2 * view.curve_points} points, "
+        f"filled in the background every 0.1, then 0.05, then 0.01. Workers: {s.busy} of {s.alive} busy, "
+        f"{s.queued_live} live and {s.queued_background} background jobs queued."
+    )
+    if st.session_state.get("accuracy_mode") != _mode(view):
+        st.session_state.accuracy_mode = _mode(view)
+        st.rerun()  # a full rerun sets the refresh rate for what is still missing
+
+
+first = glue.accuracy_view(lab)
+st.session_state.accuracy_mode = _mode(first)
+st.fragment(accuracy_panel, run_every=POLL[_mode(first)])()

@@ -27,20 +27,44 @@ chosen = st.multiselect(
     default=["magnitude / global / unstructured", "magnitude / local / unstructured", "random / global / unstructured"],
 )
 sparsities = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
-estimate = st.toggle(f"Fast estimate (first {glue.ESTIMATE_IMAGES:,} images)", value=True)
-limit = glue.eval_limit(lab, estimate)
-curves = {}
-bar = st.progress(0.0, text="Computing curves...")
-for i, label in enumerate(chosen):
-    criterion, scope, structure = label.split(" / ")
+estimate = st.toggle(f"Fast estimate (a stratified {glue.ESTIMATE_IMAGES:,}-image subset)", value=False)
+recipes = [tuple(label.split(" / ")) for label in chosen]
+
+
+def _missing(curves: dict) -> int:
+    return sum(a is None for c in curves.values() for a in c["accuracy"]) - sum(
+        len(c["errors"]) for c in curves.values()
+    )
+
+
+def _curves() -> dict:
     try:
-        curves[label] = glue.tradeoff_curve(lab, criterion, scope, structure, sparsities, limit)
-    except Exception as exc:
-        st.error(f"{label}: {exc}")
-    bar.progress((i + 1) / max(len(chosen), 1), text=f"{label} done")
-bar.empty()
-dense = glue.dense_accuracy(lab, limit).top1
-st.plotly_chart(plots.tradeoff_curves(curves, "sparsity", "sparsity (fraction removed)", dense), width="stretch")
-st.plotly_chart(plots.tradeoff_curves(curves, "speedup", "theoretical speedup (x, log scale)", dense), width="stretch")
-if limit:
-    st.caption(f"Accuracy is an estimate from the first {limit:,} evaluation images.")
+        return glue.tradeoff_points(lab, recipes, sparsities, estimate)
+    except Exception as exc:  # engine errors are shown on the page, never as a traceback
+        st.error(f"Could not prune: {exc}")
+        st.stop()
+
+
+def curves_panel() -> None:
+    curves = _curves()
+    labelled = {" / ".join(r): c for r, c in curves.items()}
+    for label, c in labelled.items():
+        for message in c["errors"][:1]:
+            st.error(f"{label}: {message}")
+    dense = glue.dense_reading(lab, estimate).full
+    top1 = dense.top1 if dense else None
+    st.plotly_chart(plots.tradeoff_curves(labelled, "sparsity", "sparsity (fraction removed)", top1), width="stretch")
+    st.plotly_chart(
+        plots.tradeoff_curves(labelled, "speedup", "theoretical speedup (x, log scale)", top1), width="stretch"
+    )
+    missing = _missing(curves)
+    done = "all points measured" if missing <= 0 else f"{missing} points still being evaluated (filling in live)"
+    subset = f"an estimate from a stratified {glue.ESTIMATE_IMAGES:,}-image subset" if estimate else "the full split"
+    st.caption(f"Accuracy on {subset}; {done}.")
+    if (missing > 0) != st.session_state.tradeoffs_pending:
+        st.session_state.tradeoffs_pending = missing > 0
+        st.rerun()  # a full rerun stops (or starts) the refreshing
+
+
+st.session_state.tradeoffs_pending = _missing(_curves()) > 0
+st.fragment(curves_panel, run_every=0.5 if st.session_state.tradeoffs_pending else None)()

@@ -148,9 +148,15 @@ def worker_main(conn, threads: int) -> None:
         except (EOFError, OSError):
             return
         try:
-            if spec is not None:
-                runner.load(job.model, spec)
-            acc = runner.run(job)
-            conn.send(("ok", job, acc))
-        except Exception as exc:  # reported on the page; the worker lives on
-            conn.send(("error", job, f"{type(exc).__name__}: {exc}"))
+            conn.send(_answer(runner, job, spec))
+        except (BrokenPipeError, EOFError, OSError):
+            return  # the server went away
+
+
+def _answer(runner: JobRunner, job: EvalJob, spec: ModelSpec | None) -> tuple:
+    try:
+        if spec is not None:
+            runner.load(job.model, spec)
+        return ("ok", job, runner.run(job))
+    except Exception as exc:  # reported on the page; the worker lives on
+        return ("error", job, f"{type(exc).__name__}: {exc}")

@@ -9,7 +9,10 @@ A ``Pruner`` owns one working copy and one path probe, and turns a :class:`Prune
 
 from __future__ import annotations
 
+import hashlib
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 
@@ -153,6 +156,12 @@ class Lab:
         )
 
     def _on_pooled(self, criterion: str, structure: str, normalise: str, work):
+        with self.borrow(criterion, structure, normalise) as pruner:
+            return work(pruner)
+
+    @contextmanager
+    def borrow(self, criterion: str, structure: str, normalise: str = "none") -> Iterator[Pruner]:
+        """Lend a pooled pruner for (criterion, structure, normalise); give it back unchanged in kind."""
         table = self.table(criterion, structure, normalise)
         with self._lock:
             key = (criterion, structure, normalise)
@@ -160,7 +169,19 @@ class Lab:
                 self._pools[key] = Pool(lambda: Pruner(self, table), POOL_SIZE)
             pool = self._pools[key]
         with pool.borrow() as pruner:
-            return work(pruner)
+            yield pruner
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha256 of the weights and the evaluation set: what a stored result of this model depends on."""
+        h = hashlib.sha256(self.loaded.name.encode())
+        for name, t in sorted(self.loaded.model.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        data = self.loaded.eval_data()
+        for t in (data.images, data.labels):
+            h.update(t.contiguous().numpy().tobytes())
+        return h.hexdigest()
 
     def working_copies(self) -> int:
         """How many pooled working copies exist (bounded by tables x POOL_SIZE, whatever the sessions)."""

@@ -7,6 +7,7 @@ import math
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from prunekit.evaluate import Accuracy
 from prunekit.lab import PruneResult
 from prunekit.profile import Profile
 
@@ -186,7 +187,8 @@ def tradeoff_curves(curves: dict[str, dict], x_key: str, x_title: str, dense: fl
     """Accuracy against ``x_key`` ('sparsity' or 'speedup') for several settings; collapse points marked."""
     fig = go.Figure()
     for label, c in curves.items():
-        fig.add_scatter(x=c[x_key], y=[100 * a for a in c["accuracy"]], mode="lines+markers", name=label)
+        done = [(x, a) for x, a in zip(c[x_key], c["accuracy"], strict=True) if a is not None]
+        fig.add_scatter(x=[x for x, _ in done], y=[100 * a for _, a in done], mode="lines+markers", name=label)
         if x_key == "sparsity" and c.get("collapse_point") is not None:
             fig.add_vline(
                 x=c["collapse_point"],
@@ -202,4 +204,49 @@ def tradeoff_curves(curves: dict[str, dict], x_key: str, x_title: str, dense: fl
     )
     if x_key == "speedup":
         fig.update_xaxes(type="log")
+    return fig
+
+
+def accuracy_curve(
+    curves: dict[str, dict[float, float]], at: float, current: dict[str, Accuracy | None], dense: Accuracy | None
+) -> go.Figure:
+    """Full-split top-1 against sparsity per scope as the workers fill it; the slider's position marked.
+
+    ``current`` holds each scope's best reading at the slider (an estimate carries its 95% interval).
+    """
+    fig = go.Figure()
+    for scope, points in curves.items():
+        fig.add_scatter(
+            x=list(points),
+            y=[100 * a for a in points.values()],
+            mode="lines+markers",
+            name=f"{scope} (full split)",
+            line_color=COLORS.get(scope),
+            marker_size=4,
+        )
+        acc = current.get(scope)
+        if acc is not None:
+            lo, hi = acc.interval()
+            fig.add_scatter(
+                x=[at],
+                y=[100 * acc.top1],
+                error_y=dict(
+                    type="data", symmetric=False, array=[100 * (hi - acc.top1)], arrayminus=[100 * (acc.top1 - lo)]
+                ),
+                mode="markers",
+                marker=dict(size=12, symbol="diamond", color=COLORS.get(scope), line=dict(width=1, color="black")),
+                name=f"{scope} at {at:.0%}" + (" (estimate, 95% interval)" if acc.is_estimate else ""),
+            )
+    if dense is not None:
+        fig.add_hline(y=100 * dense.top1, line_dash="dot", annotation_text="dense", annotation_position="bottom left")
+    fig.add_vline(x=at, line_color="gray", line_width=1)
+    fig.update_layout(
+        title="Accuracy against sparsity (filling in live)",
+        xaxis_title="sparsity (fraction removed)",
+        yaxis_title="top-1 accuracy (%)",
+        xaxis_range=[-0.02, 1.0],
+        height=380,
+        legend=dict(orientation="h", y=-0.25),
+        margin=dict(t=50, b=10),
+    )
     return fig

@@ -10,6 +10,7 @@ second death is reported as the job's error. Callers never block: they ask and r
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import hashlib
 import itertools
@@ -123,6 +124,7 @@ class EvalService:
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="prunekit-scheduler", daemon=True)
         self._thread.start()
+        atexit.register(self.close)
 
     # --- public, non-blocking ------------------------------------------------------------------
 
@@ -194,7 +196,10 @@ class EvalService:
             return [w.process.pid for w in self._workers]
 
     def close(self) -> None:
-        self._closed = True
+        """Stop the scheduler and the workers (also run at interpreter exit); idempotent."""
+        if getattr(self, "_shut", False):
+            return
+        self._shut = self._closed = True
         self._wake()
         self._thread.join(5)
         for w in self._workers:

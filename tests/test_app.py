@@ -1,5 +1,6 @@
 """Streamlit AppTest for every page on the default model."""
 
+import time
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,17 @@ def metric(at: AppTest, label_start: str) -> str:
     return next(m.value for m in at.metric if m.label.startswith(label_start))
 
 
+def settle(at: AppTest, timeout: float = 120) -> AppTest:
+    """Rerun until every accuracy on the page is a full-split figure (the service works meanwhile)."""
+    deadline = time.time() + timeout
+    while any(m.value == "computing..." or "estimate" in m.label for m in at.metric):
+        assert time.time() < deadline, [(m.label, m.value) for m in at.metric]
+        time.sleep(0.2)
+        at.run()
+        assert not at.exception, at.exception
+    return at
+
+
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_loads_on_the_default_model(page):
     at = open_page(page)
@@ -69,10 +81,10 @@ def _layer_bars(at: AppTest):
 
 
 def test_slider_changes_layer_sparsities_and_accuracy():
-    at = open_page("app_pages/prune.py")
+    at = settle(open_page("app_pages/prune.py"))
     before = _layer_bars(at)
     acc_before = metric(at, "Global at")
-    at.slider(key="w_sparsity").set_value(0.9).run()
+    settle(at.slider(key="w_sparsity").set_value(0.9).run())
     assert not at.exception
     after = _layer_bars(at)
     assert before["local"] != after["local"] and before["global"] != after["global"]
@@ -123,3 +135,53 @@ def test_untrained_model_shows_banner_and_no_accuracy(tmp_path, monkeypatch):
     at = open_page("app_pages/prune.py", {"model": "resnet18", "sparsity": "0.3"})
     assert any("Untrained" in e.value for e in at.error)
     assert not [m for m in at.metric if m.label.startswith("Dense")]
+
+
+def _in_process_top1(sparsity: float, scope: str) -> float:
+    from prunekit import zoo
+    from prunekit.allocate import PruneConfig
+    from prunekit.lab import Lab
+
+    pruner = Lab(zoo.load("fmnist-cnn")).pruner("magnitude", "unstructured")
+    pruner.apply_(PruneConfig(sparsity, scope))
+    return pruner.evaluate().top1
+
+
+def test_two_sessions_at_different_positions_each_see_their_own_numbers():
+    a = open_page("app_pages/prune.py", {"sparsity": "0.6"})
+    b = open_page("app_pages/prune.py", {"sparsity": "0.85"})
+    settle(a), settle(b)
+    for at, s in ((a, 0.6), (b, 0.85)):
+        for scope in ("global", "local"):
+            label = f"{scope.title()} at {s:.0%}"
+            assert metric(at, label) == f"{_in_process_top1(s, scope):.2%}", (label, [m.label for m in at.metric])
+        bars = _layer_bars(at)
+        assert all(abs(v - 100 * s) < 1 for v in bars["local"])
+
+
+def _curve_points(at: AppTest) -> dict[str, dict[float, float]]:
+    import json
+
+    for chart in at.get("plotly_chart"):
+        spec = json.loads(chart.proto.spec)
+        if "Accuracy against sparsity" in json.dumps(spec.get("layout", {}).get("title", "")):
+            return {
+                t["name"].split()[0]: dict(zip(t["x"], t["y"], strict=True))
+                for t in spec["data"]
+                if t.get("name", "").endswith("(full split)")
+            }
+    raise AssertionError("no accuracy curve")
+
+
+def test_accuracy_curve_fills_in_with_true_numbers(monkeypatch):
+    monkeypatch.setenv("PRUNEKIT_CURVE_FILL", "1")
+    at = settle(open_page("app_pages/prune.py", {"sparsity": "0.5"}))
+    deadline = time.time() + 180
+    while not all({0.0, 0.3, 0.9} <= set(c) for c in _curve_points(at).values()):  # the 0.1 grid comes first
+        assert time.time() < deadline, _curve_points(at)
+        time.sleep(0.5)
+        at.run()
+    curves = _curve_points(at)
+    for scope in ("global", "local"):
+        assert {0.0, 0.3, 0.9} <= set(curves[scope]), curves
+        assert curves[scope][0.9] == pytest.approx(100 * _in_process_top1(0.9, scope), abs=1e-6)
