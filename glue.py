@@ -67,6 +67,18 @@ def curve_fill_enabled() -> bool:
     return os.environ.get("PRUNEKIT_CURVE_FILL", "1") != "0"
 
 
+def warm() -> None:
+    """Before the server takes sessions (serve.py): the default model, its profile, the service."""
+    current = shared_lab(DEFAULTS["model"])
+    current.profile  # noqa: B018 - computed now so that the first page does not wait for it
+    current.result(
+        DEFAULTS["criterion"], DEFAULTS["structure"], DEFAULTS["normalise"], PruneConfig(DEFAULTS["sparsity"])
+    )
+    model_names()
+    dense = EvalJob(model_key(current))
+    service().wait([dense, dense.with_subset(ESTIMATE_IMAGES)], timeout=120)  # workers up, model loaded
+
+
 @st.cache_resource
 def _computed() -> SingleFlight:
     return SingleFlight(maxsize=1024)

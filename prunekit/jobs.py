@@ -6,6 +6,7 @@ requests from many sessions are the same job, and a job is the key of its result
 from __future__ import annotations
 
 import importlib
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
@@ -138,8 +139,14 @@ class JobRunner:
         return self._subsets[(model, n)]
 
 
-def worker_main(conn, threads: int) -> None:
-    """A worker process: receive ``(job, spec-or-None)``, answer ``("ok", job, fields)`` or ``("error", job, text)``."""
+def worker_main(conn, threads: int, nice: int = 0) -> None:
+    """A worker process: receive ``(job, spec-or-None)``, answer ``("ok", job, fields)`` or ``("error", job, text)``.
+
+    ``nice`` lowers the worker's CPU priority so that the web server (and a browser on the same
+    machine) stay responsive while the workers keep every core busy.
+    """
+    if nice:
+        os.nice(nice)
     torch.set_num_threads(threads)
     runner = JobRunner()
     while True:

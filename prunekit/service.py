@@ -18,6 +18,7 @@ import logging
 import multiprocessing as mp
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -102,11 +103,13 @@ class ServiceStatus:
 class EvalService:
     """Accuracy jobs evaluated by ``workers`` processes of ``threads`` torch threads each."""
 
-    def __init__(self, workers: int | None = None, threads: int = 1, store: ResultStore | None = None) -> None:
+    def __init__(
+        self, workers: int | None = None, threads: int = 1, store: ResultStore | None = None, nice: int = 10
+    ) -> None:
         workers = workers or max(1, os.cpu_count() or 1)
         if workers <= 0 or threads <= 0:
             raise InvalidArgumentError(f"workers and threads must be positive, got {workers} and {threads}")
-        self.threads, self.store = threads, store
+        self.threads, self.store, self.nice = threads, store, nice
         self._ctx = mp.get_context("spawn")  # fork would copy the server's threads and torch's thread pool
         self._lock = threading.Lock()
         self._specs: dict[str, ModelSpec] = {}
@@ -191,6 +194,16 @@ class EvalService:
                 restarts=self._restarts,
             )
 
+    def wait(self, jobs: Iterable[EvalJob], timeout: float) -> bool:
+        """Block until ``jobs`` are done (for start-up warming and scripts, never in a page); True if all are."""
+        jobs = list(jobs)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(v is not None for v in self.request([(j, LIVE_FULL) for j in jobs]).values()):
+                return True
+            time.sleep(0.05)
+        return False
+
     def worker_pids(self) -> list[int]:
         with self._lock:
             return [w.process.pid for w in self._workers]
@@ -267,7 +280,9 @@ class EvalService:
 
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=worker_main, args=(child, self.threads), daemon=True, name="prunekit-worker")
+        proc = self._ctx.Process(
+            target=worker_main, args=(child, self.threads, self.nice), daemon=True, name="prunekit-worker"
+        )
         proc.start()
         child.close()
         return _Worker(proc, parent)
