@@ -336,20 +336,26 @@ class Reading:
 
 
 @dataclass(frozen=True)
-class AccuracyView:
+class PointView:
+    """The accuracies at the slider: dense and each scope."""
+
     dense: Reading
     scopes: dict[str, Reading]
+
+    @property
+    def pending(self) -> bool:
+        return any(r.full is None and r.error is None for r in (self.dense, *self.scopes.values()))
+
+
+@dataclass(frozen=True)
+class CurveView:
     curves: dict[str, dict[float, float]]  # scope -> sparsity -> full-split top-1
-    curve_points: int  # grid points per scope
+    points: int  # grid points per scope
     status: ServiceStatus
 
     @property
-    def point_pending(self) -> bool:
-        return any(r.full is None and r.error is None for r in (self.dense, *self.scopes.values()))
-
-    @property
-    def curve_pending(self) -> bool:
-        return any(len(c) < self.curve_points for c in self.curves.values())
+    def pending(self) -> bool:
+        return curve_fill_enabled() and any(len(c) < self.points for c in self.curves.values())
 
 
 def _reading(known: dict, full: EvalJob, estimate: EvalJob | None) -> Reading:
@@ -359,8 +365,10 @@ def _reading(known: dict, full: EvalJob, estimate: EvalJob | None) -> Reading:
     return Reading(good[0], good[1], errors[0] if errors else None)
 
 
-def accuracy_view(current: Lab, fill_curve: bool = True) -> AccuracyView:
-    """Ask the service for the on-screen accuracies (estimates first) and read what is known now."""
+def point_view(current: Lab) -> PointView:
+    """Ask the service for the accuracies at the slider (estimates first); read what is known now.
+
+    This session's request replaces its previous one (latest wins)."""
     svc = service()
     _register(svc, current)
     template = _template(current, cfg())
@@ -371,16 +379,21 @@ def accuracy_view(current: Lab, fill_curve: bool = True) -> AccuracyView:
     asked = [(job, LIVE_FULL) for job in points.values()]
     asked += [(job.with_subset(est), LIVE_ESTIMATE) for job in points.values()] if est else []
     known = svc.request(asked, _session())
-    if fill_curve and curve_fill_enabled():
-        svc.fill_curve(template, SCOPES)
     readings = {name: _reading(known, job, job.with_subset(est) if est else None) for name, job in points.items()}
-    return AccuracyView(
-        dense=readings.pop("dense"),
-        scopes=readings,
-        curves={scope: _curve(svc, dataclasses.replace(template, scope=scope)) for scope in SCOPES},
-        curve_points=len(curve_grid()),
-        status=svc.status(),
-    )
+    return PointView(readings.pop("dense"), readings)
+
+
+def fill_curve(current: Lab) -> None:
+    """Queue the on-screen configuration's accuracy curve (both scopes) as background work."""
+    if curve_fill_enabled():
+        service().fill_curve(_template(current, cfg()), SCOPES)
+
+
+def curve_view(current: Lab) -> CurveView:
+    svc = service()
+    template = _template(current, cfg())
+    curves = {scope: _curve(svc, dataclasses.replace(template, scope=scope)) for scope in SCOPES}
+    return CurveView(curves, len(curve_grid()), svc.status())
 
 
 def _curve(svc: EvalService, template: EvalJob) -> dict[float, float]:
@@ -390,6 +403,12 @@ def _curve(svc: EvalService, template: EvalJob) -> dict[float, float]:
         if isinstance(got, Accuracy):
             out[s] = got.top1
     return dict(sorted(out.items()))
+
+
+def figure(kind: str, key: tuple, build: Callable[[], object]):
+    """A plotly figure built once per content ``key`` and shared by every session (st.plotly_chart
+    copies a figure before it serialises it, so the shared one is never mutated)."""
+    return _shared(("figure", kind, *key), build)
 
 
 def tradeoff_points(current: Lab, recipes: list[tuple[str, str, str]], sparsities, estimate: bool) -> dict:

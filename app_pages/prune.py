@@ -89,7 +89,10 @@ if structure == "filter":
         "Filter sparsity counts channels; each removed channel also removes the next layer's input kernels, so the weight sparsity below is higher."
     )
 
-st.plotly_chart(plots.layer_sparsity_bars(results), width="stretch")
+st.plotly_chart(
+    glue.figure("bars", (glue.model_key(lab), *glue.cfg().values()), lambda: plots.layer_sparsity_bars(results)),
+    width="stretch",
+)
 
 cols = st.columns(2)
 for col, (scope, r) in zip(cols, results.items(), strict=True):
@@ -118,16 +121,12 @@ if untrained:
     st.info("Accuracy is not shown: the model is untrained.")
     st.stop()
 data = lab.loaded.eval_data()
-POLL = {"point": 0.25, "curve": 1.0, "done": None}  # seconds between refreshes while results arrive
-
-
-def _mode(view) -> str:
-    return "point" if view.point_pending else "curve" if view.curve_pending else "done"
+POINT_POLL, CURVE_POLL = 0.25, 2.0  # seconds between refreshes while results are on their way
 
 
 def _metric(slot, label: str, reading, dense=None) -> None:
     if reading.error:
-        slot.error(f"{label}: the evaluation failed ({reading.error}). It will be retried on the next move.")
+        slot.error(f"{label}: the evaluation failed ({reading.error}). It is retried on the next move.")
         return
     acc = reading.best
     if acc is None:
@@ -142,28 +141,35 @@ def _metric(slot, label: str, reading, dense=None) -> None:
     )
 
 
-def accuracy_panel() -> None:
-    view = glue.accuracy_view(lab, fill_curve=False)
+def point_panel() -> None:
+    view = glue.point_view(lab)
     slots = st.columns(3)
     _metric(slots[0], "Dense", view.dense)
     for slot, (scope, reading) in zip(slots[1:], view.scopes.items(), strict=True):
         _metric(slot, f"{scope.title()} at {sparsity:.0%}", reading, view.dense)
-    st.plotly_chart(
-        plots.accuracy_curve(view.curves, sparsity, {s: r.best for s, r in view.scopes.items()}, view.dense.best),
-        width="stretch",
-    )
+    if view.pending != st.session_state.point_pending:
+        st.rerun()  # only a full rerun changes how often this part refreshes
+
+
+def curve_panel() -> None:
+    view, point = glue.curve_view(lab), glue.point_view(lab)
+    marks = {s: r.best for s, r in point.scopes.items()}
+    key = (repr(view.curves), sparsity, repr(marks), repr(point.dense.best))
+    fig = glue.figure("curve", key, lambda: plots.accuracy_curve(view.curves, sparsity, marks, point.dense.best))
+    st.plotly_chart(fig, width="stretch")
     s = view.status
     st.caption(
         f"Top-1 on all {len(data):,} images ({data.description}); an estimate first reads a fixed stratified subset of "
-        f"{glue.ESTIMATE_IMAGES:,}. Curve: {sum(map(len, view.curves.values()))} of {2 * view.curve_points} points, "
+        f"{glue.ESTIMATE_IMAGES:,}. Curve: {sum(map(len, view.curves.values()))} of {2 * view.points} points, "
         f"filled in the background every 0.1, then 0.05, then 0.01. Workers: {s.busy} of {s.alive} busy, "
         f"{s.queued_live} live and {s.queued_background} background jobs queued."
     )
-    if st.session_state.get("accuracy_mode") != _mode(view):
-        st.session_state.accuracy_mode = _mode(view)
-        st.rerun()  # a full rerun sets the refresh rate for what is still missing
+    if view.pending != st.session_state.curve_pending:
+        st.rerun()
 
 
-first = glue.accuracy_view(lab)
-st.session_state.accuracy_mode = _mode(first)
-st.fragment(accuracy_panel, run_every=POLL[_mode(first)])()
+glue.fill_curve(lab)
+st.session_state.point_pending = glue.point_view(lab).pending
+st.session_state.curve_pending = glue.curve_view(lab).pending
+st.fragment(point_panel, run_every=POINT_POLL if st.session_state.point_pending else None)()
+st.fragment(curve_panel, run_every=CURVE_POLL if st.session_state.curve_pending else None)()

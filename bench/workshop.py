@@ -1,0 +1,357 @@
+"""Workshop load benchmark: K headless sessions speak Streamlit's browser protocol to a real server.
+
+    python bench/workshop.py [--scenarios teacher,explore,vgg16] [--json]
+
+Each scenario starts the app as ``./dev app`` does (serve.py, a fresh result store), opens K
+sessions on the Prune page over ``ws://HOST:PORT/_stcore/stream`` (binary protobuf BackMsg /
+ForwardMsg), moves their sliders and measures, per move: the time to the full rerun's end
+(``script_finished``), to the first accuracy figure for the new position (estimate or full) and to
+the full-split figures of both scopes. Fragment refreshes (``auto_rerun``) are honoured like a
+browser does. Server CPU comes from /proc (the Streamlit process only; the workers are reported
+apart), memory per extra session from its RSS before and after the sessions join.
+
+Scenarios: teacher (K=30, everyone moves to the same value at once, 3 rounds), explore (K=10,
+distinct values, 2-4 s think time, 5 moves each), vgg16 (K=30 on vgg16, structure only: memory).
+The client runs on the same 2 cores as the server, which the numbers include.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streamlit.proto.BackMsg_pb2 import BackMsg
+from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+from websockets.asyncio.client import connect
+
+ROOT = Path(__file__).resolve().parent.parent
+FINISHED, EARLY, FRAGMENT_DONE = 0, 2, 3
+TIMEOUT = 120.0
+
+
+# --- one session ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Move:
+    value: float
+    rerun: float | None = None  # send -> script_finished of the full rerun
+    first: float | None = None  # send -> first accuracy figure for the new position
+    full: float | None = None  # send -> full-split figures of both scopes
+
+
+@dataclass
+class Session:
+    url: str
+    query: str
+    ws: object = None
+    page_hash: str = ""
+    slider_id: str = ""
+    metrics: dict[str, str] = field(default_factory=dict)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    timers: dict[str, asyncio.Task] = field(default_factory=dict)
+    widgets: list = field(default_factory=list)
+    full_runs: int = 0
+    fragment_runs: int = 0
+
+    async def open(self) -> None:
+        self.ws = await connect(
+            self.url, subprotocols=["streamlit", "PLACEHOLDER_AUTH_TOKEN"], max_size=None, open_timeout=60
+        )
+        self._reader = asyncio.create_task(self._read())
+        await self._rerun(query=self.query, page_name="prune")
+        await asyncio.wait_for(self.finished.wait(), TIMEOUT)
+
+    async def close(self) -> None:
+        for t in self.timers.values():
+            t.cancel()
+        self._reader.cancel()
+        await self.ws.close()
+
+    async def _rerun(self, fragment_id: str = "", **fields) -> None:
+        msg = BackMsg()
+        state = msg.rerun_script
+        state.query_string = fields.get("query", self.query)
+        if fields.get("page_name"):
+            state.page_name = fields["page_name"]
+        if self.page_hash:
+            state.page_script_hash = self.page_hash
+        if fragment_id:
+            state.fragment_id, state.is_auto_rerun = fragment_id, True
+        for widget in self.widgets:  # only the widgets this client changed
+            state.widget_states.widgets.append(widget)
+        if not fragment_id:
+            self.finished.clear()
+        await self.ws.send(msg.SerializeToString())
+
+    async def move(self, value: float) -> Move:
+        from streamlit.proto.WidgetStates_pb2 import WidgetState
+
+        widget = WidgetState(id=self.slider_id)
+        widget.double_array_value.data.append(value)
+        self.widgets = [widget]
+        for t in self.timers.values():
+            t.cancel()
+        self.timers.clear()
+        pct = f"{value:.0%}"
+        m, t0 = Move(value), time.perf_counter()
+        await self._rerun()
+        deadline = t0 + TIMEOUT
+        while m.full is None and time.perf_counter() < deadline:
+            self.changed.clear()
+            now = time.perf_counter() - t0
+            if m.rerun is None and self.finished.is_set():
+                m.rerun = now
+            if m.first is None and self._figure(f"Global at {pct}", estimate_ok=True):
+                m.first = now
+            if all(self._figure(f"{s} at {pct}", estimate_ok=False) for s in ("Global", "Local")):
+                m.full, m.first = now, m.first or now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), 0.5)
+        m.rerun = m.rerun or (time.perf_counter() - t0 if self.finished.is_set() else None)
+        return m
+
+    def _figure(self, label: str, estimate_ok: bool) -> bool:
+        for key, body in self.metrics.items():
+            ok = key == label or (estimate_ok and key.startswith(label + " (estimate"))
+            if ok and body != "computing...":
+                return True
+        return False
+
+    async def _read(self) -> None:
+        async for raw in self.ws:
+            msg = ForwardMsg()
+            msg.ParseFromString(raw)
+            self._handle(msg)
+            self.changed.set()
+
+    def _handle(self, msg: ForwardMsg) -> None:
+        kind = msg.WhichOneof("type")
+        if kind == "navigation":
+            self.page_hash = msg.navigation.page_script_hash
+        elif kind == "page_info_changed":
+            self.query = msg.page_info_changed.query_string
+        elif kind == "delta" and msg.delta.WhichOneof("type") == "new_element":
+            self._element(msg.delta.new_element)
+        elif kind == "auto_rerun":
+            self._schedule(msg.auto_rerun.fragment_id, msg.auto_rerun.interval)
+        elif kind == "stop_auto_rerun":
+            task = self.timers.pop(msg.stop_auto_rerun.fragment_id, None)
+            task and task.cancel()
+        elif kind == "script_finished":
+            self._finished(msg.script_finished)
+
+    def _element(self, el) -> None:
+        which = el.WhichOneof("type")
+        if which == "metric":
+            self.metrics[el.metric.label] = el.metric.body
+        elif which == "slider" and not self.slider_id:
+            self.slider_id = el.slider.id
+
+    def _finished(self, status: int) -> None:
+        if status == FINISHED:
+            self.full_runs += 1
+            self.finished.set()
+        elif status == FRAGMENT_DONE:
+            self.fragment_runs += 1
+
+    def _schedule(self, fragment_id: str, interval: float) -> None:
+        old = self.timers.pop(fragment_id, None)
+        if old:
+            old.cancel()
+
+        async def tick():
+            while True:
+                await asyncio.sleep(interval)
+                await self._rerun(fragment_id=fragment_id)
+
+        self.timers[fragment_id] = asyncio.create_task(tick())
+
+
+# --- the server ----------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """serve.py on a free port with a fresh result store (so nothing is cached from earlier runs)."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.cache = tempfile.mkdtemp(prefix="prunekit-bench-")
+        env = os.environ | {"PRUNEKIT_CACHE_DIR": self.cache}
+        cmd = [sys.executable, "serve.py", "--server.port", str(self.port), "--server.address", "127.0.0.1"]
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_stcore/health", timeout=2)
+                break
+            except OSError:
+                if time.perf_counter() - t0 > 300 or self.proc.poll() is not None:
+                    raise RuntimeError("the app did not start") from None
+                time.sleep(0.2)
+        self.start_s = time.perf_counter() - t0
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/_stcore/stream"
+
+    def cpu_s(self, pid: int | None = None) -> float:
+        fields = Path(f"/proc/{pid or self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def worker_cpu_s(self) -> float:
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
+        return sum(self.cpu_s(int(p)) for p in out if Path(f"/proc/{p}").exists())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
+
+
+# --- scenarios -----------------------------------------------------------------------------------
+
+
+async def _open_all(server: Server, k: int, query: str) -> list[Session]:
+    sessions = [Session(server.ws, query) for _ in range(k)]
+    for s in sessions:  # staggered like people arriving, so the opening is not the thing measured
+        await s.open()
+    return sessions
+
+
+async def teacher(server: Server, k: int = 30, rounds=(0.63, 0.77, 0.34)) -> tuple[list[Move], list[Session]]:
+    sessions = await _open_all(server, k, "sparsity=0.5")
+    moves = []
+    for value in rounds:
+        moves += await asyncio.gather(*(s.move(value) for s in sessions))
+        await asyncio.sleep(1.0)
+    return moves, sessions
+
+
+async def explore(server: Server, k: int = 10, steps: int = 5, seed: int = 0) -> tuple[list[Move], list[Session]]:
+    rng = random.Random(seed)
+    values = rng.sample([round(v / 100, 2) for v in range(1, 99) if v % 10], k * steps)
+    sessions = await _open_all(server, k, "sparsity=0.5")
+
+    async def person(i: int, s: Session) -> list[Move]:
+        out = []
+        for j in range(steps):
+            await asyncio.sleep(rng.uniform(2.0, 4.0))
+            out.append(await s.move(values[i * steps + j]))
+        return out
+
+    per = await asyncio.gather(*(person(i, s) for i, s in enumerate(sessions)))
+    return [m for ms in per for m in ms], sessions
+
+
+async def vgg16(server: Server, k: int = 30) -> tuple[list[Move], list[Session]]:
+    sessions = await _open_all(server, k, "model=vgg16&sparsity=0.5")
+    return [], sessions
+
+
+SCENARIOS = {"teacher": teacher, "explore": explore, "vgg16": vgg16}
+
+
+def _stats(values: list[float | None]) -> dict:
+    done = sorted(v for v in values if v is not None)
+    if not done:
+        return {"n": 0, "missing": len(values)}
+    p95 = done[min(len(done) - 1, round(0.95 * (len(done) - 1)))]
+    return {
+        "p50": statistics.median(done),
+        "p95": p95,
+        "max": done[-1],
+        "n": len(done),
+        "missing": len(values) - len(done),
+    }
+
+
+async def _run(name: str) -> dict:
+    server = Server()
+    try:
+        base_rss, cpu0, wcpu0 = server.rss_mb(), server.cpu_s(), server.worker_cpu_s()
+        moves, sessions = await SCENARIOS[name](server)
+        rss = server.rss_mb()
+        cpu, wcpu = server.cpu_s() - cpu0, server.worker_cpu_s() - wcpu0
+        full_runs = sum(s.full_runs for s in sessions)
+        fragment_runs = sum(s.fragment_runs for s in sessions)
+        errors = sum(1 for s in sessions for body in s.metrics.values() if "failed" in body)
+        for s in sessions:
+            await s.close()
+        return {
+            "scenario": name,
+            "sessions": len(sessions),
+            "moves": len(moves),
+            "server_start_s": server.start_s,
+            "rerun_s": _stats([m.rerun for m in moves]),
+            "first_accuracy_s": _stats([m.first for m in moves]),
+            "full_accuracy_s": _stats([m.full for m in moves]),
+            "server_cpu_ms_per_full_rerun": 1000 * cpu / max(full_runs, 1),
+            "server_cpu_s": cpu,
+            "full_reruns": full_runs,
+            "fragment_reruns": fragment_runs,
+            "worker_cpu_s": wcpu,
+            "mb_per_extra_session": (rss - base_rss) / max(len(sessions) - 1, 1),
+            "server_rss_mb": rss,
+            "errors": errors,
+        }
+    finally:
+        server.stop()
+
+
+def _fmt(s: dict) -> str:
+    return f"{s['p50']:.2f} / {s['p95']:.2f} / {s['max']:.2f}" if s.get("n") else "-"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenarios", default="teacher,explore,vgg16")
+    parser.add_argument("--json", action="store_true", help="one JSON object per scenario")
+    args = parser.parse_args()
+    rows = [asyncio.run(_run(name)) for name in args.scenarios.split(",")]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return
+    print(f"machine: {platform.node()}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}")
+    print(
+        "| scenario | sessions | moves | rerun p50/p95/max s | first accuracy p50/p95/max s | full split p50/p95/max s "
+        "| server CPU per full rerun | MB per extra session | errors |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['scenario']} | {r['sessions']} | {r['moves']} | {_fmt(r['rerun_s'])} | {_fmt(r['first_accuracy_s'])} "
+            f"| {_fmt(r['full_accuracy_s'])} | {r['server_cpu_ms_per_full_rerun']:.0f} ms | "
+            f"{r['mb_per_extra_session']:.1f} | {r['errors']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
