@@ -397,12 +397,7 @@ def curve_view(current: Lab) -> CurveView:
 
 
 def _curve(svc: EvalService, template: EvalJob) -> dict[float, float]:
-    out = {}
-    for _, s in curve_grid():
-        got = svc.lookup(dataclasses.replace(template, sparsity=s))
-        if isinstance(got, Accuracy):
-            out[s] = got.top1
-    return dict(sorted(out.items()))
+    return {s: acc.top1 for s, acc in sorted(svc.curve(template).items())}
 
 
 def figure(kind: str, key: tuple, build: Callable[[], object]):

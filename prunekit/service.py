@@ -119,6 +119,8 @@ class EvalService:
         self._sessions: dict[str, set[EvalJob]] = {}
         self._seq = itertools.count()
         self._restarts = 0
+        self._version = 0  # bumped whenever an outcome lands: what memoised views key on
+        self._curves: OrderedDict[EvalJob, tuple[int, dict[float, Accuracy]]] = OrderedDict()
         self._deaths_in_a_row = 0
         self.broken: str | None = None  # why the workers cannot run, once they cannot
         self._code = code_version()
@@ -181,6 +183,26 @@ class EvalService:
                 self._want(job, session, prio, keep=True)
         self._wake()
 
+    def curve(self, template: EvalJob) -> dict[float, Accuracy]:
+        """Full-split results known so far on the slider's grid for ``template``'s configuration and scope.
+
+        Memoised per result version, so many sessions polling one curve cost one pass over the grid."""
+        with self._lock:
+            memo = self._curves.get(template)
+            if memo is not None and memo[0] == self._version:
+                return memo[1]
+            version = self._version
+        out = {}
+        for _, s in curve_grid():
+            got = self.lookup(dataclasses.replace(template, sparsity=s, subset=None))
+            if isinstance(got, Accuracy):
+                out[s] = got
+        with self._lock:
+            self._curves[template] = (version, out)
+            while len(self._curves) > 256:
+                self._curves.popitem(last=False)
+        return out
+
     def status(self) -> ServiceStatus:
         with self._lock:
             live = sum(1 for e in self._pending.values() if not e.in_flight and e.priority()[0] < CURVE)
@@ -240,6 +262,7 @@ class EvalService:
         self._sessions[session] = now
 
     def _finish(self, job: EvalJob, outcome: Outcome) -> None:
+        self._version += 1
         self._pending.pop(job, None)
         self._outcomes[job] = outcome
         while len(self._outcomes) > 100_000:
@@ -269,6 +292,7 @@ class EvalService:
             return None  # written by another version of Accuracy: ignored, never shown
         with self._lock:
             self._outcomes[job] = acc
+            self._version += 1
         return acc
 
     def _to_disk(self, job: EvalJob, acc: Accuracy) -> None:
