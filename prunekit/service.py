@@ -250,6 +250,8 @@ class EvalService:
         entry = self._pending.get(job)
         if entry is None:
             entry = self._pending[job] = _Entry(job, next(self._seq))
+        elif prio < entry.priority()[0]:
+            entry.seq = next(self._seq)  # promoted: first come, first served among its new peers
         entry.wanted[requester] = min(prio, entry.wanted.get(requester, prio))
         if requester and not keep:
             self._sessions.setdefault(requester, set()).add(job)
