@@ -81,12 +81,17 @@ class _Entry:
         return (min(self.wanted.values(), default=STALE), self.seq)
 
 
+def _is_background(entry: _Entry) -> bool:
+    return entry.priority()[0] >= CURVE
+
+
 @dataclass
 class _Worker:
     process: mp.Process
     conn: object
     loaded: set[str] = field(default_factory=set)
     job: EvalJob | None = None
+    background: bool = False  # the job in hand is background work
 
 
 @dataclass(frozen=True)
@@ -379,14 +384,20 @@ class EvalService:
         self._closed = True
 
     def _dispatch(self) -> None:
+        """Give idle workers the best queued jobs; background work never takes the last idle worker,
+        so a live request finds one free and a core stays with the web server."""
         with self._lock:
             for w in self._workers:
                 if w.job is not None or not w.process.is_alive():
                     continue
                 entry = min((e for e in self._pending.values() if not e.in_flight), key=_Entry.priority, default=None)
-                if entry is None:
+                if entry is None or (_is_background(entry) and not self._background_slot()):
                     return
                 self._send(w, entry)
+
+    def _background_slot(self) -> bool:
+        busy = sum(1 for w in self._workers if w.job is not None and w.background)
+        return busy < max(1, len(self._workers) - 1)
 
     def _send(self, w: _Worker, entry: _Entry) -> None:
         job = entry.job
@@ -399,4 +410,4 @@ class EvalService:
         except (OSError, ValueError):
             return  # the worker is dying: its sentinel brings it back, the entry stays queued
         w.loaded.add(job.model)
-        w.job, entry.in_flight = job, True
+        w.job, w.background, entry.in_flight = job, _is_background(entry), True

@@ -251,3 +251,42 @@ def test_unregistered_model_and_bad_jobs_give_clear_errors(service):
         EvalJob("tiny", subset=0)
     bad = EvalJob("tiny", "nosuchcriterion", sparsity=0.5)
     assert "nosuchcriterion" in wait_for(service, [bad])[bad].message
+
+
+def test_an_uploaded_state_dict_is_evaluated_by_the_workers_from_its_bytes(tmp_path):
+    import io
+
+    from prunekit import checkpoints, zoo
+
+    base = zoo.load("fmnist-cnn")
+    state = {k: v.clone() for k, v in base.model.state_dict().items()}
+    state["classifier.3.bias"] += 0.5  # not the bundled weights: the upload is what gets scored
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    blob = buf.getvalue()
+    local = Lab(checkpoints.load_checkpoint(blob, "fmnist-cnn", name="upload:mine.pt"))
+    pruner = local.pruner("magnitude")
+    pruner.apply_(PruneConfig(0.6, "global"))
+    want = pruner.evaluate()
+    svc = EvalService(workers=1)
+    svc.register(
+        "upload:mine.pt#x", ModelSpec("prunekit.checkpoints:load_checkpoint", (blob, "fmnist-cnn", "upload:mine.pt"))
+    )
+    try:
+        job = EvalJob("upload:mine.pt#x", "magnitude", sparsity=0.6, scope="global")
+        got = wait_for(svc, [job])[job]
+        assert isinstance(got, Accuracy) and (got.top1, got.n) == (want.top1, want.n)
+    finally:
+        svc.close()
+
+
+def test_background_work_leaves_one_worker_free_for_live_requests(service):
+    service.fill_curve(EvalJob("tiny", "l2", "filter"), ["global", "local"])
+    deadline = time.time() + 30
+    seen_busy = 0
+    while time.time() < deadline and service.status().queued_background:
+        status = service.status()
+        seen_busy = max(seen_busy, status.busy)
+        assert status.busy <= 1, status  # two workers: background work may hold one of them
+        time.sleep(0.005)
+    assert seen_busy == 1
