@@ -18,15 +18,14 @@ import streamlit as st
 import torch
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from prunekit import analysis, checkpoints, zoo
+from prunekit import analysis, checkpoints, readings, zoo
 from prunekit.allocate import NORMALISATIONS, SCOPES, PruneConfig
 from prunekit.errors import PrunekitError
-from prunekit.evaluate import Accuracy
 from prunekit.importance import CRITERIA, STRUCTURES
 from prunekit.jobs import EvalJob, ModelSpec
 from prunekit.lab import Lab, PruneResult
 from prunekit.sensitivity import SensitivityConfig, SensitivityRow, sensitivity_scan
-from prunekit.service import LIVE_ESTIMATE, LIVE_FULL, EvalService, JobError, ServiceStatus, curve_grid
+from prunekit.service import LIVE_FULL, EvalService, ServiceStatus
 from prunekit.shared import SingleFlight
 from prunekit.store import ResultStore
 
@@ -319,32 +318,7 @@ def estimate_size(current: Lab) -> int | None:
     return ESTIMATE_IMAGES if len(current.loaded.eval_data()) > ESTIMATE_IMAGES else None
 
 
-# --- accuracy from the evaluation service --------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Reading:
-    """What is known of one accuracy: the full-split figure, a marked estimate, or an error."""
-
-    full: Accuracy | None = None
-    estimate: Accuracy | None = None
-    error: str | None = None
-
-    @property
-    def best(self) -> Accuracy | None:
-        return self.full or self.estimate
-
-
-@dataclass(frozen=True)
-class PointView:
-    """The accuracies at the slider: dense and each scope."""
-
-    dense: Reading
-    scopes: dict[str, Reading]
-
-    @property
-    def pending(self) -> bool:
-        return any(r.full is None and r.error is None for r in (self.dense, *self.scopes.values()))
+# --- accuracy from the evaluation service (readings: prunekit.readings) --------------------------
 
 
 @dataclass(frozen=True)
@@ -358,29 +332,12 @@ class CurveView:
         return curve_fill_enabled() and any(len(c) < self.points for c in self.curves.values())
 
 
-def _reading(known: dict, full: EvalJob, estimate: EvalJob | None) -> Reading:
-    values = [known.get(full.canonical()), known.get(estimate.canonical()) if estimate else None]
-    errors = [v.message for v in values if isinstance(v, JobError)]
-    good = [v if isinstance(v, Accuracy) else None for v in values]
-    return Reading(good[0], good[1], errors[0] if errors else None)
-
-
-def point_view(current: Lab) -> PointView:
-    """Ask the service for the accuracies at the slider (estimates first); read what is known now.
-
-    This session's request replaces its previous one (latest wins)."""
+def point_view(current: Lab, ask: bool = True) -> readings.PointView:
+    """The accuracies at the slider. ``ask``: send them as this session's live request (latest wins)."""
     svc = service()
     _register(svc, current)
-    template = _template(current, cfg())
-    est = estimate_size(current)
-    points = {"dense": EvalJob(template.model)} | {
-        scope: dataclasses.replace(template, scope=scope, sparsity=cfg()["sparsity"]) for scope in SCOPES
-    }
-    asked = [(job, LIVE_FULL) for job in points.values()]
-    asked += [(job.with_subset(est), LIVE_ESTIMATE) for job in points.values()] if est else []
-    known = svc.request(asked, _session())
-    readings = {name: _reading(known, job, job.with_subset(est) if est else None) for name, job in points.items()}
-    return PointView(readings.pop("dense"), readings)
+    template = dataclasses.replace(_template(current, cfg()), sparsity=cfg()["sparsity"])
+    return readings.read_point(svc, template, SCOPES, estimate_size(current), _session(), ask)
 
 
 def fill_curve(current: Lab) -> None:
@@ -391,13 +348,9 @@ def fill_curve(current: Lab) -> None:
 
 def curve_view(current: Lab) -> CurveView:
     svc = service()
-    template = _template(current, cfg())
-    curves = {scope: _curve(svc, dataclasses.replace(template, scope=scope)) for scope in SCOPES}
-    return CurveView(curves, len(curve_grid()), svc.status())
-
-
-def _curve(svc: EvalService, template: EvalJob) -> dict[float, float]:
-    return {s: acc.top1 for s, acc in sorted(svc.curve(template).items())}
+    return CurveView(
+        readings.read_curves(svc, _template(current, cfg()), SCOPES), readings.curve_points(), svc.status()
+    )
 
 
 def figure(kind: str, key: tuple, build: Callable[[], object]):
@@ -408,39 +361,13 @@ def figure(kind: str, key: tuple, build: Callable[[], object]):
 
 def tradeoff_points(current: Lab, recipes: list[tuple[str, str, str]], sparsities, estimate: bool) -> dict:
     """Per recipe (criterion, scope, structure): sparsity, speedup and accuracy (None while pending)."""
-    subset = estimate_size(current) if estimate else None
-    base = _template(current, cfg())
-    jobs = {
-        (recipe, s): dataclasses.replace(
-            base, criterion=recipe[0], scope=recipe[1], structure=recipe[2], sparsity=s, subset=subset
-        )
-        for recipe in recipes
-        for s in sparsities
-    }
-    known = service().request([(job, LIVE_FULL) for job in jobs.values()], _session())
-    curves = {}
-    for recipe in recipes:
-        results = [
-            current.result(recipe[0], recipe[2], cfg()["normalise"], PruneConfig(s, recipe[1], cfg()["keep"]))
-            for s in sparsities
-        ]
-        accs = [known[jobs[(recipe, s)].canonical()] for s in sparsities]
-        curves[recipe] = {
-            "sparsity": list(sparsities),
-            "speedup": [r.theoretical_speedup for r in results],
-            "accuracy": [a.top1 if isinstance(a, Accuracy) else None for a in accs],
-            "errors": [a.message for a in accs if isinstance(a, JobError)],
-            "collapse_point": current.collapse_point(
-                recipe[0], recipe[2], cfg()["normalise"], PruneConfig(0.0, recipe[1], cfg()["keep"])
-            ),
-        }
-    return curves
+    template = dataclasses.replace(_template(current, cfg()), subset=estimate_size(current) if estimate else None)
+    return readings.tradeoff(service(), current, template, recipes, sparsities, _session())
 
 
-def dense_reading(current: Lab, estimate: bool) -> Reading:
+def dense_reading(current: Lab, estimate: bool) -> readings.Reading:
     job = EvalJob(model_key(current), subset=estimate_size(current) if estimate else None)
-    got = service().request([(job, LIVE_FULL)], "")[job]
-    return _reading({job: got}, job, None)
+    return readings.reading(service().request([(job, LIVE_FULL)], "")[job])
 
 
 # --- other pages -------------------------------------------------------------------------------

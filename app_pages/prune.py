@@ -152,7 +152,7 @@ def point_panel() -> None:
 
 
 def curve_panel() -> None:
-    view, point = glue.curve_view(lab), glue.point_view(lab)
+    view, point = glue.curve_view(lab), glue.point_view(lab, ask=False)
     marks = {s: r.best for s, r in point.scopes.items()}
     key = (repr(view.curves), sparsity, repr(marks), repr(point.dense.best))
     fig = glue.figure("curve", key, lambda: plots.accuracy_curve(view.curves, sparsity, marks, point.dense.best))
@@ -169,7 +169,7 @@ def curve_panel() -> None:
 
 
 glue.fill_curve(lab)
-st.session_state.point_pending = glue.point_view(lab).pending
+st.session_state.point_pending = glue.point_view(lab).pending  # asks: this session's live request
 st.session_state.curve_pending = glue.curve_view(lab).pending
 st.fragment(point_panel, run_every=POINT_POLL if st.session_state.point_pending else None)()
 st.fragment(curve_panel, run_every=CURVE_POLL if st.session_state.curve_pending else None)()

@@ -207,6 +207,19 @@ def tradeoff_curves(curves: dict[str, dict], x_key: str, x_title: str, dense: fl
     return fig
 
 
+def _slider_marker(scope: str, at: float, acc: Accuracy) -> go.Scatter:
+    """The reading at the slider, with its 95% interval as an error bar (an estimate says so)."""
+    lo, hi = acc.interval()
+    return go.Scatter(
+        x=[at],
+        y=[100 * acc.top1],
+        error_y=dict(type="data", symmetric=False, array=[100 * (hi - acc.top1)], arrayminus=[100 * (acc.top1 - lo)]),
+        mode="markers",
+        marker=dict(size=12, symbol="diamond", color=COLORS.get(scope), line=dict(width=1, color="black")),
+        name=f"{scope} at {at:.0%}" + (" (estimate, 95% interval)" if acc.is_estimate else ""),
+    )
+
+
 def accuracy_curve(
     curves: dict[str, dict[float, float]], at: float, current: dict[str, Accuracy | None], dense: Accuracy | None
 ) -> go.Figure:
@@ -224,19 +237,8 @@ def accuracy_curve(
             line_color=COLORS.get(scope),
             marker_size=4,
         )
-        acc = current.get(scope)
-        if acc is not None:
-            lo, hi = acc.interval()
-            fig.add_scatter(
-                x=[at],
-                y=[100 * acc.top1],
-                error_y=dict(
-                    type="data", symmetric=False, array=[100 * (hi - acc.top1)], arrayminus=[100 * (acc.top1 - lo)]
-                ),
-                mode="markers",
-                marker=dict(size=12, symbol="diamond", color=COLORS.get(scope), line=dict(width=1, color="black")),
-                name=f"{scope} at {at:.0%}" + (" (estimate, 95% interval)" if acc.is_estimate else ""),
-            )
+        if current.get(scope) is not None:
+            fig.add_trace(_slider_marker(scope, at, current[scope]))
     if dense is not None:
         fig.add_hline(y=100 * dense.top1, line_dash="dot", annotation_text="dense", annotation_position="bottom left")
     fig.add_vline(x=at, line_color="gray", line_width=1)

@@ -231,10 +231,6 @@ class EvalService:
             time.sleep(0.05)
         return False
 
-    def worker_pids(self) -> list[int]:
-        with self._lock:
-            return [w.process.pid for w in self._workers]
-
     def close(self) -> None:
         """Stop the scheduler and the workers (also run at interpreter exit); idempotent."""
         if getattr(self, "_shut", False):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import threading
 import time
@@ -290,3 +291,26 @@ def test_background_work_leaves_one_worker_free_for_live_requests(service):
         assert status.busy <= 1, status  # two workers: background work may hold one of them
         time.sleep(0.005)
     assert seen_busy == 1
+
+
+def test_readings_prefer_the_full_figure_and_surface_errors(service):
+    from prunekit.readings import read_point, reading
+
+    est, full = Accuracy(0.8, None, 20, 64, 0.1), Accuracy(0.75, None, 64, 64, 0.2)
+    assert reading(None, est).best is est and reading(None, est).pending
+    assert reading(full, est).best is full and not reading(full, est).pending
+    failed = reading(JobError("boom"), est)
+    assert failed.error == "boom" and failed.best is est and not failed.pending
+    template = EvalJob("tiny", "magnitude", sparsity=0.4)
+    assert read_point(service, template, ["global"], 20, "r", ask=False).pending  # reading asks for nothing
+    assert service.status().queued_live == 0
+    deadline = time.time() + 60
+    while (view := read_point(service, template, ["global", "local"], 20, "r")).pending:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    for got, job in (
+        (view.scopes["local"].full, dataclasses.replace(template, scope="local")),
+        (view.dense.full, EvalJob("tiny")),
+    ):
+        want = _in_process(job)
+        assert (got.top1, got.n, got.total) == (want.top1, want.n, want.total)

@@ -1,0 +1,128 @@
+"""What a page can show of accuracies while the evaluation service works: for each figure a
+:class:`Reading` (the full-split value, a marked estimate, an error, or nothing yet). Pages poll
+these; nothing here waits for an evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from prunekit.allocate import PruneConfig
+from prunekit.evaluate import Accuracy
+from prunekit.jobs import EvalJob
+from prunekit.lab import Lab
+from prunekit.service import LIVE_ESTIMATE, LIVE_FULL, EvalService, JobError, Outcome, curve_grid
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What is known of one accuracy: the full-split figure, a marked estimate, or an error."""
+
+    full: Accuracy | None = None
+    estimate: Accuracy | None = None
+    error: str | None = None
+
+    @property
+    def best(self) -> Accuracy | None:
+        return self.full or self.estimate
+
+    @property
+    def pending(self) -> bool:
+        return self.full is None and self.error is None
+
+
+def reading(full: Outcome | None, estimate: Outcome | None = None) -> Reading:
+    """Combine the outcomes of a full-split job and its estimate (either may still be missing)."""
+    errors = [v.message for v in (full, estimate) if isinstance(v, JobError)]
+    good = [v if isinstance(v, Accuracy) else None for v in (full, estimate)]
+    return Reading(good[0], good[1], errors[0] if errors else None)
+
+
+@dataclass(frozen=True)
+class PointView:
+    """The accuracies at the slider: dense and each scope."""
+
+    dense: Reading
+    scopes: dict[str, Reading]
+
+    @property
+    def pending(self) -> bool:
+        return any(r.pending for r in (self.dense, *self.scopes.values()))
+
+
+def read_point(
+    svc: EvalService,
+    template: EvalJob,
+    scopes: Iterable[str],
+    estimate: int | None,
+    session: str,
+    ask: bool = True,
+) -> PointView:
+    """Dense and per-scope readings at ``template.sparsity``; estimates on ``estimate`` images first.
+
+    ``ask=True`` sends them as this session's live request (replacing its previous one); ``ask=False``
+    only reads what is known."""
+    points = {"dense": EvalJob(template.model)} | {s: dataclasses.replace(template, scope=s) for s in scopes}
+    asked = [(job, LIVE_FULL) for job in points.values()]
+    asked += [(job.with_subset(estimate), LIVE_ESTIMATE) for job in points.values()] if estimate else []
+    known = svc.request(asked, session) if ask else {job.canonical(): svc.lookup(job) for job, _ in asked}
+
+    def read(job: EvalJob) -> Reading:
+        est = known.get(job.with_subset(estimate).canonical()) if estimate else None
+        return reading(known.get(job.canonical()), est)
+
+    readings = {name: read(job) for name, job in points.items()}
+    return PointView(readings.pop("dense"), readings)
+
+
+def read_curves(svc: EvalService, template: EvalJob, scopes: Iterable[str]) -> dict[str, dict[float, float]]:
+    """Per scope: sparsity -> full-split top-1 known so far on the slider's grid."""
+    return {
+        scope: {s: acc.top1 for s, acc in sorted(svc.curve(dataclasses.replace(template, scope=scope)).items())}
+        for scope in scopes
+    }
+
+
+def curve_points() -> int:
+    """Grid points per scope on a complete curve."""
+    return len(curve_grid())
+
+
+def tradeoff(
+    svc: EvalService, lab: Lab, template: EvalJob, recipes: list[tuple[str, str, str]], sparsities, session: str
+) -> dict:
+    """Per recipe (criterion, scope, structure): sparsity, theoretical speedup and top-1 (None while
+    pending) on ``template``'s subset, errors, and the scope's collapse point. Asks for what is missing."""
+    jobs = {
+        (recipe, s): dataclasses.replace(
+            template, criterion=recipe[0], scope=recipe[1], structure=recipe[2], sparsity=s
+        )
+        for recipe in recipes
+        for s in sparsities
+    }
+    known = svc.request([(job, LIVE_FULL) for job in jobs.values()], session)
+    return {
+        recipe: _recipe_curve(
+            lab, template, recipe, sparsities, [known[jobs[(recipe, s)].canonical()] for s in sparsities]
+        )
+        for recipe in recipes
+    }
+
+
+def _recipe_curve(lab: Lab, template: EvalJob, recipe: tuple[str, str, str], sparsities, outcomes: list) -> dict:
+    criterion, scope, structure = recipe
+
+    def config(s: float) -> PruneConfig:
+        return PruneConfig(s, scope, template.keep_first_last)
+
+    return {
+        "sparsity": list(sparsities),
+        "speedup": [
+            lab.result(criterion, structure, template.normalise, config(s)).theoretical_speedup for s in sparsities
+        ],
+        "accuracy": [o.top1 if isinstance(o, Accuracy) else None for o in outcomes],
+        "errors": [o.message for o in outcomes if isinstance(o, JobError)],
+        "collapse_point": lab.collapse_point(criterion, structure, template.normalise, config(0.0)),
+    }
