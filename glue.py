@@ -31,6 +31,9 @@ from prunekit.store import ResultStore
 
 torch.set_num_threads(os.cpu_count() or 1)
 ESTIMATE_IMAGES = 1000  # a fixed stratified subset: the first number at a position nobody has computed
+EFFECTIVE_HELP = (
+    "Weights that are zero or lie on no surviving input-output path (all-ones path test on a linearised twin)."
+)
 DEFAULTS = {
     "model": "fmnist-cnn",
     "criterion": "magnitude",

@@ -3,6 +3,7 @@ import streamlit as st
 
 import glue
 from prunekit import plots
+from prunekit.units import compact
 
 st.title("Where do the parameters and the compute live?")
 with st.expander("What am I looking at?"):
@@ -21,9 +22,9 @@ prof = lab.profile
 card = lab.loaded.card
 
 c1, c2, c3, c4 = st.columns(4)
-c1.metric("Parameters", f"{prof.total_params:,}")
-c2.metric("MACs / image", f"{prof.total_macs:,}")
-c3.metric("FLOPs / image", f"{2 * prof.total_macs:,}")
+c1.metric("Parameters", compact(prof.total_params), help=f"{prof.total_params:,}")
+c2.metric("MACs / image", compact(prof.total_macs), help=f"{prof.total_macs:,}")
+c3.metric("FLOPs / image", compact(2 * prof.total_macs), help=f"{2 * prof.total_macs:,}")
 acc = card.get("test_accuracy")
 c4.metric("Test accuracy (card)", f"{acc:.2%}" if acc is not None else "n/a")
 st.caption(prof.convention)

@@ -4,6 +4,7 @@ import glue
 from prunekit import plots
 from prunekit.allocate import NORMALISATIONS
 from prunekit.importance import CRITERIA, STRUCTURES
+from prunekit.units import compact
 
 st.title("Global against local pruning")
 with st.expander("What am I looking at?"):
@@ -76,6 +77,8 @@ except Exception as exc:  # engine errors are shown on the page, never as a trac
     st.error(f"Could not prune: {exc}")
     st.stop()
 
+if lab.probe_unavailable:
+    st.info(f"Effective sparsity and layer collapse are not shown: {lab.probe_unavailable}.")
 for scope, r in results.items():
     if r.collapse or r.collapsed_layers:
         named = ", ".join(f"`{n}`" for n in r.collapsed_layers) or "no single layer, but every path is cut"
@@ -101,17 +104,22 @@ for col, (scope, r) in zip(cols, results.items(), strict=True):
         m1, m2, m3 = st.columns(3)
         m1.metric(
             "Params left",
-            f"{r.nonzero_params:,}",
-            help=f"{r.nonzero_params / r.total_params:.1%} of {r.total_params:,}",
+            compact(r.nonzero_params),
+            help=f"{r.nonzero_params:,} of {r.total_params:,} ({r.nonzero_params / r.total_params:.1%})",
         )
         m2.metric(
-            "MACs left", f"{r.remaining_macs:,}", help=f"{r.remaining_macs / r.total_macs:.1%} of {r.total_macs:,}"
+            "MACs left",
+            compact(r.remaining_macs),
+            help=f"{r.remaining_macs:,} of {r.total_macs:,} ({r.remaining_macs / r.total_macs:.1%})",
         )
         m3.metric("Compression", f"{r.compression_ratio:.2f}x")
         m4, m5, m6 = st.columns(3)
         m4.metric("Theoretical speedup", f"{r.theoretical_speedup:.2f}x" if r.remaining_macs else "inf")
         m5.metric("Weight sparsity", f"{r.achieved_sparsity:.1%}")
-        m6.metric("Effective sparsity", f"{r.effective_sparsity:.1%}")
+        if r.effective_sparsity is None:
+            m6.metric("Effective sparsity", "n/a", help=r.probe_note)
+        else:
+            m6.metric("Effective sparsity", f"{r.effective_sparsity:.1%}", help=glue.EFFECTIVE_HELP)
         st.caption(
             f"{r.nonzero_params / r.total_params:.1%} of {r.total_params:,} parameters and {r.remaining_macs / r.total_macs:.1%} of {r.total_macs:,} MACs remain."
         )

@@ -153,6 +153,10 @@ def zoo_accuracy(lab: Lab, limit: int | None):
     return accuracy(lab.loaded.model, lab.loaded.eval_data(), limit=limit)
 
 
+def _effective(d: dict) -> str:
+    return f"{d['effective_sparsity']:.3f}" if d["effective_sparsity"] is not None else f"n/a ({d['probe_note']})"
+
+
 def _summary(d: dict) -> str:
     acc = d.get("accuracy")
     acc_text = ""
@@ -162,7 +166,7 @@ def _summary(d: dict) -> str:
     return (
         f"sparsity {d['sparsity']:.3f} ({d['scope']}, {d['criterion']}, {d['structure']}): "
         f"achieved {d['achieved_sparsity']:.3f}, "
-        f"effective {d['effective_sparsity']:.3f}, compression {d['compression_ratio']:.2f}x, "
+        f"effective {_effective(d)}, compression {d['compression_ratio']:.2f}x, "
         f"speedup {d['theoretical_speedup'] or float('inf'):.2f}x, collapse {d['collapse']}{acc_text}"
     )
 
@@ -182,8 +186,9 @@ def cmd_sweep(args) -> tuple[object, str]:
     rows = [_prune_one(lab, args, s, True) for s in args.sparsities]
     pruner = lab.pruner(args.criterion, args.structure, args.normalise)
     point = pruner.collapse_point(PruneConfig(0.0, args.scope, args.keep_first_last))
-    data = {"model": args.model, "collapse_point": point, "results": rows}
-    return data, "\n".join([_summary(r) for r in rows] + [f"collapse first at sparsity {point}"])
+    note = lab.probe_unavailable
+    data = {"model": args.model, "collapse_point": point, "probe_note": note, "results": rows}
+    return data, "\n".join([_summary(r) for r in rows] + [note or f"collapse first at sparsity {point}"])
 
 
 def cmd_sensitivity(args) -> tuple[object, str]:

@@ -1,9 +1,12 @@
 """Layer collapse and effective sparsity, by the all-ones path test (Tanaka et al. 2020; Vysogorets & Kempe 2021).
 
-Replace every weight by its absolute value, zero every bias and BatchNorm shift/mean, feed an all-ones
-image: with only non-negative numbers the output is zero iff every input-output path is cut. The
-gradient of the summed output with respect to a weight is the total of the paths through it, so a
-non-zero weight with zero gradient is disconnected: pruned in effect though not in fact.
+A *linearised twin* of the model: every weight replaced by its absolute value, every additive
+constant dropped, and activations, gates, pooling and normalisations made path-exact (see
+``linearise``). Fed an all-ones image, its output is zero iff every input-output path is cut; the
+gradient of the summed output with respect to a weight is the total mass of the paths through it,
+so a non-zero weight with zero gradient is disconnected: pruned in effect though not in fact. A
+model with an operation the twin cannot represent raises :class:`ProbeUnsupportedError` when its
+probe is built, and no number is reported for it.
 """
 
 from __future__ import annotations
@@ -14,10 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from prunekit.linearise import Linearised
 from prunekit.profile import PRUNABLE_TYPES
-
-# Sigmoid gates (squeeze-excitation) map 0 to 0.5, so a gate itself cannot be "cut"; the test is
-# exact for networks built from convs, linears, BN and positive-homogeneous activations.
 
 
 def _is_shift(name: str) -> bool:
@@ -26,9 +27,16 @@ def _is_shift(name: str) -> bool:
 
 
 class PathProbe:
-    """A float64, all-positive twin of a model; ``load_`` copies (masked) weights in, ``probe`` runs the test."""
+    """A float64, all-positive linearised twin of a model; ``load_`` copies (masked) weights in.
 
-    def __init__(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:
+    Raises :class:`ProbeUnsupportedError` at construction when the model has an operation the twin
+    cannot represent exactly.
+    """
+
+    def __init__(
+        self, model: nn.Module, input_shape: tuple[int, ...], rescale: bool = True, validate: bool = True
+    ) -> None:
+        self.rescale = rescale
         self.net = copy.deepcopy(model).cpu().double().eval()
         for p in self.net.parameters():
             p.requires_grad_(False)
@@ -36,6 +44,8 @@ class PathProbe:
         self.prunable = {n: m for n, m in self.net.named_modules() if isinstance(m, PRUNABLE_TYPES)}
         self._tensors = dict(self.net.named_parameters()) | dict(self.net.named_buffers())
         self.load_(model)
+        if validate:  # fail now, at construction, on an operation the twin cannot represent
+            self.output_mass()
 
     @torch.no_grad()
     def load_(self, model: nn.Module) -> None:
@@ -51,7 +61,8 @@ class PathProbe:
 
     def _forward(self) -> torch.Tensor:
         x = torch.ones((1, *self.input_shape), dtype=torch.float64)
-        return self.net(x)
+        with Linearised(list(self._tensors.values()), self.rescale):
+            return self.net(x)
 
     def output_mass(self) -> float:
         """Sum of the all-ones output: 0.0 exactly when no input-output path survives."""
@@ -60,19 +71,25 @@ class PathProbe:
 
     def path_scores(self) -> dict[str, torch.Tensor]:
         """Per prunable layer: ``|w| * d(sum output)/d|w|``, the mass of paths through each weight."""
+        return self.trace()[1]
+
+    def trace(self) -> tuple[float, dict[str, torch.Tensor]]:
+        """One forward and backward: the output mass and the per-layer path scores (see ``path_scores``)."""
         weights = [m.weight for m in self.prunable.values()]
         for w in weights:
             w.requires_grad_(True)
         try:
             out = self._forward().sum()
-            grads = torch.autograd.grad(out, weights, allow_unused=True)
+            grads = torch.autograd.grad(out, weights, allow_unused=True) if out.requires_grad else [None] * len(weights)
         finally:
             for w in weights:
                 w.requires_grad_(False)
-        return {
-            name: (w.detach() * (g if g is not None else torch.zeros_like(w)))
+        scores = {  # a layer with no gradient at all never runs in forward (an auxiliary head): not on any path
+            name: w.detach() * g
             for (name, w), g in zip(((n, m.weight) for n, m in self.prunable.items()), grads, strict=True)
+            if g is not None
         }
+        return float(out.detach()), scores
 
 
 @dataclass(frozen=True)
@@ -88,7 +105,7 @@ class Connectivity:
 def connectivity(probe: PathProbe, model: nn.Module) -> Connectivity:
     """Run the path test on ``model`` (a masked working copy) through ``probe``."""
     probe.load_(model)
-    scores = probe.path_scores()
+    mass, scores = probe.trace()
     alive_total, total, per_layer = 0, 0, {}
     for name, s in scores.items():
         alive = int((s > 0).sum())
@@ -96,7 +113,7 @@ def connectivity(probe: PathProbe, model: nn.Module) -> Connectivity:
         alive_total += alive
         total += s.numel()
     return Connectivity(
-        collapsed=probe.output_mass() == 0.0,
+        collapsed=mass == 0.0,
         effective_sparsity=1.0 - alive_total / total if total else 0.0,
         effective_layer_sparsity=per_layer,
         disconnected_layers=[n for n, v in per_layer.items() if v >= 1.0],

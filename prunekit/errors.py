@@ -30,3 +30,13 @@ class CheckpointError(PrunekitError, ValueError):
 
 class UntrainedModelError(PrunekitError, RuntimeError):
     """A result that needs trained weights was asked of a model that has none."""
+
+
+class ProbeUnsupportedError(PrunekitError, NotImplementedError):
+    """The path probe meets an operation it cannot represent exactly: collapse detection is unavailable."""
+
+    def __init__(self, operation: str) -> None:
+        self.operation = operation
+        super().__init__(
+            f"collapse detection is not available for this model: the path probe cannot represent {operation} exactly"
+        )

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from prunekit.connectivity import PathProbe
-from prunekit.errors import InvalidArgumentError, UnknownNameError
+from prunekit.errors import InvalidArgumentError, ProbeUnsupportedError, UnknownNameError
 from prunekit.profile import PRUNABLE_TYPES
 
 UNSTRUCTURED, FILTER = "unstructured", "filter"
@@ -32,9 +32,15 @@ class ScoreContext:
     calib: tuple[torch.Tensor, torch.Tensor] | None = None  # images (N, C, H, W), labels (N,)
     seed: int = 0
     batch_size: int = 64
+    layers: frozenset[str] | None = None  # the prunable layers that run in forward (None: every Conv/Linear)
 
     def prunable(self) -> dict[str, nn.Module]:
-        return {n: m for n, m in self.model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+        """Conv/Linear modules to score; heads unused at inference (GoogLeNet's auxiliaries) left out."""
+        return {
+            n: m
+            for n, m in self.model.named_modules()
+            if isinstance(m, PRUNABLE_TYPES) and (self.layers is None or n in self.layers)
+        }
 
     def batches(self):
         if self.calib is None:
@@ -133,7 +139,16 @@ def _bn_scale(ctx: ScoreContext) -> Scores:
 
 
 def _synflow(ctx: ScoreContext) -> Scores:
-    return PathProbe(ctx.model, ctx.input_shape).path_scores()
+    """Path masses of the unscaled linearised twin (Tanaka et al. 2020): the definition, not a rescaled copy."""
+    try:
+        scores = PathProbe(ctx.model, ctx.input_shape, rescale=False).path_scores()
+    except ProbeUnsupportedError as exc:
+        raise InvalidArgumentError(
+            f"criterion 'synflow' needs the path probe: {exc.operation} is not representable"
+        ) from None
+    if not all(bool(torch.isfinite(s).all()) for s in scores.values()):
+        raise InvalidArgumentError("criterion 'synflow': path masses overflow float64 on this model (too deep)")
+    return scores
 
 
 # --- data-driven -------------------------------------------------------------------------------

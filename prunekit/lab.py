@@ -20,7 +20,7 @@ import torch
 
 from prunekit.allocate import NORMALISATIONS, PruneConfig, ScoreTable, allocate, build_table
 from prunekit.connectivity import PathProbe, connectivity
-from prunekit.errors import UnknownNameError
+from prunekit.errors import ProbeUnsupportedError, UnknownNameError
 from prunekit.evaluate import Accuracy, Progress, accuracy
 from prunekit.importance import FILTER, STRUCTURES, ScoreContext, get_criterion
 from prunekit.masks import WorkingCopy
@@ -40,7 +40,7 @@ class LayerResult:
     params: int  # weight parameters of the layer
     macs: int
     sparsity: float  # fraction of the layer's weights that are zero
-    effective_sparsity: float  # fraction zero or on no surviving input-output path
+    effective_sparsity: float | None  # fraction zero or on no surviving path; None: probe not available
     remaining_macs: int
 
 
@@ -60,8 +60,8 @@ class PruneResult:
     nonzero_params: int
     total_macs: int
     remaining_macs: int
-    effective_sparsity: float
-    collapse: bool
+    effective_sparsity: float | None  # None when the path probe cannot represent the model (see probe_note)
+    collapse: bool | None
     collapsed_layers: list[str]  # layers with every weight pruned
     disconnected_layers: list[str]  # layers with no weight on a surviving path
     units_removed: int  # weights (unstructured) or channels (filter) removed
@@ -70,6 +70,7 @@ class PruneResult:
     unscored: list[str] = field(default_factory=list)
     pretrained: bool = True
     accuracy: dict | None = None
+    probe_note: str | None = None  # why effective sparsity and collapse are not reported, if they are not
 
     @property
     def compression_ratio(self) -> float:
@@ -108,6 +109,15 @@ class Lab:
         return tuple(build_clusters(self.loaded.model, self.loaded.input_spec.shape))
 
     @cached_property
+    def probe_unavailable(self) -> str | None:
+        """None when the path probe represents this model exactly, else the reason it cannot."""
+        try:
+            PathProbe(self.loaded.model, self.loaded.input_spec.shape)
+        except ProbeUnsupportedError as exc:
+            return str(exc)
+        return None
+
+    @cached_property
     def first_last(self) -> frozenset[str]:
         names = [layer.name for layer in self.profile.prunable()]
         return frozenset(names[:1] + names[-1:])
@@ -132,6 +142,7 @@ class Lab:
             model=self.loaded.model,
             input_shape=self.loaded.input_spec.shape,
             calib=self.calibration() if crit.needs_data else None,
+            layers=frozenset(layer.name for layer in self.profile.prunable()),
         )
         scores = crit.score(ctx, structure)
         clusters = self.clusters if structure == FILTER else ()
@@ -203,9 +214,10 @@ class Pruner:
         return self.work.model
 
     @property
-    def probe(self) -> PathProbe:
-        if self._probe is None:
-            self._probe = PathProbe(self.lab.loaded.model, self.lab.loaded.input_spec.shape)
+    def probe(self) -> PathProbe | None:
+        """This pruner's path probe, or None when the model has an operation the probe cannot represent."""
+        if self._probe is None and self.lab.probe_unavailable is None:
+            self._probe = PathProbe(self.lab.loaded.model, self.lab.loaded.input_spec.shape, validate=False)
         return self._probe
 
     def apply_(self, config: PruneConfig):
@@ -223,7 +235,7 @@ class Pruner:
         return accuracy(self.model, self.lab.loaded.eval_data(), limit=limit, progress=progress)
 
     def _measure(self, config: PruneConfig, alloc) -> PruneResult:
-        conn = connectivity(self.probe, self.model)
+        conn = connectivity(self.probe, self.model) if self.probe is not None else None
         modules = dict(self.model.named_modules())
         rows, zeros, prunable = [], 0, 0
         for info in self.lab.profile.prunable():
@@ -237,7 +249,9 @@ class Pruner:
                     params=w.numel(),
                     macs=info.macs,
                     sparsity=n_zero / w.numel(),
-                    effective_sparsity=conn.effective_layer_sparsity.get(info.name, n_zero / w.numel()),
+                    effective_sparsity=conn.effective_layer_sparsity.get(info.name, n_zero / w.numel())
+                    if conn
+                    else None,
                     remaining_macs=round(info.macs * density),
                 )
             )
@@ -257,23 +271,27 @@ class Pruner:
             nonzero_params=nonzero,
             total_macs=self.lab.profile.total_macs,
             remaining_macs=sum(r.remaining_macs for r in rows),
-            effective_sparsity=conn.effective_sparsity,
-            collapse=conn.collapsed,
+            effective_sparsity=conn.effective_sparsity if conn else None,
+            collapse=conn.collapsed if conn else None,
             collapsed_layers=[r.name for r in rows if r.sparsity >= 1.0],
-            disconnected_layers=conn.disconnected_layers,
+            disconnected_layers=conn.disconnected_layers if conn else [],
             units_removed=alloc.removed,
             units_total=alloc.total,
             dense_layers=sorted(alloc.dense),
             unscored=list(self.table.unscored),
             pretrained=self.lab.loaded.pretrained,
+            probe_note=self.lab.probe_unavailable,
         )
 
     def collapse_point(self, config: PruneConfig) -> float | None:
         """Smallest sparsity (in units of 1/pool) at which ``config``'s scope collapses the network, or None.
 
         Pruned sets grow monotonically with sparsity, so collapse is monotone: bisect on the unit count.
-        The working copy is left at ``config``'s sparsity afterwards.
+        The working copy is left at ``config``'s sparsity afterwards. None also when the path probe is
+        not available for this model (``Lab.probe_unavailable`` says why).
         """
+        if self.probe is None:
+            return None
         total = sum(s.size for s in self.table.sets)
 
         def collapsed(k: int) -> bool:

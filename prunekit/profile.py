@@ -7,10 +7,13 @@ additions are not counted (the convention of ``torch.utils.flop_counter`` for co
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 MAC_CONVENTION = (
     "MACs = multiply-accumulates of Conv and Linear weights for one input image; FLOPs = 2 x MACs; "
@@ -64,16 +67,6 @@ class Profile:
         return [layer for layer in self.layers if layer.prunable]
 
 
-def weight_macs(module: nn.Module, output: torch.Tensor) -> int:
-    """MACs of one Conv2d/Linear call that produced ``output`` (batch included)."""
-    if isinstance(module, nn.Conv2d):
-        kh, kw = module.kernel_size
-        return output.numel() * (module.in_channels // module.groups) * kh * kw
-    if isinstance(module, nn.Linear):
-        return output.numel() * module.in_features
-    return 0
-
-
 def _leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Modules without children, plus Conv/Linear subclasses that wrap a helper (e.g. a padding module)."""
     return [(n, m) for n, m in model.named_modules() if n and (isinstance(m, PRUNABLE_TYPES) or not list(m.children()))]
@@ -87,46 +80,92 @@ def layer_kind(module: nn.Module) -> str:
     return type(module).__name__
 
 
-def profile_model(model: nn.Module, input_shape: tuple[int, ...]) -> Profile:
-    """Profile ``model`` on one zero image of shape ``input_shape`` (C, H, W); the model is not changed."""
-    device = next(model.parameters()).device
-    rows: dict[str, LayerInfo] = {}
-    order: list[str] = []
+_WEIGHT_CALLS = {F.conv2d, torch.conv2d, F.linear}
+_MHA_ARGS = inspect.signature(F.multi_head_attention_forward)
 
-    def hook_for(name: str):
-        def hook(module: nn.Module, inputs, output) -> None:
-            if not isinstance(output, torch.Tensor):
-                return
-            in_shape = tuple(inputs[0].shape[1:]) if inputs and isinstance(inputs[0], torch.Tensor) else ()
-            macs = weight_macs(module, output)
-            if name in rows:  # a module used twice: its compute counts twice
-                rows[name].macs += macs
-                return
-            order.append(name)
-            rows[name] = LayerInfo(
+
+class _Recorder(TorchFunctionMode):
+    """Rows in forward order. MACs come from the conv/linear calls themselves, charged to the module
+    that owns the weight: a weight used functionally (Swin's attention, a MultiheadAttention's
+    projections) counts as much as one used through its module's ``forward``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.modules = dict(model.named_modules())
+        self.owner = {id(p): n for n, m in self.modules.items() for p in m.parameters(recurse=False)}
+        self.rows: dict[str, LayerInfo] = {}
+        self.leaves = {m: n for n, m in _leaf_modules(model)}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in _WEIGHT_CALLS:
+            weight = args[1] if len(args) > 1 else kwargs["weight"]
+            self._charge(weight, args[0], out)
+        elif func is F.multi_head_attention_forward:
+            self._attention(_MHA_ARGS.bind(*args, **kwargs).arguments, out[0])
+        return out
+
+    def _charge(self, weight: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> None:
+        name = self.owner.get(id(weight))
+        if name is not None:  # a tensor the model does not own is an activation, not a weight
+            self.row(name, x, out).macs += out.numel() * weight[0].numel()
+
+    def _attention(self, a: dict, out: torch.Tensor) -> None:
+        """The projections inside ``F.multi_head_attention_forward`` (the attention matmuls are not weights)."""
+        inputs = (a["query"], a["key"], a["value"])
+        if a.get("use_separate_proj_weight"):
+            weights = (a["q_proj_weight"], a["k_proj_weight"], a["v_proj_weight"])
+        else:
+            weights = a["in_proj_weight"].chunk(3)
+        projections = zip(inputs, weights, strict=True)
+        for x, w in projections:
+            name = self.owner.get(id(w), self.owner.get(id(a["in_proj_weight"])))
+            self.row(name, a["query"], out).macs += (x.numel() // x.shape[-1]) * w.numel()
+        self._charge(a["out_proj_weight"], out, out)
+
+    def row(self, name: str, x, out) -> LayerInfo:
+        if name not in self.rows:
+            module = self.modules[name]
+            self.rows[name] = LayerInfo(
                 name=name,
                 kind=layer_kind(module),
-                input_shape=in_shape,
-                output_shape=tuple(output.shape[1:]),
-                params=sum(p.numel() for p in module.parameters()),
-                macs=macs,
+                input_shape=tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else (),
+                output_shape=tuple(out.shape[1:]),
+                params=sum(p.numel() for p in module.parameters(recurse=False)),
+                macs=0,
                 prunable=isinstance(module, PRUNABLE_TYPES),
             )
+        return self.rows[name]
 
-        return hook
+    def hook(self, module: nn.Module, inputs, output) -> None:
+        """Forward hook of every leaf: rows for layers without weights (BN, pooling...), in order."""
+        if isinstance(output, torch.Tensor):
+            self.row(self.leaves[module], inputs[0] if inputs else None, output)
 
-    handles = [m.register_forward_hook(hook_for(n)) for n, m in _leaf_modules(model)]
-    was_training = model.training
+
+def profile_model(model: nn.Module, input_shape: tuple[int, ...]) -> Profile:
+    """Profile ``model`` on one zero image of shape ``input_shape`` (C, H, W); the model is not changed.
+
+    MultiheadAttention's fused inference path is switched off for the pass, so its projections run
+    (and are counted) as the ordinary linears they are.
+    """
+    device = next(model.parameters()).device
+    recorder = _Recorder(model)
+    handles = [m.register_forward_hook(recorder.hook) for m in recorder.leaves]
+    was_training, fastpath = model.training, torch.backends.mha.get_fastpath_enabled()
     try:
         model.eval()
-        with torch.inference_mode():
+        torch.backends.mha.set_fastpath_enabled(False)
+        with torch.inference_mode(), recorder:
             model(torch.zeros((1, *input_shape), device=device))
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return Profile(
-        layers=[rows[n] for n in order],
+        layers=list(recorder.rows.values()),
         input_shape=tuple(input_shape),
         total_params=sum(p.numel() for p in model.parameters()),
     )

@@ -189,6 +189,15 @@ def _tv_weights(name: str):
     return models.get_model_weights(name).DEFAULT
 
 
+def _untrained_torchvision(name: str, crop: int) -> nn.Module:
+    from torchvision import models
+
+    model = models.get_model(name, weights=None)
+    if getattr(model, "image_size", crop) != crop:  # ViT-H/14's weights are for 518 px, its default build 224
+        model = models.get_model(name, weights=None, image_size=crop)
+    return model
+
+
 def _load_torchvision(name: str, download: bool = False) -> Loaded:
     from torchvision import models
 
@@ -202,14 +211,14 @@ def _load_torchvision(name: str, download: bool = False) -> Loaded:
         except Exception as exc:  # offline download, truncated cache file: fall back to structure only
             notes.append(f"pretrained weights could not be loaded ({type(exc).__name__}: {exc}); untrained")
             log.warning("torchvision %s: %s", name, notes[-1])
+    crop = int(getattr(weights.transforms, "keywords", {}).get("crop_size", 224))
     if model is None:
-        model = models.get_model(name, weights=None)
+        model = _untrained_torchvision(name, crop)
         if not notes:
             notes.append(
                 f"weights not in the torch hub cache ({hub_checkpoint_path(weights.url)}): "
                 "untrained, structure only (params and MACs are real; accuracy and importance are not)"
             )
-    crop = int(getattr(weights.transforms, "keywords", {}).get("crop_size", 224))
     spec = InputSpec((3, crop, crop), IMAGENET_MEAN, IMAGENET_STD)
     return Loaded(
         name=name,
