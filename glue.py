@@ -42,7 +42,7 @@ DEFAULTS = {
     "keep": False,
     "normalise": "none",
 }
-UPLOAD_ARCHS = [*zoo.BUNDLED, *zoo.EFFICIENTNET, "resnet18", "resnet50", "mobilenet_v2", "vgg16"]
+UPLOAD_TYPES = ["safetensors", "pt", "pth", "bin", "ckpt", "ts"]
 
 
 # --- shared objects (one per process, never mutated by a session) ------------------------------
@@ -229,15 +229,35 @@ def _model_label(name: str) -> str:
 
 
 def _upload() -> None:
-    arch = st.selectbox("Architecture of the checkpoint", UPLOAD_ARCHS, key="upload_arch")
-    file = st.file_uploader("state_dict (.pt/.pth) or TorchScript file", type=["pt", "pth", "ts"], key="upload_file")
+    if checkpoints.trusted_mode():
+        st.warning(
+            "**Trusted mode** (started with PRUNEKIT_TRUSTED_UPLOADS=1): whole pickled models and TorchScript are "
+            "loaded too, and loading them runs code from the file. Upload only your own files."
+        )
+    else:
+        st.caption(
+            "Safe mode: safetensors files and state_dicts (read with `weights_only=True`); nothing in a file is run. "
+            "Whole pickled models and TorchScript need the server started in trusted mode (`./dev app --trusted`)."
+        )
+    arch = st.selectbox(
+        "Architecture (type to search)",
+        model_names(),
+        key="upload_arch",
+        help="The zoo model the weights belong to; its input size and evaluation data are used.",
+    )
+    file = st.file_uploader(
+        f"Weights (at most {checkpoints.max_upload_mb()} MB: {checkpoints.LIMIT_ENV} raises it)",
+        type=UPLOAD_TYPES,
+        key="upload_file",
+    )
     if file is None:
         return
     name = f"upload:{file.name}"
     if name in st.session_state.user_labs:
         return
     try:
-        loaded = checkpoints.load_checkpoint(file.getvalue(), arch, name=name)
+        with st.spinner(f"Checking and loading {file.name}..."):
+            loaded = checkpoints.load_checkpoint(file.getvalue(), arch, name=name)
     except PrunekitError as exc:
         st.error(str(exc))
         return
@@ -263,6 +283,8 @@ def lab() -> Lab:
 def untrained_banner(current: Lab) -> bool:
     """Show the banner for untrained models; True when accuracy and importance are meaningless."""
     if current.loaded.pretrained:
+        if current.loaded.notes:  # e.g. an upload's half-precision tensors converted to float32
+            st.info(" ".join(current.loaded.notes))
         return False
     st.error(
         "**Untrained: structure only.** "

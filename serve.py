@@ -14,7 +14,8 @@ def main() -> int:
     import glue  # noqa: PLC0415 - imported here: spawned workers re-import this file and must stay light
 
     glue.warm()
-    sys.argv = ["streamlit", "run", "app.py", *sys.argv[1:]]
+    limit = f"--server.maxUploadSize={glue.checkpoints.max_upload_mb()}"  # Streamlit refuses larger files first
+    sys.argv = ["streamlit", "run", "app.py", limit, *sys.argv[1:]]
     return cli.main()
 
 

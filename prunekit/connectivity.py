@@ -109,12 +109,12 @@ def connectivity(probe: PathProbe, model: nn.Module) -> Connectivity:
     alive_total, total, per_layer = 0, 0, {}
     for name, s in scores.items():
         alive = int((s > 0).sum())
-        per_layer[name] = 1.0 - alive / s.numel()
+        per_layer[name] = (s.numel() - alive) / s.numel()  # a count over a count, like the weight sparsity
         alive_total += alive
         total += s.numel()
     return Connectivity(
         collapsed=mass == 0.0,
-        effective_sparsity=1.0 - alive_total / total if total else 0.0,
+        effective_sparsity=(total - alive_total) / total if total else 0.0,
         effective_layer_sparsity=per_layer,
         disconnected_layers=[n for n, v in per_layer.items() if v >= 1.0],
     )

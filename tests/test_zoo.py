@@ -1,15 +1,12 @@
-"""The zoo: bundled models equal their cards, torchvision's real weight path, safe user checkpoints."""
+"""The zoo: bundled models equal their cards, torchvision's real weight path (uploads: test_uploads.py)."""
 
-import io
 import json
-import os
-import pickle
 
 import pytest
 import torch
 
-from prunekit import checkpoints, zoo
-from prunekit.errors import CheckpointError, DataNotFoundError, UnknownNameError
+from prunekit import zoo
+from prunekit.errors import DataNotFoundError, UnknownNameError
 from prunekit.evaluate import accuracy
 from prunekit.models import ARCHITECTURES
 
@@ -76,63 +73,6 @@ def test_torchvision_loads_real_weights_from_offline_cache(tmp_path, monkeypatch
     got = loaded.model.state_dict()
     assert all(torch.equal(got[k].cpu(), reference[k]) for k in reference)
     assert {r.name: r for r in zoo.list_models()}["resnet18"].pretrained
-
-
-def _bytes(obj) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
-def test_user_state_dict_loads():
-    state = zoo.load("fmnist-cnn").model.state_dict()
-    loaded = checkpoints.load_checkpoint(_bytes({"state_dict": state, "epoch": 3}), "fmnist-cnn", name="mine")
-    assert loaded.name == "mine" and loaded.family == "user"
-    assert all(torch.equal(loaded.model.state_dict()[k], state[k]) for k in state)
-
-
-def test_user_torchscript_loads(tmp_path):
-    model = zoo.load("fmnist-cnn").model
-    path = tmp_path / "m.pt"
-    torch.jit.trace(model, torch.zeros(1, 1, 28, 28)).save(str(path))
-    loaded = checkpoints.load_checkpoint(path, "fmnist-cnn")
-    x = torch.randn(2, 1, 28, 28)
-    assert torch.allclose(loaded.model(x), model(x), atol=1e-5)
-
-
-class Evil:
-    def __reduce__(self):
-        return (os.system, ("echo pwned > /tmp/prunekit-pwned",))
-
-
-@pytest.mark.parametrize(
-    ("blob", "match"),
-    [
-        (b"", "empty"),
-        (b"not a checkpoint at all", "refused"),
-        (pickle.dumps(Evil()), "refused"),
-        (_bytes({"weight": Evil()}), "refused"),
-        (_bytes({"conv.weight": torch.zeros(3)}), "do not match"),
-        (_bytes([1, 2, 3]), "not a state_dict"),
-    ],
-    ids=["empty", "garbage", "pickle-code", "torch-save-code", "wrong-keys", "not-a-dict"],
-)
-def test_bad_checkpoints_are_refused(blob, match):
-    if os.path.exists("/tmp/prunekit-pwned"):
-        os.remove("/tmp/prunekit-pwned")
-    with pytest.raises(CheckpointError, match=match) as info:
-        checkpoints.load_checkpoint(blob, "fmnist-cnn")
-    assert "\n" not in str(info.value)
-    assert not os.path.exists("/tmp/prunekit-pwned")
-
-
-def test_wrong_shapes_and_size_limit():
-    state = zoo.load("fmnist-cnn").model.state_dict()
-    state["classifier.3.weight"] = torch.zeros(5, 64)
-    with pytest.raises(CheckpointError, match="shapes"):
-        checkpoints.load_checkpoint(_bytes(state), "fmnist-cnn")
-    with pytest.raises(CheckpointError, match="limit"):
-        checkpoints.load_checkpoint(b"x" * 101, "fmnist-cnn", max_bytes=100)
 
 
 def test_fashion_mnist_missing_says_where_it_looked(tmp_path, monkeypatch):

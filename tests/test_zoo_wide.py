@@ -1,0 +1,101 @@
+"""Every model in ``list_models()``: profile, dense path probe, and pruning at 0.5, checked independently.
+
+Independent methods: MACs against ``torch.utils.flop_counter`` (its convolution and addmm/mm counts:
+the weight products; batched matmuls between activations are attention, which the convention leaves
+out), the dense probe against the count of exact zeros in the weights, removal counts against the
+requested sparsity. Models over 150M parameters or 4 GMACs are checked for profile and the dense probe
+only, to keep the suite within its time (their pruning path is the same code as the light models').
+"""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from prunekit import zoo
+from prunekit.allocate import PruneConfig
+from prunekit.connectivity import PathProbe, connectivity
+from prunekit.errors import ProbeUnsupportedError, PrunekitError
+from prunekit.lab import Lab
+from prunekit.profile import profile_model
+
+pytestmark = pytest.mark.slow
+ROWS = {row.name: row for row in zoo.list_models()}
+HEAVY_PARAMS, HEAVY_MACS = 150e6, 4e9
+# Attention mixes tokens through softmax and adds learned position tables: the twin cannot represent
+# that exactly, so these families must say "not available", and no other model may.
+ATTENTION = ("vit_", "swin_", "maxvit_")
+WEIGHT_OPS = ("aten.convolution", "aten.addmm", "aten.mm")
+
+
+def _flop_counter_weight_macs(loaded: zoo.Loaded) -> int:
+    counter = FlopCounterMode(display=False)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused kernel is invisible to the counter
+    try:
+        with counter, torch.no_grad():
+            loaded.model(torch.zeros((1, *loaded.input_spec.shape)))
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    counts = counter.get_flop_counts()["Global"]
+    return sum(v for op, v in counts.items() if str(op) in WEIGHT_OPS) // 2  # FLOPs = 2 x MACs
+
+
+def _zero_fraction(loaded: zoo.Loaded, layers: set[str]) -> float:
+    weights = [m.weight for n, m in loaded.model.named_modules() if n in layers]
+    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+
+
+def _dense_probe(loaded: zoo.Loaded, prunable: set[str]) -> None:
+    try:
+        conn = connectivity(PathProbe(loaded.model, loaded.input_spec.shape, validate=False), loaded.model)
+    except ProbeUnsupportedError as exc:
+        assert loaded.name.startswith(ATTENTION), f"{loaded.name}: probe unsupported: {exc}"
+        assert "collapse detection is not available for this model" in str(exc)
+        return
+    assert not loaded.name.startswith(ATTENTION)
+    assert not conn.collapsed and conn.disconnected_layers == []
+    assert set(conn.effective_layer_sparsity) == prunable
+    # Dense: nothing is cut, so the only ineffective weights are exact zeros and the weights whose
+    # only paths run through them (a whole zero filter kills its channel; Lite0's shipped weights have some).
+    zeros = _zero_fraction(loaded, prunable)
+    if zeros == 0:
+        assert conn.effective_sparsity == 0.0
+    else:
+        assert zeros <= conn.effective_sparsity <= zeros + 0.001
+
+
+def _check_pruning(lab: Lab, structure: str, scope: str) -> None:
+    try:
+        result = lab.result("magnitude", structure, "none", PruneConfig(0.5, scope))
+    except PrunekitError as exc:  # a clear refusal is allowed; a crash is not
+        assert "not supported" in str(exc), str(exc)
+        return
+    table = lab.table("magnitude", structure)
+    assert abs(result.units_removed - 0.5 * result.units_total) <= len(table.sets)
+    prunable = sum(layer.params for layer in result.layers)
+    zeros = round(result.achieved_sparsity * prunable)
+    if structure == "unstructured":
+        assert zeros >= result.units_removed
+    assert result.achieved_sparsity > 0.0 and result.nonzero_params < result.total_params
+    if lab.probe_unavailable is None:
+        assert result.effective_sparsity >= result.achieved_sparsity
+        assert result.collapse is False or scope == "global"
+    else:
+        assert result.effective_sparsity is None and result.probe_note == lab.probe_unavailable
+
+
+@pytest.mark.parametrize("name", list(ROWS))
+def test_zoo_model(name):
+    torch.manual_seed(0)
+    loaded = zoo.load(name)
+    profile = profile_model(loaded.model, loaded.input_spec.shape)
+    assert profile.total_params == sum(p.numel() for p in loaded.model.parameters())
+    assert profile.total_macs == _flop_counter_weight_macs(loaded)
+    prunable = {layer.name for layer in profile.prunable()}
+    _dense_probe(loaded, prunable)
+    if profile.total_params > HEAVY_PARAMS or profile.total_macs > HEAVY_MACS:
+        return
+    lab = Lab(loaded)
+    for structure in ("unstructured", "filter"):
+        for scope in ("global", "local"):
+            _check_pruning(lab, structure, scope)
