@@ -21,6 +21,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 from prunekit import analysis, checkpoints, readings, zoo
 from prunekit.allocate import NORMALISATIONS, SCOPES, PruneConfig
 from prunekit.errors import PrunekitError
+from prunekit.evaluate import interval_label  # pages show it beside every accuracy
 from prunekit.importance import CRITERIA, STRUCTURES
 from prunekit.jobs import EvalJob, ModelSpec
 from prunekit.lab import Lab, PruneResult
@@ -99,6 +100,7 @@ def bundled_rows() -> list[dict]:
                 "params": card["params"],
                 "MACs": card["macs"],
                 "test top-1 (10k)": f"{card['test_accuracy']:.2%}",
+                "95% interval": interval_label(card["test_accuracy"], card["test_images"]).split(" on ")[0],
                 "epochs": card["recipe"]["epochs"],
                 "train time (s)": card["wall_time_s"],
             }

@@ -27,6 +27,8 @@ c2.metric("MACs / image", compact(prof.total_macs), help=f"{prof.total_macs:,}")
 c3.metric("FLOPs / image", compact(2 * prof.total_macs), help=f"{2 * prof.total_macs:,}")
 acc = card.get("test_accuracy")
 c4.metric("Test accuracy (card)", f"{acc:.2%}" if acc is not None else "n/a")
+if acc is not None:
+    c4.caption(glue.interval_label(acc, card["test_images"]))
 st.caption(prof.convention)
 
 left, right = st.columns(2)

@@ -140,13 +140,13 @@ def _metric(slot, label: str, reading, dense=None) -> None:
     if acc is None:
         slot.metric(label, "computing...", help="Queued in the evaluation workers.")
         return
-    lo, hi = acc.interval()
     tag = f" (estimate, {acc.n:,} images)" if acc.is_estimate else ""
     base = dense.full if acc is reading.full and dense is not None else dense.estimate if dense else None
     delta = f"{100 * (acc.top1 - base.top1):+.2f} points" if base is not None else None
     slot.metric(
-        label + tag, f"{acc.top1:.2%}", delta, help=f"95% interval (Wilson) {lo:.1%} to {hi:.1%} on {acc.n:,} images"
+        label + tag, f"{acc.top1:.2%}", delta, help=f"Top-1 on {acc.n:,} images; below, its 95% Wilson interval."
     )
+    slot.caption(acc.interval_label())
 
 
 def point_panel() -> None:

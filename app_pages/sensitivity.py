@@ -44,5 +44,10 @@ if st.button("Run the scan", type="primary") or st.session_state.get("sens_conf"
         f"Most sensitive at {conf.sparsities[-1]:.0%}: **`{worst[0][0]}`** (drop {100 * worst[0][1][-1]:.1f} points). "
         f"Least sensitive: **`{worst[-1][0]}`** (drop {100 * worst[-1][1][-1]:.1f} points)."
     )
-    if rows and rows[0].estimate:
-        st.caption(f"Estimate from the first {rows[0].images:,} evaluation images.")
+    if rows:
+        first = rows[0]
+        st.caption(
+            ("Estimate from the first " if first.estimate else "Measured on all ")
+            + f"{first.images:,} evaluation images. Dense top-1 {first.dense_accuracy:.1%} "
+            f"({glue.interval_label(first.dense_accuracy, first.images)}): a drop within that interval's width is noise."
+        )

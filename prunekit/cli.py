@@ -13,6 +13,7 @@ from collections.abc import Callable
 from prunekit import zoo
 from prunekit.allocate import NORMALISATIONS, SCOPES, PruneConfig, check_sparsity
 from prunekit.errors import InvalidArgumentError, PrunekitError, UntrainedModelError
+from prunekit.evaluate import interval_label
 from prunekit.importance import CRITERIA, STRUCTURES
 from prunekit.lab import Lab, PruneResult
 from prunekit.sensitivity import SensitivityConfig, sensitivity_scan
@@ -143,6 +144,8 @@ def _prune_one(lab: Lab, args, sparsity: float, with_eval: bool) -> dict:
             "pruned": pruned.top1,
             "images": pruned.n,
             "estimate": pruned.is_estimate,
+            "dense_interval": dense.interval(),
+            "pruned_interval": pruned.interval(),
         }
     return _result_json(result)
 
@@ -161,7 +164,9 @@ def _summary(d: dict) -> str:
     acc = d.get("accuracy")
     acc_text = ""
     if acc:
-        acc_text = f"  accuracy {acc['dense']:.2%} -> {acc['pruned']:.2%}"
+        acc_text = (
+            f"  accuracy {acc['dense']:.2%} -> {acc['pruned']:.2%}, {interval_label(acc['pruned'], acc['images'])}"
+        )
         acc_text += f" (estimate from {acc['images']:,} images)" if acc["estimate"] else f" ({acc['images']:,} images)"
     return (
         f"sparsity {d['sparsity']:.3f} ({d['scope']}, {d['criterion']}, {d['structure']}): "
@@ -196,7 +201,11 @@ def cmd_sensitivity(args) -> tuple[object, str]:
     _require_trained(lab.loaded)
     config = SensitivityConfig(args.criterion, args.structure, tuple(args.sparsities), args.eval_limit)
     rows = [{**row.__dict__, "drop": row.drop} for row in sensitivity_scan(lab, config)]
-    lines = [f"{r['layer']:40} {r['sparsity']:.2f} accuracy {r['accuracy']:.2%} (drop {r['drop']:+.2%})" for r in rows]
+    lines = [
+        f"{r['layer']:40} {r['sparsity']:.2f} accuracy {r['accuracy']:.2%} (drop {r['drop']:+.2%}; "
+        f"{interval_label(r['accuracy'], r['images'])})"
+        for r in rows
+    ]
     return {"model": args.model, "results": rows}, "\n".join(lines)
 
 

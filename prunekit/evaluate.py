@@ -36,6 +36,10 @@ class Accuracy:
         """Wilson score interval of top-1 (95% by default): honest for small ``n`` and near 0 or 1."""
         return wilson(round(self.top1 * self.n), self.n, z)
 
+    def interval_label(self) -> str:
+        """'95% interval 64.0-94.8% on 20 images': how far a reading can be trusted, always shown beside it."""
+        return interval_label(self.top1, self.n)
+
     def label(self) -> str:
         """Human wording, e.g. '91.3% top-1 (estimate from 1,000 of 10,000 images)'."""
         text = f"{100 * self.top1:.1f}% top-1"
@@ -51,6 +55,12 @@ def subset(data: EvalData, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     if n <= 0:
         raise InvalidArgumentError(f"subset size must be positive, got {n}")
     return data.images[:n], data.labels[:n]
+
+
+def interval_label(top1: float, n: int) -> str:
+    """'95% interval 64.0-94.8% on 20 images' for a top-1 of ``top1`` measured on ``n`` images."""
+    lo, hi = wilson(round(top1 * n), n)
+    return f"95% interval {100 * lo:.1f}-{100 * hi:.1f}% on {n:,} images"
 
 
 def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:

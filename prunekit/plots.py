@@ -12,6 +12,7 @@ from prunekit.lab import PruneResult
 from prunekit.profile import Profile
 
 COLORS = {"global": "#d62728", "local": "#1f77b4", "dense": "#7f7f7f"}
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 
 def _rows(profile: Profile, conv_only: bool):
@@ -183,27 +184,66 @@ def sensitivity_heatmap(layers: list[str], sparsities: list[float], drops: list[
     return fig
 
 
+def _error_bars(acc: list[float], intervals: list[tuple[float, float]]) -> dict:
+    """Asymmetric Wilson error bars, in accuracy points."""
+    return dict(
+        type="data",
+        symmetric=False,
+        array=[100 * (hi - a) for a, (_, hi) in zip(acc, intervals, strict=True)],
+        arrayminus=[100 * (a - lo) for a, (lo, _) in zip(acc, intervals, strict=True)],
+        thickness=1,
+    )
+
+
+def log_ticks(values: list[float]) -> list[float]:
+    """Readable ticks for a log axis over ``values``: a few of 1, 1.5, 2, 3, 5, 10, ... (never crowded)."""
+    lo, hi = min(values, default=1.0), max(values, default=1.0)
+    nice = [m * 10**e for e in range(0, 5) for m in (1, 1.5, 2, 3, 5)]
+    inside = [v for v in nice if lo / 1.05 <= v <= hi * 1.05] or [1.0]
+    step = max(1, len(inside) // 6)
+    return inside[::step]
+
+
 def tradeoff_curves(curves: dict[str, dict], x_key: str, x_title: str, dense: float | None) -> go.Figure:
-    """Accuracy against ``x_key`` ('sparsity' or 'speedup') for several settings; collapse points marked."""
+    """Accuracy against ``x_key`` ('sparsity' or 'speedup') per recipe, with 95% Wilson error bars.
+
+    A recipe's collapse point is a dashed line of the recipe's colour, named in the legend (no
+    rotated text over the plot); the legend sits above the plot, clear of the axis ticks.
+    """
     fig = go.Figure()
-    for label, c in curves.items():
-        done = [(x, a) for x, a in zip(c[x_key], c["accuracy"], strict=True) if a is not None]
-        fig.add_scatter(x=[x for x, _ in done], y=[100 * a for _, a in done], mode="lines+markers", name=label)
+    xs: list[float] = []
+    for i, (label, c) in enumerate(curves.items()):
+        color = PALETTE[i % len(PALETTE)]
+        done = [(x, a, ci) for x, a, ci in zip(c[x_key], c["accuracy"], c["interval"], strict=True) if a is not None]
+        xs += [x for x, _, _ in done if x != float("inf")]
+        acc = [a for _, a, _ in done]
+        fig.add_scatter(
+            x=[x for x, _, _ in done],
+            y=[100 * a for a in acc],
+            error_y=_error_bars(acc, [ci for _, _, ci in done]),
+            mode="lines+markers",
+            name=label,
+            line_color=color,
+        )
         if x_key == "sparsity" and c.get("collapse_point") is not None:
-            fig.add_vline(
-                x=c["collapse_point"],
-                line_dash="dash",
-                line_color="gray",
-                annotation_text=f"collapse: {label}",
-                annotation_textangle=-90,
-            )
+            cp = c["collapse_point"]
+            fig.add_scatter(
+                x=[cp, cp], y=[0, 100], mode="lines", line=dict(dash="dash", color=color, width=1),
+                name=f"collapse: {label} at {cp:.1%}",
+            )  # fmt: skip
     if dense is not None:
-        fig.add_hline(y=100 * dense, line_dash="dot", annotation_text="dense")
+        fig.add_hline(y=100 * dense, line_dash="dot", annotation_text="dense", annotation_position="bottom left")
     fig.update_layout(
-        xaxis_title=x_title, yaxis_title="top-1 accuracy (%)", height=430, legend_orientation="h", margin=dict(t=30)
+        xaxis_title=x_title,
+        yaxis_title="top-1 accuracy (%)",
+        yaxis_range=[0, 101],
+        height=460,
+        legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0, xanchor="left"),
+        margin=dict(t=40 + 22 * ((len(fig.data) + 1) // 2), b=50),
     )
     if x_key == "speedup":
-        fig.update_xaxes(type="log")
+        ticks = log_ticks(xs)
+        fig.update_xaxes(type="log", tickvals=ticks, ticktext=[f"{v:g}x" for v in ticks])
     return fig
 
 

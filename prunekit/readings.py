@@ -123,6 +123,7 @@ def _recipe_curve(lab: Lab, template: EvalJob, recipe: tuple[str, str, str], spa
             lab.result(criterion, structure, template.normalise, config(s)).theoretical_speedup for s in sparsities
         ],
         "accuracy": [o.top1 if isinstance(o, Accuracy) else None for o in outcomes],
+        "interval": [o.interval() if isinstance(o, Accuracy) else None for o in outcomes],  # 95% Wilson
         "errors": [o.message for o in outcomes if isinstance(o, JobError)],
         "collapse_point": lab.collapse_point(criterion, structure, template.normalise, config(0.0)),
     }

@@ -68,13 +68,25 @@ def build_clusters(model: nn.Module, input_shape: tuple[int, ...]) -> list[Clust
     """
     import torch_pruning as tp
 
+    attention = sorted({type(m).__name__ for m in model.modules() if "Attention" in type(m).__name__})
+    if attention:
+        raise InvalidArgumentError(
+            f"filter pruning is not supported for attention models (this one has {', '.join(attention)}): heads "
+            "and token mixing couple channels that removing filters cannot follow; unstructured pruning works"
+        )
     traced = copy.deepcopy(model).cpu().eval()
     for p in traced.parameters():  # the dependency graph only follows parameters that need grad
         p.requires_grad_(True)
     names = {m: n for n, m in traced.named_modules()}
     linears = [m for m in traced.modules() if isinstance(m, nn.Linear)]
     ignored = linears[-1:]
-    graph = tp.DependencyGraph().build_dependency(traced, example_inputs=torch.zeros(1, *input_shape))
+    try:
+        graph = tp.DependencyGraph().build_dependency(traced, example_inputs=torch.zeros(1, *input_shape))
+    except Exception as exc:  # e.g. ShuffleNet's channel shuffle: Torch-Pruning cannot map its indices
+        raise InvalidArgumentError(
+            f"filter pruning is not supported for this model: Torch-Pruning's dependency graph could not trace "
+            f"its channel coupling ({type(exc).__name__}: {exc}); unstructured pruning works"
+        ) from None
     clusters = []
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=list(PRUNABLE_TYPES)):
         cluster = _cluster_from_group(group, names)

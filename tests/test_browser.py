@@ -108,3 +108,43 @@ def test_slider_updates_the_page(server):
         browser.close()
     assert after != before
     assert "%" in after
+
+
+def _overlaps(a: dict | None, b: dict | None) -> bool:
+    if a is None or b is None:
+        return False
+    return a["x"] < b["x"] + b["width"] and b["x"] < a["x"] + a["width"] and a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"]  # fmt: skip
+
+
+def test_tradeoffs_charts_and_metrics_are_legible(server):
+    """Trade-offs: legends clear of tick labels, no rotated text over the plot (screenshot kept);
+    Lite0's metrics at 1440 px: compact values that fit their boxes."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1440, "height": 1800})
+        page.goto(f"{server}/tradeoffs?model=fmnist-cnn", timeout=120_000)
+        page.get_by_text("all points measured").wait_for(timeout=240_000)
+        page.wait_for_timeout(1000)  # let plotly finish drawing
+        page.screenshot(path=str(ARTIFACTS / "tradeoffs.png"), full_page=True)
+        charts = page.locator(".js-plotly-plot")
+        assert charts.count() == 2
+        for i in range(2):
+            chart = charts.nth(i)
+            legend = chart.locator(".legend").bounding_box()
+            ticks = [
+                chart.locator(".xtick text").nth(j).bounding_box() for j in range(chart.locator(".xtick text").count())
+            ]
+            assert ticks and not any(_overlaps(legend, t) for t in ticks)
+            assert not any(_overlaps(a, b) for a, b in zip(ticks, ticks[1:], strict=False))
+            assert chart.locator(".annotation-text", has_text="collapse").count() == 0
+        page.goto(f"{server}/model?model=efficientnet-lite0", timeout=120_000)
+        values = page.get_by_test_id("stMetricValue")
+        values.first.wait_for(timeout=120_000)
+        page.screenshot(path=str(ARTIFACTS / "model-lite0-1440.png"), full_page=True)
+        texts = values.all_inner_texts()
+        assert "M" in texts[0] and "," not in texts[0]  # compact, e.g. '4.7 M'
+        assert values.evaluate_all("els => els.every(e => e.scrollWidth <= e.clientWidth)")
+        browser.close()
