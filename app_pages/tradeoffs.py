@@ -60,7 +60,9 @@ def curves_panel() -> None:
     missing = _missing(curves)
     done = "all points measured" if missing <= 0 else f"{missing} points still being evaluated (filling in live)"
     subset = f"an estimate from a stratified {glue.ESTIMATE_IMAGES:,}-image subset" if estimate else "the full split"
-    st.caption(f"Accuracy on {subset}; {done}.")
+    st.caption(f"Accuracy on {subset}, with 95% Wilson intervals as error bars; {done}.")
+    if lab.probe_unavailable:
+        st.caption(f"Collapse points are not marked: {lab.probe_unavailable}.")
     if (missing > 0) != st.session_state.tradeoffs_pending:
         st.session_state.tradeoffs_pending = missing > 0
         st.rerun()  # a full rerun stops (or starts) the refreshing

@@ -7,8 +7,9 @@ of products of weights along input-output paths, so it is zero exactly when ever
 - gates that never close (sigmoid, hard-sigmoid) become ``1 + x``: the gated branch always passes,
   and the gate's own weights still lie on paths;
 - max-pooling becomes average pooling (a max passes its gradient to one input only);
-- normalisations become their positive per-channel scale (BatchNorm: |gamma| / sqrt(var + eps);
-  LayerNorm and GroupNorm: |gamma|); additive constants (biases, shifts, scalars) are dropped and
+- normalisations become positive scales: BatchNorm (eval) |gamma| / sqrt(var + eps) per channel;
+  LayerNorm and GroupNorm |gamma| * (x + mean(x)), since their centring feeds every feature of the
+  group into each output; additive constants (biases, shifts, scalars) are dropped and
   multiplicative scalars taken by absolute value, as the twin's weights are.
 Any other operation that is not plain tensor plumbing raises :class:`ProbeUnsupportedError`: a probe
 that cannot represent an operation exactly says so instead of guessing.
@@ -52,11 +53,17 @@ def _batch_norm(x: Tensor, running_mean, running_var, weight=None, bias=None, tr
 
 
 def _layer_norm(x: Tensor, normalized_shape, weight=None, bias=None, eps=1e-5) -> Tensor:
-    return x if weight is None else x * weight.abs()
+    # Centring mixes every normalised feature into each output (a feature cut to 0 becomes -mean/std,
+    # still input-dependent), so each output is its own value plus the mean of all: both branches count.
+    dims = tuple(range(-len(normalized_shape), 0))
+    out = x + x.mean(dim=dims, keepdim=True)
+    return out if weight is None else out * weight.abs()
 
 
 def _group_norm(x: Tensor, num_groups, weight=None, bias=None, eps=1e-5) -> Tensor:
-    return x if weight is None else x * weight.abs().reshape(1, -1, *([1] * (x.dim() - 2)))
+    groups = x.reshape(x.shape[0], num_groups, -1)
+    out = (groups + groups.mean(-1, keepdim=True)).reshape(x.shape)
+    return out if weight is None else out * weight.abs().reshape(1, -1, *([1] * (x.dim() - 2)))
 
 
 def _max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):

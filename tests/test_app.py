@@ -56,13 +56,21 @@ def test_every_page_loads_on_the_default_model(page):
 
 def test_model_page_numbers_match_the_profile():
     from prunekit import zoo
+    from prunekit.evaluate import wilson
     from prunekit.profile import profile_model
+    from prunekit.units import compact
 
     at = open_page("app_pages/model.py")
     loaded = zoo.load("fmnist-cnn")
     prof = profile_model(loaded.model, (1, 28, 28))
-    assert metric(at, "Parameters") == f"{prof.total_params:,}"
-    assert metric(at, "MACs") == f"{prof.total_macs:,}"
+    shown = {m.label: m for m in at.metric}
+    assert shown["Parameters"].value == compact(prof.total_params) == "105.9 k"
+    assert shown["Parameters"].proto.help == f"{prof.total_params:,}"
+    assert shown["MACs / image"].value == compact(prof.total_macs)
+    assert shown["MACs / image"].proto.help == f"{prof.total_macs:,}"
+    card = loaded.card
+    lo, hi = wilson(round(card["test_accuracy"] * card["test_images"]), card["test_images"])
+    assert f"95% interval {100 * lo:.1f}-{100 * hi:.1f}% on 10,000 images" in [c.value for c in at.caption]
     layers = [x for x in prof.layers if x.prunable]  # default view: conv + linear
     p_share = sum(x.params for x in layers[-3:]) / sum(x.params for x in layers)
     m_share = sum(x.macs for x in layers[-3:]) / sum(x.macs for x in layers)
@@ -135,6 +143,28 @@ def test_untrained_model_shows_banner_and_no_accuracy(tmp_path, monkeypatch):
     at = open_page("app_pages/prune.py", {"model": "resnet18", "sparsity": "0.3"})
     assert any("Untrained" in e.value for e in at.error)
     assert not [m for m in at.metric if m.label.startswith("Dense")]
+
+
+def test_attention_model_says_collapse_detection_is_not_available(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    at = open_page("app_pages/prune.py", {"model": "swin_t", "sparsity": "0.5"})
+    assert any("collapse detection is not available for this model" in i.value for i in at.info)
+    effective = [m for m in at.metric if m.label == "Effective sparsity"]
+    assert len(effective) == 2 and all(m.value == "n/a" for m in effective)
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_upload_panel_says_which_mode_the_server_is_in(monkeypatch, trusted):
+    if trusted:
+        monkeypatch.setenv("PRUNEKIT_TRUSTED_UPLOADS", "1")
+    else:
+        monkeypatch.delenv("PRUNEKIT_TRUSTED_UPLOADS", raising=False)
+    at = open_page("app_pages/model.py")
+    texts = [w.value for w in at.sidebar.warning] + [c.value for c in at.sidebar.caption]
+    assert any(t.startswith("**Trusted mode**" if trusted else "Safe mode") for t in texts), texts
+    from prunekit import zoo
+
+    assert len(at.sidebar.selectbox(key="upload_arch").options) == len(zoo.model_names())
 
 
 def _in_process_top1(sparsity: float, scope: str) -> float:
