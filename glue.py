@@ -30,7 +30,7 @@ from prunekit.service import LIVE_FULL, EvalService, ServiceStatus
 from prunekit.shared import SingleFlight
 from prunekit.store import ResultStore
 
-torch.set_num_threads(os.cpu_count() or 1)
+torch.set_num_threads(int(os.environ.get("PRUNEKIT_THREADS", os.cpu_count() or 1)))  # tests: one per process
 ESTIMATE_IMAGES = 1000  # a fixed stratified subset: the first number at a position nobody has computed
 EFFECTIVE_HELP = (
     "Weights that are zero or lie on no surviving input-output path (all-ones path test on a linearised twin)."
@@ -216,7 +216,8 @@ def sidebar() -> None:
             format_func=_model_label,
             help="Bundled Fashion-MNIST models load instantly and offline; torchvision models are untrained unless their weights are cached.",
         )
-        with st.expander("Upload your own checkpoint"):
+        mode = "trusted mode: uploads may run code" if checkpoints.trusted_mode() else "safe mode"
+        with st.expander(f"Upload your own weights ({mode})"):
             _upload()
 
 

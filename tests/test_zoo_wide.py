@@ -84,7 +84,13 @@ def _check_pruning(lab: Lab, structure: str, scope: str) -> None:
         assert result.effective_sparsity is None and result.probe_note == lab.probe_unavailable
 
 
-@pytest.mark.parametrize("name", list(ROWS))
+def _cases() -> list:
+    """Giants share one xdist worker, one at a time: two float64 twins of them at once exhaust 24 GB."""
+    giant = pytest.mark.xdist_group("zoo-giants")
+    return [pytest.param(n, marks=giant) if (r.params or 0) > HEAVY_PARAMS else n for n, r in ROWS.items()]
+
+
+@pytest.mark.parametrize("name", _cases())
 def test_zoo_model(name):
     torch.manual_seed(0)
     loaded = zoo.load(name)
