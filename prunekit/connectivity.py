@@ -84,8 +84,8 @@ class PathProbe:
         finally:
             for w in weights:
                 w.requires_grad_(False)
-        scores = {  # a layer with no gradient at all never runs in forward (an auxiliary head): not on any path
-            name: w.detach() * g
+        scores = {  # a layer with no gradient never runs in forward (an auxiliary head): not on any path.
+            name: g.mul_(w.detach())  # in place: the gradients are ours, and a giant's twin is 5 GB of them
             for (name, w), g in zip(((n, m.weight) for n, m in self.prunable.items()), grads, strict=True)
             if g is not None
         }
