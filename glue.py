@@ -100,7 +100,7 @@ def bundled_rows() -> list[dict]:
                 "params": card["params"],
                 "MACs": card["macs"],
                 "test top-1 (10k)": f"{card['test_accuracy']:.2%}",
-                "95% interval": interval_label(card["test_accuracy"], card["test_images"]).split(" on ")[0],
+                "95% interval": interval_label(card["test_accuracy"], card["test_images"]).split(" on ")[0].split()[-1],
                 "epochs": card["recipe"]["epochs"],
                 "train time (s)": card["wall_time_s"],
             }

@@ -140,7 +140,7 @@ def test_tradeoffs_charts_and_metrics_are_legible(server):
             assert ticks and not any(_overlaps(legend, t) for t in ticks)
             assert not any(_overlaps(a, b) for a, b in zip(ticks, ticks[1:], strict=False))
             assert chart.locator(".annotation-text", has_text="collapse").count() == 0
-        page.goto(f"{server}/model?model=efficientnet-lite0", timeout=120_000)
+        page.goto(f"{server}/?model=efficientnet-lite0", timeout=120_000)  # the Model page is the default page
         values = page.get_by_test_id("stMetricValue")
         values.first.wait_for(timeout=120_000)
         page.screenshot(path=str(ARTIFACTS / "model-lite0-1440.png"), full_page=True)
