@@ -231,7 +231,8 @@ def _model_label(name: str) -> str:
     return f"{name} (torchvision)"
 
 
-def _upload() -> None:
+def _upload_mode() -> None:
+    """Say plainly what the server accepts: the person who started it chose the mode."""
     if checkpoints.trusted_mode():
         st.warning(
             "**Trusted mode** (started with PRUNEKIT_TRUSTED_UPLOADS=1): whole pickled models and TorchScript are "
@@ -242,6 +243,10 @@ def _upload() -> None:
             "Safe mode: safetensors files and state_dicts (read with `weights_only=True`); nothing in a file is run. "
             "Whole pickled models and TorchScript need the server started in trusted mode (`./dev app --trusted`)."
         )
+
+
+def _upload() -> None:
+    _upload_mode()
     arch = st.selectbox(
         "Architecture (type to search)",
         model_names(),
@@ -253,27 +258,25 @@ def _upload() -> None:
         type=UPLOAD_TYPES,
         key="upload_file",
     )
-    if file is None:
-        return
-    name = f"upload:{file.name}"
-    if name in st.session_state.user_labs:
+    if file is None or f"upload:{file.name}" in st.session_state.user_labs:
         return
     try:
         with st.spinner(f"Checking and loading {file.name}..."):
-            loaded = checkpoints.load_checkpoint(file.getvalue(), arch, name=name)
+            _register_upload(file.getvalue(), arch, f"upload:{file.name}")
     except PrunekitError as exc:
         st.error(str(exc))
         return
-    upload = Lab(loaded)
+    st.rerun()
+
+
+def _register_upload(blob: bytes, arch: str, name: str) -> None:
+    """Load, share with the evaluation workers (they rebuild it from the same bytes) and select it."""
+    upload = Lab(checkpoints.load_checkpoint(blob, arch, name=name))
     st.session_state.user_labs[name] = upload
-    service().register(
-        model_key(upload),
-        ModelSpec("prunekit.checkpoints:load_checkpoint", (file.getvalue(), arch, name)),
-        fingerprint=upload.fingerprint,
-    )
+    spec = ModelSpec("prunekit.checkpoints:load_checkpoint", (blob, arch, name))
+    service().register(model_key(upload), spec, fingerprint=upload.fingerprint)
     cfg()["model"] = name
     st.session_state["w_model"] = name
-    st.rerun()
 
 
 def lab() -> Lab:

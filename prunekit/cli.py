@@ -167,7 +167,9 @@ def _summary(d: dict) -> str:
         acc_text = (
             f"  accuracy {acc['dense']:.2%} -> {acc['pruned']:.2%}, {interval_label(acc['pruned'], acc['images'])}"
         )
-        acc_text += f" (estimate from {acc['images']:,} images)" if acc["estimate"] else f" ({acc['images']:,} images)"
+        acc_text += (
+            f" (estimate from {acc['images']:,} images)" if acc["estimate"] else ""
+        )  # the interval names the count
     return (
         f"sparsity {d['sparsity']:.3f} ({d['scope']}, {d['criterion']}, {d['structure']}): "
         f"achieved {d['achieved_sparsity']:.3f}, "

@@ -19,7 +19,7 @@ from functools import cached_property
 import torch
 
 from prunekit.allocate import NORMALISATIONS, PruneConfig, ScoreTable, allocate, build_table
-from prunekit.connectivity import PathProbe, connectivity
+from prunekit.connectivity import Connectivity, PathProbe, connectivity
 from prunekit.errors import ProbeUnsupportedError, UnknownNameError
 from prunekit.evaluate import Accuracy, Progress, accuracy
 from prunekit.importance import FILTER, STRUCTURES, ScoreContext, get_criterion
@@ -236,27 +236,7 @@ class Pruner:
 
     def _measure(self, config: PruneConfig, alloc) -> PruneResult:
         conn = connectivity(self.probe, self.model) if self.probe is not None else None
-        modules = dict(self.model.named_modules())
-        rows, zeros, prunable = [], 0, 0
-        for info in self.lab.profile.prunable():
-            w = modules[info.name].weight
-            n_zero = w.numel() - int(torch.count_nonzero(w))
-            density = 1.0 - n_zero / w.numel()
-            rows.append(
-                LayerResult(
-                    name=info.name,
-                    type=info.kind,
-                    params=w.numel(),
-                    macs=info.macs,
-                    sparsity=n_zero / w.numel(),
-                    effective_sparsity=conn.effective_layer_sparsity.get(info.name, n_zero / w.numel())
-                    if conn
-                    else None,
-                    remaining_macs=round(info.macs * density),
-                )
-            )
-            zeros += n_zero
-            prunable += w.numel()
+        rows, zeros, prunable = self._layer_rows(conn)
         nonzero = sum(int(torch.count_nonzero(p)) for p in self.model.parameters())
         return PruneResult(
             model=self.lab.loaded.name,
@@ -282,6 +262,21 @@ class Pruner:
             pretrained=self.lab.loaded.pretrained,
             probe_note=self.lab.probe_unavailable,
         )
+
+    def _layer_rows(self, conn: Connectivity | None) -> tuple[list[LayerResult], int, int]:
+        """Per prunable layer, measured on the working copy; also the zero and total weight counts."""
+        modules = dict(self.model.named_modules())
+        rows, zeros, prunable = [], 0, 0
+        for info in self.lab.profile.prunable():
+            w = modules[info.name].weight
+            n_zero = w.numel() - int(torch.count_nonzero(w))
+            sparsity = n_zero / w.numel()
+            effective = conn.effective_layer_sparsity.get(info.name, sparsity) if conn else None
+            remaining = round(info.macs * (1.0 - sparsity))
+            rows.append(LayerResult(info.name, info.kind, w.numel(), info.macs, sparsity, effective, remaining))
+            zeros += n_zero
+            prunable += w.numel()
+        return rows, zeros, prunable
 
     def collapse_point(self, config: PruneConfig) -> float | None:
         """Smallest sparsity (in units of 1/pool) at which ``config``'s scope collapses the network, or None.

@@ -204,6 +204,14 @@ def log_ticks(values: list[float]) -> list[float]:
     return inside[::step]
 
 
+def _collapse_line(label: str, at: float, color: str) -> go.Scatter:
+    """A dashed vertical line named in the legend (no rotated text over the plot)."""
+    return go.Scatter(
+        x=[at, at], y=[0, 100], mode="lines", line=dict(dash="dash", color=color, width=1),
+        name=f"collapse: {label} at {at:.1%}",
+    )  # fmt: skip
+
+
 def tradeoff_curves(curves: dict[str, dict], x_key: str, x_title: str, dense: float | None) -> go.Figure:
     """Accuracy against ``x_key`` ('sparsity' or 'speedup') per recipe, with 95% Wilson error bars.
 
@@ -226,11 +234,7 @@ def tradeoff_curves(curves: dict[str, dict], x_key: str, x_title: str, dense: fl
             line_color=color,
         )
         if x_key == "sparsity" and c.get("collapse_point") is not None:
-            cp = c["collapse_point"]
-            fig.add_scatter(
-                x=[cp, cp], y=[0, 100], mode="lines", line=dict(dash="dash", color=color, width=1),
-                name=f"collapse: {label} at {cp:.1%}",
-            )  # fmt: skip
+            fig.add_trace(_collapse_line(label, c["collapse_point"], color))
     if dense is not None:
         fig.add_hline(y=100 * dense, line_dash="dot", annotation_text="dense", annotation_position="bottom left")
     fig.update_layout(

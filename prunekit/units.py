@@ -13,8 +13,3 @@ def compact(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.1f} {prefix}"
     raise AssertionError("unreachable: |n| >= 10,000 has a prefix")
-
-
-def exact(n: int) -> str:
-    """The exact count with thousands separators, for help texts beside a compact value."""
-    return f"{n:,}"

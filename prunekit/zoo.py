@@ -198,6 +198,18 @@ def _untrained_torchvision(name: str, crop: int) -> nn.Module:
     return model
 
 
+def _torchvision_card(name: str, weights) -> dict:
+    return {
+        "name": name,
+        "architecture": f"torchvision.models.{name}",
+        "dataset": "imagenet",
+        "weights": str(weights),
+        "published_top1": weights.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1"),
+        "published_gflops": weights.meta.get("_ops"),
+        "weights_url": weights.url,
+    }
+
+
 def _load_torchvision(name: str, download: bool = False) -> Loaded:
     from torchvision import models
 
@@ -226,15 +238,7 @@ def _load_torchvision(name: str, download: bool = False) -> Loaded:
         input_spec=spec,
         eval_data=lambda: imagenet_samples(crop, spec.mean, spec.std),
         classes=tuple(weights.meta["categories"]),
-        card={
-            "name": name,
-            "architecture": f"torchvision.models.{name}",
-            "dataset": "imagenet",
-            "weights": str(weights),
-            "published_top1": weights.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1"),
-            "published_gflops": weights.meta.get("_ops"),
-            "weights_url": weights.url,
-        },
+        card=_torchvision_card(name, weights),
         pretrained=pretrained,
         family="torchvision",
         notes=notes,
