@@ -7,6 +7,12 @@ requested sparsity. Models over 150M parameters or 5.5 GMACs are checked for pro
 only, to keep the suite within its time (their pruning path is the same code as the light models').
 """
 
+import fcntl
+import gc
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -84,6 +90,19 @@ def _check_pruning(lab: Lab, structure: str, scope: str) -> None:
         assert result.effective_sparsity is None and result.probe_note == lab.probe_unavailable
 
 
+@contextmanager
+def _memory_turn(giant: bool):
+    """A giant's float64 twin takes ~15 GB: it runs while no other zoo test does (a file lock across the
+    xdist workers: giants exclusive, the others shared), or two big probes exhaust a 24 GB machine."""
+    gc.collect()
+    with open(Path(tempfile.gettempdir()) / "prunekit-zoo-memory.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if giant else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _cases() -> list:
     """Giants share one xdist worker, one at a time: two float64 twins of them at once exhaust 24 GB."""
     giant = pytest.mark.xdist_group("zoo-giants")
@@ -92,6 +111,11 @@ def _cases() -> list:
 
 @pytest.mark.parametrize("name", _cases())
 def test_zoo_model(name):
+    with _memory_turn(giant=(ROWS[name].params or 0) > HEAVY_PARAMS):
+        _check_model(name)
+
+
+def _check_model(name: str) -> None:
     torch.manual_seed(0)
     loaded = zoo.load(name)
     profile = profile_model(loaded.model, loaded.input_spec.shape)
