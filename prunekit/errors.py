@@ -40,3 +40,14 @@ class ProbeUnsupportedError(PrunekitError, NotImplementedError):
         super().__init__(
             f"collapse detection is not available for this model: the path probe cannot represent {operation} exactly"
         )
+
+
+class LayerCollapseError(PrunekitError, ValueError):
+    """An allocation removes every channel of a cluster (layer collapse): no compact model exists."""
+
+    def __init__(self, layer: str, channels: int) -> None:
+        self.layer, self.channels = layer, channels
+        super().__init__(
+            f"cannot compact: layer collapse at {layer!r} (all {channels} of its coupled channels are pruned, and a "
+            "layer with no channels cannot be built); lower the sparsity, use local scope or keep that layer"
+        )

@@ -19,6 +19,7 @@ from functools import cached_property
 import torch
 
 from prunekit.allocate import NORMALISATIONS, PruneConfig, ScoreTable, allocate, build_table
+from prunekit.compact import CHECK_IMAGES, Compacted, compact, removed_channels
 from prunekit.connectivity import Connectivity, PathProbe, connectivity
 from prunekit.errors import ProbeUnsupportedError, UnknownNameError
 from prunekit.evaluate import Accuracy, Progress, accuracy
@@ -230,6 +231,14 @@ class Pruner:
         """Apply ``config`` and measure everything on the pruned tensors."""
         alloc = self.apply_(config)
         return self._measure(config, alloc)
+
+    def compact(self, config: PruneConfig) -> Compacted:
+        """Apply a filter ``config`` and build the model without its removed channels (checked against
+        the masked model on the first evaluation images). Raises ``LayerCollapseError`` on collapse."""
+        alloc = self.apply_(config)
+        removed = removed_channels(self.table, alloc)
+        check = self.lab.loaded.eval_data().images[:CHECK_IMAGES] if self.lab.loaded.pretrained else None
+        return compact(self.model, removed, self.lab.loaded.input_spec.shape, check)
 
     def evaluate(self, limit: int | None = None, progress: Progress | None = None) -> Accuracy:
         return accuracy(self.model, self.lab.loaded.eval_data(), limit=limit, progress=progress)
