@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from prunekit.allocate import Allocation, ScoreTable
+from prunekit.errors import InvalidArgumentError
 from prunekit.importance import FILTER
 from prunekit.structure import OUT
 
@@ -64,6 +65,8 @@ class WorkingCopy:
         self.model = copy.deepcopy(base).eval()
         self._base = dict(base.named_modules())
         self._work = dict(self.model.named_modules())
+        self._base_params = dict(base.named_parameters())
+        self._work_params = dict(self.model.named_parameters())
         self.touched = sorted({layer for s in table.sets for layer in s.layers})
 
     @torch.no_grad()
@@ -78,17 +81,40 @@ class WorkingCopy:
                 torch.where(keep, base_w, torch.zeros((), dtype=base_w.dtype, device=base_w.device), out=work_w)
         return self.model
 
-    def _apply_filters(self, alloc: Allocation) -> None:
+    def keep_masks(self, alloc: Allocation) -> dict[str, torch.Tensor]:
+        """Boolean keep masks of ``alloc`` by parameter name (``'features.0.weight'``), one per pruned
+        tensor (filter structure: also biases and BatchNorm entries); True = kept. Shapes = the parameters'."""
+        if self.table.structure != FILTER:
+            return {f"{s.name}.weight": (s.rank >= alloc.counts[s.name]).cpu() for s in self.table.sets}
         out_keep, in_keep = _keep_vectors(self.table, alloc, self._base)
+        masks = {}
         for name in self.touched:
-            base, work = self._base[name], self._work[name]
-            o, i = out_keep.get(name), in_keep.get(name)
+            base, o, i = self._base[name], out_keep.get(name), in_keep.get(name)
             if isinstance(base, nn.modules.batchnorm._BatchNorm):
-                keep = o.to(base.weight.device) if o is not None else torch.ones_like(base.weight, dtype=torch.bool)
-                work.weight.copy_(base.weight * keep)
-                work.bias.copy_(base.bias * keep)
+                o = o if o is not None else torch.ones(base.num_features, dtype=torch.bool)
+                masks[f"{name}.weight"], masks[f"{name}.bias"] = o.clone(), o.clone()
                 continue
-            work.weight.copy_(base.weight * weight_keep(base, o, i).to(base.weight.device))
+            masks[f"{name}.weight"] = weight_keep(base, o, i)
             if base.bias is not None:
-                keep = o.to(base.bias.device) if o is not None else torch.ones_like(base.bias, dtype=torch.bool)
-                work.bias.copy_(base.bias * keep)
+                masks[f"{name}.bias"] = o.clone() if o is not None else torch.ones_like(base.bias, dtype=torch.bool).cpu()
+        return masks
+
+    def _apply_filters(self, alloc: Allocation) -> None:
+        for name, keep in self.keep_masks(alloc).items():
+            base = self._base_params[name]
+            self._work_params[name].copy_(base * keep.to(base.device))
+
+
+@torch.no_grad()
+def apply_masks_(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
+    """Zero ``model``'s parameters where ``masks`` (parameter name -> bool keep tensor) say so, in place."""
+    params = dict(model.named_parameters())
+    unknown = sorted(set(masks) - set(params))
+    if unknown:
+        raise InvalidArgumentError(f"mask for {unknown[0]!r} names no parameter of this model")
+    for name, keep in masks.items():
+        p = params[name]
+        if tuple(keep.shape) != tuple(p.shape):
+            raise InvalidArgumentError(f"mask for {name!r} has shape {tuple(keep.shape)}, the parameter {tuple(p.shape)}")
+        p.mul_(keep.to(device=p.device, dtype=p.dtype))
+    return model
