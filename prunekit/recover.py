@@ -283,8 +283,8 @@ def _train_until(run, model, masks, opt, sched, gen, end: int, sparsity: float) 
         run.result.step += 1
         if run.result.step % every == 0 or run.result.step == run.result.total_steps:
             _curve_point(run, model, sparsity)
-            if not run.tell():
-                return False
+        if not run.tell():  # every step: a stop is honoured within one batch
+            return False
     return True
 
 
