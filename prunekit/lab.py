@@ -24,7 +24,7 @@ from prunekit.connectivity import Connectivity, PathProbe, connectivity
 from prunekit.errors import ProbeUnsupportedError, UnknownNameError
 from prunekit.evaluate import Accuracy, Progress, accuracy
 from prunekit.importance import FILTER, STRUCTURES, ScoreContext, get_criterion
-from prunekit.masks import WorkingCopy
+from prunekit.masks import WorkingCopy, apply_masks_
 from prunekit.profile import Profile, profile_model
 from prunekit.shared import Pool, SingleFlight
 from prunekit.structure import Cluster, build_clusters
@@ -230,6 +230,15 @@ class Pruner:
     def prune(self, config: PruneConfig) -> PruneResult:
         """Apply ``config`` and measure everything on the pruned tensors."""
         alloc = self.apply_(config)
+        return self._measure(config, alloc)
+
+    def prune_from_masks(self, masks: dict[str, torch.Tensor], config: PruneConfig) -> PruneResult:
+        """Re-apply exported keep masks (parameter name -> bool) to the dense weights and measure them.
+
+        ``config`` only supplies the labels and the unit counts; every number is measured on the tensors."""
+        alloc = allocate(self.table, config, self.lab.first_last)
+        self.work.reset_()
+        apply_masks_(self.model, masks)
         return self._measure(config, alloc)
 
     def compact(self, config: PruneConfig) -> Compacted:

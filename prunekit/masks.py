@@ -81,6 +81,14 @@ class WorkingCopy:
                 torch.where(keep, base_w, torch.zeros((), dtype=base_w.dtype, device=base_w.device), out=work_w)
         return self.model
 
+    @torch.no_grad()
+    def reset_(self) -> nn.Module:
+        """Write the dense weights back into every tensor the table covers."""
+        for name in self.touched:
+            for pname, p in self._work[name].named_parameters(recurse=False):
+                p.copy_(getattr(self._base[name], pname))
+        return self.model
+
     def keep_masks(self, alloc: Allocation) -> dict[str, torch.Tensor]:
         """Boolean keep masks of ``alloc`` by parameter name (``'features.0.weight'``), one per pruned
         tensor (filter structure: also biases and BatchNorm entries); True = kept. Shapes = the parameters'."""
@@ -96,7 +104,9 @@ class WorkingCopy:
                 continue
             masks[f"{name}.weight"] = weight_keep(base, o, i)
             if base.bias is not None:
-                masks[f"{name}.bias"] = o.clone() if o is not None else torch.ones_like(base.bias, dtype=torch.bool).cpu()
+                masks[f"{name}.bias"] = (
+                    o.clone() if o is not None else torch.ones_like(base.bias, dtype=torch.bool).cpu()
+                )
         return masks
 
     def _apply_filters(self, alloc: Allocation) -> None:
@@ -115,6 +125,8 @@ def apply_masks_(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     for name, keep in masks.items():
         p = params[name]
         if tuple(keep.shape) != tuple(p.shape):
-            raise InvalidArgumentError(f"mask for {name!r} has shape {tuple(keep.shape)}, the parameter {tuple(p.shape)}")
+            raise InvalidArgumentError(
+                f"mask for {name!r} has shape {tuple(keep.shape)}, the parameter {tuple(p.shape)}"
+            )
         p.mul_(keep.to(device=p.device, dtype=p.dtype))
     return model

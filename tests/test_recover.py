@@ -16,7 +16,13 @@ from tests.helpers import TinyResNet, seeded, tiny_loaded
 
 def _train(n: int = 96) -> EvalData:
     gen = torch.Generator().manual_seed(1)
-    return EvalData("tiny-train", torch.randn(n, 1, 8, 8, generator=gen), torch.randint(0, 3, (n,), generator=gen), ("a", "b", "c"), "")
+    return EvalData(
+        "tiny-train",
+        torch.randn(n, 1, 8, 8, generator=gen),
+        torch.randint(0, 3, (n,), generator=gen),
+        ("a", "b", "c"),
+        "",
+    )
 
 
 def test_schedules_end_at_the_final_sparsity_and_agp_prunes_early():
