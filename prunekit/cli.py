@@ -1,4 +1,4 @@
-"""``python -m prunekit profile|prune|sweep|sensitivity MODEL ... [--json]``.
+"""``python -m prunekit profile|prune|sweep|sensitivity|export|recover MODEL ... [--json]``.
 
 Bad arguments exit 2 with one line naming the bad value; an unknown model lists the known ones.
 """
@@ -9,13 +9,17 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
 
 from prunekit import zoo
 from prunekit.allocate import NORMALISATIONS, SCOPES, PruneConfig, check_sparsity
 from prunekit.errors import InvalidArgumentError, PrunekitError, UntrainedModelError
 from prunekit.evaluate import interval_label
+from prunekit.export import build_bundle, export_report, report_lines, write_bundle
 from prunekit.importance import CRITERIA, STRUCTURES
 from prunekit.lab import Lab, PruneResult
+from prunekit.recover import SCHEDULES, Recipe, recover
 from prunekit.sensitivity import SensitivityConfig, sensitivity_scan
 
 
@@ -67,6 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(sweep)
     _add_prune_options(sweep)
     sweep.add_argument("--sparsities", type=_sparsity_list, default=[0.1, 0.3, 0.5, 0.7, 0.9])
+    export = sub.add_parser("export", help="compact, time and write masks, ratios, snippet, safetensors, ONNX")
+    _add_model(export)
+    _add_prune_options(export)
+    export.set_defaults(structure="filter", criterion="l1")
+    export.add_argument("--sparsity", type=_sparsity, required=True)
+    export.add_argument("--out", type=Path, required=True, help="folder to write the files into")
+    recover = sub.add_parser("recover", help="BN recalibration and a masked fine-tune after pruning")
+    _add_model(recover)
+    _add_prune_options(recover)
+    recover.add_argument("--sparsity", type=_sparsity, required=True)
+    recover.add_argument("--bn-recalibrate", type=int, default=1024, metavar="N", help="training images (0: skip)")
+    recover.add_argument("--finetune-epochs", type=float, default=1.0, metavar="E", help="0: skip the fine-tune")
+    recover.add_argument("--train-images", type=int, default=None, help="fine-tune on N training images (default all)")
+    recover.add_argument("--schedule", choices=list(SCHEDULES), default="one-shot")
+    recover.add_argument("--steps", type=int, default=1, help="pruning steps of an iterative or AGP schedule")
+    recover.add_argument("--lr", type=float, default=1e-3)
     sens = sub.add_parser("sensitivity", help="prune one layer at a time")
     _add_model(sens)
     sens.add_argument("--criterion", choices=list(CRITERIA), default="magnitude")
@@ -211,7 +231,47 @@ def cmd_sensitivity(args) -> tuple[object, str]:
     return {"model": args.model, "results": rows}, "\n".join(lines)
 
 
+def cmd_export(args) -> tuple[object, str]:
+    lab = Lab(zoo.load(args.model, download=args.download))
+    pruner = lab.pruner(args.criterion, args.structure, args.normalise)
+    config = PruneConfig(args.sparsity, args.scope, args.keep_first_last)
+    bundle = build_bundle(pruner, config)
+    paths = write_bundle(bundle, args.out)
+    report = export_report(lab, pruner, bundle)
+    data = {**report, "files": {name: str(path) for name, path in paths.items()}}
+    return data, "\n".join(report_lines(report) + [f"wrote {', '.join(paths)} to {args.out}"])
+
+
+def cmd_recover(args) -> tuple[object, str]:
+    lab = Lab(zoo.load(args.model, download=args.download))
+    _require_trained(lab.loaded)
+    recipe = Recipe(
+        bn_images=args.bn_recalibrate,
+        epochs=args.finetune_epochs,
+        train_images=args.train_images,
+        schedule=args.schedule,
+        steps=args.steps,
+        lr=args.lr,
+    )
+    config = PruneConfig(args.sparsity, args.scope, args.keep_first_last)
+    result = recover(lab, (args.criterion, args.structure, args.normalise), config, recipe, _progress_line)
+    print(file=sys.stderr)
+    data = {"model": args.model, "sparsity": args.sparsity, "recipe": asdict(recipe), **result.to_json()}
+    data["intervals"] = {k: v.interval() for k, v in result.accuracy.items() if v}
+    lines = [f"{k:13} {'skipped' if v is None else interval_label(v.top1, v.n)}" for k, v in result.accuracy.items()]
+    return data, "\n".join([*lines, f"{result.train_images:,} training images, {result.seconds:.0f} s"])
+
+
+def _progress_line(r) -> bool:
+    if r.total_steps:
+        last = f", estimate {r.curve[-1].top1:.2%}" if r.curve else ""
+        print(f"\rfine-tune step {r.step}/{r.total_steps}{last}   ", end="", file=sys.stderr, flush=True)
+    return True
+
+
 COMMANDS: dict[str, Callable] = {
+    "export": cmd_export,
+    "recover": cmd_recover,
     "list": cmd_list,
     "profile": cmd_profile,
     "prune": cmd_prune,

@@ -19,6 +19,8 @@ from prunekit.allocate import PruneConfig
 from prunekit.compact import Compacted
 from prunekit.importance import FILTER
 from prunekit.lab import Pruner, PruneResult
+from prunekit.latency import UNSTRUCTURED_NOTE, LatencyConfig, measure
+from prunekit.masks import apply_masks_
 
 FILES = ("masks.pt", "ratios.json", "prune_snippet.py", "model.safetensors", "model.onnx")
 
@@ -163,3 +165,60 @@ def onnx_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
             dynamo=False,
         )
         return path.read_bytes()
+
+
+def speed_models(lab_model: nn.Module, bundle: Bundle) -> dict[str, nn.Module]:
+    """The models whose latency an export reports: dense, masked, and compact when there is one."""
+    models = {"dense": lab_model, "masked": _masked_copy(lab_model, bundle)}
+    if bundle.compacted is not None:
+        models["compact"] = bundle.compacted.model
+    return models
+
+
+def _masked_copy(dense: nn.Module, bundle: Bundle) -> nn.Module:
+    import copy
+
+    masks = torch.load(io.BytesIO(bundle.files["masks.pt"]), weights_only=True)
+    return apply_masks_(copy.deepcopy(dense), masks)
+
+
+def export_report(lab, pruner: Pruner, bundle: Bundle, config: LatencyConfig | None = None) -> dict:
+    """What ``prunekit export`` prints: sizes, the compaction check, latencies and speedups."""
+    latency = measure(speed_models(lab.loaded.model, bundle), lab.loaded.input_spec.shape, config)
+    fastest = "compact" if "compact" in latency.ms else "masked"
+    result, compacted = bundle.result, bundle.compacted
+    return {
+        "model": result.model,
+        "structure": result.structure,
+        "sparsity": result.sparsity,
+        "params_dense": result.total_params,
+        "params_masked_nonzero": result.nonzero_params,
+        "params_compact": compacted.params_compact if compacted else None,
+        "max_abs_diff": compacted.max_abs_diff if compacted else None,
+        "latency_ms": {v: {str(b): t for b, t in per.items()} for v, per in latency.ms.items()},
+        "latency_runs": {str(b): n for b, n in latency.runs.items()},
+        "threads": latency.threads,
+        "machine": latency.machine,
+        "theoretical_speedup": result.theoretical_speedup if result.remaining_macs else None,
+        "measured_speedup": {str(b): latency.speedup(fastest, b) for b in latency.runs},
+        "measured_of": fastest,
+        "note": None if compacted else UNSTRUCTURED_NOTE,
+    }
+
+
+def report_lines(report: dict) -> list[str]:
+    lines = [
+        f"params: dense {report['params_dense']:,}, non-zero after masking {report['params_masked_nonzero']:,}"
+        + (f", compact {report['params_compact']:,}" if report["params_compact"] is not None else ""),
+    ]
+    if report["max_abs_diff"] is not None:
+        lines.append(f"compact vs masked outputs: max abs diff {report['max_abs_diff']:.2e}")
+    for batch, runs in report["latency_runs"].items():
+        times = ", ".join(f"{v} {per[batch]:.2f} ms" for v, per in report["latency_ms"].items())
+        lines.append(f"batch {batch}: {times} (median of {runs} runs, {report['threads']} threads)")
+    measured = ", ".join(f"{x:.2f}x at batch {b}" for b, x in report["measured_speedup"].items())
+    lines.append(
+        f"speedup: theoretical {report['theoretical_speedup']:.2f}x, measured ({report['measured_of']}) {measured}"
+    )
+    lines.append(f"machine: {report['machine']}")
+    return lines + ([report["note"]] if report["note"] else [])

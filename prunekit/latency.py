@@ -66,10 +66,9 @@ def machine_name() -> str:
     """The CPU model and core count (latencies only compare on the same machine)."""
     cpu = platform.processor() or platform.machine()
     try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
+        cpu = names[0] if names else cpu
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} cores"
