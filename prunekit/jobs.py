@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import importlib
 import os
+import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
 from prunekit.allocate import PruneConfig, check_sparsity
-from prunekit.errors import InvalidArgumentError
+from prunekit.errors import InvalidArgumentError, LayerCollapseError
 from prunekit.evaluate import Accuracy, accuracy_of, stratified_indices
+from prunekit.importance import FILTER
 from prunekit.lab import Lab, Pruner
+from prunekit.latency import UNSTRUCTURED_NOTE, Latency, LatencyConfig, machine_name, measure
+from prunekit.recover import CurvePoint, Recipe, Recovery, recover
 from prunekit.zoo import Loaded
 
 DENSE = "dense"  # the criterion of a job that prunes nothing
@@ -91,6 +96,60 @@ class EvalJob:
         ]
 
 
+@dataclass(frozen=True)
+class SpeedJob(EvalJob):
+    """Latency of the dense, masked and (filter structure) compacted model at one configuration."""
+
+    def canonical(self) -> SpeedJob:
+        return self
+
+    def key(self) -> list:
+        return ["speed", machine_name(), *super().key()]
+
+
+@dataclass(frozen=True)
+class RecoverJob(EvalJob):
+    """Recovery (BN recalibration, masked fine-tune, a schedule) of one configuration by ``recipe``."""
+
+    recipe: Recipe = field(default_factory=Recipe)
+
+    def canonical(self) -> RecoverJob:
+        return self
+
+    def key(self) -> list:
+        return ["recover", *super().key(), asdict(self.recipe)]
+
+
+SPEED = LatencyConfig(runs=15, budget_s=3.0)
+Report = Callable[[Recovery], bool]
+
+
+def encode(outcome: Accuracy | Latency | Recovery) -> dict | None:
+    """A JSON-friendly form for the result store; None for what must not be stored (a stopped run)."""
+    if isinstance(outcome, Latency):
+        return outcome.to_json()
+    if isinstance(outcome, Recovery):
+        if outcome.stopped:
+            return None
+        return {
+            "accuracy": {k: asdict(v) if v else None for k, v in outcome.accuracy.items()},
+            "curve": [asdict(p) for p in outcome.curve],
+            **{k: getattr(outcome, k) for k in ("step", "total_steps", "stopped", "seconds", "train_images")},
+        }
+    return asdict(outcome)
+
+
+def decode(job: EvalJob, value: dict) -> Accuracy | Latency | Recovery:
+    """The inverse of :func:`encode` for ``job``'s kind; TypeError/KeyError when written by another version."""
+    if isinstance(job, SpeedJob):
+        return Latency.from_json(value)
+    if isinstance(job, RecoverJob):
+        acc = {k: Accuracy(**v) if v else None for k, v in value["accuracy"].items()}
+        rest = {k: v for k, v in value.items() if k not in ("accuracy", "curve")}
+        return Recovery(acc, [CurvePoint(**p) for p in value["curve"]], **rest)
+    return Accuracy(**value)
+
+
 class JobRunner:
     """Worker-side state: loaded models and a bounded set of pruners (working copies) per process."""
 
@@ -122,10 +181,16 @@ class JobRunner:
         few = images[:8]
         accuracy_of(lab.loaded.model, few, torch.zeros(few.shape[0], dtype=torch.long), few.shape[0])
 
-    def run(self, job: EvalJob) -> Accuracy:
+    def run(self, job: EvalJob, report: Report | None = None) -> Accuracy | Latency | Recovery:
+        """Measure ``job``; ``report`` sees a recovery's progress (and may stop it)."""
         lab = self.labs.get(job.model)
         if lab is None:
             raise InvalidArgumentError(f"model {job.model!r} was never loaded in this worker")
+        if isinstance(job, SpeedJob):
+            return self._speed(lab, job)
+        if isinstance(job, RecoverJob):
+            out = recover(lab, (job.criterion, job.structure, job.normalise), job.config(), job.recipe, report)
+            return replace(out, model=None)
         model = lab.loaded.model if job.is_dense else self._pruned(lab, job)
         data, images = lab.loaded.eval_data(), self._images[job.model]
         if job.subset is None or job.subset >= len(data):
@@ -133,16 +198,34 @@ class JobRunner:
         sub_images, sub_labels = self._subset(job.model, images, data.labels, job.subset)
         return accuracy_of(model, sub_images, sub_labels, len(data), EVAL_BATCH)
 
-    def _pruned(self, lab: Lab, job: EvalJob) -> torch.nn.Module:
+    def _pruner(self, lab: Lab, job: EvalJob) -> Pruner:
         key = (job.model, job.criterion, job.structure, job.normalise)
         if key not in self.pruners:
             self.pruners[key] = lab.pruner(job.criterion, job.structure, job.normalise)
             while len(self.pruners) > self.max_pruners:
                 self.pruners.popitem(last=False)
         self.pruners.move_to_end(key)
-        pruner = self.pruners[key]
+        return self.pruners[key]
+
+    def _pruned(self, lab: Lab, job: EvalJob) -> torch.nn.Module:
+        pruner = self._pruner(lab, job)
         pruner.apply_(job.config())
         return pruner.model
+
+    def _speed(self, lab: Lab, job: SpeedJob) -> Latency:
+        """Dense, masked and compacted latency, each in this worker's memory layout and thread count."""
+        pruner, note, models = self._pruner(lab, job), UNSTRUCTURED_NOTE, {"dense": lab.loaded.model}
+        if job.structure == FILTER:
+            try:
+                layout = torch.channels_last if self.channels_last else torch.contiguous_format
+                models["compact"] = pruner.compact(job.config()).model.to(memory_format=layout)
+                note = None
+            except LayerCollapseError as exc:
+                note = str(exc)
+        models["masked"] = self._pruned(lab, job)
+        latency = measure(models, lab.loaded.input_spec.shape, SPEED)
+        latency.note = note
+        return latency
 
     def _subset(
         self, model: str, images: torch.Tensor, labels: torch.Tensor, n: int
@@ -167,19 +250,43 @@ def worker_main(conn, threads: int, nice: int = 0) -> None:
     runner = JobRunner()
     while True:
         try:
-            job, spec = conn.recv()
+            message = conn.recv()
         except (EOFError, OSError):
             return
+        if isinstance(message[0], str):
+            continue  # a stop for a job that has already finished
+        job, spec = message
         try:
-            conn.send(_answer(runner, job, spec))
+            conn.send(_answer(runner, job, spec, _reporter(conn, job)))
         except (BrokenPipeError, EOFError, OSError):
             return  # the server went away
 
 
-def _answer(runner: JobRunner, job: EvalJob, spec: ModelSpec | None) -> tuple:
+PROGRESS_EVERY_S = 0.25
+
+
+def _reporter(conn, job: EvalJob) -> Report:
+    """Send a recovery's progress at most every PROGRESS_EVERY_S; False once the server says stop."""
+    last = [0.0]
+
+    def report(progress: Recovery) -> bool:
+        stop = False
+        while conn.poll():
+            kind, target = conn.recv()
+            stop = stop or (kind == "stop" and target == job)
+        now = time.monotonic()
+        if stop or now - last[0] >= PROGRESS_EVERY_S:
+            last[0] = now
+            conn.send(("progress", job, replace(progress, model=None, curve=list(progress.curve))))
+        return not stop
+
+    return report
+
+
+def _answer(runner: JobRunner, job: EvalJob, spec: ModelSpec | None, report: Report | None = None) -> tuple:
     try:
         if spec is not None:
             runner.load(job.model, spec)
-        return ("ok", job, runner.run(job))
+        return ("ok", job, runner.run(job, report))
     except Exception as exc:  # reported on the page; the worker lives on
         return ("error", job, f"{type(exc).__name__}: {exc}")

@@ -44,6 +44,7 @@ class Latency:
     runs: dict[int, int]
     threads: int
     machine: str = field(default_factory=lambda: machine_name())
+    note: str | None = None  # why a variant is missing or why the speedup is ~1x
 
     def speedup(self, variant: str, batch: int, over: str = "dense") -> float:
         return self.ms[over][batch] / self.ms[variant][batch]
@@ -54,12 +55,13 @@ class Latency:
             "runs": {str(b): n for b, n in self.runs.items()},
             "threads": self.threads,
             "machine": self.machine,
+            "note": self.note,
         }
 
     @classmethod
     def from_json(cls, d: dict) -> Latency:
         ms = {v: {int(b): t for b, t in per.items()} for v, per in d["ms"].items()}
-        return cls(ms, {int(b): n for b, n in d["runs"].items()}, d["threads"], d["machine"])
+        return cls(ms, {int(b): n for b, n in d["runs"].items()}, d["threads"], d["machine"], d.get("note"))
 
 
 def machine_name() -> str:

@@ -27,7 +27,9 @@ from pathlib import Path
 
 from prunekit.errors import InvalidArgumentError
 from prunekit.evaluate import Accuracy
-from prunekit.jobs import EvalJob, ModelSpec, worker_main
+from prunekit.jobs import EvalJob, ModelSpec, decode, encode, worker_main
+from prunekit.latency import Latency
+from prunekit.recover import Recovery
 from prunekit.store import ResultStore, digest
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,18 @@ LIVE_ESTIMATE, LIVE_FULL, CURVE, STALE = 0, 1, 10, 100  # lower runs first; curv
 MAX_ATTEMPTS = 2
 MAX_DEATHS_IN_A_ROW = 6  # workers dying with no job finished in between: they cannot start, so stop trying
 CURVE_GRIDS = (0.1, 0.05, 0.01)  # coarse to fine
-_ENGINE_FILES = ("allocate.py", "evaluate.py", "importance.py", "jobs.py", "masks.py", "models.py", "structure.py")
+_ENGINE_FILES = (
+    "allocate.py",
+    "compact.py",
+    "evaluate.py",
+    "importance.py",
+    "jobs.py",
+    "latency.py",
+    "masks.py",
+    "models.py",
+    "recover.py",
+    "structure.py",
+)
 
 
 def code_version() -> str:
@@ -54,7 +67,7 @@ class JobError:
     message: str
 
 
-Outcome = Accuracy | JobError
+Outcome = Accuracy | Latency | Recovery | JobError
 
 
 def curve_grid() -> list[tuple[int, float]]:
@@ -127,6 +140,7 @@ class EvalService:
         self._version = 0  # bumped whenever an outcome lands: what memoised views key on
         self._curves: OrderedDict[EvalJob, tuple[int, dict[float, Accuracy]]] = OrderedDict()
         self._deaths_in_a_row = 0
+        self._progress: dict[EvalJob, Recovery] = {}  # the latest progress of running recoveries
         self.broken: str | None = None  # why the workers cannot run, once they cannot
         self._code = code_version()
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
@@ -208,6 +222,31 @@ class EvalService:
                 self._curves.popitem(last=False)
         return out
 
+    def progress(self, job: EvalJob) -> Recovery | None:
+        """The latest progress a running recovery reported, or None."""
+        with self._lock:
+            return self._progress.get(job.canonical())
+
+    def stop(self, job: EvalJob) -> None:
+        """Stop ``job``: a running recovery ends after its current batch (its partial result is kept in
+        memory, never stored); a queued job is dropped."""
+        job = job.canonical()
+        with self._lock:
+            worker = next((w for w in self._workers if w.job == job), None)
+            if worker is None:
+                self._pending.pop(job, None)
+                return
+        try:
+            worker.conn.send(("stop", job))
+        except (OSError, ValueError):
+            pass  # the worker is dying: its sentinel reports it
+
+    def forget(self, job: EvalJob) -> None:
+        """Drop ``job``'s in-memory outcome (a stopped run or an error), so that asking again reruns it."""
+        with self._lock:
+            self._outcomes.pop(job.canonical(), None)
+            self._version += 1
+
     def status(self) -> ServiceStatus:
         with self._lock:
             live = sum(1 for e in self._pending.values() if not e.in_flight and e.priority()[0] < CURVE)
@@ -267,6 +306,7 @@ class EvalService:
     def _finish(self, job: EvalJob, outcome: Outcome) -> None:
         self._version += 1
         self._pending.pop(job, None)
+        self._progress.pop(job, None)
         self._outcomes[job] = outcome
         while len(self._outcomes) > 100_000:
             self._outcomes.popitem(last=False)
@@ -284,24 +324,25 @@ class EvalService:
                 self._fingerprints[job.model] = fp
         return digest(job.key(), fp, self._code)
 
-    def _from_disk(self, job: EvalJob) -> Accuracy | None:
+    def _from_disk(self, job: EvalJob) -> Outcome | None:
         key = self._store_key(job)
         value = self.store.get(key) if key else None
         if value is None:
             return None
         try:
-            acc = Accuracy(**value)
-        except TypeError:
-            return None  # written by another version of Accuracy: ignored, never shown
+            outcome = decode(job, value)
+        except (TypeError, KeyError):
+            return None  # written by another version of the result type: ignored, never shown
         with self._lock:
-            self._outcomes[job] = acc
+            self._outcomes[job] = outcome
             self._version += 1
-        return acc
+        return outcome
 
-    def _to_disk(self, job: EvalJob, acc: Accuracy) -> None:
+    def _to_disk(self, job: EvalJob, outcome: Outcome) -> None:
         key = self._store_key(job)
-        if key:
-            self.store.put(key, dataclasses.asdict(acc))
+        value = encode(outcome) if key else None
+        if value is not None:
+            self.store.put(key, value)
 
     # --- the scheduler thread ------------------------------------------------------------------
 
@@ -345,13 +386,17 @@ class EvalService:
         except (EOFError, OSError):
             self._crashed(i, w)
             return
+        if status == "progress":
+            with self._lock:
+                self._progress[job] = payload
+            return
         outcome = payload if status == "ok" else JobError(payload)
         with self._lock:
             w.job, self._deaths_in_a_row = None, 0
             if status != "ok":
                 w.loaded.discard(job.model)  # a failed load is retried with the spec next time
             self._finish(job, outcome)
-        if isinstance(outcome, Accuracy):
+        if not isinstance(outcome, JobError):
             self._to_disk(job, outcome)
 
     def _crashed(self, i: int, w: _Worker) -> None:

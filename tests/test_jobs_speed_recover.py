@@ -1,0 +1,82 @@
+"""Speed and recovery jobs in the evaluation workers: measured, stored, stoppable."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+
+from prunekit.jobs import ModelSpec, RecoverJob, SpeedJob
+from prunekit.latency import UNSTRUCTURED_NOTE, Latency
+from prunekit.recover import Recipe, Recovery
+from prunekit.service import EvalService, JobError
+from prunekit.store import ResultStore
+from tests.test_service import TINY, wait_for
+
+pytestmark = pytest.mark.xdist_group("service")
+CNN = ModelSpec("prunekit.zoo:load", ("fmnist-cnn",))
+
+
+@pytest.fixture
+def service(tmp_path):
+    svc = EvalService(workers=1, store=ResultStore(tmp_path / "r.sqlite3"))
+    svc.register("tiny", TINY, fingerprint="tiny-seed0")
+    svc.register("fmnist-cnn", CNN, fingerprint="cnn")
+    yield svc
+    svc.close()
+
+
+def test_speed_job_times_dense_masked_and_compact_and_is_stored(service, tmp_path):
+    job = SpeedJob("tiny", "l1", "filter", sparsity=0.5, scope="local")
+    got = wait_for(service, [job])[job]
+    assert isinstance(got, Latency), got
+    assert set(got.ms) == {"dense", "masked", "compact"} and set(got.runs) == {1, 64}
+    assert all(t > 0 for per in got.ms.values() for t in per.values()) and got.note is None
+    again = EvalService(workers=1, store=ResultStore(tmp_path / "r.sqlite3"))
+    again.register("tiny", TINY, fingerprint="tiny-seed0")
+    try:
+        assert again.lookup(job) == got  # from the store, not re-measured
+    finally:
+        again.close()
+
+
+def test_speed_job_explains_unstructured_and_collapse(service):
+    flat = SpeedJob("tiny", "magnitude", "unstructured", sparsity=0.5)
+    cut = SpeedJob("fmnist-cnn", "l1", "filter", sparsity=0.3)  # raw global L1 empties features.0
+    got = wait_for(service, [flat, cut], timeout=120)
+    assert got[flat].note == UNSTRUCTURED_NOTE and "compact" not in got[flat].ms
+    assert "layer collapse at 'features.0'" in got[cut].note and "compact" not in got[cut].ms
+
+
+def test_recover_job_reports_progress_and_can_be_stopped(service):
+    job = RecoverJob(
+        "fmnist-cnn",
+        "l1",
+        "filter",
+        sparsity=0.5,
+        scope="local",
+        recipe=Recipe(bn_images=256, epochs=20, train_images=2048),
+    )
+    service.request([(job, 1)], "s:recover")
+    deadline = time.time() + 120
+    while (service.progress(job) is None or service.progress(job).step < 3) and time.time() < deadline:
+        time.sleep(0.05)
+    seen = service.progress(job)
+    assert (
+        seen is not None
+        and seen.accuracy["pruned"] is not None
+        and seen.total_steps == 20 * math.ceil(seen.train_images / 128)
+    )
+    service.stop(job)
+    got = wait_for(service, [job], session="s:recover", timeout=60)[job]
+    assert isinstance(got, Recovery) and got.stopped and 3 <= got.step < got.total_steps
+    assert got.accuracy["finetuned"].n == 10_000 and got.model is None
+    service.forget(job)
+    assert service.lookup(job) is None  # a stopped run is not stored: asking again reruns it
+
+
+def test_recover_job_errors_name_the_missing_training_data(service):
+    job = RecoverJob("tiny", "l1", "filter", sparsity=0.5, recipe=Recipe(epochs=1))
+    got = wait_for(service, [job])[job]
+    assert isinstance(got, JobError) and "recovery needs TinyResNet's training data" in got.message
