@@ -11,6 +11,7 @@ second death is reported as the job's error. Callers never block: they ask and r
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -236,10 +237,8 @@ class EvalService:
             if worker is None:
                 self._pending.pop(job, None)
                 return
-        try:
+        with contextlib.suppress(OSError, ValueError):  # a dying worker: its sentinel reports it
             worker.conn.send(("stop", job))
-        except (OSError, ValueError):
-            pass  # the worker is dying: its sentinel reports it
 
     def forget(self, job: EvalJob) -> None:
         """Drop ``job``'s in-memory outcome (a stopped run or an error), so that asking again reruns it."""
