@@ -18,15 +18,18 @@ import streamlit as st
 import torch
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from prunekit import analysis, checkpoints, readings, zoo
+from prunekit import analysis, checkpoints, plots, readings, zoo
 from prunekit.allocate import NORMALISATIONS, SCOPES, PruneConfig
 from prunekit.errors import PrunekitError
 from prunekit.evaluate import interval_label  # pages show it beside every accuracy
+from prunekit.export import Bundle, build_bundle
 from prunekit.importance import CRITERIA, STRUCTURES
-from prunekit.jobs import EvalJob, ModelSpec
+from prunekit.jobs import EvalJob, ModelSpec, RecoverJob, SpeedJob
 from prunekit.lab import Lab, PruneResult
+from prunekit.recover import Recipe, Recovery, has_training_split
 from prunekit.sensitivity import SensitivityConfig, SensitivityRow, sensitivity_scan
-from prunekit.service import LIVE_FULL, EvalService, ServiceStatus
+from prunekit.service import LIVE_FULL, EvalService, Outcome, ServiceStatus
+from prunekit.service import JobError as JobError  # pages tell an error from a result
 from prunekit.shared import SingleFlight
 from prunekit.store import ResultStore
 
@@ -399,6 +402,149 @@ def tradeoff_points(current: Lab, recipes: list[tuple[str, str, str]], sparsitie
 def dense_reading(current: Lab, estimate: bool) -> readings.Reading:
     job = EvalJob(model_key(current), subset=estimate_size(current) if estimate else None)
     return readings.reading(service().request([(job, LIVE_FULL)], "")[job])
+
+
+# --- measured speed, recovery and export ---------------------------------------------------------
+
+
+def _job(current: Lab, scope: str) -> dict:
+    c = cfg()
+    return dict(
+        model=model_key(current),
+        criterion=c["criterion"],
+        structure=c["structure"],
+        normalise=c["normalise"],
+        sparsity=c["sparsity"],
+        scope=scope,
+        keep_first_last=c["keep"],
+    )
+
+
+def speed(current: Lab, scope: str, measure: bool) -> Outcome | None:
+    """Latency of dense, masked and compacted models at the slider (from the workers); ``measure``
+    queues it, otherwise only a known (cached) result is returned."""
+    svc, job = service(), SpeedJob(**_job(current, scope))
+    _register(svc, current)
+    if not measure:
+        return svc.lookup(job)
+    return svc.request([(job, LIVE_FULL)], f"{_session()}:speed")[job]
+
+
+def speed_key(current: Lab, scope: str) -> tuple:
+    return tuple(_job(current, scope).values())
+
+
+def speed_pending(current: Lab, scope: str) -> bool:
+    """True while this session asked for the latency at the slider and it is not there yet."""
+    return st.session_state.get("speed_asked") == speed_key(current, scope) and speed(current, scope, False) is None
+
+
+def latency_rows(latency) -> list[dict]:
+    return [
+        {
+            "model": variant,
+            "batch 1 (ms)": round(per[1], 3),
+            "batch 64 (ms)": round(per[64], 2),
+            "speedup b1": f"{latency.speedup(variant, 1):.2f}x",
+            "speedup b64": f"{latency.speedup(variant, 64):.2f}x",
+        }
+        for variant, per in latency.ms.items()
+    ]
+
+
+EXPORT_HELP = {
+    "masks.pt": "keep masks by parameter name (torch.load(..., weights_only=True))",
+    "ratios.json": "per-layer ratios in Torch-Pruning's pruning_ratio_dict form",
+    "prune_snippet.py": "torch.nn.utils.prune code that reproduces the masks",
+    "model.safetensors": "the model's weights (compacted for filters)",
+    "model.onnx": "the same model for ONNX Runtime (dynamic batch)",
+}
+
+
+def export_buttons(bundle: Bundle) -> None:
+    c = bundle.compacted
+    if c is not None:
+        st.caption(
+            f"Compacted: {c.params_compact:,} parameters (of {c.params_dense:,}; the masked model has exactly that "
+            f"many non-zero), {c.channels_removed:,} channels removed; outputs differ from the masked model's by at "
+            f"most {c.max_abs_diff:.1e}."
+        )
+    else:
+        st.caption(
+            "Unstructured masks: the exported model keeps its shapes with zeros inside (nothing whole to remove)."
+        )
+    cols = st.columns(len(bundle.files))
+    for col, (name, data) in zip(cols, bundle.files.items(), strict=True):
+        col.download_button(name, data, file_name=name, help=EXPORT_HELP[name], key=f"dl-{name}")
+
+
+def recover_job(current: Lab, scope: str, recipe: Recipe) -> RecoverJob:
+    return RecoverJob(**_job(current, scope), recipe=recipe)
+
+
+def recovery_unavailable(current: Lab) -> str | None:
+    if current.loaded.family == "user":
+        return "recovery runs on zoo models (an upload's weights are not sent to the training workers)"
+    return (
+        None
+        if has_training_split(current.loaded)
+        else "recovery needs a training split: only Fashion-MNIST models have one here"
+    )
+
+
+def recovery(current: Lab, job: RecoverJob, start: bool) -> tuple[Outcome | None, Recovery | None]:
+    """(outcome if finished, progress if running); ``start`` queues the job."""
+    svc = service()
+    _register(svc, current)
+    outcome = (
+        svc.request([(job, LIVE_FULL)], f"{_session()}:recover:{job.recipe.schedule}")[job]
+        if start
+        else svc.lookup(job)
+    )
+    return outcome, svc.progress(job)
+
+
+RECOVERY_LABELS = {"dense": "Dense", "pruned": "Pruned", "recalibrated": "BN-recalibrated", "finetuned": "Fine-tuned"}
+
+
+def recovery_metrics(r: Recovery) -> None:
+    cols = st.columns(len(RECOVERY_LABELS))
+    for col, (key, label) in zip(cols, RECOVERY_LABELS.items(), strict=True):
+        acc = r.accuracy.get(key)
+        if acc is None:
+            col.metric(label, "skipped" if key in r.accuracy else "...")
+            continue
+        col.metric(label, f"{acc.top1:.2%}")
+        col.caption(acc.interval_label())
+    st.caption(
+        f"Full test split; fine-tuned on {r.train_images:,} training images for {r.total_steps} steps "
+        f"({r.seconds:.0f} s so far). The curve's points are estimates on 1,000 stratified test images."
+    )
+
+
+def recovery_figure(curves: dict, r: Recovery):
+    base = {k: (v.top1 if v else None) for k, v in r.accuracy.items() if k in ("dense", "recalibrated")}
+    return plots.recovery_curve(curves, base)
+
+
+def stop_recovery(job: RecoverJob) -> None:
+    service().stop(job)
+
+
+def forget(job: EvalJob) -> None:
+    service().forget(job)
+
+
+@st.cache_resource
+def _bundles() -> SingleFlight:
+    return SingleFlight(maxsize=4)  # export files can be tens of MB: keep few
+
+
+def export_bundle(current: Lab, scope: str) -> Bundle:
+    """The export files at the slider (built once per configuration, on a private pruner)."""
+    c = cfg()
+    key = (model_key(current), *_settings(), scope, c["sparsity"], c["keep"])
+    return _bundles().get(key, lambda: build_bundle(current.pruner(*_settings()), config(scope)))
 
 
 # --- other pages -------------------------------------------------------------------------------

@@ -124,6 +124,55 @@ for col, (scope, r) in zip(cols, results.items(), strict=True):
             f"{r.nonzero_params / r.total_params:.1%} of {r.total_params:,} parameters and {r.remaining_macs / r.total_macs:.1%} of {r.total_macs:,} MACs remain."
         )
 
+st.subheader("Measured speed and export")
+action_scope = st.radio(
+    "Scope for speed, export and recovery", ["global", "local"], horizontal=True, key="action_scope"
+)
+chosen = results[action_scope]
+SPEED_POLL = 0.5
+
+
+def speed_panel() -> None:
+    asked = st.session_state.get("speed_asked") == glue.speed_key(lab, action_scope)
+    outcome = glue.speed(lab, action_scope, measure=asked)
+    left, right = st.columns([1, 2])
+    left.metric("Theoretical speedup", f"{chosen.theoretical_speedup:.2f}x" if chosen.remaining_macs else "inf")
+    if outcome is None and not asked:
+        if left.button("Measure latency", help="Times dense, masked and compacted models in an evaluation worker."):
+            st.session_state.speed_asked = glue.speed_key(lab, action_scope)
+            st.rerun(scope="fragment")
+        return
+    if outcome is None:
+        left.metric("Measured speedup", "measuring...")
+        return
+    if isinstance(outcome, glue.JobError):
+        left.error(f"Latency could not be measured: {outcome.message}")
+        return
+    best = "compact" if "compact" in outcome.ms else "masked"
+    left.metric(f"Measured speedup ({best}, batch 64)", f"{outcome.speedup(best, 64):.2f}x")
+    right.dataframe(glue.latency_rows(outcome), hide_index=True, width="stretch")
+    right.caption(
+        f"Median of {outcome.runs[1]} (batch 1) and {outcome.runs[64]} (batch 64) interleaved runs, {outcome.threads} "
+        f"thread(s), in an evaluation worker on {outcome.machine}; other jobs may share the machine."
+    )
+    if outcome.note:
+        st.info(outcome.note)
+
+
+st.fragment(speed_panel, run_every=SPEED_POLL if glue.speed_pending(lab, action_scope) else None)()
+
+with st.expander("Download the pruned model (masks, ratios, prune snippet, safetensors, ONNX)"):
+    if st.button("Prepare the files", help="Compacts the model (filters) and exports it; a few seconds on big models."):
+        st.session_state.export_key = glue.speed_key(lab, action_scope)
+    if st.session_state.get("export_key") == glue.speed_key(lab, action_scope):
+        try:
+            with st.spinner("Compacting and exporting..."):
+                bundle = glue.export_bundle(lab, action_scope)
+        except Exception as exc:  # collapse, an unexportable op: shown, never a traceback
+            st.error(f"Could not export: {exc}")
+        else:
+            glue.export_buttons(bundle)
+
 st.subheader("Accuracy")
 if untrained:
     st.info("Accuracy is not shown: the model is untrained.")
@@ -181,3 +230,51 @@ st.session_state.point_pending = glue.point_view(lab).pending  # asks: this sess
 st.session_state.curve_pending = glue.curve_view(lab).pending
 st.fragment(point_panel, run_every=POINT_POLL if st.session_state.point_pending else None)()
 st.fragment(curve_panel, run_every=CURVE_POLL if st.session_state.curve_pending else None)()
+
+st.subheader("Recover accuracy")
+why = glue.recovery_unavailable(lab)
+if why:
+    st.info(f"Recovery is not available: {why}.")
+    st.stop()
+f1, f2, f3 = st.columns(3)
+bn = f1.number_input("BatchNorm recalibration images", 0, 60_000, 1024, step=256, help="0: skip")
+epochs = f2.number_input("Fine-tune epochs (masks held fixed)", 0.0, 10.0, 1.0, step=0.5, help="0: skip")
+train = f3.selectbox(
+    "Training images", [10_000, 60_000], format_func=lambda n: f"{n:,}" + (" (all)" if n == 60_000 else "")
+)
+job = glue.recover_job(lab, action_scope, glue.Recipe(int(bn), float(epochs), None if train == 60_000 else train))
+
+
+def recovery_panel() -> None:
+    started = st.session_state.get("recover_started") == job
+    outcome, progress = glue.recovery(lab, job, start=started)
+    if outcome is None and not started:
+        st.button("Start recovery", on_click=lambda: st.session_state.update(recover_started=job))
+        return
+    if isinstance(outcome, glue.JobError):
+        st.error(f"Recovery failed: {outcome.message}")
+        st.button("Try again", on_click=glue.forget, args=(job,))
+        return
+    shown = outcome or progress
+    if outcome is None:
+        st.button("Stop", on_click=glue.stop_recovery, args=(job,))
+        done = shown.step / shown.total_steps if shown and shown.total_steps else 0.0
+        st.progress(done, text=f"Fine-tune step {shown.step if shown else 0} of {shown.total_steps if shown else '?'}")
+    if shown is not None:
+        glue.recovery_metrics(shown)
+        if shown.curve:
+            st.plotly_chart(glue.recovery_figure({"fine-tune": shown.curve}, shown), width="stretch")
+    if outcome is not None and outcome.stopped:
+        st.warning(
+            f"Stopped after {outcome.step} of {outcome.total_steps} steps; the accuracies are of the model as it was."
+        )
+        st.button("Run again", on_click=glue.forget, args=(job,))
+    if (outcome is None) != st.session_state.get("recover_running", False):
+        st.session_state.recover_running = outcome is None
+        st.rerun()
+
+
+st.session_state.recover_running = (
+    st.session_state.get("recover_started") == job and glue.recovery(lab, job, False)[0] is None
+)
+st.fragment(recovery_panel, run_every=SPEED_POLL if st.session_state.recover_running else None)()

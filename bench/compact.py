@@ -85,7 +85,9 @@ def main() -> None:
         print(json.dumps(rows, indent=1))
         return
     print(f"machine: {machine_name()}; torch {torch.__version__}, {torch.get_num_threads()} threads; CPU")
-    print("speedup = dense / pruned: theoretical from MACs, measured from median latency (b1 = batch 1, b64 = batch 64)")
+    print(
+        "speedup = dense / pruned: theoretical from MACs, measured from median latency (b1 = batch 1, b64 = batch 64)"
+    )
     head = "| model | ratio | dense ms b1 / b64 | prunekit params | prunekit theor. | prunekit meas. b1 / b64 | Torch-Pruning params | TP theor. | TP meas. b1 / b64 |"
     print(head)
     print("|---" * (head.count("|") - 1) + "|")

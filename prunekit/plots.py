@@ -296,3 +296,33 @@ def accuracy_curve(
         margin=dict(t=50, b=10),
     )
     return fig
+
+
+def recovery_curve(curves: dict[str, list], baselines: dict[str, float | None]) -> go.Figure:
+    """Fine-tuning curves (label -> CurvePoints, estimates) against epochs, with dashed baseline lines."""
+    fig = go.Figure()
+    for i, (label, points) in enumerate(curves.items()):
+        fig.add_trace(
+            go.Scatter(
+                x=[p.epoch for p in points],
+                y=[p.top1 for p in points],
+                mode="lines+markers",
+                name=label,
+                line={"color": PALETTE[i % len(PALETTE)]},
+                hovertemplate="epoch %{x:.2f}: %{y:.1%} (estimate)<extra>" + label + "</extra>",
+            )
+        )
+    for name, value in baselines.items():
+        if value is not None:
+            fig.add_hline(
+                y=value, line_dash="dot", annotation_text=f"{name} {value:.1%}", annotation_position="top left"
+            )
+    fig.update_layout(
+        xaxis_title="fine-tuning epochs",
+        yaxis_title="top-1 (estimate)",
+        yaxis_tickformat=".0%",
+        height=340,
+        margin={"t": 30, "b": 40},
+        legend={"orientation": "h", "y": 1.12},
+    )
+    return fig

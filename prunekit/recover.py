@@ -111,10 +111,15 @@ class Recovery:
 Report = Callable[[Recovery], bool]  # called as work progresses; returning False stops the fine-tune
 
 
+def has_training_split(loaded) -> bool:
+    """Whether ``loaded``'s task has training images here (Fashion-MNIST), without reading them."""
+    return tuple(loaded.classes) == FMNIST_CLASSES and tuple(loaded.input_spec.shape) == (1, 28, 28)
+
+
 def training_split(lab: Lab) -> EvalData:
     """The training images of ``lab``'s task; only Fashion-MNIST has one on this machine."""
     loaded = lab.loaded
-    if tuple(loaded.classes) != FMNIST_CLASSES or tuple(loaded.input_spec.shape) != (1, 28, 28):
+    if not has_training_split(loaded):
         raise DataNotFoundError(
             f"recovery needs {loaded.name}'s training data; only Fashion-MNIST models (the bundled ones and "
             "uploads of their architectures) have a training split here"

@@ -1,0 +1,57 @@
+"""AppTest: measured speed, export downloads and recovery on the Prune page."""
+
+import time
+
+import pytest
+
+from tests.test_app import metric, open_page
+
+FILTERS = {"model": "fmnist-vgg", "structure": "filter", "criterion": "l1", "sparsity": "0.5", "normalise": "mean"}
+pytestmark = pytest.mark.xdist_group("app-recover")
+
+
+def _rerun_until(at, done, timeout: float = 180):
+    deadline = time.time() + timeout
+    while not done(at):
+        assert time.time() < deadline, [(m.label, m.value) for m in at.metric]
+        time.sleep(0.3)
+        at.run()
+        assert not at.exception, at.exception
+    return at
+
+
+def test_measured_speed_sits_beside_the_theoretical_one():
+    at = open_page("app_pages/prune.py", FILTERS)
+    assert metric(at, "Theoretical speedup").endswith("x")
+    next(b for b in at.button if b.label == "Measure latency").click().run()
+    at = _rerun_until(at, lambda a: any(m.label.startswith("Measured speedup (compact") for m in a.metric))
+    assert float(metric(at, "Measured speedup (compact").rstrip("x")) > 1.0
+    rows = at.dataframe[-1].value
+    assert list(rows["model"]) == ["dense", "compact", "masked"]
+
+
+def test_unstructured_speed_says_why_it_is_about_one():
+    at = open_page("app_pages/prune.py", {"model": "fmnist-cnn", "sparsity": "0.7"})
+    next(b for b in at.button if b.label == "Measure latency").click().run()
+    at = _rerun_until(at, lambda a: any(m.label.startswith("Measured speedup (masked") for m in a.metric))
+    assert any("the measured speedup is about 1x" in i.value for i in at.info)
+
+
+def test_export_offers_the_five_files_and_states_the_compaction_check():
+    at = open_page("app_pages/prune.py", FILTERS)
+    next(b for b in at.button if b.label == "Prepare the files").click().run()
+    assert not at.exception, at.exception
+    names = [b.proto.label for b in at.get("download_button")]
+    assert names == ["masks.pt", "ratios.json", "prune_snippet.py", "model.safetensors", "model.onnx"]
+    assert any("the masked model has exactly that many non-zero" in c.value for c in at.caption)
+
+
+def test_recovery_runs_in_the_workers_and_shows_every_stage():
+    at = open_page("app_pages/prune.py", FILTERS)
+    at.number_input[1].set_value(0.5).run()  # half an epoch of 10,000 images: ~40 steps
+    next(b for b in at.button if b.label == "Start recovery").click().run()
+    at = _rerun_until(at, lambda a: any(m.label == "Fine-tuned" and m.value != "..." for m in a.metric), timeout=300)
+    values = {
+        label: float(metric(at, label).rstrip("%")) for label in ("Dense", "Pruned", "BN-recalibrated", "Fine-tuned")
+    }
+    assert values["Pruned"] < values["BN-recalibrated"] < values["Fine-tuned"] <= values["Dense"] + 0.5
