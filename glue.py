@@ -522,9 +522,48 @@ def recovery_metrics(r: Recovery) -> None:
     )
 
 
-def recovery_figure(curves: dict, r: Recovery):
-    base = {k: (v.top1 if v else None) for k, v in r.accuracy.items() if k in ("dense", "recalibrated")}
+def recovery_figure(curves: dict, r: Recovery | None):
+    accs = r.accuracy if r is not None else {}
+    base = {k: (v.top1 if v else None) for k, v in accs.items() if k in ("dense", "recalibrated")}
     return plots.recovery_curve(curves, base)
+
+
+def schedule_jobs(current: Lab, scope: str, epochs: float, steps: int, train: int | None) -> tuple[RecoverJob, ...]:
+    """One recovery job per schedule, same final sparsity and fine-tuning budget."""
+    return tuple(
+        recover_job(current, scope, Recipe(1024, epochs, train, name, 1 if name == "one-shot" else steps))
+        for name in ("one-shot", "iterative", "agp")
+    )
+
+
+@dataclass(frozen=True)
+class ScheduleView:
+    rows: list[dict]
+    curves: dict[str, list]
+    baseline: Recovery | None  # a run whose dense and recalibrated accuracies are the baselines
+    running: bool
+
+
+def schedule_view(current: Lab, jobs: tuple[RecoverJob, ...], start: bool = True) -> ScheduleView:
+    rows, curves, baseline, running = [], {}, None, False
+    for job in jobs:
+        outcome, progress = recovery(current, job, start)
+        label = f"{job.recipe.schedule} ({job.recipe.steps} step{'s' if job.recipe.steps > 1 else ''})"
+        r = outcome if isinstance(outcome, Recovery) else progress
+        running |= outcome is None
+        acc = r.accuracy.get("finetuned") if r is not None and outcome is not None else None
+        status = outcome.message if isinstance(outcome, JobError) else "done" if acc else "running" if r else "queued"
+        rows.append(
+            {
+                "schedule": label,
+                "fine-tuned top-1": f"{acc.top1:.2%} ({acc.interval_label()})" if acc else "",
+                "steps done": f"{r.step} / {r.total_steps}" if r else "",
+                "status": status,
+            }
+        )
+        if r is not None:
+            curves[label], baseline = r.curve, baseline or r
+    return ScheduleView(rows, curves, baseline, running)
 
 
 def stop_recovery(job: RecoverJob) -> None:

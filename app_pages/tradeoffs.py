@@ -70,3 +70,41 @@ def curves_panel() -> None:
 
 st.session_state.tradeoffs_pending = _missing(_curves()) > 0
 st.fragment(curves_panel, run_every=0.5 if st.session_state.tradeoffs_pending else None)()
+
+st.subheader("One-shot, iterative and AGP pruning at the same final sparsity")
+c = glue.cfg()
+why = glue.recovery_unavailable(lab)
+if why:
+    st.info(f"Schedules are not compared here: {why}.")
+    st.stop()
+s1, s2, s3, s4 = st.columns(4)
+scope = s1.radio("Scope", ["global", "local"], horizontal=True, key="schedule_scope")
+epochs = s2.number_input("Fine-tune budget (epochs, shared by the steps)", 0.5, 10.0, 1.0, step=0.5)
+steps = s3.number_input("Pruning steps (iterative, AGP)", 2, 10, 3)
+train = s4.selectbox("Training images", [10_000, 60_000], format_func=lambda n: f"{n:,}", key="schedule_train")
+st.caption(
+    f"Setting from the Prune page: {c['criterion']} / {c['structure']} at {c['sparsity']:.0%}"
+    f"{', normalised ' + c['normalise'] if c['normalise'] != 'none' else ''}. One-shot prunes once and fine-tunes; "
+    "iterative prunes in equal steps; AGP (Zhu & Gupta) follows a cubic schedule that prunes most early. Each "
+    "re-scores the fine-tuned weights before a step, recalibrates BatchNorm, and all three spend the same budget."
+)
+jobs = glue.schedule_jobs(lab, scope, float(epochs), int(steps), None if train == 60_000 else train)
+
+
+def schedules_panel() -> None:
+    asked = st.session_state.get("schedules_asked") == jobs
+    if not asked:
+        st.button("Compare the schedules", on_click=lambda: st.session_state.update(schedules_asked=jobs))
+        return
+    view = glue.schedule_view(lab, jobs)
+    st.dataframe(view.rows, hide_index=True, width="stretch")
+    if view.curves:
+        st.plotly_chart(glue.recovery_figure(view.curves, view.baseline), width="stretch")
+    if view.running != st.session_state.get("schedules_running", False):
+        st.session_state.schedules_running = view.running
+        st.rerun()
+
+
+running = st.session_state.get("schedules_asked") == jobs and glue.schedule_view(lab, jobs, start=False).running
+st.session_state.schedules_running = running
+st.fragment(schedules_panel, run_every=0.5 if running else None)()

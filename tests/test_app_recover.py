@@ -1,5 +1,6 @@
 """AppTest: measured speed, export downloads and recovery on the Prune page."""
 
+import re
 import time
 
 import pytest
@@ -55,3 +56,15 @@ def test_recovery_runs_in_the_workers_and_shows_every_stage():
         label: float(metric(at, label).rstrip("%")) for label in ("Dense", "Pruned", "BN-recalibrated", "Fine-tuned")
     }
     assert values["Pruned"] < values["BN-recalibrated"] < values["Fine-tuned"] <= values["Dense"] + 0.5
+
+
+def test_tradeoffs_compares_one_shot_iterative_and_agp_at_one_budget():
+    query = {"model": "fmnist-cnn", "structure": "filter", "criterion": "l1", "sparsity": "0.5", "normalise": "mean"}
+    at = open_page("app_pages/tradeoffs.py", query)
+    at.number_input[0].set_value(0.5).run()
+    next(b for b in at.button if b.label == "Compare the schedules").click().run()
+    at = _rerun_until(at, lambda a: list(a.dataframe[-1].value["status"]) == ["done"] * 3, timeout=300)
+    rows = at.dataframe[-1].value
+    assert list(rows["schedule"]) == ["one-shot (1 step)", "iterative (3 steps)", "agp (3 steps)"]
+    assert all(re.fullmatch(r"\d+\.\d\d% \(95% interval .+ on 10,000 images\)", v) for v in rows["fine-tuned top-1"])
+    assert len(at.get("plotly_chart")) == 3  # two trade-off charts and the schedules' curves
