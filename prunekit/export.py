@@ -20,9 +20,14 @@ from prunekit.compact import Compacted
 from prunekit.importance import FILTER
 from prunekit.lab import Pruner, PruneResult
 from prunekit.latency import UNSTRUCTURED_NOTE, LatencyConfig, measure
-from prunekit.masks import apply_masks_
 
-FILES = ("masks.pt", "ratios.json", "prune_snippet.py", "model.safetensors", "model.onnx")
+FILES = {  # name -> what it holds
+    "masks.pt": "keep masks by parameter name (torch.load(..., weights_only=True))",
+    "ratios.json": "per-layer ratios in Torch-Pruning's pruning_ratio_dict form",
+    "prune_snippet.py": "torch.nn.utils.prune code that reproduces the masks",
+    "model.safetensors": "the model's weights (compacted for filters)",
+    "model.onnx": "the same model for ONNX Runtime (dynamic batch)",
+}
 
 
 @dataclass
@@ -38,8 +43,8 @@ class Bundle:
 def build_bundle(pruner: Pruner, config: PruneConfig) -> Bundle:
     """Every export file for ``config`` on ``pruner``'s model (its working copy ends at ``config``)."""
     compacted = pruner.compact(config) if pruner.table.structure == FILTER else None
-    alloc = pruner.apply_(config)
     result = pruner.prune(config)
+    alloc = pruner.allocation(config)
     model = compacted.model if compacted else pruner.model
     name = pruner.lab.loaded.name
     files = {
@@ -167,24 +172,14 @@ def onnx_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
         return path.read_bytes()
 
 
-def speed_models(lab_model: nn.Module, bundle: Bundle) -> dict[str, nn.Module]:
-    """The models whose latency an export reports: dense, masked, and compact when there is one."""
-    models = {"dense": lab_model, "masked": _masked_copy(lab_model, bundle)}
+def export_report(lab, pruner: Pruner, bundle: Bundle, config: LatencyConfig | None = None) -> dict:
+    """What ``prunekit export`` prints: sizes, the compaction check, latencies and speedups.
+
+    ``pruner``'s working copy must be at the bundle's configuration (as :func:`build_bundle` leaves it)."""
+    models = {"dense": lab.loaded.model, "masked": pruner.model}
     if bundle.compacted is not None:
         models["compact"] = bundle.compacted.model
-    return models
-
-
-def _masked_copy(dense: nn.Module, bundle: Bundle) -> nn.Module:
-    import copy
-
-    masks = torch.load(io.BytesIO(bundle.files["masks.pt"]), weights_only=True)
-    return apply_masks_(copy.deepcopy(dense), masks)
-
-
-def export_report(lab, pruner: Pruner, bundle: Bundle, config: LatencyConfig | None = None) -> dict:
-    """What ``prunekit export`` prints: sizes, the compaction check, latencies and speedups."""
-    latency = measure(speed_models(lab.loaded.model, bundle), lab.loaded.input_spec.shape, config)
+    latency = measure(models, lab.loaded.input_spec.shape, config)
     fastest = "compact" if "compact" in latency.ms else "masked"
     result, compacted = bundle.result, bundle.compacted
     return {

@@ -221,9 +221,13 @@ class Pruner:
             self._probe = PathProbe(self.lab.loaded.model, self.lab.loaded.input_spec.shape, validate=False)
         return self._probe
 
+    def allocation(self, config: PruneConfig):
+        """Units removed per set for ``config`` (no weights written)."""
+        return allocate(self.table, config, self.lab.first_last)
+
     def apply_(self, config: PruneConfig):
         """Allocate and write the masked weights (the fast path behind a slider); returns the allocation."""
-        alloc = allocate(self.table, config, self.lab.first_last)
+        alloc = self.allocation(config)
         self.work.apply_(alloc)
         return alloc
 
@@ -236,7 +240,7 @@ class Pruner:
         """Re-apply exported keep masks (parameter name -> bool) to the dense weights and measure them.
 
         ``config`` only supplies the labels and the unit counts; every number is measured on the tensors."""
-        alloc = allocate(self.table, config, self.lab.first_last)
+        alloc = self.allocation(config)
         self.work.reset_()
         apply_masks_(self.model, masks)
         return self._measure(config, alloc)

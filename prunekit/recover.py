@@ -229,17 +229,20 @@ def _one_shot_baselines(run: _Run, test: EvalData) -> tuple[nn.Module, dict[str,
 def _pruned(
     run: _Run, model: nn.Module, config: PruneConfig, previous: dict[str, torch.Tensor] | None
 ) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    """A trainable copy of ``model`` pruned by ``config``, its scores taken from ``model``'s weights;
+    """A trainable copy of ``model`` pruned by ``config``. Without ``previous`` masks, ``model`` is the
+    dense base and its shared scores are used; otherwise ``model``'s current weights are scored, and the
     units ``previous`` removed stay removed."""
-    frozen = copy.deepcopy(model).eval()
-    for p in frozen.parameters():
-        p.requires_grad_(False)
-    lab = Lab(dataclasses.replace(run.lab.loaded, model=frozen)) if previous is not None else run.lab
+    lab = run.lab
+    if previous is not None:
+        frozen = copy.deepcopy(model).eval()
+        for p in frozen.parameters():
+            p.requires_grad_(False)
+        lab = Lab(dataclasses.replace(run.lab.loaded, model=frozen))
     pruner = lab.pruner(*run.prune)
     masks = pruner.work.keep_masks(pruner.apply_(config))
     if previous is not None:
         masks = {k: v & previous[k] if k in previous else v for k, v in masks.items()}
-    out = _trainable(frozen if previous is not None else model)
+    out = _trainable(model)
     apply_masks_(out, masks)
     return out.eval(), masks
 
@@ -256,7 +259,7 @@ def _fine_tune_schedule(run: _Run, model: nn.Module, masks: dict[str, torch.Tens
     )
     gen = torch.Generator().manual_seed(recipe.seed)
     for target, end in zip(targets, bounds, strict=True):
-        if masks is None or recipe.schedule != "one-shot":
+        if recipe.schedule != "one-shot":  # one-shot arrives pruned and recalibrated
             pruned, masks = _pruned(run, model, dataclasses.replace(run.config, sparsity=target), masks)
             model.load_state_dict(pruned.state_dict())
             if recipe.bn_images:
