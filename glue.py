@@ -439,45 +439,6 @@ def speed_pending(current: Lab, scope: str) -> bool:
     return st.session_state.get("speed_asked") == speed_key(current, scope) and speed(current, scope, False) is None
 
 
-def latency_rows(latency) -> list[dict]:
-    return [
-        {
-            "model": variant,
-            "batch 1 (ms)": round(per[1], 3),
-            "batch 64 (ms)": round(per[64], 2),
-            "speedup b1": f"{latency.speedup(variant, 1):.2f}x",
-            "speedup b64": f"{latency.speedup(variant, 64):.2f}x",
-        }
-        for variant, per in latency.ms.items()
-    ]
-
-
-EXPORT_HELP = {
-    "masks.pt": "keep masks by parameter name (torch.load(..., weights_only=True))",
-    "ratios.json": "per-layer ratios in Torch-Pruning's pruning_ratio_dict form",
-    "prune_snippet.py": "torch.nn.utils.prune code that reproduces the masks",
-    "model.safetensors": "the model's weights (compacted for filters)",
-    "model.onnx": "the same model for ONNX Runtime (dynamic batch)",
-}
-
-
-def export_buttons(bundle: Bundle) -> None:
-    c = bundle.compacted
-    if c is not None:
-        st.caption(
-            f"Compacted: {c.params_compact:,} parameters (of {c.params_dense:,}; the masked model has exactly that "
-            f"many non-zero), {c.channels_removed:,} channels removed; outputs differ from the masked model's by at "
-            f"most {c.max_abs_diff:.1e}."
-        )
-    else:
-        st.caption(
-            "Unstructured masks: the exported model keeps its shapes with zeros inside (nothing whole to remove)."
-        )
-    cols = st.columns(len(bundle.files))
-    for col, (name, data) in zip(cols, bundle.files.items(), strict=True):
-        col.download_button(name, data, file_name=name, help=EXPORT_HELP[name], key=f"dl-{name}")
-
-
 def recover_job(current: Lab, scope: str, recipe: Recipe) -> RecoverJob:
     return RecoverJob(**_job(current, scope), recipe=recipe)
 
@@ -496,30 +457,7 @@ def recovery(current: Lab, job: RecoverJob, start: bool) -> tuple[Outcome | None
     """(outcome if finished, progress if running); ``start`` queues the job."""
     svc = service()
     _register(svc, current)
-    outcome = (
-        svc.request([(job, LIVE_FULL)], f"{_session()}:recover:{job.recipe.schedule}")[job]
-        if start
-        else svc.lookup(job)
-    )
-    return outcome, svc.progress(job)
-
-
-RECOVERY_LABELS = {"dense": "Dense", "pruned": "Pruned", "recalibrated": "BN-recalibrated", "finetuned": "Fine-tuned"}
-
-
-def recovery_metrics(r: Recovery) -> None:
-    cols = st.columns(len(RECOVERY_LABELS))
-    for col, (key, label) in zip(cols, RECOVERY_LABELS.items(), strict=True):
-        acc = r.accuracy.get(key)
-        if acc is None:
-            col.metric(label, "skipped" if key in r.accuracy else "...")
-            continue
-        col.metric(label, f"{acc.top1:.2%}")
-        col.caption(acc.interval_label())
-    st.caption(
-        f"Full test split; fine-tuned on {r.train_images:,} training images for {r.total_steps} steps "
-        f"({r.seconds:.0f} s so far). The curve's points are estimates on 1,000 stratified test images."
-    )
+    return readings.read_recovery(svc, job, _session(), start)
 
 
 def recovery_figure(curves: dict, r: Recovery | None):
@@ -536,34 +474,10 @@ def schedule_jobs(current: Lab, scope: str, epochs: float, steps: int, train: in
     )
 
 
-@dataclass(frozen=True)
-class ScheduleView:
-    rows: list[dict]
-    curves: dict[str, list]
-    baseline: Recovery | None  # a run whose dense and recalibrated accuracies are the baselines
-    running: bool
-
-
-def schedule_view(current: Lab, jobs: tuple[RecoverJob, ...], start: bool = True) -> ScheduleView:
-    rows, curves, baseline, running = [], {}, None, False
-    for job in jobs:
-        outcome, progress = recovery(current, job, start)
-        label = f"{job.recipe.schedule} ({job.recipe.steps} step{'s' if job.recipe.steps > 1 else ''})"
-        r = outcome if isinstance(outcome, Recovery) else progress
-        running |= outcome is None
-        acc = r.accuracy.get("finetuned") if r is not None and outcome is not None else None
-        status = outcome.message if isinstance(outcome, JobError) else "done" if acc else "running" if r else "queued"
-        rows.append(
-            {
-                "schedule": label,
-                "fine-tuned top-1": f"{acc.top1:.2%} ({acc.interval_label()})" if acc else "",
-                "steps done": f"{r.step} / {r.total_steps}" if r else "",
-                "status": status,
-            }
-        )
-        if r is not None:
-            curves[label], baseline = r.curve, baseline or r
-    return ScheduleView(rows, curves, baseline, running)
+def schedule_view(current: Lab, jobs: tuple[RecoverJob, ...], start: bool = True) -> readings.ScheduleView:
+    svc = service()
+    _register(svc, current)
+    return readings.read_schedules(svc, jobs, _session(), start)
 
 
 def stop_recovery(job: RecoverJob) -> None:

@@ -3,6 +3,7 @@ import streamlit as st
 import glue
 from prunekit import plots
 from prunekit.allocate import NORMALISATIONS
+from prunekit.export import FILES
 from prunekit.importance import CRITERIA, STRUCTURES
 from prunekit.units import compact
 
@@ -124,6 +125,42 @@ for col, (scope, r) in zip(cols, results.items(), strict=True):
             f"{r.nonzero_params / r.total_params:.1%} of {r.total_params:,} parameters and {r.remaining_macs / r.total_macs:.1%} of {r.total_macs:,} MACs remain."
         )
 
+
+def export_buttons(bundle) -> None:
+    c = bundle.compacted
+    if c is not None:
+        st.caption(
+            f"Compacted: {c.params_compact:,} parameters (of {c.params_dense:,}; the masked model has exactly that "
+            f"many non-zero), {c.channels_removed:,} channels removed; outputs differ from the masked model's by at "
+            f"most {c.max_abs_diff:.1e}."
+        )
+    else:
+        st.caption(
+            "Unstructured masks: the exported model keeps its shapes with zeros inside (nothing whole to remove)."
+        )
+    cols = st.columns(len(bundle.files))
+    for col, (name, data) in zip(cols, bundle.files.items(), strict=True):
+        col.download_button(name, data, file_name=name, help=FILES[name], key=f"dl-{name}")
+
+
+RECOVERY_LABELS = {"dense": "Dense", "pruned": "Pruned", "recalibrated": "BN-recalibrated", "finetuned": "Fine-tuned"}
+
+
+def recovery_metrics(r) -> None:
+    cols = st.columns(len(RECOVERY_LABELS))
+    for col, (key, label) in zip(cols, RECOVERY_LABELS.items(), strict=True):
+        acc = r.accuracy.get(key)
+        if acc is None:
+            col.metric(label, "skipped" if key in r.accuracy else "...")
+            continue
+        col.metric(label, f"{acc.top1:.2%}")
+        col.caption(acc.interval_label())
+    st.caption(
+        f"Full test split; fine-tuned on {r.train_images:,} training images for {r.total_steps} steps "
+        f"({r.seconds:.0f} s so far). The curve's points are estimates on 1,000 stratified test images."
+    )
+
+
 st.subheader("Measured speed and export")
 action_scope = st.radio(
     "Scope for speed, export and recovery", ["global", "local"], horizontal=True, key="action_scope"
@@ -150,7 +187,7 @@ def speed_panel() -> None:
         return
     best = "compact" if "compact" in outcome.ms else "masked"
     left.metric(f"Measured speedup ({best}, batch 64)", f"{outcome.speedup(best, 64):.2f}x")
-    right.dataframe(glue.latency_rows(outcome), hide_index=True, width="stretch")
+    right.dataframe(outcome.rows(), hide_index=True, width="stretch")
     right.caption(
         f"Median of {outcome.runs[1]} (batch 1) and {outcome.runs[64]} (batch 64) interleaved runs, {outcome.threads} "
         f"thread(s), in an evaluation worker on {outcome.machine}; other jobs may share the machine."
@@ -171,7 +208,7 @@ with st.expander("Download the pruned model (masks, ratios, prune snippet, safet
         except Exception as exc:  # collapse, an unexportable op: shown, never a traceback
             st.error(f"Could not export: {exc}")
         else:
-            glue.export_buttons(bundle)
+            export_buttons(bundle)
 
 st.subheader("Accuracy")
 if untrained:
@@ -261,7 +298,7 @@ def recovery_panel() -> None:
         done = shown.step / shown.total_steps if shown and shown.total_steps else 0.0
         st.progress(done, text=f"Fine-tune step {shown.step if shown else 0} of {shown.total_steps if shown else '?'}")
     if shown is not None:
-        glue.recovery_metrics(shown)
+        recovery_metrics(shown)
         if shown.curve:
             st.plotly_chart(glue.recovery_figure({"fine-tune": shown.curve}, shown), width="stretch")
     if outcome is not None and outcome.stopped:

@@ -49,6 +49,15 @@ class Latency:
     def speedup(self, variant: str, batch: int, over: str = "dense") -> float:
         return self.ms[over][batch] / self.ms[variant][batch]
 
+    def rows(self) -> list[dict]:
+        """One table row per variant: milliseconds and speedup over dense at each batch size."""
+        return [
+            {"model": variant}
+            | {f"batch {b} (ms)": round(t, 3) for b, t in per.items()}
+            | {f"speedup b{b}": f"{self.speedup(variant, b):.2f}x" for b in per}
+            for variant, per in self.ms.items()
+        ]
+
     def to_json(self) -> dict:
         return {
             "ms": {v: {str(b): t for b, t in per.items()} for v, per in self.ms.items()},

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 from prunekit.allocate import PruneConfig
 from prunekit.evaluate import Accuracy
-from prunekit.jobs import EvalJob
+from prunekit.jobs import EvalJob, RecoverJob
 from prunekit.lab import Lab
+from prunekit.recover import Recovery
 from prunekit.service import LIVE_ESTIMATE, LIVE_FULL, EvalService, JobError, Outcome, curve_grid
 
 
@@ -126,4 +127,47 @@ def _recipe_curve(lab: Lab, template: EvalJob, recipe: tuple[str, str, str], spa
         "interval": [o.interval() if isinstance(o, Accuracy) else None for o in outcomes],  # 95% Wilson
         "errors": [o.message for o in outcomes if isinstance(o, JobError)],
         "collapse_point": lab.collapse_point(criterion, structure, template.normalise, config(0.0)),
+    }
+
+
+def read_recovery(
+    svc: EvalService, job: RecoverJob, session: str, start: bool
+) -> tuple[Outcome | None, Recovery | None]:
+    """(outcome if finished, progress if running). ``start`` queues ``job`` as the session's request for
+    its schedule (requests for other schedules and for accuracies are not superseded by it)."""
+    outcome = svc.request([(job, LIVE_FULL)], f"{session}:recover:{job.recipe.schedule}")[job] if start else None
+    return outcome or svc.lookup(job), svc.progress(job)
+
+
+@dataclass(frozen=True)
+class ScheduleView:
+    """The schedules' comparison: a table row and a curve per schedule, and whether any still runs."""
+
+    rows: list[dict]
+    curves: dict[str, list]
+    baseline: Recovery | None  # a run whose dense and recalibrated accuracies are the baselines
+    running: bool
+
+
+def read_schedules(svc: EvalService, jobs: Iterable[RecoverJob], session: str, start: bool) -> ScheduleView:
+    rows, curves, baseline, running = [], {}, None, False
+    for job in jobs:
+        outcome, progress = read_recovery(svc, job, session, start)
+        label = f"{job.recipe.schedule} ({job.recipe.steps} step{'s' if job.recipe.steps > 1 else ''})"
+        r = outcome if isinstance(outcome, Recovery) else progress
+        running |= outcome is None
+        rows.append(_schedule_row(label, outcome, r))
+        if r is not None:
+            curves[label], baseline = r.curve, baseline or r
+    return ScheduleView(rows, curves, baseline, running)
+
+
+def _schedule_row(label: str, outcome: Outcome | None, r: Recovery | None) -> dict:
+    acc = r.accuracy.get("finetuned") if isinstance(outcome, Recovery) else None
+    status = outcome.message if isinstance(outcome, JobError) else "done" if acc else "running" if r else "queued"
+    return {
+        "schedule": label,
+        "fine-tuned top-1": f"{acc.top1:.2%} ({acc.interval_label()})" if acc else "",
+        "steps done": f"{r.step} / {r.total_steps}" if r else "",
+        "status": status,
     }
