@@ -10,6 +10,7 @@ from prunekit import zoo
 from prunekit.allocate import PruneConfig
 from prunekit.errors import InvalidArgumentError, LayerCollapseError
 from prunekit.lab import Lab
+from prunekit.profile import profile_model
 from tests.helpers import TinyResNet, tiny_loaded
 
 BUNDLED = [n for n in zoo.BUNDLED if (zoo.MODELS_DIR / f"{n}.json").is_file()]
@@ -39,6 +40,8 @@ def _check(lab: Lab, scope: str, normalise: str, sparsity: float) -> None:
     assert compacted.params_compact < compacted.params_dense
     assert compacted.relative_diff <= 1e-5, (compacted.max_abs_diff, compacted.max_abs_output)
     assert compacted.channels_removed == result.units_removed
+    # the page's theoretical speedup (MACs of surviving weights) is what the compacted model really computes
+    assert profile_model(compacted.model, lab.loaded.input_spec.shape).total_macs == result.remaining_macs
     assert all(not p.requires_grad for p in compacted.model.parameters())
 
 

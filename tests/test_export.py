@@ -72,6 +72,10 @@ def test_ratios_follow_torch_pruning_form(exported):
     assert all(0.0 <= r < 1.0 for r in ratios["pruning_ratio_dict"].values())
     if bundle.result.structure == "unstructured":
         assert ratios["pruning_ratio_dict"] == bundle.result.layer_sparsities()
+    else:  # each root's ratio is the share of its output channels the compacted model no longer has
+        dense, small = dict(exported[0].loaded.model.named_modules()), dict(bundle.model.named_modules())
+        for name, ratio in ratios["pruning_ratio_dict"].items():
+            assert ratio == pytest.approx(1 - small[name].weight.shape[0] / dense[name].weight.shape[0]), name
 
 
 def test_the_prune_snippet_run_alone_gives_the_same_layer_sparsities(exported):

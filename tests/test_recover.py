@@ -10,7 +10,8 @@ from prunekit.allocate import PruneConfig
 from prunekit.data import EvalData
 from prunekit.errors import DataNotFoundError, InvalidArgumentError, UnknownNameError
 from prunekit.lab import Lab
-from prunekit.recover import Recipe, recalibrate_bn_, recover
+from prunekit.evaluate import accuracy_of, stratified_indices
+from prunekit.recover import CURVE_IMAGES, Recipe, recalibrate_bn_, recover
 from tests.helpers import TinyResNet, seeded, tiny_loaded
 
 
@@ -101,3 +102,8 @@ def test_recovery_on_a_bundled_model_recalibrates_then_fine_tunes_upwards():
     assert acc["dense"] == pytest.approx(zoo.bundled_card("fmnist-vgg")["test_accuracy"], abs=1e-4)
     assert acc["pruned"] < acc["recalibrated"] < acc["finetuned"] < acc["dense"]
     assert out.accuracy["finetuned"].n == 10_000 and len(out.curve) >= 5
+    # the live curve's last point is the final model on a fixed stratified subset of the test split
+    test = lab.loaded.eval_data()
+    idx = stratified_indices(test.labels, CURVE_IMAGES)
+    last = accuracy_of(out.model, test.images[idx], test.labels[idx], len(idx))
+    assert out.curve[-1].top1 == last.top1 and out.curve[-1].n == last.n == CURVE_IMAGES
