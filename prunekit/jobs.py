@@ -214,15 +214,15 @@ class JobRunner:
 
     def _speed(self, lab: Lab, job: SpeedJob) -> Latency:
         """Dense, masked and compacted latency, each in this worker's memory layout and thread count."""
-        pruner, note, models = self._pruner(lab, job), UNSTRUCTURED_NOTE, {"dense": lab.loaded.model}
+        pruner, note, compact = self._pruner(lab, job), UNSTRUCTURED_NOTE, {}
         if job.structure == FILTER:
             try:
                 layout = torch.channels_last if self.channels_last else torch.contiguous_format
-                models["compact"] = pruner.compact(job.config()).model.to(memory_format=layout)
+                compact["compact"] = pruner.compact(job.config()).model.to(memory_format=layout)
                 note = None
             except LayerCollapseError as exc:
                 note = str(exc)
-        models["masked"] = self._pruned(lab, job)
+        models = {"dense": lab.loaded.model, "masked": self._pruned(lab, job), **compact}
         latency = measure(models, lab.loaded.input_spec.shape, SPEED)
         latency.note = note
         return latency

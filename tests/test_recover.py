@@ -9,8 +9,8 @@ from prunekit import zoo
 from prunekit.allocate import PruneConfig
 from prunekit.data import EvalData
 from prunekit.errors import DataNotFoundError, InvalidArgumentError, UnknownNameError
-from prunekit.lab import Lab
 from prunekit.evaluate import accuracy_of, stratified_indices
+from prunekit.lab import Lab
 from prunekit.recover import CURVE_IMAGES, Recipe, recalibrate_bn_, recover
 from tests.helpers import TinyResNet, seeded, tiny_loaded
 
