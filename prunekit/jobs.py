@@ -257,7 +257,7 @@ def worker_main(conn, threads: int, nice: int = 0) -> None:
             continue  # a stop for a job that has already finished
         job, spec = message
         try:
-            conn.send(_answer(runner, job, spec, _reporter(conn, job)))
+            conn.send(answer(runner, job, spec, _reporter(conn, job)))
         except (BrokenPipeError, EOFError, OSError):
             return  # the server went away
 
@@ -283,7 +283,8 @@ def _reporter(conn, job: EvalJob) -> Report:
     return report
 
 
-def _answer(runner: JobRunner, job: EvalJob, spec: ModelSpec | None, report: Report | None = None) -> tuple:
+def answer(runner: JobRunner, job: EvalJob, spec: ModelSpec | None, report: Report | None = None) -> tuple:
+    """Load ``spec`` if given, then run ``job``: ``("ok", job, outcome)`` or ``("error", job, text)``."""
     try:
         if spec is not None:
             runner.load(job.model, spec)

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
+from typing import Protocol
 
 from prunekit.errors import InvalidArgumentError
 from prunekit.evaluate import Accuracy
@@ -106,6 +107,27 @@ class _Worker:
     loaded: set[str] = field(default_factory=set)
     job: EvalJob | None = None
     background: bool = False  # the job in hand is background work
+    remote: bool = False  # a slot of a remote pool (Ray): accuracy jobs only
+
+
+def runs_remotely(job: EvalJob) -> bool:
+    """Accuracy jobs may run on a remote pool; latency (bound to this machine) and recovery (stoppable,
+    with progress) stay on local workers."""
+    return type(job) is EvalJob
+
+
+class RemotePool(Protocol):
+    """Slots that look like worker processes to the scheduler (see ``prunekit.raypool.RayPool``)."""
+
+    address: str
+
+    def slots(self) -> int: ...
+
+    def describe(self) -> str: ...
+
+    def spawn(self) -> tuple[object, object]: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -117,18 +139,27 @@ class ServiceStatus:
     queued_background: int
     done: int
     restarts: int
+    backend: str = "local worker processes"
 
 
 class EvalService:
-    """Accuracy jobs evaluated by ``workers`` processes of ``threads`` torch threads each."""
+    """Jobs evaluated by ``workers`` local processes of ``threads`` torch threads each, and by the slots
+    of a ``remote`` pool when one is given (then local workers only take what must stay local, and
+    ``workers`` may be 0). If the remote pool is lost, local workers take over and ``notice`` says why."""
 
     def __init__(
-        self, workers: int | None = None, threads: int = 1, store: ResultStore | None = None, nice: int = 10
+        self,
+        workers: int | None = None,
+        threads: int = 1,
+        store: ResultStore | None = None,
+        nice: int = 10,
+        remote: RemotePool | None = None,
     ) -> None:
-        workers = workers or max(1, os.cpu_count() or 1)
-        if workers <= 0 or threads <= 0:
+        workers = max(1, os.cpu_count() or 1) if workers is None else workers
+        if workers < (0 if remote else 1) or threads <= 0:
             raise InvalidArgumentError(f"workers and threads must be positive, got {workers} and {threads}")
-        self.threads, self.store, self.nice = threads, store, nice
+        self.threads, self.store, self.nice, self.remote = threads, store, nice, remote
+        self.notice: str | None = None  # e.g. the remote pool was lost and local workers took over
         self._ctx = mp.get_context("spawn")  # fork would copy the server's threads and torch's thread pool
         self._lock = threading.Lock()
         self._specs: dict[str, ModelSpec] = {}
@@ -146,6 +177,7 @@ class EvalService:
         self._code = code_version()
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
         self._workers = [self._spawn() for _ in range(workers)]
+        self._workers += [self._spawn_remote() for _ in range(remote.slots() if remote else 0)]
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="prunekit-scheduler", daemon=True)
         self._thread.start()
@@ -257,6 +289,7 @@ class EvalService:
                 queued_background=sum(1 for e in self._pending.values() if not e.in_flight) - live,
                 done=len(self._outcomes),
                 restarts=self._restarts,
+                backend=self.remote.describe() if self.remote else "local worker processes",
             )
 
     def wait(self, jobs: Iterable[EvalJob], timeout: float) -> bool:
@@ -280,6 +313,8 @@ class EvalService:
             w.conn.close()
             w.process.kill()
             w.process.join(5)
+        if self.remote is not None:
+            self.remote.close()
         if self.store is not None:
             self.store.close()
 
@@ -354,6 +389,13 @@ class EvalService:
         child.close()
         return _Worker(proc, parent)
 
+    def _spawn_remote(self) -> _Worker:
+        proc, conn = self.remote.spawn()
+        return _Worker(proc, conn, remote=True)
+
+    def _accepts(self, w: _Worker, job: EvalJob) -> bool:
+        return runs_remotely(job) if w.remote else self.remote is None or not runs_remotely(job)
+
     def _wake(self) -> None:
         try:
             with self._lock:
@@ -373,21 +415,26 @@ class EvalService:
             while self._wake_r.poll():
                 self._wake_r.recv_bytes()
             return
-        for i, w in enumerate(self._workers):
+        for w in list(self._workers):
             if ready is w.conn:
-                self._receive(i, w)
-            elif ready == w.process.sentinel and not w.process.is_alive():
-                self._crashed(i, w)
+                self._receive(w)
+                return
+            if ready == w.process.sentinel and not w.process.is_alive():
+                self._crashed(w)
+                return
 
-    def _receive(self, i: int, w: _Worker) -> None:
+    def _receive(self, w: _Worker) -> None:
         try:
             status, job, payload = w.conn.recv()
         except (EOFError, OSError):
-            self._crashed(i, w)
+            self._crashed(w)
             return
         if status == "progress":
             with self._lock:
                 self._progress[job] = payload
+            return
+        if status == "lost":
+            self._fall_back(payload)
             return
         outcome = payload if status == "ok" else JobError(payload)
         with self._lock:
@@ -398,24 +445,46 @@ class EvalService:
         if not isinstance(outcome, JobError):
             self._to_disk(job, outcome)
 
-    def _crashed(self, i: int, w: _Worker) -> None:
+    def _crashed(self, w: _Worker) -> None:
         w.process.join(1)
         code = w.process.exitcode
         w.conn.close()
         with self._lock:
+            if w not in self._workers:
+                return  # a remote slot already replaced by the fall-back
             self._deaths_in_a_row += 1
             if self._closed or self._deaths_in_a_row > MAX_DEATHS_IN_A_ROW:
                 self._give_up(f"evaluation workers keep dying at start (last exit code {code})")
                 return
             log.warning("evaluation worker %s died (exit code %s); restarting it", w.process.pid, code)
             self._restarts += 1
-            job, self._workers[i] = w.job, self._spawn()
+            i = self._workers.index(w)
+            job, self._workers[i] = w.job, self._spawn_remote() if w.remote else self._spawn()
             entry = self._pending.get(job) if job is not None else None
             if entry is not None:
                 entry.in_flight = False
                 entry.attempts += 1
                 if entry.attempts >= MAX_ATTEMPTS:
                     self._finish(job, JobError(f"the evaluation worker died {entry.attempts} times (exit code {code})"))
+
+    def _fall_back(self, why: str) -> None:
+        """The remote pool is gone: requeue its jobs and run everything on local workers from now on."""
+        with self._lock:
+            pool, self.remote = self.remote, None
+            if pool is None:
+                return
+            slots = [w for w in self._workers if w.remote]
+            for w in slots:
+                entry = self._pending.get(w.job) if w.job is not None else None
+                if entry is not None:
+                    entry.in_flight = False
+                w.conn.close()
+            self._workers = [w for w in self._workers if not w.remote]
+            missing = max(1, os.cpu_count() or 1) - len(self._workers)
+            self._workers += [self._spawn() for _ in range(missing)]
+            self.notice = f"{why}; evaluations now run on {len(self._workers)} local worker processes"
+            log.warning("%s", self.notice)
+        threading.Thread(target=pool.close, name="prunekit-ray-close", daemon=True).start()
 
     def _give_up(self, why: str) -> None:
         self.broken = self.broken or why
@@ -430,9 +499,10 @@ class EvalService:
             for w in self._workers:
                 if w.job is not None or not w.process.is_alive():
                     continue
-                entry = min((e for e in self._pending.values() if not e.in_flight), key=_Entry.priority, default=None)
+                queued = (e for e in self._pending.values() if not e.in_flight and self._accepts(w, e.job))
+                entry = min(queued, key=_Entry.priority, default=None)
                 if entry is None or (_is_background(entry) and not self._background_slot()):
-                    return
+                    continue
                 self._send(w, entry)
 
     def _background_slot(self) -> bool:

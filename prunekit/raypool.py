@@ -1,0 +1,257 @@
+"""Evaluation slots on a Ray cluster: the evaluation service's jobs run as Ray tasks.
+
+Imported only when a Ray address is given (``PRUNEKIT_RAY_ADDRESS``, ``--ray``); without one nothing
+here, and nothing of Ray, is loaded. Each slot is a thread of the service's process that looks to the
+scheduler like a worker process: it takes ``(job, spec)`` on a pipe, runs the job as a Ray task and
+answers on the pipe. A model's weights go into Ray's object store once (:class:`ModelPayload`), and
+every Ray worker process loads a model at most once (its first task for that model fetches the payload).
+
+Faults: a task whose worker process dies is retried by Ray (``max_retries``). A cluster that stops
+answering (its GCS port closes) turns into one ``("lost", job, message)`` answer, after which the
+service falls back to local worker processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import socket
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+import torch
+
+from prunekit.errors import InvalidArgumentError, PrunekitError
+from prunekit.jobs import EvalJob, JobRunner, ModelSpec, answer
+
+log = logging.getLogger(__name__)
+LOCAL = "local"  # the address that starts a private Ray instance on this machine
+MAX_RETRIES = 3  # Ray re-runs a task whose worker process died this many times
+PROBE_EVERY_S = 2.0  # while a task runs, check this often that the cluster still answers
+PROBE_TIMEOUT_S = 2.0
+
+
+class ClusterUnavailableError(PrunekitError, ConnectionError):
+    """The Ray cluster cannot be reached (at start or any later time)."""
+
+
+@dataclass(frozen=True)
+class ModelPayload:
+    """What a Ray worker needs for one model: how to build it, and the driver's weights (numpy arrays,
+    which Ray's object store shares without copying), so every node evaluates the same weights."""
+
+    spec: ModelSpec
+    weights: dict[str, np.ndarray]
+
+
+def payload(spec: ModelSpec) -> ModelPayload:
+    """Load ``spec`` here once and keep its weights: (name -> array) of the model's state dict."""
+    model = spec.load().model
+    return ModelPayload(spec, {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
+
+
+# --- the worker side: one JobRunner per Ray worker process ------------------------------------------
+
+_RUNNER: JobRunner | None = None
+
+
+def _runner(threads: int) -> JobRunner:
+    global _RUNNER  # noqa: PLW0603 - one per Ray worker process, reused by its later tasks
+    if _RUNNER is None:
+        torch.set_num_threads(threads)
+        _RUNNER = JobRunner()
+    return _RUNNER
+
+
+def _load_payload(runner: JobRunner, key: str, boxed: list) -> None:
+    """Load the model of ``key`` in this worker process from its payload (fetched from the object store)."""
+    if key in runner.labs:
+        return
+    runner.load(key, _WeightsSpec(ray.get(boxed[0])))
+
+
+@dataclass(frozen=True)
+class _WeightsSpec:
+    """A spec whose ``load()`` builds the model from its own spec, then puts the driver's weights in."""
+
+    held: ModelPayload
+
+    def load(self):
+        loaded = self.held.spec.load()
+        state = {k: torch.from_numpy(np.array(v)) for k, v in self.held.weights.items()}
+        loaded.model.load_state_dict(state)
+        return loaded
+
+
+@ray.remote(num_cpus=1, max_retries=MAX_RETRIES)
+def run_remote(job: EvalJob, boxed: list, threads: int) -> tuple:
+    """One job in a Ray worker: ``("ok", job, outcome)`` or ``("error", job, text)``. ``boxed`` holds the
+    payload's reference inside a list so Ray does not fetch it for tasks whose model is already loaded."""
+    runner = _runner(threads)
+    try:
+        _load_payload(runner, job.model, boxed)
+    except Exception as exc:  # reported on the page, like a local worker's load error
+        return ("error", job, f"{type(exc).__name__}: {exc}")
+    return answer(runner, job, None)
+
+
+# --- the driver side -------------------------------------------------------------------------------
+
+
+def _reachable(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+        return True
+    return False
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise InvalidArgumentError(f"a Ray address is 'host:port', 'auto' or 'local', got {address!r}")
+    return host, int(port)
+
+
+def connect(address: str, cpus: int | None = None) -> str:
+    """Join the Ray cluster at ``address`` ('host:port', 'auto', or 'local' for a private instance with
+    ``cpus`` CPUs); returns the GCS address. Raises ClusterUnavailableError naming the address."""
+    if ray.is_initialized():
+        return ray.get_runtime_context().gcs_address
+    if address not in (LOCAL, "auto") and not _reachable(*_split(address.removeprefix("ray://"))):
+        raise ClusterUnavailableError(f"no Ray cluster answers at {address!r}")
+    options = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    env = {"env_vars": {"PYTHONPATH": _root_path()}}
+    try:
+        if address == LOCAL:
+            ray.init(num_cpus=cpus or os.cpu_count() or 1, runtime_env=env, **options)
+        else:
+            ray.init(address=address, runtime_env=env, **options)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ClusterUnavailableError(f"could not join the Ray cluster at {address!r}: {exc}") from None
+    return ray.get_runtime_context().gcs_address
+
+
+def _root_path() -> str:
+    """Where ``prunekit`` is importable from, so Ray workers started here import the same code."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
+
+
+class _SlotProcess:
+    """The thread behind a slot, shaped like the ``multiprocessing.Process`` the scheduler expects:
+    ``sentinel`` becomes readable when the thread ends."""
+
+    def __init__(self, target, name: str) -> None:
+        self._read, self._write = os.pipe()
+        self._thread = threading.Thread(target=self._main, args=(target,), name=name, daemon=True)
+        self.pid = None
+        self.exitcode: int | None = None
+
+    def _main(self, target) -> None:
+        try:
+            target()
+            self.exitcode = 0
+        except Exception:
+            log.exception("Ray slot failed")
+            self.exitcode = 1
+        finally:
+            os.close(self._write)
+
+    @property
+    def sentinel(self) -> int:
+        return self._read
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def kill(self) -> None:
+        """The thread ends when its pipe closes (the service closes it before calling this)."""
+
+
+class RayPool:
+    """Slots that run evaluation jobs as Ray tasks on the cluster at ``address``.
+
+    ``slots()`` is the cluster's CPU count: one task in flight per CPU. The object store holds each
+    model's payload once; ``puts`` counts them (one per model, whatever the number of tasks)."""
+
+    def __init__(self, address: str, threads: int = 1, cpus: int | None = None) -> None:
+        self.address, self.threads = address, threads
+        self.gcs = connect(address, cpus)
+        self._gcs_host_port = _split(self.gcs)
+        self._lock = threading.Lock()
+        self._refs: dict[str, ray.ObjectRef] = {}
+        self._specs: dict[str, ModelSpec] = {}
+        self.puts = 0
+        self.lost: str | None = None
+
+    def slots(self) -> int:
+        return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+    def describe(self) -> str:
+        where = "a private Ray instance on this machine" if self.address == LOCAL else f"Ray at {self.address}"
+        return f"{where} ({self.slots()} CPUs)"
+
+    def spawn(self) -> tuple[_SlotProcess, object]:
+        """A new slot: (process-like, the service's end of its pipe)."""
+        parent, child = mp.Pipe()
+        proc = _SlotProcess(lambda: self._serve(child), name="prunekit-ray-slot")
+        proc.start()
+        return proc, parent
+
+    def _serve(self, conn) -> None:
+        with contextlib.closing(conn):
+            while True:
+                try:
+                    message = conn.recv()
+                except (EOFError, OSError):
+                    return
+                if isinstance(message[0], str):
+                    continue  # stops are for local recoveries; nothing to stop here
+                job, spec = message
+                conn.send(self._run(job, spec))
+
+    def _ref(self, key: str, spec: ModelSpec | None) -> ray.ObjectRef:
+        """The payload of ``key`` in the object store, put there on first use (once per model)."""
+        with self._lock:
+            if spec is not None:
+                self._specs.setdefault(key, spec)
+            if key not in self._refs:
+                if key not in self._specs:
+                    raise InvalidArgumentError(f"model {key!r} was never sent to the Ray pool")
+                self._refs[key] = ray.put(payload(self._specs[key]))
+                self.puts += 1
+            return self._refs[key]
+
+    def _run(self, job: EvalJob, spec: ModelSpec | None) -> tuple:
+        if self.lost:
+            return ("lost", job, self.lost)
+        try:
+            task = run_remote.remote(job, [self._ref(job.model, spec)], self.threads)
+            return self._wait(job, task)
+        except ray.exceptions.RayError as exc:  # retries spent: the job's error, the cluster is fine
+            return ("error", job, f"the Ray task failed after {MAX_RETRIES} retries: {type(exc).__name__}")
+        except Exception as exc:  # a payload that cannot be built: the job's error
+            return ("error", job, f"{type(exc).__name__}: {exc}")
+
+    def _wait(self, job: EvalJob, task: ray.ObjectRef) -> tuple:
+        while True:
+            ready, _ = ray.wait([task], timeout=PROBE_EVERY_S)
+            if ready:
+                return ray.get(task)
+            if not _reachable(*self._gcs_host_port):
+                self.lost = f"the Ray cluster at {self.address!r} stopped answering"
+                return ("lost", job, self.lost)
+
+    def close(self) -> None:
+        """Leave the cluster (stops a private instance); safe after the cluster is gone."""
+        with contextlib.suppress(Exception):
+            ray.shutdown()
