@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -15,12 +16,17 @@ from pathlib import Path
 from prunekit import zoo
 from prunekit.allocate import NORMALISATIONS, SCOPES, PruneConfig, check_sparsity
 from prunekit.errors import InvalidArgumentError, PrunekitError, UntrainedModelError
-from prunekit.evaluate import interval_label
+from prunekit.evaluate import Accuracy, interval_label
 from prunekit.export import build_bundle, export_report, report_lines, write_bundle
+from prunekit.fanout import Backend, layer_of, run_jobs, sensitivity_jobs, sweep_jobs
 from prunekit.importance import CRITERIA, STRUCTURES
+from prunekit.jobs import EvalJob, ModelSpec
 from prunekit.lab import Lab, PruneResult
 from prunekit.recover import SCHEDULES, Recipe, recover
-from prunekit.sensitivity import SensitivityConfig, sensitivity_scan
+from prunekit.service import JobError
+from prunekit.store import ResultStore
+
+RAY_ENV = "PRUNEKIT_RAY_ADDRESS"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,6 +63,32 @@ def _add_prune_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-limit", type=int, default=None, help="score only the first N eval images (an estimate)")
 
 
+def _add_fan_out(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--eval-limit", type=int, default=None, help="score a stratified subset of about N eval images (an estimate)"
+    )
+    p.add_argument(
+        "--ray",
+        default=os.environ.get(RAY_ENV) or None,
+        metavar="ADDRESS",
+        help=f"run the points as Ray tasks: host:port, auto, or local (a private instance); default ${RAY_ENV}",
+    )
+    p.add_argument(
+        "--workers", type=int, default=0, help="run the points on N local worker processes (0: in this process)"
+    )
+
+
+def _add_sweep_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scope", choices=SCOPES, default="global")
+    p.add_argument("--criterion", choices=list(CRITERIA), default="magnitude")
+    p.add_argument("--structure", choices=STRUCTURES, default="unstructured")
+    p.add_argument(
+        "--normalise", choices=list(NORMALISATIONS), default="none", help="score normalisation for global scope"
+    )
+    p.add_argument("--keep-first-last", action="store_true", help="keep the first and last layer dense")
+    _add_fan_out(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m prunekit", description="prunekit: profile and prune pretrained CNNs")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -69,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--eval", action="store_true", help="also measure dense and pruned accuracy")
     sweep = sub.add_parser("sweep", help="accuracy and collapse against sparsity")
     _add_model(sweep)
-    _add_prune_options(sweep)
+    _add_sweep_options(sweep)
     sweep.add_argument("--sparsities", type=_sparsity_list, default=[0.1, 0.3, 0.5, 0.7, 0.9])
     export = sub.add_parser("export", help="compact, time and write masks, ratios, snippet, safetensors, ONNX")
     _add_model(export)
@@ -92,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     sens.add_argument("--criterion", choices=list(CRITERIA), default="magnitude")
     sens.add_argument("--structure", choices=STRUCTURES, default="unstructured")
     sens.add_argument("--sparsities", type=_sparsity_list, default=[0.3, 0.6, 0.9])
-    sens.add_argument("--eval-limit", type=int, default=None)
+    _add_fan_out(sens)
     return parser
 
 
@@ -157,17 +189,19 @@ def _prune_one(lab: Lab, args, sparsity: float, with_eval: bool) -> dict:
     pruner = lab.pruner(args.criterion, args.structure, args.normalise)
     result = pruner.prune(PruneConfig(sparsity, args.scope, args.keep_first_last))
     if with_eval:
-        dense = zoo_accuracy(lab, args.eval_limit)
-        pruned = pruner.evaluate(limit=args.eval_limit)
-        result.accuracy = {
-            "dense": dense.top1,
-            "pruned": pruned.top1,
-            "images": pruned.n,
-            "estimate": pruned.is_estimate,
-            "dense_interval": dense.interval(),
-            "pruned_interval": pruned.interval(),
-        }
+        result.accuracy = _accuracy_fields(zoo_accuracy(lab, args.eval_limit), pruner.evaluate(limit=args.eval_limit))
     return _result_json(result)
+
+
+def _accuracy_fields(dense: Accuracy, pruned: Accuracy) -> dict:
+    return {
+        "dense": dense.top1,
+        "pruned": pruned.top1,
+        "images": pruned.n,
+        "estimate": pruned.is_estimate,
+        "dense_interval": dense.interval(),
+        "pruned_interval": pruned.interval(),
+    }
 
 
 def zoo_accuracy(lab: Lab, limit: int | None):
@@ -207,11 +241,46 @@ def cmd_prune(args) -> tuple[object, str]:
     return data, "\n".join([*lines, _summary(data)])
 
 
+def _fan_out(lab: Lab, jobs: list[EvalJob], args) -> dict[EvalJob, Accuracy]:
+    """Measure ``jobs`` where ``--ray``/``--workers`` say, with a progress bar on stderr."""
+    backend = Backend(args.ray, args.workers, ResultStore() if args.ray or args.workers else None)
+    spec = ModelSpec("prunekit.zoo:load", (args.model, args.download))
+    outcomes = run_jobs(jobs, spec, lab.fingerprint, backend, _progress_bar)
+    print(file=sys.stderr)
+    failed = [o.message for o in outcomes.values() if isinstance(o, JobError)]
+    if failed:
+        raise PrunekitError(f"{len(failed)} of {len(jobs)} points failed; the first: {failed[0]}")
+    return outcomes
+
+
+def _progress_bar(done: int, total: int) -> None:
+    filled = round(30 * done / max(total, 1))
+    print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} points", end="", file=sys.stderr, flush=True)
+
+
+def _template(args) -> EvalJob:
+    return EvalJob(
+        args.model,
+        args.criterion,
+        args.structure,
+        getattr(args, "normalise", "none"),
+        scope=getattr(args, "scope", "global"),
+        keep_first_last=getattr(args, "keep_first_last", False),
+        subset=args.eval_limit,
+    )
+
+
 def cmd_sweep(args) -> tuple[object, str]:
     lab = Lab(zoo.load(args.model, download=args.download))
     _require_trained(lab.loaded)
-    rows = [_prune_one(lab, args, s, True) for s in args.sparsities]
+    jobs = sweep_jobs(_template(args), args.sparsities)
+    acc = _fan_out(lab, jobs, args)
     pruner = lab.pruner(args.criterion, args.structure, args.normalise)
+    rows = []
+    for job in jobs[1:]:
+        result = pruner.prune(job.config())
+        result.accuracy = _accuracy_fields(acc[jobs[0]], acc[job])
+        rows.append(_result_json(result))
     point = pruner.collapse_point(PruneConfig(0.0, args.scope, args.keep_first_last))
     note = lab.probe_unavailable
     data = {"model": args.model, "collapse_point": point, "probe_note": note, "results": rows}
@@ -221,8 +290,21 @@ def cmd_sweep(args) -> tuple[object, str]:
 def cmd_sensitivity(args) -> tuple[object, str]:
     lab = Lab(zoo.load(args.model, download=args.download))
     _require_trained(lab.loaded)
-    config = SensitivityConfig(args.criterion, args.structure, tuple(args.sparsities), args.eval_limit)
-    rows = [{**row.__dict__, "drop": row.drop} for row in sensitivity_scan(lab, config)]
+    jobs = sensitivity_jobs(lab, _template(args), args.sparsities)
+    acc = _fan_out(lab, jobs, args)
+    dense = acc[jobs[0]]
+    rows = [
+        {
+            "layer": layer_of(job),
+            "sparsity": job.overrides[0][1],
+            "accuracy": acc[job].top1,
+            "dense_accuracy": dense.top1,
+            "images": acc[job].n,
+            "estimate": acc[job].is_estimate,
+            "drop": dense.top1 - acc[job].top1,
+        }
+        for job in jobs[1:]
+    ]
     lines = [
         f"{r['layer']:40} {r['sparsity']:.2f} accuracy {r['accuracy']:.2%} (drop {r['drop']:+.2%}; "
         f"{interval_label(r['accuracy'], r['images'])})"

@@ -51,3 +51,7 @@ class LayerCollapseError(PrunekitError, ValueError):
             f"cannot compact: layer collapse at {layer!r} (all {channels} of its coupled channels are pruned, and a "
             "layer with no channels cannot be built); lower the sparsity, use local scope or keep that layer"
         )
+
+
+class ClusterUnavailableError(PrunekitError, ConnectionError):
+    """The Ray cluster cannot be reached, at start or later; the message names the address."""

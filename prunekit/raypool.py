@@ -25,7 +25,7 @@ import numpy as np
 import ray
 import torch
 
-from prunekit.errors import InvalidArgumentError, PrunekitError
+from prunekit.errors import ClusterUnavailableError, InvalidArgumentError
 from prunekit.jobs import EvalJob, JobRunner, ModelSpec, answer
 
 log = logging.getLogger(__name__)
@@ -33,10 +33,6 @@ LOCAL = "local"  # the address that starts a private Ray instance on this machin
 MAX_RETRIES = 3  # Ray re-runs a task whose worker process died this many times
 PROBE_EVERY_S = 2.0  # while a task runs, check this often that the cluster still answers
 PROBE_TIMEOUT_S = 2.0
-
-
-class ClusterUnavailableError(PrunekitError, ConnectionError):
-    """The Ray cluster cannot be reached (at start or any later time)."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,110 @@
+"""Sweeps and sensitivity scans as many small evaluation jobs, run in this process, on local worker
+processes or on a Ray cluster; the results are the same whichever runs them.
+
+Through the evaluation service (local workers or Ray), every finished point lands in the result store,
+so a sweep interrupted as a whole resumes from the points already measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from prunekit.jobs import EvalJob, JobRunner, ModelSpec, answer
+from prunekit.lab import Lab
+from prunekit.service import LIVE_FULL, EvalService, JobError, Outcome
+from prunekit.store import ResultStore
+
+Progress = Callable[[int, int], None]  # (points done, points in all)
+POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where jobs run: ``ray`` (an address, 'auto' or 'local'), else ``workers`` local processes, else
+    (``workers=0``) this process."""
+
+    ray: str | None = None
+    workers: int = 0
+    store: ResultStore | None = None
+
+    @property
+    def in_process(self) -> bool:
+        return not self.ray and self.workers == 0
+
+
+def open_service(ray: str | None, workers: int | None, store: ResultStore | None = None) -> EvalService:
+    """An evaluation service on Ray (when ``ray`` is an address; Ray is imported only then) or on
+    ``workers`` local processes. Raises ClusterUnavailableError when the cluster cannot be joined."""
+    remote = None
+    if ray:
+        from prunekit.raypool import RayPool  # noqa: PLC0415 - nothing of Ray is loaded without an address
+
+        remote = RayPool(ray)
+    return EvalService(workers=(0 if remote else None) if workers is None else workers, store=store, remote=remote)
+
+
+def sweep_jobs(template: EvalJob, sparsities: Iterable[float]) -> list[EvalJob]:
+    """The dense job, then ``template`` at each sparsity."""
+    return [EvalJob(template.model, subset=template.subset)] + [
+        dataclasses.replace(template, sparsity=s) for s in sparsities
+    ]
+
+
+def sensitivity_jobs(lab: Lab, template: EvalJob, sparsities: Iterable[float]) -> list[EvalJob]:
+    """The dense job, then one job per (unit set, sparsity): that set pruned locally, everything else dense."""
+    sets = lab.table(template.criterion, template.structure, template.normalise).sets
+    points = [
+        dataclasses.replace(template, sparsity=0.0, scope="local", overrides=((unit_set.name, s),))
+        for unit_set in sets
+        for s in sparsities
+    ]
+    return [EvalJob(template.model, subset=template.subset), *points]
+
+
+def layer_of(job: EvalJob) -> str:
+    """The unit set a sensitivity job prunes."""
+    return job.overrides[0][0]
+
+
+def run_jobs(
+    jobs: list[EvalJob], spec: ModelSpec, fingerprint: str, backend: Backend, progress: Progress | None = None
+) -> dict[EvalJob, Outcome]:
+    """Every job's outcome (keyed by the job as given). ``progress`` is called as points finish."""
+    report = progress or (lambda done, total: None)
+    if backend.in_process:
+        return _in_process(jobs, spec, report)
+    svc = open_service(backend.ray, backend.workers or None, backend.store)
+    try:
+        svc.register(jobs[0].model, spec, fingerprint)
+        return collect(svc, jobs, report)
+    finally:
+        svc.close()
+
+
+def collect(svc: EvalService, jobs: list[EvalJob], report: Progress, session: str = "") -> dict[EvalJob, Outcome]:
+    """Ask ``svc`` for ``jobs`` and wait until all are known, reporting (done, total) as they land."""
+    asked = [(job, LIVE_FULL) for job in jobs]
+    done = -1
+    while True:
+        known = svc.request(asked, session)
+        finished = sum(v is not None for v in known.values())
+        if finished != done:
+            done = finished
+            report(done, len(jobs))
+        if done == len(jobs):
+            return {job: known[job.canonical()] for job in jobs}
+        time.sleep(POLL_S)
+
+
+def _in_process(jobs: list[EvalJob], spec: ModelSpec, report: Progress) -> dict[EvalJob, Outcome]:
+    runner, out = JobRunner(), {}
+    report(0, len(jobs))
+    for i, job in enumerate(jobs):
+        status, _, value = answer(runner, job, spec)  # loads once
+        out[job] = value if status == "ok" else JobError(value)
+        report(i + 1, len(jobs))
+    return out
+
