@@ -28,7 +28,7 @@ from prunekit.jobs import EvalJob, ModelSpec, RecoverJob, SpeedJob
 from prunekit.lab import Lab, PruneResult
 from prunekit.recover import Recipe, Recovery, has_training_split
 from prunekit.sensitivity import SensitivityConfig, SensitivityRow, sensitivity_scan
-from prunekit.service import LIVE_FULL, EvalService, Outcome, ServiceStatus
+from prunekit.service import LIVE_FULL, RAY_ENV, EvalService, Outcome, ServiceStatus, open_service
 from prunekit.service import JobError as JobError  # pages tell an error from a result
 from prunekit.shared import SingleFlight
 from prunekit.store import ResultStore
@@ -59,8 +59,11 @@ def shared_lab(name: str) -> Lab:
 
 @st.cache_resource(show_spinner=False)
 def service() -> EvalService:
-    """The evaluation service: ``$PRUNEKIT_WORKERS`` processes (default: one per core), results on disk."""
-    svc = EvalService(workers=int(os.environ.get("PRUNEKIT_WORKERS", 0)) or None, store=ResultStore())
+    """The evaluation service: ``$PRUNEKIT_WORKERS`` local processes (default: one per core; one beside
+    a Ray cluster named by ``$PRUNEKIT_RAY_ADDRESS``, which then takes the accuracy jobs), results on disk."""
+    ray = os.environ.get(RAY_ENV) or None
+    workers = int(os.environ.get("PRUNEKIT_WORKERS", 0)) or (1 if ray else None)
+    svc = open_service(ray, workers, ResultStore(), fall_back=True)
     default = shared_lab(DEFAULTS["model"])
     _register(svc, default)
     if curve_fill_enabled():
@@ -178,6 +181,8 @@ def show_notices() -> None:
     for note in st.session_state.pop("notices", []):
         st.warning(note)
     st.session_state.notices = []
+    if service().notice:  # e.g. the Ray cluster is gone and local workers took over
+        st.error(service().notice, icon="⚠️")
 
 
 def _supports(criterion: str, structure: str) -> bool:

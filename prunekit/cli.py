@@ -23,10 +23,8 @@ from prunekit.importance import CRITERIA, STRUCTURES
 from prunekit.jobs import EvalJob, ModelSpec
 from prunekit.lab import Lab, PruneResult
 from prunekit.recover import SCHEDULES, Recipe, recover
-from prunekit.service import JobError
+from prunekit.service import RAY_ENV, JobError
 from prunekit.store import ResultStore
-
-RAY_ENV = "PRUNEKIT_RAY_ADDRESS"
 
 
 class _Parser(argparse.ArgumentParser):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from prunekit.jobs import EvalJob, JobRunner, ModelSpec, answer
 from prunekit.lab import Lab
-from prunekit.service import LIVE_FULL, EvalService, JobError, Outcome
+from prunekit.service import LIVE_FULL, EvalService, JobError, Outcome, open_service
 from prunekit.store import ResultStore
 
 Progress = Callable[[int, int], None]  # (points done, points in all)
@@ -33,17 +33,6 @@ class Backend:
     @property
     def in_process(self) -> bool:
         return not self.ray and self.workers == 0
-
-
-def open_service(ray: str | None, workers: int | None, store: ResultStore | None = None) -> EvalService:
-    """An evaluation service on Ray (when ``ray`` is an address; Ray is imported only then) or on
-    ``workers`` local processes. Raises ClusterUnavailableError when the cluster cannot be joined."""
-    remote = None
-    if ray:
-        from prunekit.raypool import RayPool  # noqa: PLC0415 - nothing of Ray is loaded without an address
-
-        remote = RayPool(ray)
-    return EvalService(workers=(0 if remote else None) if workers is None else workers, store=store, remote=remote)
 
 
 def sweep_jobs(template: EvalJob, sparsities: Iterable[float]) -> list[EvalJob]:
@@ -76,7 +65,7 @@ def run_jobs(
     report = progress or (lambda done, total: None)
     if backend.in_process:
         return _in_process(jobs, spec, report)
-    svc = open_service(backend.ray, backend.workers or None, backend.store)
+    svc = open_service(backend.ray, backend.workers or (0 if backend.ray else None), backend.store)
     try:
         svc.register(jobs[0].model, spec, fingerprint)
         return collect(svc, jobs, report)
@@ -107,4 +96,3 @@ def _in_process(jobs: list[EvalJob], spec: ModelSpec, report: Progress) -> dict[
         out[job] = value if status == "ok" else JobError(value)
         report(i + 1, len(jobs))
     return out
-

@@ -6,9 +6,10 @@ scheduler like a worker process: it takes ``(job, spec)`` on a pipe, runs the jo
 answers on the pipe. A model's weights go into Ray's object store once (:class:`ModelPayload`), and
 every Ray worker process loads a model at most once (its first task for that model fetches the payload).
 
-Faults: a task whose worker process dies is retried by Ray (``max_retries``). A cluster that stops
-answering (its GCS port closes) turns into one ``("lost", job, message)`` answer, after which the
-service falls back to local worker processes.
+Faults: a task whose worker process dies is retried by Ray (``max_retries``). A watchdog thread checks
+that the cluster's GCS port still answers; when it stops, the pool calls ``on_lost(message)`` once (the
+service falls back to local workers) and leaves the cluster, so that Ray's own 60-second reconnect
+timeout never ends this process.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import multiprocessing as mp
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,7 +124,8 @@ def connect(address: str, cpus: int | None = None) -> str:
     env = {"env_vars": {"PYTHONPATH": _root_path()}}
     try:
         if address == LOCAL:
-            ray.init(num_cpus=cpus or os.cpu_count() or 1, runtime_env=env, **options)
+            # 'local' always starts a new instance, even where `ray start` left a cluster address behind
+            ray.init(address=LOCAL, num_cpus=cpus or os.cpu_count() or 1, runtime_env=env, **options)
         else:
             ray.init(address=address, runtime_env=env, **options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -183,18 +186,34 @@ class RayPool:
         self.address, self.threads = address, threads
         self.gcs = connect(address, cpus)
         self._gcs_host_port = _split(self.gcs)
+        self._cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._lock = threading.Lock()
         self._refs: dict[str, ray.ObjectRef] = {}
         self._specs: dict[str, ModelSpec] = {}
         self.puts = 0
         self.lost: str | None = None
+        self.on_lost: Callable[[str], None] = lambda why: None
+        self._closed = threading.Event()
+        threading.Thread(target=self._watch, name="prunekit-ray-watchdog", daemon=True).start()
+
+    def _watch(self) -> None:
+        misses = 0
+        while not self._closed.wait(PROBE_EVERY_S):
+            misses = 0 if _reachable(*self._gcs_host_port) else misses + 1
+            if misses >= 2:  # one refused connection can be a blip
+                self.lost = f"the Ray cluster at {self.address!r} stopped answering"
+                log.warning("%s", self.lost)
+                self.on_lost(self.lost)
+                self.close()
+                return
 
     def slots(self) -> int:
-        return max(1, int(ray.cluster_resources().get("CPU", 1)))
+        """One slot per CPU the cluster had when this pool joined it."""
+        return self._cpus
 
     def describe(self) -> str:
         where = "a private Ray instance on this machine" if self.address == LOCAL else f"Ray at {self.address}"
-        return f"{where} ({self.slots()} CPUs)"
+        return f"{where} ({self._cpus} CPUs)"
 
     def spawn(self) -> tuple[_SlotProcess, object]:
         """A new slot: (process-like, the service's end of its pipe)."""
@@ -213,7 +232,11 @@ class RayPool:
                 if isinstance(message[0], str):
                     continue  # stops are for local recoveries; nothing to stop here
                 job, spec = message
-                conn.send(self._run(job, spec))
+                answer = self._run(job, spec)
+                try:
+                    conn.send(answer)
+                except OSError:  # the service let this slot go (closed, or fell back to local workers)
+                    return
 
     def _ref(self, key: str, spec: ModelSpec | None) -> ray.ObjectRef:
         """The payload of ``key`` in the object store, put there on first use (once per model)."""
@@ -232,22 +255,20 @@ class RayPool:
             return ("lost", job, self.lost)
         try:
             task = run_remote.remote(job, [self._ref(job.model, spec)], self.threads)
-            return self._wait(job, task)
+            while not self.lost:
+                ready, _ = ray.wait([task], timeout=PROBE_EVERY_S)
+                if ready:
+                    return ray.get(task)
+            return ("lost", job, self.lost)
         except ray.exceptions.RayError as exc:  # retries spent: the job's error, the cluster is fine
             return ("error", job, f"the Ray task failed after {MAX_RETRIES} retries: {type(exc).__name__}")
         except Exception as exc:  # a payload that cannot be built: the job's error
             return ("error", job, f"{type(exc).__name__}: {exc}")
 
-    def _wait(self, job: EvalJob, task: ray.ObjectRef) -> tuple:
-        while True:
-            ready, _ = ray.wait([task], timeout=PROBE_EVERY_S)
-            if ready:
-                return ray.get(task)
-            if not _reachable(*self._gcs_host_port):
-                self.lost = f"the Ray cluster at {self.address!r} stopped answering"
-                return ("lost", job, self.lost)
-
     def close(self) -> None:
-        """Leave the cluster (stops a private instance); safe after the cluster is gone."""
+        """Leave the cluster (stops a private instance); safe after the cluster is gone; idempotent."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
         with contextlib.suppress(Exception):
             ray.shutdown()

@@ -27,7 +27,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Protocol
 
-from prunekit.errors import InvalidArgumentError
+from prunekit.errors import ClusterUnavailableError, InvalidArgumentError
 from prunekit.evaluate import Accuracy
 from prunekit.jobs import EvalJob, ModelSpec, decode, encode, worker_main
 from prunekit.latency import Latency
@@ -37,6 +37,7 @@ from prunekit.store import ResultStore, digest
 log = logging.getLogger(__name__)
 LIVE_ESTIMATE, LIVE_FULL, CURVE, STALE = 0, 1, 10, 100  # lower runs first; curve levels add 0, 1, 2
 MAX_ATTEMPTS = 2
+RAY_ENV = "PRUNEKIT_RAY_ADDRESS"  # the app's Ray cluster: 'host:port', 'auto' or 'local'
 MAX_DEATHS_IN_A_ROW = 6  # workers dying with no job finished in between: they cannot start, so stop trying
 CURVE_GRIDS = (0.1, 0.05, 0.01)  # coarse to fine
 _ENGINE_FILES = (
@@ -51,6 +52,27 @@ _ENGINE_FILES = (
     "recover.py",
     "structure.py",
 )
+
+
+def open_service(
+    ray: str | None, workers: int | None, store: ResultStore | None = None, fall_back: bool = False
+) -> EvalService:
+    """An evaluation service whose accuracy jobs run on the Ray cluster at ``ray`` (Ray is imported only
+    then) beside ``workers`` local processes (None: one per core). A cluster that cannot be joined raises
+    ClusterUnavailableError, or with ``fall_back`` gives a local service whose ``notice`` says why."""
+    remote, notice = None, None
+    if ray:
+        from prunekit.raypool import RayPool  # noqa: PLC0415 - nothing of Ray is loaded without an address
+
+        try:
+            remote = RayPool(ray)
+        except ClusterUnavailableError as exc:
+            if not fall_back:
+                raise
+            notice, workers = f"{exc}; evaluations run on local worker processes instead", None
+    svc = EvalService(workers=workers, store=store, remote=remote)
+    svc.notice = notice
+    return svc
 
 
 def code_version() -> str:
@@ -125,6 +147,8 @@ class RemotePool(Protocol):
 
     def describe(self) -> str: ...
 
+    on_lost: Callable[[str], None]  # set by the service: called once when the pool is lost
+
     def spawn(self) -> tuple[object, object]: ...
 
     def close(self) -> None: ...
@@ -178,6 +202,8 @@ class EvalService:
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
         self._workers = [self._spawn() for _ in range(workers)]
         self._workers += [self._spawn_remote() for _ in range(remote.slots() if remote else 0)]
+        if remote is not None:
+            remote.on_lost = self._fall_back
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="prunekit-scheduler", daemon=True)
         self._thread.start()
@@ -484,6 +510,7 @@ class EvalService:
             self._workers += [self._spawn() for _ in range(missing)]
             self.notice = f"{why}; evaluations now run on {len(self._workers)} local worker processes"
             log.warning("%s", self.notice)
+        self._wake()
         threading.Thread(target=pool.close, name="prunekit-ray-close", daemon=True).start()
 
     def _give_up(self, why: str) -> None:

@@ -1,0 +1,187 @@
+"""The Ray backend on a local Ray head (2 CPUs, like CI): the same results as local workers, a worker
+killed mid-sweep, a cluster that disappears, a bad address, and no Ray at all without an address."""
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from prunekit.cli import main
+from prunekit.evaluate import Accuracy
+from prunekit.fanout import Backend, run_jobs, sensitivity_jobs, sweep_jobs
+from prunekit.jobs import EvalJob, ModelSpec
+from prunekit.lab import Lab
+from prunekit.raypool import RayPool
+from prunekit.service import EvalService
+from prunekit.store import ResultStore
+from prunekit.zoo import load
+
+pytestmark = pytest.mark.xdist_group("ray")  # one Ray instance at a time, on one xdist worker
+ROOT = Path(__file__).resolve().parent.parent
+RAY = Path(sys.executable).parent / "ray"
+SPEC = ModelSpec("prunekit.zoo:load", ("fmnist-cnn",))
+
+
+def _figures(outcomes: dict) -> dict:
+    """What a result says (its timing aside)."""
+    return {job: (o.top1, o.top5, o.n, o.total) for job, o in outcomes.items()}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_ray_tokens():
+    """Ray reads its auth mode once per process: one mode for every head these tests start and join."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        yield
+
+
+@pytest.fixture(scope="module")
+def lab():
+    return Lab(load("fmnist-cnn"))
+
+
+def test_ray_sweep_and_sensitivity_equal_local_workers_exactly(lab, tmp_path):
+    template = EvalJob("fmnist-cnn", "magnitude", "unstructured", scope="global")
+    jobs = sweep_jobs(template, [0.3, 0.6, 0.9]) + sensitivity_jobs(lab, template.with_subset(500), [0.5, 0.9])[1:]
+    local = run_jobs(jobs, SPEC, lab.fingerprint, Backend(workers=2, store=ResultStore(tmp_path / "local.sqlite3")))
+    seen = []
+    on_ray = run_jobs(
+        jobs,
+        SPEC,
+        lab.fingerprint,
+        Backend(ray="local", store=ResultStore(tmp_path / "ray.sqlite3")),
+        lambda done, total: seen.append((done, total)),
+    )
+    assert all(isinstance(o, Accuracy) for o in on_ray.values())
+    assert _figures(on_ray) == _figures(local)
+    assert seen[-1] == (len(jobs), len(jobs)) and len(seen) > 2  # the progress bar moved
+
+
+def test_model_reaches_the_object_store_once(tmp_path):
+    pool = RayPool("local", cpus=2)
+    svc = EvalService(workers=0, remote=pool)
+    try:
+        svc.register("fmnist-cnn", SPEC)
+        jobs = [EvalJob("fmnist-cnn", "magnitude", sparsity=s / 10, subset=300) for s in range(8)]
+        assert svc.wait(jobs, timeout=120)
+        assert pool.puts == 1  # eight tasks over two slots, one payload
+        assert svc.status().backend == "a private Ray instance on this machine (2 CPUs)"
+    finally:
+        svc.close()
+
+
+def _ray_task_pids() -> list[int]:
+    """Ray worker processes running one of our tasks (Ray titles them after the task)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if cmdline.read_bytes().startswith(b"ray::run_remote"):
+                pids.append(int(cmdline.parent.name))
+    return pids
+
+
+def test_a_worker_killed_mid_sweep_loses_no_point(tmp_path):
+    svc = EvalService(workers=0, remote=RayPool("local", cpus=2), store=ResultStore(tmp_path / "r.sqlite3"))
+    try:
+        svc.register("fmnist-vgg", ModelSpec("prunekit.zoo:load", ("fmnist-vgg",)))
+        jobs = [EvalJob("fmnist-vgg", "magnitude", sparsity=s / 20) for s in range(8)]
+        svc.request([(job, 1) for job in jobs])
+        deadline = time.monotonic() + 60
+        while not (svc.status().done >= 1 and _ray_task_pids()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        victims = _ray_task_pids()
+        assert victims, "no Ray task was running to kill"
+        os.kill(victims[0], signal.SIGKILL)
+        assert svc.wait(jobs, timeout=240)
+        outcomes = {job: svc.lookup(job) for job in jobs}
+        assert all(isinstance(o, Accuracy) and o.n == 10_000 for o in outcomes.values()), outcomes
+        assert victims[0] not in _ray_task_pids()
+    finally:
+        svc.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _head_pids(port: int) -> list[int]:
+    """The processes of the Ray head listening on ``port`` (GCS, raylet and friends)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if f":{port}" in text or f"port={port}" in text:
+                pids.append(int(cmdline.parent.name))
+    return pids
+
+
+def test_a_cluster_that_disappears_falls_back_to_local_workers(tmp_path):
+    port = _free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    start = [str(RAY), "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false"]
+    subprocess.run(start, check=True, capture_output=True, env=env, timeout=120)
+    svc = EvalService(workers=0, remote=RayPool(f"127.0.0.1:{port}"))
+    try:
+        svc.register("fmnist-cnn", SPEC)
+        first = EvalJob("fmnist-cnn", subset=300)
+        assert svc.wait([first], timeout=120) and svc.notice is None
+        for pid in _head_pids(port):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        later = [EvalJob("fmnist-cnn", "magnitude", sparsity=s / 10, subset=300) for s in range(1, 5)]
+        assert svc.wait(later, timeout=120)
+        assert all(isinstance(svc.lookup(job), Accuracy) for job in later)
+        assert svc.notice == (
+            f"the Ray cluster at '127.0.0.1:{port}' stopped answering; evaluations now run on "
+            f"{os.cpu_count()} local worker processes"
+        )
+        assert svc.status().backend == "local worker processes"
+    finally:
+        svc.close()
+        subprocess.run([str(RAY), "stop", "--force"], capture_output=True, timeout=60) if _head_pids(port) else None
+
+
+def test_cli_ray_sweep_prints_what_local_workers_print(tmp_path, monkeypatch, capsys):
+    args = ["sweep", "fmnist-cnn", "--sparsities", "0.5,0.9", "--eval-limit", "400", "--json"]
+    outputs = []
+    for i, where in enumerate((["--workers", "2"], ["--ray", "local"])):
+        monkeypatch.setenv("PRUNEKIT_CACHE_DIR", str(tmp_path / str(i)))
+        assert main(args + where) == 0
+        captured = capsys.readouterr()
+        assert "0/3 points" in captured.err and "3/3 points" in captured.err  # the progress bar
+        outputs.append(json.loads(captured.out))
+    assert outputs[0] == outputs[1]
+
+
+def test_an_unreachable_cluster_is_one_clear_error(capsys):
+    port = _free_port()
+    assert main(["sensitivity", "fmnist-cnn", "--ray", f"127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: no Ray cluster answers at '127.0.0.1:{port}'\n"
+
+
+def test_without_an_address_nothing_of_ray_is_imported(tmp_path):
+    script = (
+        "import sys\n"
+        "import glue\n"
+        "from prunekit.cli import main\n"
+        "assert main(['sweep', 'fmnist-cnn', '--sparsities', '0.5', '--eval-limit', '200', '--workers', '1']) == 0\n"
+        "glue.service().close()\n"
+        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))\n"
+    )
+    env = {**os.environ, "PRUNEKIT_CACHE_DIR": str(tmp_path)}
+    env.pop("PRUNEKIT_RAY_ADDRESS", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
