@@ -27,7 +27,6 @@ from prunekit.importance import CRITERIA, STRUCTURES
 from prunekit.jobs import EvalJob, ModelSpec, RecoverJob, SpeedJob
 from prunekit.lab import Lab, PruneResult
 from prunekit.recover import Recipe, Recovery, has_training_split
-from prunekit.sensitivity import SensitivityConfig, SensitivityRow, sensitivity_scan
 from prunekit.service import LIVE_FULL, RAY_ENV, EvalService, Outcome, ServiceStatus, open_service
 from prunekit.service import JobError as JobError  # pages tell an error from a result
 from prunekit.shared import SingleFlight
@@ -347,11 +346,6 @@ def _session() -> str:
     return ctx.session_id if ctx is not None else ""
 
 
-def eval_limit(current: Lab, estimate: bool) -> int | None:
-    """For in-process scans: score only the first ESTIMATE_IMAGES images when ``estimate``."""
-    return ESTIMATE_IMAGES if estimate and len(current.loaded.eval_data()) > ESTIMATE_IMAGES else None
-
-
 def estimate_size(current: Lab) -> int | None:
     """Images in the quick estimate, or None when the evaluation set is small enough to score whole."""
     return ESTIMATE_IMAGES if len(current.loaded.eval_data()) > ESTIMATE_IMAGES else None
@@ -522,17 +516,15 @@ def agreement(current: Lab, criteria: list[str], scope: str):
     return analysis.agreement(tables, config(scope), current.first_last)
 
 
-def sensitivity(current: Lab, conf: SensitivityConfig, progress: Callable[[float, str], None]) -> list[SensitivityRow]:
-    sets = len(current.table(conf.criterion, conf.structure).sets) * len(conf.sparsities)
-
-    def compute() -> list[SensitivityRow]:
-        rows = []
-        for i, row in enumerate(sensitivity_scan(current, conf)):
-            rows.append(row)
-            progress((i + 1) / sets, f"{row.layer} at {row.sparsity:.0%}: {row.accuracy:.1%}")
-        return rows
-
-    return _shared(_key("sensitivity", current, conf), compute)
+def sensitivity(
+    current: Lab, criterion: str, sparsities: tuple[float, ...], estimate: bool
+) -> readings.SensitivityView:
+    """The scan's points as jobs of the evaluation service (local workers, or the Ray cluster)."""
+    svc = service()
+    _register(svc, current)
+    subset = estimate_size(current) if estimate else None
+    template = EvalJob(model_key(current), criterion, "unstructured", subset=subset)
+    return readings.read_sensitivity(svc, current, template, sparsities, _session())
 
 
 def attribution(current: Lab, index: int) -> tuple:

@@ -3,7 +3,6 @@ import streamlit as st
 import glue
 from prunekit import plots
 from prunekit.importance import CRITERIA
-from prunekit.sensitivity import SensitivityConfig
 
 st.title("Which layers can take the cut?")
 with st.expander("What am I looking at?"):
@@ -23,31 +22,46 @@ criterion = a.selectbox(
     format_func=lambda n: CRITERIA[n].title,
 )
 levels = b.multiselect("Sparsities", [0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99], default=[0.3, 0.5, 0.7, 0.9])
-estimate = st.toggle(f"Fast estimate (first {glue.ESTIMATE_IMAGES:,} images)", value=True)
+estimate = st.toggle(f"Fast estimate (a stratified {glue.ESTIMATE_IMAGES:,}-image subset)", value=True)
 if not levels:
     st.info("Choose at least one sparsity.")
     st.stop()
-conf = SensitivityConfig(criterion, "unstructured", tuple(sorted(levels)), glue.eval_limit(lab, estimate))
-if st.button("Run the scan", type="primary") or st.session_state.get("sens_conf") == (lab.loaded.name, conf):
-    bar = st.progress(0.0, text="Starting...")
-    rows = glue.sensitivity(lab, conf, lambda frac, text: bar.progress(frac, text=text))
-    bar.progress(1.0, text="Done")
-    st.session_state.sens_conf = (lab.loaded.name, conf)
+scan = (lab.loaded.name, criterion, tuple(sorted(levels)), estimate)
+if st.button("Run the scan", type="primary"):
+    st.session_state.sens_scan = scan
+if st.session_state.get("sens_scan") != scan:
+    st.stop()
+
+
+def heatmap(rows) -> None:
     layers = list(dict.fromkeys(r.layer for r in rows))
-    drops = [
-        [next(r.drop for r in rows if r.layer == layer and r.sparsity == s) for s in conf.sparsities]
-        for layer in layers
-    ]
-    st.plotly_chart(plots.sensitivity_heatmap(layers, list(conf.sparsities), drops), width="stretch")
+    drops = [[next(r.drop for r in rows if r.layer == layer and r.sparsity == s) for s in scan[2]] for layer in layers]
+    st.plotly_chart(plots.sensitivity_heatmap(layers, list(scan[2]), drops), width="stretch")
     worst = sorted(zip(layers, drops, strict=True), key=lambda t: t[1][-1], reverse=True)
     st.markdown(
-        f"Most sensitive at {conf.sparsities[-1]:.0%}: **`{worst[0][0]}`** (drop {100 * worst[0][1][-1]:.1f} points). "
+        f"Most sensitive at {scan[2][-1]:.0%}: **`{worst[0][0]}`** (drop {100 * worst[0][1][-1]:.1f} points). "
         f"Least sensitive: **`{worst[-1][0]}`** (drop {100 * worst[-1][1][-1]:.1f} points)."
     )
-    if rows:
-        first = rows[0]
-        st.caption(
-            ("Estimate from the first " if first.estimate else "Measured on all ")
-            + f"{first.images:,} evaluation images. Dense top-1 {first.dense_accuracy:.1%} "
-            f"({glue.interval_label(first.dense_accuracy, first.images)}): a drop within that interval's width is noise."
-        )
+    first = rows[0]
+    st.caption(
+        ("Estimate from a stratified subset of " if first.estimate else "Measured on all ")
+        + f"{first.images:,} evaluation images. Dense top-1 {first.dense_accuracy:.1%} "
+        f"({glue.interval_label(first.dense_accuracy, first.images)}): a drop within that interval's width is noise."
+    )
+
+
+def scan_panel() -> None:
+    view = glue.sensitivity(lab, criterion, scan[2], estimate)
+    for message in view.errors[:1]:
+        st.error(f"{len(view.errors)} points could not be measured; the first: {message}")
+    if not view.complete:
+        where = glue.service().status().backend
+        st.progress(view.done / view.total, text=f"{view.done} of {view.total} points measured (on {where})...")
+    elif view.rows:
+        heatmap(view.rows)
+    if view.complete != st.session_state.get("sens_complete"):
+        st.session_state.sens_complete = view.complete
+        st.rerun()  # a full rerun stops (or starts) the refreshing
+
+
+st.fragment(scan_panel, run_every=None if st.session_state.get("sens_complete") else 0.5)()

@@ -18,7 +18,7 @@ from prunekit.allocate import NORMALISATIONS, SCOPES, PruneConfig, check_sparsit
 from prunekit.errors import InvalidArgumentError, PrunekitError, UntrainedModelError
 from prunekit.evaluate import Accuracy, interval_label
 from prunekit.export import build_bundle, export_report, report_lines, write_bundle
-from prunekit.fanout import Backend, layer_of, run_jobs, sensitivity_jobs, sweep_jobs
+from prunekit.fanout import Backend, run_jobs, sensitivity_jobs, sensitivity_rows, sweep_jobs
 from prunekit.importance import CRITERIA, STRUCTURES
 from prunekit.jobs import EvalJob, ModelSpec
 from prunekit.lab import Lab, PruneResult
@@ -290,19 +290,7 @@ def cmd_sensitivity(args) -> tuple[object, str]:
     _require_trained(lab.loaded)
     jobs = sensitivity_jobs(lab, _template(args), args.sparsities)
     acc = _fan_out(lab, jobs, args)
-    dense = acc[jobs[0]]
-    rows = [
-        {
-            "layer": layer_of(job),
-            "sparsity": job.overrides[0][1],
-            "accuracy": acc[job].top1,
-            "dense_accuracy": dense.top1,
-            "images": acc[job].n,
-            "estimate": acc[job].is_estimate,
-            "drop": dense.top1 - acc[job].top1,
-        }
-        for job in jobs[1:]
-    ]
+    rows = [{**row.__dict__, "drop": row.drop} for row in sensitivity_rows(jobs, [acc[job] for job in jobs])]
     lines = [
         f"{r['layer']:40} {r['sparsity']:.2f} accuracy {r['accuracy']:.2%} (drop {r['drop']:+.2%}; "
         f"{interval_label(r['accuracy'], r['images'])})"

@@ -12,8 +12,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from prunekit.evaluate import Accuracy
 from prunekit.jobs import EvalJob, JobRunner, ModelSpec, answer
 from prunekit.lab import Lab
+from prunekit.sensitivity import SensitivityRow
 from prunekit.service import LIVE_FULL, EvalService, JobError, Outcome, open_service
 from prunekit.store import ResultStore
 
@@ -53,9 +55,16 @@ def sensitivity_jobs(lab: Lab, template: EvalJob, sparsities: Iterable[float]) -
     return [EvalJob(template.model, subset=template.subset), *points]
 
 
-def layer_of(job: EvalJob) -> str:
-    """The unit set a sensitivity job prunes."""
-    return job.overrides[0][0]
+def sensitivity_rows(jobs: list[EvalJob], outcomes: list[Outcome | None]) -> list[SensitivityRow]:
+    """Rows for the points measured so far of :func:`sensitivity_jobs`' ``jobs`` (none before the dense one)."""
+    dense = outcomes[0]
+    if not isinstance(dense, Accuracy):
+        return []
+    return [
+        SensitivityRow(job.overrides[0][0], job.overrides[0][1], acc.top1, dense.top1, acc.n, acc.is_estimate)
+        for job, acc in zip(jobs[1:], outcomes[1:], strict=True)
+        if isinstance(acc, Accuracy)
+    ]
 
 
 def run_jobs(

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 from prunekit.allocate import PruneConfig
 from prunekit.evaluate import Accuracy
+from prunekit.fanout import sensitivity_jobs, sensitivity_rows
 from prunekit.jobs import EvalJob, RecoverJob
 from prunekit.lab import Lab
 from prunekit.recover import Recovery
+from prunekit.sensitivity import SensitivityRow
 from prunekit.service import LIVE_ESTIMATE, LIVE_FULL, EvalService, JobError, Outcome, curve_grid
 
 
@@ -128,6 +130,33 @@ def _recipe_curve(lab: Lab, template: EvalJob, recipe: tuple[str, str, str], spa
         "errors": [o.message for o in outcomes if isinstance(o, JobError)],
         "collapse_point": lab.collapse_point(criterion, structure, template.normalise, config(0.0)),
     }
+
+
+@dataclass(frozen=True)
+class SensitivityView:
+    """A sensitivity scan as far as it has come: rows measured so far, in scan order."""
+
+    rows: list[SensitivityRow]
+    done: int
+    total: int
+    errors: list[str]
+
+    @property
+    def complete(self) -> bool:
+        return self.done == self.total
+
+
+def read_sensitivity(
+    svc: EvalService, lab: Lab, template: EvalJob, sparsities: Iterable[float], session: str
+) -> SensitivityView:
+    """Ask for every point of the scan (one job per layer and sparsity, spread over the workers or
+    the Ray cluster) and read what has landed."""
+    jobs = sensitivity_jobs(lab, template, sparsities)
+    known = svc.request([(job, LIVE_FULL) for job in jobs], session)
+    outcomes = [known[job.canonical()] for job in jobs]
+    errors = [o.message for o in outcomes if isinstance(o, JobError)]
+    done = sum(o is not None for o in outcomes)
+    return SensitivityView(sensitivity_rows(jobs, outcomes), done, len(jobs), errors)
 
 
 def read_recovery(

@@ -18,10 +18,12 @@ import itertools
 import logging
 import multiprocessing as mp
 import os
+import sys
 import threading
 import time
+import types
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -73,6 +75,22 @@ def open_service(
     svc = EvalService(workers=workers, store=store, remote=remote)
     svc.notice = notice
     return svc
+
+
+@contextlib.contextmanager
+def _bare_main() -> Iterator[None]:
+    """Start a spawned worker without re-running ``__main__``: workers need nothing from it, and while
+    Streamlit runs a page, ``__main__`` is that page script (a worker restarted then would run the page)."""
+    with _MAIN_LOCK:  # two services spawning at once must not restore each other's stand-in
+        main = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            sys.modules["__main__"] = main
+
+
+_MAIN_LOCK = threading.Lock()
 
 
 def code_version() -> str:
@@ -411,7 +429,8 @@ class EvalService:
         proc = self._ctx.Process(
             target=worker_main, args=(child, self.threads, self.nice), daemon=True, name="prunekit-worker"
         )
-        proc.start()
+        with _bare_main():
+            proc.start()
         child.close()
         return _Worker(proc, parent)
 

@@ -215,3 +215,28 @@ def test_accuracy_curve_fills_in_with_true_numbers(monkeypatch):
     for scope in ("global", "local"):
         assert {0.0, 0.3, 0.9} <= set(curves[scope]), curves
         assert curves[scope][0.9] == pytest.approx(100 * _in_process_top1(0.9, scope), abs=1e-6)
+
+
+def test_sensitivity_scan_runs_as_service_jobs_and_shows_what_they_measured():
+    from prunekit.fanout import Backend, run_jobs, sensitivity_jobs, sensitivity_rows
+    from prunekit.jobs import EvalJob, ModelSpec
+    from prunekit.lab import Lab
+    from prunekit.zoo import load
+
+    at = open_page("app_pages/sensitivity.py")
+    at.multiselect[0].set_value([0.5, 0.9]).run()
+    at.button[0].click().run()
+    deadline = time.time() + 180
+    while not any("Most sensitive" in m.value for m in at.markdown):
+        assert time.time() < deadline and not at.exception, (at.exception, [p.proto.text for p in at.get("progress")])
+        time.sleep(0.3)
+        at.run()
+    lab = Lab(load("fmnist-cnn"))
+    jobs = sensitivity_jobs(lab, EvalJob("fmnist-cnn", "magnitude", subset=1000), [0.5, 0.9])
+    got = run_jobs(jobs, ModelSpec("prunekit.zoo:load", ("fmnist-cnn",)), lab.fingerprint, Backend())
+    rows = [r for r in sensitivity_rows(jobs, [got[j] for j in jobs]) if r.sparsity == 0.9]
+    worst, best = max(rows, key=lambda r: r.drop), min(rows, key=lambda r: r.drop)
+    text = next(m.value for m in at.markdown if "Most sensitive" in m.value)
+    assert f"**`{worst.layer}`** (drop {100 * worst.drop:.1f} points)" in text
+    assert f"Least sensitive: **`{best.layer}`** (drop {100 * best.drop:.1f} points)" in text
+    assert any("stratified subset of" in c.value for c in at.caption)
