@@ -35,6 +35,7 @@ LOCAL = "local"  # the address that starts a private Ray instance on this machin
 MAX_RETRIES = 3  # Ray re-runs a task whose worker process died this many times
 PROBE_EVERY_S = 2.0  # while a task runs, check this often that the cluster still answers
 PROBE_TIMEOUT_S = 2.0
+GCS_PATIENCE_S = 10 * 365 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -120,17 +121,40 @@ def connect(address: str, cpus: int | None = None) -> str:
         return ray.get_runtime_context().gcs_address
     if address not in (LOCAL, "auto") and not _reachable(*_split(address.removeprefix("ray://"))):
         raise ClusterUnavailableError(f"no Ray cluster answers at {address!r}")
+    # Ray ends a driver whose GCS stays unreachable for 60 s; this process is a web server that falls
+    # back to local workers instead (read by Ray once per process, at its first init).
+    os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(GCS_PATIENCE_S))
     options = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     env = {"env_vars": {"PYTHONPATH": _root_path()}}
     try:
         if address == LOCAL:
             # 'local' always starts a new instance, even where `ray start` left a cluster address behind
-            ray.init(address=LOCAL, num_cpus=cpus or os.cpu_count() or 1, runtime_env=env, **options)
+            _init_in_a_lasting_thread(address=LOCAL, num_cpus=cpus or os.cpu_count() or 1, runtime_env=env, **options)
         else:
             ray.init(address=address, runtime_env=env, **options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ClusterUnavailableError(f"could not join the Ray cluster at {address!r}: {exc}") from None
     return ray.get_runtime_context().gcs_address
+
+
+def _init_in_a_lasting_thread(**options) -> None:
+    """``ray.init`` from a thread that lives as long as this process: Ray's processes are told to die
+    with the thread that started them, and a Streamlit script thread ends after every run."""
+    done, failed = threading.Event(), []
+
+    def run() -> None:
+        try:
+            ray.init(**options)
+        except Exception as exc:  # re-raised in the caller
+            failed.append(exc)
+        done.set()
+        if not failed:
+            threading.Event().wait()
+
+    threading.Thread(target=run, name="prunekit-ray-init", daemon=True).start()
+    done.wait()
+    if failed:
+        raise failed[0]
 
 
 def _root_path() -> str:

@@ -124,30 +124,35 @@ def _head_pids(port: int) -> list[int]:
     return pids
 
 
-def test_a_cluster_that_disappears_falls_back_to_local_workers(tmp_path):
+def test_a_cluster_that_disappears_falls_back_to_local_workers():
+    """In its own process: Ray joins one cluster per process, and after a lost one this process would
+    not join another (the app does not either: it stays on local workers until restarted)."""
     port = _free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
     start = [str(RAY), "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false"]
     subprocess.run(start, check=True, capture_output=True, env=env, timeout=120)
-    svc = EvalService(workers=0, remote=RayPool(f"127.0.0.1:{port}"))
     try:
-        svc.register("fmnist-cnn", SPEC)
-        first = EvalJob("fmnist-cnn", subset=300)
-        assert svc.wait([first], timeout=120) and svc.notice is None
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).with_name("lost_cluster.py")), str(port)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
         for pid in _head_pids(port):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        later = [EvalJob("fmnist-cnn", "magnitude", sparsity=s / 10, subset=300) for s in range(1, 5)]
-        assert svc.wait(later, timeout=120)
-        assert all(isinstance(svc.lookup(job), Accuracy) for job in later)
-        assert svc.notice == (
-            f"the Ray cluster at '127.0.0.1:{port}' stopped answering; evaluations now run on "
-            f"{os.cpu_count()} local worker processes"
-        )
-        assert svc.status().backend == "local worker processes"
-    finally:
-        svc.close()
-        subprocess.run([str(RAY), "stop", "--force"], capture_output=True, timeout=60) if _head_pids(port) else None
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["before"] == {"notice": None, "backend": f"Ray at 127.0.0.1:{port} (1 CPUs)"}
+    assert got["after"] == {
+        "notice": f"the Ray cluster at '127.0.0.1:{port}' stopped answering; evaluations now run on "
+        f"{os.cpu_count()} local worker processes",
+        "backend": "local worker processes",
+    }
+    assert got["measured"] == [True] * 4
 
 
 def test_cli_ray_sweep_prints_what_local_workers_print(tmp_path, monkeypatch, capsys):
@@ -185,3 +190,58 @@ def test_without_an_address_nothing_of_ray_is_imported(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.fixture
+def app_on(monkeypatch):
+    """The app's evaluation service made afresh for ``PRUNEKIT_RAY_ADDRESS=address``, and dropped after."""
+    import glue
+
+    def start(address: str):
+        monkeypatch.setenv("PRUNEKIT_RAY_ADDRESS", address)
+        glue.service.clear()
+        return glue
+
+    yield start
+    glue.service().close()
+    glue.service.clear()
+
+
+def _sensitivity_scan(at):
+    at.multiselect[0].set_value([0.9]).run()
+    at.button[0].click().run()
+    deadline = time.time() + 180
+    progress = []
+    while not any("Most sensitive" in m.value for m in at.markdown):
+        assert time.time() < deadline and not at.exception, at.exception
+        progress += [p.proto.text for p in at.get("progress")]
+        time.sleep(0.3)
+        at.run()
+    return progress
+
+
+def test_the_app_runs_the_sensitivity_scan_on_ray(app_on):
+    from streamlit.testing.v1 import AppTest
+
+    glue = app_on("local")
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240).run()
+    at.switch_page("app_pages/sensitivity.py").run()
+    progress = _sensitivity_scan(at)
+    assert not at.error, [e.value for e in at.error]
+    assert glue.service().status().backend.startswith("a private Ray instance")
+    assert glue.service().remote.puts == 1
+    assert any("private Ray instance" in text for text in progress), progress
+
+
+def test_the_app_says_once_that_the_cluster_is_unreachable_and_works_locally(app_on):
+    from streamlit.testing.v1 import AppTest
+
+    port = _free_port()
+    app_on(f"127.0.0.1:{port}")
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240).run()
+    at.switch_page("app_pages/sensitivity.py").run()
+    assert [e.value for e in at.error] == [
+        f"no Ray cluster answers at '127.0.0.1:{port}'; evaluations run on local worker processes instead"
+    ]
+    _sensitivity_scan(at)
+    assert "Most sensitive" in next(m.value for m in at.markdown if "Most sensitive" in m.value)
