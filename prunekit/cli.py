@@ -18,7 +18,7 @@ from prunekit.allocate import NORMALISATIONS, SCOPES, PruneConfig, check_sparsit
 from prunekit.errors import InvalidArgumentError, PrunekitError, UntrainedModelError
 from prunekit.evaluate import Accuracy, interval_label
 from prunekit.export import build_bundle, export_report, report_lines, write_bundle
-from prunekit.fanout import Backend, run_jobs, sensitivity_jobs, sensitivity_rows, sweep_jobs
+from prunekit.fanout import Backend, run_jobs, run_sharded, sensitivity_jobs, sensitivity_rows, sweep_jobs
 from prunekit.importance import CRITERIA, STRUCTURES
 from prunekit.jobs import EvalJob, ModelSpec
 from prunekit.lab import Lab, PruneResult
@@ -74,6 +74,14 @@ def _add_fan_out(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers", type=int, default=0, help="run the points on N local worker processes (0: in this process)"
     )
+    p.add_argument(
+        "--eval-folder",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="evaluate on an ImageFolder (DIR/<class>/<image>, classes in sorted order), read by the workers in shards",
+    )
+    p.add_argument("--shard-size", type=int, default=1000, metavar="N", help="images per shard of --eval-folder")
 
 
 def _add_sweep_options(p: argparse.ArgumentParser) -> None:
@@ -239,11 +247,28 @@ def cmd_prune(args) -> tuple[object, str]:
     return data, "\n".join([*lines, _summary(data)])
 
 
+def _load(args) -> Lab:
+    if args.eval_folder is None:
+        return Lab(zoo.load(args.model, download=args.download))
+    if args.eval_limit is not None:
+        raise InvalidArgumentError("--eval-limit and --eval-folder do not go together: a folder is scored whole")
+    return Lab(zoo.load_on_folder(args.model, str(args.eval_folder), args.download))
+
+
 def _fan_out(lab: Lab, jobs: list[EvalJob], args) -> dict[EvalJob, Accuracy]:
-    """Measure ``jobs`` where ``--ray``/``--workers`` say, with a progress bar on stderr."""
+    """Measure ``jobs`` where ``--ray``/``--workers`` say (an ImageFolder in shards), with a progress bar."""
     backend = Backend(args.ray, args.workers, ResultStore() if args.ray or args.workers else None)
     spec = ModelSpec("prunekit.zoo:load", (args.model, args.download))
-    outcomes = run_jobs(jobs, spec, lab.fingerprint, backend, _progress_bar)
+    folder = lab.loaded.eval_folder
+    if folder is None:
+        outcomes = run_jobs(jobs, spec, lab.fingerprint, backend, _progress_bar)
+    else:
+        spec = ModelSpec("prunekit.zoo:load_on_folder", (args.model, folder.root, args.download))
+
+        def run(parts: list[EvalJob]) -> dict:
+            return run_jobs(parts, spec, lab.fingerprint, backend, _progress_bar)
+
+        outcomes = run_sharded(jobs, len(folder), args.shard_size, run)
     print(file=sys.stderr)
     failed = [o.message for o in outcomes.values() if isinstance(o, JobError)]
     if failed:
@@ -269,7 +294,7 @@ def _template(args) -> EvalJob:
 
 
 def cmd_sweep(args) -> tuple[object, str]:
-    lab = Lab(zoo.load(args.model, download=args.download))
+    lab = _load(args)
     _require_trained(lab.loaded)
     jobs = sweep_jobs(_template(args), args.sparsities)
     acc = _fan_out(lab, jobs, args)
@@ -286,7 +311,7 @@ def cmd_sweep(args) -> tuple[object, str]:
 
 
 def cmd_sensitivity(args) -> tuple[object, str]:
-    lab = Lab(zoo.load(args.model, download=args.download))
+    lab = _load(args)
     _require_trained(lab.loaded)
     jobs = sensitivity_jobs(lab, _template(args), args.sparsities)
     acc = _fan_out(lab, jobs, args)

@@ -48,6 +48,16 @@ class Accuracy:
         return text
 
 
+def combine(parts: list[Accuracy], total: int) -> Accuracy:
+    """One accuracy from accuracies on disjoint shards of a set of ``total`` images (counts added)."""
+    n = sum(p.n for p in parts)
+    if n <= 0:
+        raise InvalidArgumentError("combine needs at least one non-empty shard")
+    top1 = sum(round(p.top1 * p.n) for p in parts) / n
+    top5 = sum(round(p.top5 * p.n) for p in parts) / n if all(p.top5 is not None for p in parts) else None
+    return Accuracy(top1, top5, n, total, sum(p.seconds for p in parts))
+
+
 def subset(data: EvalData, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` images and labels (a fixed, deterministic subset); all when ``n`` is None."""
     if n is None or n >= len(data):

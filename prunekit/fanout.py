@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from prunekit.evaluate import Accuracy
+from prunekit.errors import InvalidArgumentError
+from prunekit.evaluate import Accuracy, combine
 from prunekit.jobs import EvalJob, JobRunner, ModelSpec, answer
 from prunekit.lab import Lab
 from prunekit.sensitivity import SensitivityRow
@@ -65,6 +66,29 @@ def sensitivity_rows(jobs: list[EvalJob], outcomes: list[Outcome | None]) -> lis
         for job, acc in zip(jobs[1:], outcomes[1:], strict=True)
         if isinstance(acc, Accuracy)
     ]
+
+
+def shard(jobs: list[EvalJob], images: int, size: int) -> dict[EvalJob, list[EvalJob]]:
+    """Each full-split job cut into jobs over images ``[k * size, (k + 1) * size)`` of a set of ``images``:
+    the workers read only their shard (an ImageFolder of 50,000 photos is never read whole)."""
+    if size <= 0 or images <= 0:
+        raise InvalidArgumentError(f"shards need a positive size and image count, got {size} and {images}")
+    bounds = [(a, min(a + size, images)) for a in range(0, images, size)]
+    return {job: [dataclasses.replace(job, shard=b) for b in bounds] for job in jobs}
+
+
+def run_sharded(
+    jobs: list[EvalJob], images: int, size: int, run: Callable[[list[EvalJob]], dict[EvalJob, Outcome]]
+) -> dict[EvalJob, Outcome]:
+    """``run`` the shards of ``jobs`` and add each job's shards up into one full-split accuracy."""
+    parts = shard(jobs, images, size)
+    got = run([part for group in parts.values() for part in group])
+    out = {}
+    for job, group in parts.items():
+        outcomes = [got[part] for part in group]
+        failed = next((o for o in outcomes if isinstance(o, JobError)), None)
+        out[job] = failed or combine(outcomes, images)
+    return out
 
 
 def run_jobs(

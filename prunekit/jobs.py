@@ -59,11 +59,14 @@ class EvalJob:
     keep_first_last: bool = False
     overrides: tuple[tuple[str, float], ...] = ()
     subset: int | None = None
+    shard: tuple[int, int] | None = None  # images [start, stop) only: one part of a full-split figure
 
     def __post_init__(self) -> None:
         check_sparsity(self.sparsity)
         if self.subset is not None and self.subset <= 0:
             raise InvalidArgumentError(f"subset must be a positive image count or None, got {self.subset}")
+        if self.shard is not None and not (0 <= self.shard[0] < self.shard[1]):
+            raise InvalidArgumentError(f"a shard is [start, stop) with 0 <= start < stop, got {self.shard}")
 
     @property
     def is_dense(self) -> bool:
@@ -93,6 +96,7 @@ class EvalJob:
             self.keep_first_last,
             [list(o) for o in self.overrides],
             self.subset,
+            *([list(self.shard)] if self.shard else []),  # unsharded keys stay as they were
         ]
 
 
@@ -167,6 +171,11 @@ class JobRunner:
         if key in self.labs:
             return
         lab = Lab(spec.load())
+        if lab.loaded.eval_folder is not None:  # read a shard at a time, by the job that needs it
+            if self.channels_last:
+                lab.loaded.model.to(memory_format=torch.channels_last)
+            self.labs[key] = lab
+            return
         images = lab.loaded.eval_data().images
         if self.channels_last and images.dim() == 4:
             lab.loaded.model.to(memory_format=torch.channels_last)
@@ -192,11 +201,25 @@ class JobRunner:
             out = recover(lab, (job.criterion, job.structure, job.normalise), job.config(), job.recipe, report)
             return replace(out, model=None)
         model = lab.loaded.model if job.is_dense else self._pruned(lab, job)
+        if job.shard is not None:
+            return self._shard(lab, job, model)
         data, images = lab.loaded.eval_data(), self._images[job.model]
         if job.subset is None or job.subset >= len(data):
             return accuracy_of(model, images, data.labels, len(data), EVAL_BATCH)
         sub_images, sub_labels = self._subset(job.model, images, data.labels, job.subset)
         return accuracy_of(model, sub_images, sub_labels, len(data), EVAL_BATCH)
+
+    def _shard(self, lab: Lab, job: EvalJob, model: torch.nn.Module) -> Accuracy:
+        """Accuracy on images ``job.shard`` only (read from the folder, or cut from the images in memory)."""
+        start, stop = job.shard
+        if lab.loaded.eval_folder is not None:
+            part = lab.loaded.eval_folder.read(start, stop)
+            images, labels = part.images, part.labels
+        else:
+            images, labels = self._images[job.model][start:stop], lab.loaded.eval_data().labels[start:stop]
+        if self.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return accuracy_of(model, images, labels, len(labels), EVAL_BATCH)
 
     def _pruner(self, lab: Lab, job: EvalJob) -> Pruner:
         key = (job.model, job.criterion, job.structure, job.normalise)

@@ -124,7 +124,11 @@ class Lab:
         return frozenset(names[:1] + names[-1:])
 
     def calibration(self) -> tuple[torch.Tensor, torch.Tensor]:
-        data = self.loaded.eval_data()
+        folder = self.loaded.eval_folder
+        if folder is not None:  # read only the tail of an ImageFolder
+            data = folder.read(max(0, len(folder) - CALIBRATION_IMAGES), len(folder))
+        else:
+            data = self.loaded.eval_data()
         n = min(CALIBRATION_IMAGES, len(data))
         device = self.loaded.device
         return data.images[-n:].to(device), data.labels[-n:].to(device)
@@ -190,6 +194,9 @@ class Lab:
         for name, t in sorted(self.loaded.model.state_dict().items()):
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        if self.loaded.eval_folder is not None:
+            h.update(self.loaded.eval_folder.fingerprint().encode())
+            return h.hexdigest()
         data = self.loaded.eval_data()
         for t in (data.images, data.labels):
             h.update(t.contiguous().numpy().tobytes())

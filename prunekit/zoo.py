@@ -11,7 +11,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from prunekit import data
-from prunekit.errors import UnknownNameError
+from prunekit.errors import InvalidArgumentError, UnknownNameError
 from prunekit.models import ARCHITECTURES
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class Loaded:
     pretrained: bool
     family: str
     notes: list[str] = field(default_factory=list)
+    eval_folder: data.FolderSet | None = None  # an ImageFolder read in shards (then eval_data reads it all)
 
     @property
     def device(self) -> torch.device:
@@ -286,6 +287,20 @@ def _loader_for(name: str) -> Callable[[str, bool], Loaded]:
     if name in torchvision_names():
         return _load_torchvision
     raise UnknownNameError("model", name, model_names())
+
+
+def load_on_folder(name: str, folder: str, download: bool = False) -> Loaded:
+    """``load(name)`` evaluated on the ImageFolder ``folder`` (``<class>/<image>``, classes in sorted order
+    must be the model's), read at the model's input size and normalisation."""
+    loaded = load(name, download)
+    spec = loaded.input_spec
+    source = data.FolderSet(str(Path(folder).resolve()), spec.shape, spec.mean, spec.std)
+    classes = data.folder_listing(source.root)[0]
+    if len(classes) != len(loaded.classes):
+        raise InvalidArgumentError(
+            f"{folder!r} has {len(classes)} class folders but {name!r} predicts {len(loaded.classes)} classes"
+        )
+    return replace(loaded, eval_data=source.read, eval_folder=source)
 
 
 def load(name: str, download: bool = False) -> Loaded:

@@ -167,6 +167,28 @@ def test_cli_ray_sweep_prints_what_local_workers_print(tmp_path, monkeypatch, ca
     assert outputs[0] == outputs[1]
 
 
+def test_ray_workers_read_an_image_folder_in_shards(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from prunekit.data import fashion_mnist
+
+    test = fashion_mnist("test")
+    raw = (test.images[:150, 0] * 0.3530 + 0.2860).mul(255).round().clamp(0, 255).byte()
+    for i in range(150):
+        folder = tmp_path / "images" / f"{int(test.labels[i]):02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(raw[i].numpy()).save(folder / f"{i:04d}.png")
+    args = ["sensitivity", "fmnist-cnn", "--sparsities", "0.9", "--eval-folder", str(tmp_path / "images")]
+    outputs = []
+    for i, where in enumerate((["--workers", "2"], ["--ray", "local"])):
+        monkeypatch.setenv("PRUNEKIT_CACHE_DIR", str(tmp_path / str(i)))
+        assert main([*args, "--shard-size", "40", *where, "--json"]) == 0
+        captured = capsys.readouterr()
+        assert "20/20 points" in captured.err  # 5 jobs x 4 shards of the 150 images
+        outputs.append(json.loads(captured.out))
+    assert outputs[0] == outputs[1] and outputs[0]["results"][0]["images"] == 150
+
+
 def test_an_unreachable_cluster_is_one_clear_error(capsys):
     port = _free_port()
     assert main(["sensitivity", "fmnist-cnn", "--ray", f"127.0.0.1:{port}"]) == 2
