@@ -1,6 +1,6 @@
 """Sweep throughput by backend: this process, local worker processes, and a private Ray instance.
 
-    python bench/scale.py [--model fmnist-vgg] [--points 40] [--json]
+    python bench/scale.py [--model fmnist-vgg] [--points 24] [--json]
 
 One sweep = ``--points`` accuracy jobs on the full evaluation split (the model pruned at evenly spaced
 sparsities, magnitude, global), each backend starting from an empty result store so nothing is cached.
@@ -36,7 +36,7 @@ IDLE_S = 10.0
 
 def jobs_for(model: str, points: int) -> list[EvalJob]:
     template = EvalJob(model, "magnitude", "unstructured", scope="global")
-    return sweep_jobs(template, [round(0.95 * k / (points - 2), 4) for k in range(points - 1)])
+    return sweep_jobs(template, [round(0.95 * k / (points - 1), 4) for k in range(1, points)])
 
 
 def in_process(jobs: list[EvalJob], spec: ModelSpec, fingerprint: str) -> dict:
@@ -87,7 +87,7 @@ def _is_ray(cmdline: list[str]) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="fmnist-vgg")
-    parser.add_argument("--points", type=int, default=40)
+    parser.add_argument("--points", type=int, default=24)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -51,6 +51,11 @@ def _add_model(p: argparse.ArgumentParser) -> None:
 
 
 def _add_prune_options(p: argparse.ArgumentParser) -> None:
+    _add_recipe(p)
+    p.add_argument("--eval-limit", type=int, default=None, help="score only the first N eval images (an estimate)")
+
+
+def _add_recipe(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scope", choices=SCOPES, default="global")
     p.add_argument("--criterion", choices=list(CRITERIA), default="magnitude")
     p.add_argument("--structure", choices=STRUCTURES, default="unstructured")
@@ -58,7 +63,6 @@ def _add_prune_options(p: argparse.ArgumentParser) -> None:
         "--normalise", choices=list(NORMALISATIONS), default="none", help="score normalisation for global scope"
     )
     p.add_argument("--keep-first-last", action="store_true", help="keep the first and last layer dense")
-    p.add_argument("--eval-limit", type=int, default=None, help="score only the first N eval images (an estimate)")
 
 
 def _add_fan_out(p: argparse.ArgumentParser) -> None:
@@ -85,13 +89,7 @@ def _add_fan_out(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sweep_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scope", choices=SCOPES, default="global")
-    p.add_argument("--criterion", choices=list(CRITERIA), default="magnitude")
-    p.add_argument("--structure", choices=STRUCTURES, default="unstructured")
-    p.add_argument(
-        "--normalise", choices=list(NORMALISATIONS), default="none", help="score normalisation for global scope"
-    )
-    p.add_argument("--keep-first-last", action="store_true", help="keep the first and last layer dense")
+    _add_recipe(p)
     _add_fan_out(p)
 
 

@@ -107,16 +107,17 @@ def run_jobs(
 
 
 def collect(svc: EvalService, jobs: list[EvalJob], report: Progress, session: str = "") -> dict[EvalJob, Outcome]:
-    """Ask ``svc`` for ``jobs`` and wait until all are known, reporting (done, total) as they land."""
+    """Ask ``svc`` for ``jobs`` and wait until all are known, reporting (done, total) as they land
+    (jobs that are one measurement, e.g. every configuration at sparsity 0, count once)."""
     asked = [(job, LIVE_FULL) for job in jobs]
-    done = -1
+    total, done = len({job.canonical() for job in jobs}), -1
     while True:
         known = svc.request(asked, session)
         finished = sum(v is not None for v in known.values())
         if finished != done:
             done = finished
-            report(done, len(jobs))
-        if done == len(jobs):
+            report(done, total)
+        if done == total:
             return {job: known[job.canonical()] for job in jobs}
         time.sleep(POLL_S)
 

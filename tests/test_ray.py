@@ -22,6 +22,7 @@ from prunekit.raypool import RayPool
 from prunekit.service import EvalService
 from prunekit.store import ResultStore
 from prunekit.zoo import load
+from tests.lost_cluster import head_pids
 
 pytestmark = pytest.mark.xdist_group("ray")  # one Ray instance at a time, on one xdist worker
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,17 +114,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _head_pids(port: int) -> list[int]:
-    """The processes of the Ray head listening on ``port`` (GCS, raylet and friends)."""
-    pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        with contextlib.suppress(OSError):
-            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if f":{port}" in text or f"port={port}" in text:
-                pids.append(int(cmdline.parent.name))
-    return pids
-
-
 def test_a_cluster_that_disappears_falls_back_to_local_workers():
     """In its own process: Ray joins one cluster per process, and after a lost one this process would
     not join another (the app does not either: it stays on local workers until restarted)."""
@@ -141,7 +131,7 @@ def test_a_cluster_that_disappears_falls_back_to_local_workers():
             timeout=300,
         )
     finally:
-        for pid in _head_pids(port):
+        for pid in head_pids(port):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -267,3 +257,17 @@ def test_the_app_says_once_that_the_cluster_is_unreachable_and_works_locally(app
     ]
     _sensitivity_scan(at)
     assert "Most sensitive" in next(m.value for m in at.markdown if "Most sensitive" in m.value)
+
+
+def test_a_sweep_through_sparsity_zero_counts_the_dense_point_once(tmp_path):
+    from prunekit.fanout import collect
+
+    svc = EvalService(workers=1)
+    try:
+        svc.register("fmnist-cnn", SPEC)
+        jobs = sweep_jobs(EvalJob("fmnist-cnn", "magnitude", subset=200), [0.0, 0.5])  # 0.0 is the dense job
+        seen = []
+        got = collect(svc, jobs, lambda done, total: seen.append((done, total)))
+        assert seen[-1] == (2, 2) and got[jobs[0]] == got[jobs[1]]
+    finally:
+        svc.close()
