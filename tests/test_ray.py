@@ -205,12 +205,14 @@ def test_without_an_address_nothing_of_ray_is_imported(tmp_path):
 
 
 @pytest.fixture
-def app_on(monkeypatch):
-    """The app's evaluation service made afresh for ``PRUNEKIT_RAY_ADDRESS=address``, and dropped after."""
+def app_on(monkeypatch, tmp_path):
+    """The app's evaluation service made afresh for ``PRUNEKIT_RAY_ADDRESS=address`` with an empty result
+    store (nothing measured by other tests), and dropped after."""
     import glue
 
     def start(address: str):
         monkeypatch.setenv("PRUNEKIT_RAY_ADDRESS", address)
+        monkeypatch.setenv("PRUNEKIT_CACHE_DIR", str(tmp_path))
         glue.service.clear()
         return glue
 
