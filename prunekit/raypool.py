@@ -66,36 +66,24 @@ def _runner(threads: int) -> JobRunner:
     return _RUNNER
 
 
-def _load_payload(runner: JobRunner, key: str, boxed: list) -> None:
-    """Load the model of ``key`` in this worker process from its payload (fetched from the object store)."""
-    if key in runner.labs:
-        return
-    runner.load(key, _WeightsSpec(ray.get(boxed[0])))
-
-
 @dataclass(frozen=True)
-class _WeightsSpec:
-    """A spec whose ``load()`` builds the model from its own spec, then puts the driver's weights in."""
+class _FromObjectStore:
+    """A spec for ``JobRunner.load``: fetched from the object store only when this worker process has not
+    loaded the model yet (the reference is boxed in a list so Ray does not fetch it for every task)."""
 
-    held: ModelPayload
+    boxed: list
 
     def load(self):
-        loaded = self.held.spec.load()
-        state = {k: torch.from_numpy(np.array(v)) for k, v in self.held.weights.items()}
-        loaded.model.load_state_dict(state)
+        held: ModelPayload = ray.get(self.boxed[0])
+        loaded = held.spec.load()
+        loaded.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in held.weights.items()})
         return loaded
 
 
 @ray.remote(num_cpus=1, max_retries=MAX_RETRIES)
 def run_remote(job: EvalJob, boxed: list, threads: int) -> tuple:
-    """One job in a Ray worker: ``("ok", job, outcome)`` or ``("error", job, text)``. ``boxed`` holds the
-    payload's reference inside a list so Ray does not fetch it for tasks whose model is already loaded."""
-    runner = _runner(threads)
-    try:
-        _load_payload(runner, job.model, boxed)
-    except Exception as exc:  # reported on the page, like a local worker's load error
-        return ("error", job, f"{type(exc).__name__}: {exc}")
-    return answer(runner, job, None)
+    """One job in a Ray worker: ``("ok", job, outcome)`` or ``("error", job, text)``, as a local worker answers."""
+    return answer(_runner(threads), job, _FromObjectStore(boxed))
 
 
 # --- the driver side -------------------------------------------------------------------------------
