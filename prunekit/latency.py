@@ -10,6 +10,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -85,36 +86,46 @@ def machine_name() -> str:
     return f"{cpu}, {os.cpu_count()} cores"
 
 
+Clock = Callable[[], float]  # seconds, monotonic: time.perf_counter, or a fake one in tests
+
+
 @torch.inference_mode()
-def measure(models: dict[str, nn.Module], input_shape: tuple[int, ...], config: LatencyConfig | None = None) -> Latency:
+def measure(
+    models: dict[str, nn.Module],
+    input_shape: tuple[int, ...],
+    config: LatencyConfig | None = None,
+    clock: Clock = time.perf_counter,
+) -> Latency:
     """Median latency of each model in ``models`` (eval mode, CPU or its device) on random inputs
-    (batch, *input_shape), at every batch size of ``config``."""
+    (batch, *input_shape), at every batch size of ``config``, timed by ``clock``."""
     config = config or LatencyConfig()
     ms: dict[str, dict[int, float]] = {name: {} for name in models}
     runs: dict[int, int] = {}
     for batch in config.batches:
         x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(batch))
-        times = _interleaved(models, x, config)
+        times = _interleaved(models, x, config, clock)
         runs[batch] = len(next(iter(times.values())))
         for name, ts in times.items():
             ms[name][batch] = statistics.median(ts) * 1000
     return Latency(ms, runs, torch.get_num_threads())
 
 
-def _interleaved(models: dict[str, nn.Module], x: torch.Tensor, config: LatencyConfig) -> dict[str, list[float]]:
+def _interleaved(
+    models: dict[str, nn.Module], x: torch.Tensor, config: LatencyConfig, clock: Clock
+) -> dict[str, list[float]]:
     inputs = {name: x.to(next(m.parameters()).device) for name, m in models.items()}
     for _ in range(config.warmup):
         for name, m in models.items():
             m.eval()(inputs[name])
     times: dict[str, list[float]] = {name: [] for name in models}
-    start = time.perf_counter()
+    start = clock()
     for i in range(config.runs):
         for name, m in models.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             m(inputs[name])
             _sync(inputs[name])
-            times[name].append(time.perf_counter() - t0)
-        if i + 1 >= config.min_runs and time.perf_counter() - start > config.budget_s:
+            times[name].append(clock() - t0)
+        if i + 1 >= config.min_runs and clock() - start > config.budget_s:
             break
     return times
 

@@ -26,9 +26,12 @@ def test_measured_speed_sits_beside_the_theoretical_one():
     assert metric(at, "Theoretical speedup").endswith("x")
     next(b for b in at.button if b.label == "Measure latency").click().run()
     at = _rerun_until(at, lambda a: any(m.label.startswith("Measured speedup (compact") for m in a.metric))
-    assert float(metric(at, "Measured speedup (compact").rstrip("x")) > 1.0
     rows = at.dataframe[-1].value
     assert list(rows["model"]) == ["dense", "masked", "compact"]
+    # the metric is the table's dense / compact at batch 64 (how fast is the machine's business, not the test's)
+    dense, compact = rows["batch 64 (ms)"][0], rows["batch 64 (ms)"][2]
+    shown = float(metric(at, "Measured speedup (compact").rstrip("x"))
+    assert shown > 0 and shown == pytest.approx(dense / compact, rel=0.01, abs=0.01)
 
 
 def test_unstructured_speed_says_why_it_is_about_one():
