@@ -180,8 +180,11 @@ def show_notices() -> None:
     for note in st.session_state.pop("notices", []):
         st.warning(note)
     st.session_state.notices = []
-    if service().notice:  # e.g. the Ray cluster is gone and local workers took over
-        st.error(service().notice, icon="⚠️")
+    svc = service()
+    if svc.notice:  # e.g. the Ray cluster is gone and local workers took over
+        st.error(svc.notice, icon="⚠️")
+    if svc.store is not None and svc.store.notice:  # e.g. a damaged result store was set aside
+        st.warning(svc.store.notice, icon="🗄️")
 
 
 def _supports(criterion: str, structure: str) -> bool:
