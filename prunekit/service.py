@@ -42,18 +42,6 @@ MAX_ATTEMPTS = 2
 RAY_ENV = "PRUNEKIT_RAY_ADDRESS"  # the app's Ray cluster: 'host:port', 'auto' or 'local'
 MAX_DEATHS_IN_A_ROW = 6  # workers dying with no job finished in between: they cannot start, so stop trying
 CURVE_GRIDS = (0.1, 0.05, 0.01)  # coarse to fine
-_ENGINE_FILES = (
-    "allocate.py",
-    "compact.py",
-    "evaluate.py",
-    "importance.py",
-    "jobs.py",
-    "latency.py",
-    "masks.py",
-    "models.py",
-    "recover.py",
-    "structure.py",
-)
 
 
 def open_service(
@@ -93,12 +81,15 @@ def _bare_main() -> Iterator[None]:
 _MAIN_LOCK = threading.Lock()
 
 
-def code_version() -> str:
-    """A digest of the engine files a result depends on: editing them invalidates stored results."""
-    root = Path(__file__).parent
+def code_version(root: Path | None = None) -> str:
+    """A digest of every Python file of the engine package (``root``, default prunekit/): editing any
+    of them invalidates stored results. The whole package, not a hand-kept list, so that no file a
+    result depends on (how data is read, calibration, the zoo) can be forgotten."""
+    root = root or Path(__file__).parent
     h = hashlib.sha256()
-    for name in _ENGINE_FILES:
-        h.update((root / name).read_bytes())
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
 
