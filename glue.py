@@ -18,7 +18,7 @@ import streamlit as st
 import torch
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from prunekit import analysis, checkpoints, plots, readings, zoo
+from prunekit import analysis, checkpoints, links, plots, readings, zoo
 from prunekit.allocate import NORMALISATIONS, SCOPES, PruneConfig
 from prunekit.errors import PrunekitError
 from prunekit.evaluate import interval_label  # pages show it beside every accuracy
@@ -26,6 +26,8 @@ from prunekit.export import Bundle, build_bundle
 from prunekit.importance import CRITERIA, STRUCTURES
 from prunekit.jobs import EvalJob, ModelSpec, RecoverJob, SpeedJob
 from prunekit.lab import Lab, PruneResult
+from prunekit.links import SPARSITY_MAX as SPARSITY_MAX  # the pages' sliders
+from prunekit.links import SPARSITY_STEP as SPARSITY_STEP
 from prunekit.recover import Recipe, Recovery, has_training_split
 from prunekit.service import LIVE_FULL, RAY_ENV, EvalService, Outcome, ServiceStatus, open_service
 from prunekit.service import JobError as JobError  # pages tell an error from a result
@@ -126,45 +128,22 @@ def _shared(key: tuple, compute: Callable[[], object]):
 # --- state and the URL -------------------------------------------------------------------------
 
 
-def _parse(name: str, raw: str):
-    if name == "sparsity":
-        value = float(raw)
-        if not 0.0 <= value < 1.0:
-            raise ValueError
-        return round(value, 2)
-    if name == "keep":
-        if raw not in ("0", "1"):
-            raise ValueError
-        return raw == "1"
-    allowed = {
-        "model": model_names(),
-        "criterion": list(CRITERIA),
-        "structure": list(STRUCTURES),
-        "normalise": list(NORMALISATIONS),
-    }[name]
-    if raw not in allowed:
-        raise ValueError
-    return raw
-
-
 def init_state() -> None:
     """Once per session: settings from the query string; bad or stale values fall back with a notice."""
     if "cfg" in st.session_state:
         return
-    cfg, notices = dict(DEFAULTS), []
-    for name in DEFAULTS:
-        if name in st.query_params:
-            raw = st.query_params[name]
-            try:
-                cfg[name] = _parse(name, raw)
-            except (ValueError, TypeError):
-                notices.append(f"Ignored {name}={raw!r} from the link (not a valid value); using {DEFAULTS[name]!r}.")
+    cfg, notices = links.parse_link(st.query_params.to_dict(), _link_schema())
     if not _supports(cfg["criterion"], cfg["structure"]):
         notices.append(f"Criterion {cfg['criterion']!r} has no {cfg['structure']} mode; using 'magnitude'.")
         cfg["criterion"] = "magnitude"
     st.session_state.cfg = cfg
     st.session_state.notices = notices
     st.session_state.user_labs = {}
+
+
+def _link_schema() -> links.LinkSchema:
+    choices = {"model": model_names(), "criterion": list(CRITERIA), "structure": list(STRUCTURES)}
+    return links.LinkSchema(DEFAULTS, choices | {"normalise": list(NORMALISATIONS)})
 
 
 def cfg() -> dict:

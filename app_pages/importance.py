@@ -31,7 +31,12 @@ criterion = a.selectbox(
 scope = b.radio("Scope", ["global", "local"], horizontal=True)
 sort = d.toggle("Sort each row", value=False)
 glue.bind(
-    st.slider, "sparsity", label="Sparsity (fraction of channels removed)", min_value=0.0, max_value=0.99, step=0.01
+    st.slider,
+    "sparsity",
+    label="Sparsity (fraction of channels removed)",
+    min_value=0.0,
+    max_value=glue.SPARSITY_MAX,
+    step=glue.SPARSITY_STEP,
 )
 
 try:

@@ -64,8 +64,8 @@ sparsity = glue.bind(
     "sparsity",
     label="Sparsity (fraction removed)" + (" of channels" if structure == "filter" else " of weights"),
     min_value=0.0,
-    max_value=0.99,
-    step=0.01,
+    max_value=glue.SPARSITY_MAX,
+    step=glue.SPARSITY_STEP,
 )
 st.caption(
     CRITERIA[c["criterion"]].description

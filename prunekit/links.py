@@ -1,0 +1,83 @@
+"""Share links: every query parameter of every page goes through :func:`parse_link`, which never raises.
+
+A bad or out-of-range value (``nan``, ``-1``, ``1``, ``0.999999``, ``1e309``, text, an unknown model,
+markup) gives the default or the nearest allowed value and one notice naming what was ignored; the
+notice quotes the value with Markdown's special characters escaped, so a link cannot style a page.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+SPARSITY_MAX = 0.99  # the sliders' range: [0, 0.99] in steps of 0.01
+SPARSITY_STEP = 0.01
+_SHOWN_CHARS = 40  # a notice quotes at most this much of a bad value
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:=&\"'])")
+
+
+@dataclass(frozen=True)
+class LinkSchema:
+    """What a link may set: each name's default and, for choices, the allowed strings."""
+
+    defaults: Mapping[str, object]
+    choices: Mapping[str, Sequence[str]]
+
+
+Parsed = tuple[object, str | None]  # (value to use, notice or None)
+
+
+def shown(raw: str) -> str:
+    """``raw`` fit to quote on a page: cut to a few dozen characters, Markdown escaped, one line."""
+    more = "..." if len(raw) > _SHOWN_CHARS else ""
+    return "'" + _MARKDOWN.sub(r"\\\1", " ".join(raw[:_SHOWN_CHARS].split())) + more + "'"
+
+
+def _sparsity(raw: str, default: object, _choices: Sequence[str]) -> Parsed:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return default, f"Ignored sparsity={shown(raw)} from the link (not a number); using {default}."
+    if math.isnan(value):
+        return default, f"Ignored sparsity={shown(raw)} from the link (not a number); using {default}."
+    nearest = round(min(max(value, 0.0), SPARSITY_MAX) / SPARSITY_STEP) * SPARSITY_STEP
+    nearest = round(nearest, 2)
+    if abs(nearest - value) > 1e-9:
+        why = "outside [0, 0.99]" if not 0.0 <= value <= SPARSITY_MAX else "between the slider's 0.01 steps"
+        return nearest, f"Sparsity {shown(raw)} from the link is {why}; using the nearest allowed value, {nearest}."
+    return nearest, None
+
+
+def _flag(raw: str, default: object, _choices: Sequence[str]) -> Parsed:
+    if raw in ("0", "1"):
+        return raw == "1", None
+    return default, f"Ignored keep={shown(raw)} from the link (use 0 or 1); using {int(bool(default))}."
+
+
+def _choice(name: str) -> Callable[[str, object, Sequence[str]], Parsed]:
+    def parse(raw: str, default: object, choices: Sequence[str]) -> Parsed:
+        if raw in choices:
+            return raw, None
+        return default, f"Ignored {name}={shown(raw)} from the link (not a known {name}); using {default!r}."
+
+    return parse
+
+
+PARSERS: dict[str, Callable[[str, object, Sequence[str]], Parsed]] = {"sparsity": _sparsity, "keep": _flag}
+
+
+def parse_link(params: Mapping[str, str], schema: LinkSchema) -> tuple[dict, list[str]]:
+    """(settings, notices) from a query string: every setting of ``schema`` (its default where the link
+    has none or a bad one), and one notice per value that was not used as given, unknown names included."""
+    settings, notices = dict(schema.defaults), []
+    for name, raw in params.items():
+        if name not in schema.defaults:
+            notices.append(f"Ignored {shown(name)} in the link: not a setting of this app.")
+            continue
+        parse = PARSERS.get(name) or _choice(name)
+        settings[name], notice = parse(str(raw), schema.defaults[name], schema.choices.get(name, ()))
+        if notice:
+            notices.append(notice)
+    return settings, notices

@@ -1,0 +1,134 @@
+"""Share links never raise: every value is used, or replaced by the default or nearest allowed value
+with one notice. Checked on the parser directly and, with hypothesis, through AppTest on every page."""
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from prunekit.links import LinkSchema, parse_link, shown
+from tests.test_app import PAGES, app
+
+DEFAULTS = {"model": "m1", "criterion": "c1", "structure": "s1", "sparsity": 0.5, "keep": False, "normalise": "none"}
+CHOICES = {"model": ["m1", "m2"], "criterion": ["c1", "c2"], "structure": ["s1", "s2"], "normalise": ["none", "mean"]}
+SCHEMA = LinkSchema(DEFAULTS, CHOICES)
+
+
+def _accepted(name: str, raw: str) -> bool:
+    """The oracle, written from the rules and not from the parser: is ``raw`` used exactly as given?"""
+    if name == "sparsity":
+        try:
+            v = float(raw)
+        except ValueError:
+            return False
+        return math.isfinite(v) and 0 <= v <= 0.99 and abs(v * 100 - round(v * 100)) < 1e-7
+    if name == "keep":
+        return raw in ("0", "1")
+    return name in CHOICES and raw in CHOICES[name]
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        ("nan", 0.5),
+        ("inf", 0.99),
+        ("-inf", 0.0),
+        ("-1", 0.0),
+        ("1", 0.99),
+        ("0.999999", 0.99),
+        ("1e309", 0.99),
+        ("0.505", 0.5),
+        ("abc", 0.5),
+        ("<b>0.3</b>", 0.5),
+        ("", 0.5),
+    ],
+)
+def test_bad_sparsities_fall_back_to_the_default_or_the_nearest_allowed_value(raw, value):
+    got, notices = parse_link({"sparsity": raw}, SCHEMA)
+    assert got["sparsity"] == pytest.approx(value) and len(notices) == 1
+
+
+def test_good_values_pass_without_a_notice():
+    link = {"model": "m2", "criterion": "c2", "structure": "s2", "sparsity": "0.37", "keep": "1", "normalise": "mean"}
+    got, notices = parse_link(link, SCHEMA)
+    assert notices == [] and got == {**link, "sparsity": 0.37, "keep": True}
+
+
+def test_a_notice_quotes_markup_harmlessly():
+    _, notices = parse_link({"model": "**x** [y](http://e.vil) <script>", "zz<b>": "1"}, SCHEMA)
+    assert len(notices) == 2
+    for note in notices:
+        assert "**" not in note and "](" not in note and "<script>" not in note and "<b>" not in note
+    assert shown("a" * 100).endswith("...'") and len(shown("a" * 100)) < 60
+
+
+names = st.sampled_from([*DEFAULTS, "zoom", "utm_source"])
+values = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(["nan", "inf", "-1", "1", "0.999999", "1e309", "0.5", "0.25", "0", "1", "m2", "c1", "mean"]),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(names, values, max_size=8))
+def test_any_link_parses_to_allowed_settings_with_one_notice_per_rejected_value(link):
+    got, notices = parse_link(link, SCHEMA)
+    assert set(got) == set(DEFAULTS)
+    for name, choices in CHOICES.items():
+        assert got[name] in choices
+    assert 0 <= got["sparsity"] <= 0.99 and round(got["sparsity"], 2) == got["sparsity"]
+    assert isinstance(got["keep"], bool)
+    rejected = [n for n, raw in link.items() if not _accepted(n, raw)]
+    assert len(notices) == len(rejected)
+
+
+# --- through the app: random query strings on every page -------------------------------------------
+
+APP_CHOICES = {  # cheap valid values (one small model, data-free criteria) beside bad ones
+    "model": ["fmnist-cnn", "nosuchnet", "<i>vgg</i>", ""],
+    "criterion": ["magnitude", "l1", "random", "nope"],
+    "structure": ["unstructured", "filter", "channels!"],
+    "normalise": ["none", "mean", "??"],
+    "sparsity": ["0.3", "0.999999", "1", "-1", "nan", "1e309", "inf", "0.123", "half"],
+    "keep": ["0", "1", "yes"],
+    "zoom": ["2"],
+}
+APP_VALID = {
+    "model": {"fmnist-cnn"},
+    "criterion": {"magnitude", "l1", "random"},
+    "structure": {"unstructured", "filter"},
+    "normalise": {"none", "mean"},
+    "keep": {"0", "1"},
+}
+
+
+def _app_accepted(name: str, raw: str) -> bool:
+    if name == "sparsity":
+        return raw == "0.3"
+    return raw in APP_VALID.get(name, ())
+
+
+app_links = st.fixed_dictionaries({}, optional={n: st.sampled_from(v) for n, v in APP_CHOICES.items()})
+
+
+def _link_notices(at) -> list[str]:
+    return [w.value for w in at.warning if "link" in w.value]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", PAGES)
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(link=app_links)
+@example(link={"sparsity": "0.999999"})
+@example(link={"sparsity": "1e309", "model": "<b>x</b>", "criterion": "nope", "keep": "yes"})
+def test_random_links_never_raise_on_any_page(page, link):
+    at = app(link).run()
+    notices = _link_notices(at)
+    if page != "app_pages/model.py":
+        at.switch_page(page).run()
+    assert not at.exception, (link, at.exception)
+    rejected = [n for n, raw in link.items() if not _app_accepted(n, raw)]
+    assert len(notices) == len(rejected), (link, notices)
+    assert not any("<b>" in n or "<i>" in n for n in notices)
