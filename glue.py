@@ -20,7 +20,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from prunekit import analysis, checkpoints, links, plots, readings, zoo
 from prunekit.allocate import NORMALISATIONS, SCOPES, PruneConfig
-from prunekit.errors import PrunekitError
+from prunekit.errors import PrunekitError, without_paths
 from prunekit.evaluate import interval_label  # pages show it beside every accuracy
 from prunekit.export import Bundle, build_bundle
 from prunekit.importance import CRITERIA, STRUCTURES
@@ -155,6 +155,11 @@ def sync_query() -> None:
     st.query_params.from_dict({k: ("1" if v is True else "0" if v is False else str(v)) for k, v in c.items()})
 
 
+def error_text(error: object) -> str:
+    """An error's words for a page: the server's paths reduced to the names they end in."""
+    return without_paths(str(error))
+
+
 def show_notices() -> None:
     for note in st.session_state.pop("notices", []):
         st.warning(note)
@@ -253,7 +258,7 @@ def _upload() -> None:
         with st.spinner(f"Checking and loading {file.name}..."):
             _register_upload(file.getvalue(), arch, f"upload:{file.name}")
     except PrunekitError as exc:
-        st.error(str(exc))
+        st.error(error_text(exc))
         return
     st.rerun()
 
@@ -279,11 +284,11 @@ def untrained_banner(current: Lab) -> bool:
     """Show the banner for untrained models; True when accuracy and importance are meaningless."""
     if current.loaded.pretrained:
         if current.loaded.notes:  # e.g. an upload's half-precision tensors converted to float32
-            st.info(" ".join(current.loaded.notes))
+            st.info(error_text(" ".join(current.loaded.notes)))
         return False
     st.error(
         "**Untrained: structure only.** "
-        + " ".join(current.loaded.notes)
+        + error_text(" ".join(current.loaded.notes))
         + " Accuracy and weight-based importance are not shown as meaningful."
     )
     return True

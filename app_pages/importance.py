@@ -43,7 +43,7 @@ try:
     with st.spinner("Scoring filters..."):
         view = glue.filter_view(lab, criterion, scope)
 except Exception as exc:
-    st.error(f"Could not score with {criterion!r}: {exc}")
+    st.error(f"Could not score with {criterion!r}: {glue.error_text(exc)}")
     st.stop()
 st.plotly_chart(plots.importance_heatmap(view.layers, view.scores, view.removed, sort), width="stretch")
 
@@ -62,7 +62,7 @@ if len(chosen) >= 2:
             width="stretch",
         )
     except Exception as exc:
-        st.error(f"Could not compare: {exc}")
+        st.error(f"Could not compare: {glue.error_text(exc)}")
 
 st.subheader("One layer up close")
 layer = st.selectbox("Layer", view.layers)

@@ -75,7 +75,7 @@ st.caption(
 try:
     results = glue.prune_both(lab)
 except Exception as exc:  # engine errors are shown on the page, never as a traceback
-    st.error(f"Could not prune: {exc}")
+    st.error(f"Could not prune: {glue.error_text(exc)}")
     st.stop()
 
 if lab.probe_unavailable:
@@ -183,7 +183,7 @@ def speed_panel() -> None:
         left.metric("Measured speedup", "measuring...")
         return
     if isinstance(outcome, glue.JobError):
-        left.error(f"Latency could not be measured: {outcome.message}")
+        left.error(f"Latency could not be measured: {glue.error_text(outcome.message)}")
         return
     best = "compact" if "compact" in outcome.ms else "masked"
     left.metric(f"Measured speedup ({best}, batch 64)", f"{outcome.speedup(best, 64):.2f}x")
@@ -206,7 +206,7 @@ with st.expander("Download the pruned model (masks, ratios, prune snippet, safet
             with st.spinner("Compacting and exporting..."):
                 bundle = glue.export_bundle(lab, action_scope)
         except Exception as exc:  # collapse, an unexportable op: shown, never a traceback
-            st.error(f"Could not export: {exc}")
+            st.error(f"Could not export: {glue.error_text(exc)}")
         else:
             export_buttons(bundle)
 
@@ -289,7 +289,7 @@ def recovery_panel() -> None:
         st.button("Start recovery", on_click=lambda: st.session_state.update(recover_started=job))
         return
     if isinstance(outcome, glue.JobError):
-        st.error(f"Recovery failed: {outcome.message}")
+        st.error(f"Recovery failed: {glue.error_text(outcome.message)}")
         st.button("Try again", on_click=glue.forget, args=(job,))
         return
     shown = outcome or progress

@@ -53,7 +53,7 @@ def heatmap(rows) -> None:
 def scan_panel() -> None:
     view = glue.sensitivity(lab, criterion, scan[2], estimate)
     for message in view.errors[:1]:
-        st.error(f"{len(view.errors)} points could not be measured; the first: {message}")
+        st.error(f"{len(view.errors)} points could not be measured; the first: {glue.error_text(message)}")
     if not view.complete:
         where = glue.service().status().backend
         st.progress(view.done / view.total, text=f"{view.done} of {view.total} points measured (on {where})...")

@@ -41,7 +41,7 @@ def _curves() -> dict:
     try:
         return glue.tradeoff_points(lab, recipes, sparsities, estimate)
     except Exception as exc:  # engine errors are shown on the page, never as a traceback
-        st.error(f"Could not prune: {exc}")
+        st.error(f"Could not prune: {glue.error_text(exc)}")
         st.stop()
 
 
@@ -50,7 +50,7 @@ def curves_panel() -> None:
     labelled = {" / ".join(r): c for r, c in curves.items()}
     for label, c in labelled.items():
         for message in c["errors"][:1]:
-            st.error(f"{label}: {message}")
+            st.error(f"{label}: {glue.error_text(message)}")
     dense = glue.dense_reading(lab, estimate).full
     top1 = dense.top1 if dense else None
     st.plotly_chart(plots.tradeoff_curves(labelled, "sparsity", "sparsity (fraction removed)", top1), width="stretch")

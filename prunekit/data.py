@@ -116,7 +116,7 @@ def fashion_mnist(split: str = "test", root: Path | None = None, download: bool 
         images=normalise_fmnist(images),
         labels=torch.from_numpy(labels.astype(np.int64)),
         classes=FMNIST_CLASSES,
-        description=f"Fashion-MNIST {split} split, all {len(labels):,} images ({pair[0].parent})",
+        description=f"Fashion-MNIST {split} split, all {len(labels):,} images",  # no server path: pages show it
     )
 
 
@@ -233,7 +233,7 @@ class FolderSet:
             images=images,
             labels=torch.tensor([i for _, i in part], dtype=torch.int64),
             classes=classes,
-            description=f"images {start}-{stop - 1} of {len(items):,} in {self.root} (class index = sorted folder name)",
+            description=f"images {start}-{stop - 1} of {len(items):,} in your folder {Path(self.root).name!r} (class index = sorted folder name)",
         )
 
 

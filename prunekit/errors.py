@@ -1,5 +1,16 @@
 """Typed exceptions raised at prunekit's boundaries; each message names the bad value."""
 
+import re
+
+# An absolute POSIX path of two or more parts, not inside a URL or a fraction ("https://a/b", "1/2").
+_ABSOLUTE_PATH = re.compile(r"(['\"]?)(?<![\w:/.~-])~?/(?:[\w.+@-]+/)+([\w.+@-]+)/?\1")
+
+
+def without_paths(text: str) -> str:
+    """``text`` fit for a page: each absolute server path replaced by its last part in quotes
+    (``/srv/data/val`` -> ``'val'``), so a visitor never reads the server's disk layout."""
+    return _ABSOLUTE_PATH.sub(lambda m: f"'{m.group(2)}'", text)
+
 
 class PrunekitError(Exception):
     """Base class for every error prunekit raises on bad input."""

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from prunekit import data
-from prunekit.errors import InvalidArgumentError, UnknownNameError
+from prunekit.errors import InvalidArgumentError, UnknownNameError, without_paths
 from prunekit.models import ARCHITECTURES
 
 log = logging.getLogger(__name__)
@@ -222,14 +222,16 @@ def _load_torchvision(name: str, download: bool = False) -> Loaded:
         try:
             model, pretrained = models.get_model(name, weights=weights), True
         except Exception as exc:  # offline download, truncated cache file: fall back to structure only
-            notes.append(f"pretrained weights could not be loaded ({type(exc).__name__}: {exc}); untrained")
-            log.warning("torchvision %s: %s", name, notes[-1])
+            log.warning("torchvision %s: pretrained weights could not be loaded: %s", name, exc)
+            why = without_paths(f"{type(exc).__name__}: {exc}")  # the note is shown on a page
+            notes.append(f"pretrained weights could not be loaded ({why}); untrained")
     crop = int(getattr(weights.transforms, "keywords", {}).get("crop_size", 224))
     if model is None:
         model = _untrained_torchvision(name, crop)
         if not notes:
             notes.append(
-                f"weights not in the torch hub cache ({hub_checkpoint_path(weights.url)}): "
+                f"weights not in the torch hub cache (no file {hub_checkpoint_path(weights.url).name} in its "
+                "checkpoints folder): "
                 "untrained, structure only (params and MACs are real; accuracy and importance are not)"
             )
     spec = InputSpec((3, crop, crop), IMAGENET_MEAN, IMAGENET_STD)
