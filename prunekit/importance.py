@@ -141,7 +141,7 @@ def _bn_scale(ctx: ScoreContext) -> Scores:
 def _synflow(ctx: ScoreContext) -> Scores:
     """Path masses of the unscaled linearised twin (Tanaka et al. 2020): the definition, not a rescaled copy."""
     try:
-        scores = PathProbe(ctx.model, ctx.input_shape, rescale=False).path_scores()
+        scores = PathProbe(ctx.model, ctx.input_shape, rescale=False, dtype=torch.float64).path_scores()
     except ProbeUnsupportedError as exc:
         raise InvalidArgumentError(
             f"criterion 'synflow' needs the path probe: {exc.operation} is not representable"

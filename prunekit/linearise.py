@@ -94,20 +94,64 @@ def _dropout(x: Tensor, p=0.5, training=False, inplace=False) -> Tensor:
     return x
 
 
+class UnderflowGuard:
+    """Watches a float32 twin for values small enough that a product could underflow to zero.
+
+    On non-negative values a sum is zero only when every term is, so the twin's only way to report a
+    live path as cut is underflow. Every value the twin computes (forward) and every gradient reaching
+    a conv or linear output (backward) must stay at or above ``floor`` when positive, and the model's
+    coefficients (weights, norm scales) at or above ``coefficient_floor``: a product of the two and a
+    division by a fan-in then stays far above float32's smallest subnormal (1.4e-45). When any value
+    falls below, ``tight`` is set and the caller redoes the trace in float64.
+    """
+
+    def __init__(self, floor: float = 1e-20, coefficient_floor: float = 1e-15) -> None:
+        self.floor, self.coefficient_floor = floor, coefficient_floor
+        self.tight = False
+
+    def check(self, t) -> None:
+        if self.tight or not isinstance(t, Tensor) or not t.is_floating_point() or t.numel() == 0:
+            return
+        positive = t.detach()[t.detach() > 0]
+        if positive.numel() and float(positive.min()) < self.floor:
+            self.tight = True
+
+    def check_coefficients(self, smallest: float) -> None:
+        if smallest < self.coefficient_floor:
+            self.tight = True
+
+    def watch_gradient(self, out: Tensor) -> None:
+        if out.requires_grad:
+            out.register_hook(self._on_gradient)
+
+    def _on_gradient(self, grad: Tensor) -> None:
+        self.check(grad)
+
+
 class Linearised(TorchFunctionMode):
     """Run a forward pass under this mode to get the path-exact twin's arithmetic (see module docstring).
 
     ``constants`` are the twin's own parameters and buffers: added to a value they are dropped (a
     learned offset is no path from the input); multiplied, they act as (non-negative) weights.
+    ``guard`` (float32 twins) sees every value computed and every gradient at a weighted output.
     """
 
-    def __init__(self, constants: list[Tensor], rescale: bool = True) -> None:
+    def __init__(self, constants: list[Tensor], rescale: bool = True, guard: UnderflowGuard | None = None) -> None:
         super().__init__()
         self._constants = {id(t) for t in constants}
         self.rescale = rescale
+        self.guard = guard
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if _is_plumbing(func):  # moves values, computes none: nothing to check
+            return func(*args, **kwargs)
+        out = self._arithmetic(func, args, kwargs)
+        if self.guard is not None:
+            self.guard.check(out)
+        return out
+
+    def _arithmetic(self, func, args, kwargs):
         if func in WEIGHTED:
             return self._weighted(func, *args, **kwargs)
         if func in REPLACED:
@@ -116,7 +160,7 @@ class Linearised(TorchFunctionMode):
             return self._add(func, *args, **kwargs)
         if func in MULTIPLICATIVE:
             return func(*(_abs_scalar(a) for a in args), **kwargs)
-        if func in EXACT or _is_plumbing(func):
+        if func in EXACT:
             return func(*args, **kwargs)
         raise ProbeUnsupportedError(_name(func))
 
@@ -127,10 +171,12 @@ class Linearised(TorchFunctionMode):
         (to inf, then NaN) in deep all-positive networks; path *masses* are then relative, not absolute.
         """
         out = func(x, weight, None, *args, **kwargs)
-        if not self.rescale:
-            return out
-        top = out.detach().amax()
-        return out / top if top > 0 else out
+        if self.rescale:
+            top = out.detach().amax()
+            out = out / top if top > 0 else out
+        if self.guard is not None:
+            self.guard.watch_gradient(out)
+        return out
 
     def _add(self, func, a, b, *rest, alpha=1, **kwargs):
         if self._is_constant(b) or alpha == 0:

@@ -121,3 +121,48 @@ def test_the_input_model_is_not_changed():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     connectivity(PathProbe(model, SHAPE), model)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# --- float32 with an underflow guard: float64's answers at half the memory ---------------------------
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 0.9, 0.97])
+def test_the_float32_twin_gives_the_float64_answer(seed, fraction):
+    model = _model(seed)
+    _mask_(model, fraction, seed)
+    fast = PathProbe(model, SHAPE, validate=False)
+    exact = PathProbe(model, SHAPE, validate=False, dtype=torch.float64)
+    assert connectivity(fast, model) == connectivity(exact, model)
+    assert fast.fallbacks == 0 and next(fast.net.parameters()).dtype == torch.float32
+    _, s32 = fast.trace()
+    _, s64 = exact.trace()
+    assert list(s32) == list(s64) and all(torch.equal(s32[n] > 0, s64[n] > 0) for n in s64)
+
+
+class Chain(nn.Module):
+    """Two paths; the second runs through two weights of 1e-30: its mass, 1e-60, is below float32's range."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(2, 2, bias=False)
+        self.b = nn.Linear(2, 1, bias=False)
+        with torch.no_grad():
+            self.a.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1e-30]]))
+            self.b.weight.copy_(torch.tensor([[1.0, 1e-30]]))
+
+    def forward(self, x):
+        return self.b(self.a(x.flatten(1)))
+
+
+def test_values_near_float32_underflow_are_traced_again_in_float64(monkeypatch):
+    model = Chain().eval()
+    guarded = PathProbe(model, (2,))
+    conn = connectivity(guarded, model)
+    assert guarded.fallbacks >= 1
+    assert conn == connectivity(PathProbe(model, (2,), dtype=torch.float64), model)
+    assert conn.effective_layer_sparsity == {"a": 0.5, "b": 0.0}  # only a's two exact zeros
+    # without the guard, float32 would call the live 1e-30 weight of 'b' cut: the guard is what saves it
+    bare = PathProbe(model, (2,), validate=False)
+    monkeypatch.setattr(bare, "_guard", lambda: None)
+    assert connectivity(bare, model).effective_layer_sparsity["b"] == 0.5
