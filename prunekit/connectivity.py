@@ -163,9 +163,9 @@ def _smallest_coefficient(net: nn.Module) -> float:
         else:
             values = [p for name, p in module.named_parameters(recurse=False) if not _is_shift(name)]
         for v in values:
-            positive = v.detach()[v.detach() > 0]
-            if positive.numel():
-                smallest = min(smallest, float(positive.min()))
+            if v.numel():
+                v = v.detach()
+                smallest = min(smallest, float(torch.where(v > 0, v, torch.inf).amin()))
     return smallest
 
 

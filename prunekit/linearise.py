@@ -112,8 +112,8 @@ class UnderflowGuard:
     def check(self, t) -> None:
         if self.tight or not isinstance(t, Tensor) or not t.is_floating_point() or t.numel() == 0:
             return
-        positive = t.detach()[t.detach() > 0]
-        if positive.numel() and float(positive.min()) < self.floor:
+        t = t.detach()
+        if float(torch.where(t > 0, t, torch.inf).amin()) < self.floor:  # the smallest positive value
             self.tight = True
 
     def check_coefficients(self, smallest: float) -> None:
@@ -147,7 +147,7 @@ class Linearised(TorchFunctionMode):
         if _is_plumbing(func):  # moves values, computes none: nothing to check
             return func(*args, **kwargs)
         out = self._arithmetic(func, args, kwargs)
-        if self.guard is not None:
+        if self.guard is not None and not _keeps_smallest(func):
             self.guard.check(out)
         return out
 
@@ -236,11 +236,18 @@ EXACT = {
     torch.zeros,
     torch._assert,
 }
+_NOT_SHRINKING = {torch.cat, torch.flatten, Tensor.flatten, torch.zeros, torch._assert}
 _PLUMBING = {
     "view", "reshape", "permute", "transpose", "contiguous", "size", "dim", "chunk", "split", "unsqueeze",
     "squeeze", "expand", "numel", "__getitem__", "__get__", "swapaxes", "narrow", "unbind", "__len__",
     "channel_shuffle", "native_channel_shuffle", "shape", "dtype", "device", "requires_grad_",
 }  # fmt: skip
+
+
+def _keeps_smallest(func) -> bool:
+    """Operations whose positive outputs are never smaller than their smallest positive input (on
+    non-negative values: identities, sums, 1 + x gates, concatenation): the guard need not look."""
+    return func in ADDITIVE or func in _NOT_SHRINKING or REPLACED.get(func) in (_identity, _gate, _dropout, _pad)
 
 
 def _is_plumbing(func) -> bool:
