@@ -45,9 +45,12 @@ class PathProbe:
         rescale: bool = True,
         validate: bool = True,
         dtype: torch.dtype = torch.float32,
+        copy_model: bool = True,
     ) -> None:
         self.rescale, self.dtype = rescale, dtype
-        self.net = copy.deepcopy(model).cpu().to(dtype).eval()
+        # copy_model=False: the caller hands ``model`` over and it becomes the twin (its weights are
+        # overwritten), for a caller done with it that cannot afford a second copy of a giant.
+        self.net = (copy.deepcopy(model) if copy_model else model).cpu().to(dtype).eval()
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.input_shape = tuple(input_shape)
