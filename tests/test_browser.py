@@ -94,7 +94,7 @@ def test_the_app_starts_on_a_damaged_store_and_on_an_unusable_cache_dir(server, 
         page = browser.new_page()
         page.goto(f"{server}/model", timeout=120_000)
         page.get_by_text("The result store was damaged").wait_for(timeout=120_000)
-        assert page.get_by_test_id("stMetric").count() > 0
+        page.get_by_test_id("stMetric").first.wait_for(timeout=120_000)  # and the page itself is served
         with _app(blocker / "cache") as url:
             page.goto(f"{url}/model", timeout=120_000)
             page.get_by_text("results are kept in memory").wait_for(timeout=120_000)
