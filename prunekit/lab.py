@@ -100,6 +100,7 @@ class Lab:
         self._pools: dict[tuple, Pool[Pruner]] = {}
         self._lock = threading.Lock()
         self._results: SingleFlight[object] = SingleFlight()
+        self._spare_probe: PathProbe | None = None
 
     @cached_property
     def profile(self) -> Profile:
@@ -113,10 +114,20 @@ class Lab:
     def probe_unavailable(self) -> str | None:
         """None when the path probe represents this model exactly, else the reason it cannot."""
         try:
-            PathProbe(self.loaded.model, self.loaded.input_spec.shape)
+            probe = PathProbe(self.loaded.model, self.loaded.input_spec.shape)
         except ProbeUnsupportedError as exc:
             return str(exc)
+        self._spare_probe = probe  # validated: the first pruner takes it instead of building its own
         return None
+
+    def new_probe(self) -> PathProbe | None:
+        """A path probe of this model for one pruner (its own; probes are not shared), or None when the
+        probe cannot represent the model."""
+        if self.probe_unavailable is not None:
+            return None
+        with self._lock:
+            probe, self._spare_probe = self._spare_probe, None
+        return probe or PathProbe(self.loaded.model, self.loaded.input_spec.shape, validate=False)
 
     @cached_property
     def first_last(self) -> frozenset[str]:
@@ -224,8 +235,8 @@ class Pruner:
     @property
     def probe(self) -> PathProbe | None:
         """This pruner's path probe, or None when the model has an operation the probe cannot represent."""
-        if self._probe is None and self.lab.probe_unavailable is None:
-            self._probe = PathProbe(self.lab.loaded.model, self.lab.loaded.input_spec.shape, validate=False)
+        if self._probe is None:
+            self._probe = self.lab.new_probe()
         return self._probe
 
     def allocation(self, config: PruneConfig):

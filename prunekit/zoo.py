@@ -305,12 +305,14 @@ def load_on_folder(name: str, folder: str, download: bool = False) -> Loaded:
     return replace(loaded, eval_data=source.read, eval_folder=source)
 
 
-def load(name: str, download: bool = False) -> Loaded:
-    """Load ``name`` in eval mode on CUDA if available else CPU; warm it up with one forward.
+def load(name: str, download: bool = False, warm: bool = True) -> Loaded:
+    """Load ``name`` in eval mode on CUDA if available else CPU; with ``warm``, run one forward now.
 
-    ``download=True`` lets torchvision fetch missing pretrained weights (needs internet).
+    ``download=True`` lets torchvision fetch missing pretrained weights (needs internet). ``warm=False``
+    skips the warm-up forward (a caller about to run its own forward anyway).
     """
     loaded = _loader_for(name)(name, download)
-    with torch.inference_mode():  # the first call is slow (allocator, kernels): pay it at load time
-        loaded.model(torch.zeros((1, *loaded.input_spec.shape), device=loaded.device))
+    if warm:
+        with torch.inference_mode():  # the first call is slow (allocator, kernels): pay it at load time
+            loaded.model(torch.zeros((1, *loaded.input_spec.shape), device=loaded.device))
     return loaded

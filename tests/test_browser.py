@@ -29,9 +29,9 @@ def _free_port() -> int:
 
 
 def _start_app(cache_dir: Path, port: int) -> subprocess.Popen:
-    """The app exactly as a newcomer starts it: ``./dev app`` (serve.py, warm start), two workers and
-    the default curve filling."""
-    env = os.environ | {"PRUNEKIT_CACHE_DIR": str(cache_dir), "PRUNEKIT_WORKERS": "2", "PRUNEKIT_CURVE_FILL": "1"}
+    """The app exactly as a newcomer starts it: ``./dev app`` (serve.py, warm start), two workers; the
+    background curve off (no test here waits for it, and it would take both cores from the suite)."""
+    env = os.environ | {"PRUNEKIT_CACHE_DIR": str(cache_dir), "PRUNEKIT_WORKERS": "2", "PRUNEKIT_CURVE_FILL": "0"}
     return subprocess.Popen(
         ["./dev", "app", "--server.port", str(port), "--server.address", "127.0.0.1"],
         cwd=ROOT,
