@@ -42,12 +42,14 @@ def _sparsity(raw: str, default: object, _choices: Sequence[str]) -> Parsed:
         return default, f"Ignored sparsity={shown(raw)} from the link (not a number); using {default}."
     if math.isnan(value):
         return default, f"Ignored sparsity={shown(raw)} from the link (not a number); using {default}."
-    nearest = round(min(max(value, 0.0), SPARSITY_MAX) / SPARSITY_STEP) * SPARSITY_STEP
-    nearest = round(nearest, 2)
-    if abs(nearest - value) > 1e-9:
-        why = "outside [0, 0.99]" if not 0.0 <= value <= SPARSITY_MAX else "between the slider's 0.01 steps"
-        return nearest, f"Sparsity {shown(raw)} from the link is {why}; using the nearest allowed value, {nearest}."
-    return nearest, None
+    nearest = round(round(min(max(value, 0.0), SPARSITY_MAX) / SPARSITY_STEP) * SPARSITY_STEP, 2)
+    if not 0.0 <= value <= SPARSITY_MAX:  # however close (-1e-194 is still below 0)
+        why = "outside [0, 0.99]"
+    elif abs(value / SPARSITY_STEP - round(value / SPARSITY_STEP)) > 1e-6:  # off the grid by > 1e-6 of a step
+        why = "between the slider's 0.01 steps"
+    else:
+        return nearest, None
+    return nearest, f"Sparsity {shown(raw)} from the link is {why}; using the nearest allowed value, {nearest}."
 
 
 def _flag(raw: str, default: object, _choices: Sequence[str]) -> Parsed:
