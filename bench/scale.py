@@ -24,12 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from prunekit import zoo  # noqa: E402
-from prunekit.fanout import Backend, collect, run_jobs, sweep_jobs  # noqa: E402
-from prunekit.jobs import EvalJob, ModelSpec  # noqa: E402
-from prunekit.lab import Lab  # noqa: E402
-from prunekit.latency import machine_name  # noqa: E402
-from prunekit.service import EvalService  # noqa: E402
-from prunekit.store import ResultStore  # noqa: E402
+from prunekit.core.lab import Lab  # noqa: E402
+from prunekit.deploy.latency import machine_name  # noqa: E402
+from prunekit.service.fanout import Backend, collect, run_jobs, sweep_jobs  # noqa: E402
+from prunekit.service.jobs import EvalJob, ModelSpec  # noqa: E402
+from prunekit.service.scheduler import EvalService  # noqa: E402
+from prunekit.service.store import ResultStore  # noqa: E402
 
 IDLE_S = 10.0
 
@@ -49,7 +49,7 @@ def on_service(jobs: list[EvalJob], spec: ModelSpec, fingerprint: str, workers: 
     t = time.perf_counter()
     remote = None
     if ray_cpus:
-        from prunekit.raypool import RayPool  # noqa: PLC0415 - only the Ray rows import Ray
+        from prunekit.service.raypool import RayPool  # noqa: PLC0415 - only the Ray rows import Ray
 
         remote = RayPool("local", cpus=ray_cpus)
     store = ResultStore(Path(tempfile.mkdtemp(prefix="prunekit-scale-")) / "r.sqlite3")
@@ -93,7 +93,7 @@ def main() -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     torch.set_num_threads(1)  # the in-process row on one thread, like each worker
     lab = Lab(zoo.load(args.model))
-    spec, fp = ModelSpec("prunekit.zoo:load", (args.model,)), lab.fingerprint
+    spec, fp = lab.loaded.spec, lab.fingerprint
     jobs = jobs_for(args.model, args.points)
     backends = {
         "in-process (the CLI without --workers/--ray)": lambda: in_process(jobs, spec, fp),

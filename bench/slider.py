@@ -24,10 +24,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prunekit import zoo  # noqa: E402
-from prunekit.allocate import PruneConfig  # noqa: E402
-from prunekit.evaluate import DEFAULT_BATCH  # noqa: E402
-from prunekit.lab import Lab  # noqa: E402
-from prunekit.zoo import InputSpec, Loaded  # noqa: E402
+from prunekit.core.allocate import PruneConfig  # noqa: E402
+from prunekit.core.evaluate import DEFAULT_BATCH  # noqa: E402
+from prunekit.core.lab import Lab  # noqa: E402
+from prunekit.core.loaded import InputSpec, Loaded  # noqa: E402
 
 SPARSITIES = (0.3, 0.5, 0.7, 0.9)
 

@@ -2,7 +2,7 @@
 
     python bench/workshop.py [--scenarios teacher,explore,vgg16] [--json]
 
-Each scenario starts the app as ``./dev app`` does (serve.py, a fresh result store), opens K
+Each scenario starts the app as ``./dev app`` does (prunekit.app.serve, a fresh result store), opens K
 sessions on the Prune page over ``ws://HOST:PORT/_stcore/stream`` (binary protobuf BackMsg /
 ForwardMsg), moves their sliders and measures, per move: the time to the full rerun's end
 (``script_finished``), to the first accuracy figure for the new position (estimate or full) and to
@@ -193,13 +193,21 @@ def _free_port() -> int:
 
 
 class Server:
-    """serve.py on a free port with a fresh result store (so nothing is cached from earlier runs)."""
+    """prunekit.app.serve on a free port with a fresh result store (so nothing is cached from earlier runs)."""
 
     def __init__(self) -> None:
         self.port = _free_port()
         self.cache = tempfile.mkdtemp(prefix="prunekit-bench-")
         env = os.environ | {"PRUNEKIT_CACHE_DIR": self.cache}
-        cmd = [sys.executable, "serve.py", "--server.port", str(self.port), "--server.address", "127.0.0.1"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "prunekit.app.serve",
+            "--server.port",
+            str(self.port),
+            "--server.address",
+            "127.0.0.1",
+        ]
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while True:

@@ -13,18 +13,18 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-from prunekit import zoo
-from prunekit.allocate import NORMALISATIONS, SCOPES, PruneConfig, check_sparsity
+from prunekit.core.allocate import NORMALISATIONS, SCOPES, PruneConfig, check_sparsity
+from prunekit.core.evaluate import Accuracy, interval_label
+from prunekit.core.importance import CRITERIA, STRUCTURES
+from prunekit.core.lab import Lab, PruneResult
+from prunekit.deploy.export import build_bundle, export_report, report_lines, write_bundle
+from prunekit.deploy.recover import SCHEDULES, Recipe, recover
 from prunekit.errors import InvalidArgumentError, PrunekitError, UntrainedModelError
-from prunekit.evaluate import Accuracy, interval_label
-from prunekit.export import build_bundle, export_report, report_lines, write_bundle
-from prunekit.fanout import Backend, run_jobs, run_sharded, sensitivity_jobs, sensitivity_rows, sweep_jobs
-from prunekit.importance import CRITERIA, STRUCTURES
-from prunekit.jobs import EvalJob, ModelSpec
-from prunekit.lab import Lab, PruneResult
-from prunekit.recover import SCHEDULES, Recipe, recover
-from prunekit.service import RAY_ENV, JobError
-from prunekit.store import ResultStore
+from prunekit.models import zoo
+from prunekit.service.fanout import Backend, run_jobs, run_sharded, sensitivity_jobs, sensitivity_rows, sweep_jobs
+from prunekit.service.jobs import EvalJob
+from prunekit.service.scheduler import RAY_ENV, JobError
+from prunekit.service.store import ResultStore
 
 
 class _Parser(argparse.ArgumentParser):
@@ -209,7 +209,7 @@ def _accuracy_fields(dense: Accuracy, pruned: Accuracy) -> dict:
 
 
 def zoo_accuracy(lab: Lab, limit: int | None):
-    from prunekit.evaluate import accuracy
+    from prunekit.core.evaluate import accuracy
 
     return accuracy(lab.loaded.model, lab.loaded.eval_data(), limit=limit)
 
@@ -256,12 +256,10 @@ def _load(args) -> Lab:
 def _fan_out(lab: Lab, jobs: list[EvalJob], args) -> dict[EvalJob, Accuracy]:
     """Measure ``jobs`` where ``--ray``/``--workers`` say (an ImageFolder in shards), with a progress bar."""
     backend = Backend(args.ray, args.workers, ResultStore() if args.ray or args.workers else None)
-    spec = ModelSpec("prunekit.zoo:load", (args.model, args.download))
-    folder = lab.loaded.eval_folder
+    spec, folder = lab.loaded.spec, lab.loaded.eval_folder
     if folder is None:
         outcomes = run_jobs(jobs, spec, lab.fingerprint, backend, _progress_bar)
     else:
-        spec = ModelSpec("prunekit.zoo:load_on_folder", (args.model, folder.root, args.download))
 
         def run(parts: list[EvalJob]) -> dict:
             return run_jobs(parts, spec, lab.fingerprint, backend, _progress_bar)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prunekit.data import EvalData
-from prunekit.zoo import InputSpec, Loaded
+from prunekit.core.data import EvalData
+from prunekit.core.loaded import InputSpec, Loaded
 
 
 class TinyCNN(nn.Module):

@@ -8,10 +8,11 @@ import signal
 import sys
 from pathlib import Path
 
-from prunekit.evaluate import Accuracy
-from prunekit.jobs import EvalJob, ModelSpec
-from prunekit.raypool import RayPool
-from prunekit.service import EvalService
+from prunekit.core.evaluate import Accuracy
+from prunekit.core.loaded import ModelSpec
+from prunekit.service.jobs import EvalJob
+from prunekit.service.raypool import RayPool
+from prunekit.service.scheduler import EvalService
 
 
 def head_pids(port: int) -> list[int]:
@@ -27,7 +28,7 @@ def head_pids(port: int) -> list[int]:
 def main(port: int) -> dict:
     svc = EvalService(workers=0, remote=RayPool(f"127.0.0.1:{port}"))
     try:
-        svc.register("fmnist-cnn", ModelSpec("prunekit.zoo:load", ("fmnist-cnn",)))
+        svc.register("fmnist-cnn", ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",)))
         assert svc.wait([EvalJob("fmnist-cnn", subset=300)], timeout=120)
         before = {"notice": svc.notice, "backend": svc.status().backend}
         for pid in head_pids(port):

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from prunekit import analysis
-from prunekit.allocate import PruneConfig
-from prunekit.lab import Lab
+from prunekit.core import analysis
+from prunekit.core.allocate import PruneConfig
+from prunekit.core.lab import Lab
 from tests.helpers import TinyResNet, tiny_loaded
 
 

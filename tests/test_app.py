@@ -6,14 +6,14 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
+APP = str(Path(__file__).resolve().parent.parent / "prunekit" / "app" / "main.py")
 
 PAGES = [
-    "app_pages/model.py",
-    "app_pages/prune.py",
-    "app_pages/importance.py",
-    "app_pages/sensitivity.py",
-    "app_pages/tradeoffs.py",
+    "views/model.py",
+    "views/prune.py",
+    "views/importance.py",
+    "views/sensitivity.py",
+    "views/tradeoffs.py",
 ]
 TIMEOUT = 240
 
@@ -27,7 +27,7 @@ def app(query: dict | None = None) -> AppTest:
 
 def open_page(page: str, query: dict | None = None) -> AppTest:
     at = app(query).run()
-    if page != "app_pages/model.py":
+    if page != "views/model.py":
         at.switch_page(page).run()
     assert not at.exception, at.exception
     return at
@@ -55,12 +55,12 @@ def test_every_page_loads_on_the_default_model(page):
 
 
 def test_model_page_numbers_match_the_profile():
-    from prunekit import zoo
-    from prunekit.evaluate import wilson
-    from prunekit.profile import profile_model
+    from prunekit.core.evaluate import wilson
+    from prunekit.core.profile import profile_model
+    from prunekit.models import zoo
     from prunekit.units import compact
 
-    at = open_page("app_pages/model.py")
+    at = open_page("views/model.py")
     loaded = zoo.load("fmnist-cnn")
     prof = profile_model(loaded.model, (1, 28, 28))
     shown = {m.label: m for m in at.metric}
@@ -89,7 +89,7 @@ def _layer_bars(at: AppTest):
 
 
 def test_slider_changes_layer_sparsities_and_accuracy():
-    at = settle(open_page("app_pages/prune.py"))
+    at = settle(open_page("views/prune.py"))
     before = _layer_bars(at)
     acc_before = metric(at, "Global at")
     settle(at.slider(key="w_sparsity").set_value(0.9).run())
@@ -102,7 +102,7 @@ def test_slider_changes_layer_sparsities_and_accuracy():
 
 
 def test_collapse_preset_shows_the_warning():
-    at = open_page("app_pages/prune.py")
+    at = open_page("views/prune.py")
     at.button[0].click().run()
     assert not at.exception
     warnings = [w.value for w in at.warning]
@@ -112,7 +112,7 @@ def test_collapse_preset_shows_the_warning():
 
 def test_bad_query_string_falls_back_with_a_notice():
     at = open_page(
-        "app_pages/model.py", {"model": "nosuchnet", "sparsity": "7", "criterion": "l1", "structure": "unstructured"}
+        "views/model.py", {"model": "nosuchnet", "sparsity": "7", "criterion": "l1", "structure": "unstructured"}
     )
     notes = " ".join(w.value for w in at.warning)
     assert "nosuchnet" in notes and "'7'" in notes
@@ -121,7 +121,7 @@ def test_bad_query_string_falls_back_with_a_notice():
 
 def test_query_string_reopens_the_same_view():
     at = open_page(
-        "app_pages/prune.py", {"model": "fmnist-cnn", "sparsity": "0.8", "structure": "filter", "criterion": "l2"}
+        "views/prune.py", {"model": "fmnist-cnn", "sparsity": "0.8", "structure": "filter", "criterion": "l2"}
     )
     assert at.slider(key="w_sparsity").value == pytest.approx(0.8)
     assert at.selectbox(key="w_criterion").value == "l2"
@@ -129,9 +129,9 @@ def test_query_string_reopens_the_same_view():
 
 
 def test_model_page_lists_bundled_models_with_accuracies():
-    from prunekit import zoo
+    from prunekit.models import zoo
 
-    at = open_page("app_pages/model.py")
+    at = open_page("views/model.py")
     table = at.dataframe[0].value
     assert list(table["model"]) == list(zoo.BUNDLED)
     for name, acc in zip(table["model"], table["test top-1 (10k)"], strict=True):
@@ -140,14 +140,14 @@ def test_model_page_lists_bundled_models_with_accuracies():
 
 def test_untrained_model_shows_banner_and_no_accuracy(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    at = open_page("app_pages/prune.py", {"model": "resnet18", "sparsity": "0.3"})
+    at = open_page("views/prune.py", {"model": "resnet18", "sparsity": "0.3"})
     assert any("Untrained" in e.value for e in at.error)
     assert not [m for m in at.metric if m.label.startswith("Dense")]
 
 
 def test_attention_model_says_collapse_detection_is_not_available(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    at = open_page("app_pages/prune.py", {"model": "swin_t", "sparsity": "0.5"})
+    at = open_page("views/prune.py", {"model": "swin_t", "sparsity": "0.5"})
     assert any("collapse detection is not available for this model" in i.value for i in at.info)
     effective = [m for m in at.metric if m.label == "Effective sparsity"]
     assert len(effective) == 2 and all(m.value == "n/a" for m in effective)
@@ -159,18 +159,18 @@ def test_upload_panel_says_which_mode_the_server_is_in(monkeypatch, trusted):
         monkeypatch.setenv("PRUNEKIT_TRUSTED_UPLOADS", "1")
     else:
         monkeypatch.delenv("PRUNEKIT_TRUSTED_UPLOADS", raising=False)
-    at = open_page("app_pages/model.py")
+    at = open_page("views/model.py")
     texts = [w.value for w in at.sidebar.warning] + [c.value for c in at.sidebar.caption]
     assert any(t.startswith("**Trusted mode**" if trusted else "Safe mode") for t in texts), texts
-    from prunekit import zoo
+    from prunekit.models import zoo
 
     assert len(at.sidebar.selectbox(key="upload_arch").options) == len(zoo.model_names())
 
 
 def _in_process_top1(sparsity: float, scope: str) -> float:
-    from prunekit import zoo
-    from prunekit.allocate import PruneConfig
-    from prunekit.lab import Lab
+    from prunekit.core.allocate import PruneConfig
+    from prunekit.core.lab import Lab
+    from prunekit.models import zoo
 
     pruner = Lab(zoo.load("fmnist-cnn")).pruner("magnitude", "unstructured")
     pruner.apply_(PruneConfig(sparsity, scope))
@@ -178,8 +178,8 @@ def _in_process_top1(sparsity: float, scope: str) -> float:
 
 
 def test_two_sessions_at_different_positions_each_see_their_own_numbers():
-    a = open_page("app_pages/prune.py", {"sparsity": "0.6"})
-    b = open_page("app_pages/prune.py", {"sparsity": "0.85"})
+    a = open_page("views/prune.py", {"sparsity": "0.6"})
+    b = open_page("views/prune.py", {"sparsity": "0.85"})
     settle(a), settle(b)
     for at, s in ((a, 0.6), (b, 0.85)):
         for scope in ("global", "local"):
@@ -205,7 +205,7 @@ def _curve_points(at: AppTest) -> dict[str, dict[float, float]]:
 
 def test_accuracy_curve_fills_in_with_true_numbers(monkeypatch):
     monkeypatch.setenv("PRUNEKIT_CURVE_FILL", "1")
-    at = settle(open_page("app_pages/prune.py", {"sparsity": "0.5"}))
+    at = settle(open_page("views/prune.py", {"sparsity": "0.5"}))
     deadline = time.time() + 600  # a hang guard, not a speed limit
     while not all({0.0, 0.3, 0.9} <= set(c) for c in _curve_points(at).values()):  # the 0.1 grid comes first
         assert time.time() < deadline, _curve_points(at)
@@ -218,12 +218,13 @@ def test_accuracy_curve_fills_in_with_true_numbers(monkeypatch):
 
 
 def test_sensitivity_scan_runs_as_service_jobs_and_shows_what_they_measured():
-    from prunekit.fanout import Backend, run_jobs, sensitivity_jobs, sensitivity_rows
-    from prunekit.jobs import EvalJob, ModelSpec
-    from prunekit.lab import Lab
-    from prunekit.zoo import load
+    from prunekit.core.lab import Lab
+    from prunekit.core.loaded import ModelSpec
+    from prunekit.models.zoo import load
+    from prunekit.service.fanout import Backend, run_jobs, sensitivity_jobs, sensitivity_rows
+    from prunekit.service.jobs import EvalJob
 
-    at = open_page("app_pages/sensitivity.py")
+    at = open_page("views/sensitivity.py")
     at.multiselect[0].set_value([0.5, 0.9]).run()
     at.button[0].click().run()
     deadline = time.time() + 600  # a hang guard, not a speed limit
@@ -233,7 +234,7 @@ def test_sensitivity_scan_runs_as_service_jobs_and_shows_what_they_measured():
         at.run()
     lab = Lab(load("fmnist-cnn"))
     jobs = sensitivity_jobs(lab, EvalJob("fmnist-cnn", "magnitude", subset=1000), [0.5, 0.9])
-    got = run_jobs(jobs, ModelSpec("prunekit.zoo:load", ("fmnist-cnn",)), lab.fingerprint, Backend())
+    got = run_jobs(jobs, ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",)), lab.fingerprint, Backend())
     rows = [r for r in sensitivity_rows(jobs, [got[j] for j in jobs]) if r.sparsity == 0.9]
     worst, best = max(rows, key=lambda r: r.drop), min(rows, key=lambda r: r.drop)
     text = next(m.value for m in at.markdown if "Most sensitive" in m.value)

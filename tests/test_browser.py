@@ -29,7 +29,7 @@ def _free_port() -> int:
 
 
 def _start_app(cache_dir: Path, port: int) -> subprocess.Popen:
-    """The app exactly as a newcomer starts it: ``./dev app`` (serve.py, warm start), two workers; the
+    """The app exactly as a newcomer starts it: ``./dev app`` (prunekit.app.serve, warm start), two workers; the
     background curve off (no test here waits for it, and it would take both cores from the suite)."""
     env = os.environ | {"PRUNEKIT_CACHE_DIR": str(cache_dir), "PRUNEKIT_WORKERS": "2", "PRUNEKIT_CURVE_FILL": "0"}
     return subprocess.Popen(

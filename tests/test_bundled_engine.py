@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from prunekit import zoo
-from prunekit.allocate import PruneConfig
+from prunekit.core.allocate import PruneConfig
+from prunekit.core.importance import CRITERIA
+from prunekit.core.lab import Lab
 from prunekit.errors import InvalidArgumentError
-from prunekit.importance import CRITERIA
-from prunekit.lab import Lab
+from prunekit.models import zoo
 
 BUNDLED = [n for n in zoo.BUNDLED if (zoo.MODELS_DIR / f"{n}.json").is_file()]
 CASES = [(m, c, s) for m in BUNDLED for c, crit in CRITERIA.items() for s in crit.structures]

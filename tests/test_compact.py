@@ -6,11 +6,11 @@ import dataclasses
 import pytest
 import torch
 
-from prunekit import zoo
-from prunekit.allocate import PruneConfig
+from prunekit.core.allocate import PruneConfig
+from prunekit.core.lab import Lab
+from prunekit.core.profile import profile_model
 from prunekit.errors import InvalidArgumentError, LayerCollapseError
-from prunekit.lab import Lab
-from prunekit.profile import profile_model
+from prunekit.models import zoo
 from tests.helpers import TinyResNet, tiny_loaded
 
 BUNDLED = [n for n in zoo.BUNDLED if (zoo.MODELS_DIR / f"{n}.json").is_file()]

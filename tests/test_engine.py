@@ -5,10 +5,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prunekit.allocate import PruneConfig
+from prunekit.core.allocate import PruneConfig
+from prunekit.core.importance import CRITERIA, FILTER, UNSTRUCTURED
+from prunekit.core.lab import Lab
 from prunekit.errors import InvalidArgumentError, UnknownNameError
-from prunekit.importance import CRITERIA, FILTER, UNSTRUCTURED
-from prunekit.lab import Lab
 from tests.helpers import TinyCNN, TinyResNet, state_of, tiny_loaded
 
 MODELS = [TinyCNN, TinyResNet]
@@ -131,7 +131,7 @@ def test_constructed_network_collapses_and_is_reported():
     assert not result.collapse
     with torch.no_grad():
         pruner.model.conv2.weight.zero_()  # cut every path by hand
-    from prunekit.connectivity import connectivity
+    from prunekit.core.connectivity import connectivity
 
     conn = connectivity(pruner.probe, pruner.model)
     assert conn.collapsed and conn.effective_sparsity == 1.0
@@ -153,7 +153,7 @@ def test_effective_sparsity_finds_disconnected_weights():
     pruner.prune(PruneConfig(0.0, "local"))
     with torch.no_grad():  # filter 0 of conv1 feeds nothing once conv2's input kernels 0 are gone
         pruner.model.conv2.weight[:, 0] = 0
-    from prunekit.connectivity import connectivity
+    from prunekit.core.connectivity import connectivity
 
     conn = connectivity(pruner.probe, pruner.model)
     assert conn.effective_layer_sparsity["conv1"] == pytest.approx(1 / 4)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from prunekit import zoo
-from prunekit.allocate import PruneConfig
-from prunekit.export import FILES, build_bundle, write_bundle
-from prunekit.lab import Lab
+from prunekit.core.allocate import PruneConfig
+from prunekit.core.lab import Lab
+from prunekit.deploy.export import FILES, build_bundle, write_bundle
+from prunekit.models import zoo
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = [("fmnist-resnet", "l1", "filter", "local", 0.5), ("fmnist-cnn", "magnitude", "unstructured", "local", 0.7)]

@@ -7,15 +7,16 @@ import time
 
 import pytest
 
-from prunekit.jobs import ModelSpec, RecoverJob, SpeedJob
-from prunekit.latency import UNSTRUCTURED_NOTE, Latency
-from prunekit.recover import Recipe, Recovery
-from prunekit.service import EvalService, JobError
-from prunekit.store import ResultStore
+from prunekit.core.loaded import ModelSpec
+from prunekit.deploy.latency import UNSTRUCTURED_NOTE, Latency
+from prunekit.deploy.recover import Recipe, Recovery
+from prunekit.service.jobs import RecoverJob, SpeedJob
+from prunekit.service.scheduler import EvalService, JobError
+from prunekit.service.store import ResultStore
 from tests.test_service import TINY, wait_for
 
 pytestmark = pytest.mark.xdist_group("service")
-CNN = ModelSpec("prunekit.zoo:load", ("fmnist-cnn",))
+CNN = ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",))
 
 
 @pytest.fixture

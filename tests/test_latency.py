@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
+from prunekit.deploy.latency import Latency, LatencyConfig, measure
 from prunekit.errors import InvalidArgumentError
-from prunekit.latency import Latency, LatencyConfig, measure
 
 
 class FakeClock:

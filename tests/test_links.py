@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from prunekit.links import LinkSchema, parse_link, shown
+from prunekit.app.links import LinkSchema, parse_link, shown
 from tests.test_app import PAGES, app
 
 DEFAULTS = {"model": "m1", "criterion": "c1", "structure": "s1", "sparsity": 0.5, "keep": False, "normalise": "none"}
@@ -128,7 +128,7 @@ def _link_notices(at) -> list[str]:
 def test_random_links_never_raise_on_any_page(page, link):
     at = app(link).run()
     notices = _link_notices(at)
-    if page != "app_pages/model.py":
+    if page != "views/model.py":
         at.switch_page(page).run()
     assert not at.exception, (link, at.exception)
     rejected = [n for n, raw in link.items() if not _app_accepted(n, raw)]

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunekit.connectivity import PathProbe, connectivity
+from prunekit.core.connectivity import PathProbe, connectivity
 from prunekit.errors import ProbeUnsupportedError
 
 SHAPE = (3, 12, 12)

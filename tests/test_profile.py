@@ -5,7 +5,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import models
 
-from prunekit.profile import profile_model
+from prunekit.core.profile import profile_model
 
 
 @pytest.fixture(scope="module")

@@ -14,20 +14,21 @@ from pathlib import Path
 import pytest
 
 from prunekit.cli import main
-from prunekit.evaluate import Accuracy
-from prunekit.fanout import Backend, run_jobs, sensitivity_jobs, sweep_jobs
-from prunekit.jobs import EvalJob, ModelSpec
-from prunekit.lab import Lab
-from prunekit.raypool import RayPool
-from prunekit.service import EvalService
-from prunekit.store import ResultStore
-from prunekit.zoo import load
+from prunekit.core.evaluate import Accuracy
+from prunekit.core.lab import Lab
+from prunekit.core.loaded import ModelSpec
+from prunekit.models.zoo import load
+from prunekit.service.fanout import Backend, run_jobs, sensitivity_jobs, sweep_jobs
+from prunekit.service.jobs import EvalJob
+from prunekit.service.raypool import RayPool
+from prunekit.service.scheduler import EvalService
+from prunekit.service.store import ResultStore
 from tests.lost_cluster import head_pids
 
 pytestmark = pytest.mark.xdist_group("ray")  # one Ray instance at a time, on one xdist worker
 ROOT = Path(__file__).resolve().parent.parent
 RAY = Path(sys.executable).parent / "ray"
-SPEC = ModelSpec("prunekit.zoo:load", ("fmnist-cnn",))
+SPEC = ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",))
 
 
 def _figures(outcomes: dict) -> dict:
@@ -91,7 +92,7 @@ def _ray_task_pids() -> list[int]:
 def test_a_worker_killed_mid_sweep_loses_no_point(tmp_path):
     svc = EvalService(workers=0, remote=RayPool("local", cpus=2), store=ResultStore(tmp_path / "r.sqlite3"))
     try:
-        svc.register("fmnist-vgg", ModelSpec("prunekit.zoo:load", ("fmnist-vgg",)))
+        svc.register("fmnist-vgg", ModelSpec("prunekit.models.zoo:load", ("fmnist-vgg",)))
         jobs = [EvalJob("fmnist-vgg", "magnitude", sparsity=s / 20) for s in range(5)]
         svc.request([(job, 1) for job in jobs])
         deadline = time.monotonic() + 60
@@ -160,7 +161,7 @@ def test_cli_ray_sweep_prints_what_local_workers_print(tmp_path, monkeypatch, ca
 def test_ray_workers_read_an_image_folder_in_shards(tmp_path, monkeypatch, capsys):
     from PIL import Image
 
-    from prunekit.data import fashion_mnist
+    from prunekit.models.datasets import fashion_mnist
 
     test = fashion_mnist("test")
     raw = (test.images[:150, 0] * 0.3530 + 0.2860).mul(255).round().clamp(0, 255).byte()
@@ -189,10 +190,10 @@ def test_an_unreachable_cluster_is_one_clear_error(capsys):
 def test_without_an_address_nothing_of_ray_is_imported(tmp_path):
     script = (
         "import sys\n"
-        "import glue\n"
+        "from prunekit.app import resources\n"
         "from prunekit.cli import main\n"
         "assert main(['sweep', 'fmnist-cnn', '--sparsities', '0.5', '--eval-limit', '200', '--workers', '1']) == 0\n"
-        "glue.service().close()\n"
+        "resources.service().close()\n"
         "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))\n"
     )
     env = {**os.environ, "PRUNEKIT_CACHE_DIR": str(tmp_path)}
@@ -208,17 +209,17 @@ def test_without_an_address_nothing_of_ray_is_imported(tmp_path):
 def app_on(monkeypatch, tmp_path):
     """The app's evaluation service made afresh for ``PRUNEKIT_RAY_ADDRESS=address`` with an empty result
     store (nothing measured by other tests), and dropped after."""
-    import glue
+    from prunekit.app import resources
 
     def start(address: str):
         monkeypatch.setenv("PRUNEKIT_RAY_ADDRESS", address)
         monkeypatch.setenv("PRUNEKIT_CACHE_DIR", str(tmp_path))
-        glue.service.clear()
-        return glue
+        resources.service.clear()
+        return resources
 
     yield start
-    glue.service().close()
-    glue.service.clear()
+    resources.service().close()
+    resources.service.clear()
 
 
 def _sensitivity_scan(at):
@@ -237,13 +238,13 @@ def _sensitivity_scan(at):
 def test_the_app_runs_the_sensitivity_scan_on_ray(app_on):
     from streamlit.testing.v1 import AppTest
 
-    glue = app_on("local")
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240).run()
-    at.switch_page("app_pages/sensitivity.py").run()
+    resources = app_on("local")
+    at = AppTest.from_file(str(ROOT / "prunekit" / "app" / "main.py"), default_timeout=240).run()
+    at.switch_page("views/sensitivity.py").run()
     progress = _sensitivity_scan(at)
     assert not at.error, [e.value for e in at.error]
-    assert glue.service().status().backend.startswith("a private Ray instance")
-    assert glue.service().remote.puts == 1
+    assert resources.service().status().backend.startswith("a private Ray instance")
+    assert resources.service().remote.puts == 1
     assert any("private Ray instance" in text for text in progress), progress
 
 
@@ -252,8 +253,8 @@ def test_the_app_says_once_that_the_cluster_is_unreachable_and_works_locally(app
 
     port = _free_port()
     app_on(f"127.0.0.1:{port}")
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240).run()
-    at.switch_page("app_pages/sensitivity.py").run()
+    at = AppTest.from_file(str(ROOT / "prunekit" / "app" / "main.py"), default_timeout=240).run()
+    at.switch_page("views/sensitivity.py").run()
     assert [e.value for e in at.error] == [
         f"no Ray cluster answers at '127.0.0.1:{port}'; evaluations run on local worker processes instead"
     ]
@@ -262,7 +263,7 @@ def test_the_app_says_once_that_the_cluster_is_unreachable_and_works_locally(app
 
 
 def test_a_sweep_through_sparsity_zero_counts_the_dense_point_once(tmp_path):
-    from prunekit.fanout import collect
+    from prunekit.service.fanout import collect
 
     svc = EvalService(workers=1)
     try:

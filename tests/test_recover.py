@@ -5,13 +5,13 @@ import copy
 import pytest
 import torch
 
-from prunekit import zoo
-from prunekit.allocate import PruneConfig
-from prunekit.data import EvalData
+from prunekit.core.allocate import PruneConfig
+from prunekit.core.data import EvalData
+from prunekit.core.evaluate import accuracy_of, stratified_indices
+from prunekit.core.lab import Lab
+from prunekit.deploy.recover import CURVE_IMAGES, Recipe, recalibrate_bn_, recover
 from prunekit.errors import DataNotFoundError, InvalidArgumentError, UnknownNameError
-from prunekit.evaluate import accuracy_of, stratified_indices
-from prunekit.lab import Lab
-from prunekit.recover import CURVE_IMAGES, Recipe, recalibrate_bn_, recover
+from prunekit.models import zoo
 from tests.helpers import TinyResNet, seeded, tiny_loaded
 
 

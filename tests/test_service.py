@@ -10,14 +10,15 @@ import time
 import pytest
 import torch
 
-from prunekit.allocate import PruneConfig
+from prunekit.core.allocate import PruneConfig
+from prunekit.core.evaluate import Accuracy, accuracy_of, stratified_indices, wilson
+from prunekit.core.lab import POOL_SIZE, Lab
+from prunekit.core.loaded import ModelSpec
+from prunekit.core.shared import Pool, SingleFlight
 from prunekit.errors import InvalidArgumentError
-from prunekit.evaluate import Accuracy, accuracy_of, stratified_indices, wilson
-from prunekit.jobs import EvalJob, ModelSpec
-from prunekit.lab import POOL_SIZE, Lab
-from prunekit.service import CURVE, LIVE_FULL, STALE, EvalService, JobError, curve_grid
-from prunekit.shared import Pool, SingleFlight
-from prunekit.store import ResultStore
+from prunekit.service.jobs import EvalJob
+from prunekit.service.scheduler import CURVE, LIVE_FULL, STALE, EvalService, JobError, curve_grid
+from prunekit.service.store import ResultStore
 from tests.helpers import TinyResNet, tiny_loaded
 
 pytestmark = pytest.mark.xdist_group("service")  # worker processes: keep these on one xdist worker
@@ -257,7 +258,7 @@ def test_unregistered_model_and_bad_jobs_give_clear_errors(service):
 def test_an_uploaded_state_dict_is_evaluated_by_the_workers_from_its_bytes(tmp_path):
     import io
 
-    from prunekit import checkpoints, zoo
+    from prunekit.models import checkpoints, zoo
 
     base = zoo.load("fmnist-cnn")
     state = {k: v.clone() for k, v in base.model.state_dict().items()}
@@ -271,7 +272,8 @@ def test_an_uploaded_state_dict_is_evaluated_by_the_workers_from_its_bytes(tmp_p
     want = pruner.evaluate()
     svc = EvalService(workers=1)
     svc.register(
-        "upload:mine.pt#x", ModelSpec("prunekit.checkpoints:load_checkpoint", (blob, "fmnist-cnn", "upload:mine.pt"))
+        "upload:mine.pt#x",
+        ModelSpec("prunekit.models.checkpoints:load_checkpoint", (blob, "fmnist-cnn", "upload:mine.pt")),
     )
     try:
         job = EvalJob("upload:mine.pt#x", "magnitude", sparsity=0.6, scope="global")
@@ -294,7 +296,7 @@ def test_background_work_leaves_one_worker_free_for_live_requests(service):
 
 
 def test_readings_prefer_the_full_figure_and_surface_errors(service):
-    from prunekit.readings import read_point, reading
+    from prunekit.service.readings import read_point, reading
 
     est, full = Accuracy(0.8, None, 20, 64, 0.1), Accuracy(0.75, None, 64, 64, 0.2)
     assert reading(None, est).best is est and reading(None, est).pending

@@ -7,14 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
-from prunekit.allocate import PruneConfig
 from prunekit.cli import main
-from prunekit.data import FolderSet, fashion_mnist
-from prunekit.evaluate import Accuracy, accuracy_of, combine
-from prunekit.fanout import shard
-from prunekit.jobs import EvalJob
-from prunekit.lab import Lab
-from prunekit.zoo import load, load_on_folder
+from prunekit.core.allocate import PruneConfig
+from prunekit.core.data import FolderSet
+from prunekit.core.evaluate import Accuracy, accuracy_of, combine
+from prunekit.core.lab import Lab
+from prunekit.models.datasets import fashion_mnist
+from prunekit.models.zoo import load, load_on_folder
+from prunekit.service.fanout import shard
+from prunekit.service.jobs import EvalJob
 
 IMAGES = 230  # not a multiple of the shard size: the last shard is short
 

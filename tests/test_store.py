@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from prunekit.store import ResultStore
+from prunekit.service.store import ResultStore
 
 FIXED = 1_700_000_000.0  # the fake clock: the moved-aside name's timestamp is known
 
@@ -60,7 +60,7 @@ def test_a_damaged_file_is_moved_aside_and_a_fresh_store_started(tmp_path, damag
     path = tmp_path / "results.sqlite3"
     damage(path)
     before = path.read_bytes()
-    with caplog.at_level(logging.WARNING, logger="prunekit.store"):
+    with caplog.at_level(logging.WARNING, logger="prunekit.service.store"):
         store = ResultStore(path, clock=lambda: FIXED)
     aside = tmp_path / f"results.sqlite3.corrupt-{_stamp()}"
     assert aside.read_bytes() == before  # nothing lost: the old file is kept as it was
@@ -84,7 +84,7 @@ def test_a_directory_that_cannot_be_used_falls_back_to_memory(tmp_path, where, c
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     path = (blocker / "cache" / "results.sqlite3") if where == "under-a-file" else "/proc/prunekit-nope/r.sqlite3"
-    with caplog.at_level(logging.WARNING, logger="prunekit.store"):
+    with caplog.at_level(logging.WARNING, logger="prunekit.service.store"):
         store = ResultStore(path)
     assert store.in_memory and "kept in memory" in store.notice and str(tmp_path) not in store.notice
     assert any("in memory only" in r.getMessage() for r in caplog.records)
@@ -126,7 +126,7 @@ def test_writes_on_a_full_disk_are_dropped_with_one_warning(tmp_path, caplog):
     store.put("before", {"ok": 1})
     (pages,) = store._db.execute("PRAGMA page_count").fetchone()
     store._db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own 'database or disk is full'
-    with caplog.at_level(logging.WARNING, logger="prunekit.store"):
+    with caplog.at_level(logging.WARNING, logger="prunekit.service.store"):
         for i in range(20):
             store.put(f"big{i}", {"pad": "y" * 20_000})  # never raises
     warnings = [r for r in caplog.records if "could not write" in r.getMessage()]

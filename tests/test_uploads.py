@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from prunekit import checkpoints, zoo
-from prunekit.allocate import PruneConfig
+from prunekit.core.allocate import PruneConfig
+from prunekit.core.lab import Lab
 from prunekit.errors import CheckpointError
-from prunekit.lab import Lab
+from prunekit.models import checkpoints, zoo
 
 
 class Evil:

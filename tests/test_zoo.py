@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from prunekit import zoo
+from prunekit.core.evaluate import accuracy
 from prunekit.errors import DataNotFoundError, UnknownNameError
-from prunekit.evaluate import accuracy
-from prunekit.models import ARCHITECTURES
+from prunekit.models import zoo
+from prunekit.models.architectures import ARCHITECTURES
 
 BUNDLED = [n for n in ARCHITECTURES if (zoo.MODELS_DIR / f"{n}.json").is_file()]
 TARGETS = {"fmnist-cnn": 0.89, "fmnist-vgg": 0.92, "fmnist-resnet": 0.92, "fmnist-mobilenet": 0.91}
@@ -76,7 +76,7 @@ def test_torchvision_loads_real_weights_from_offline_cache(tmp_path, monkeypatch
 
 
 def test_fashion_mnist_missing_says_where_it_looked(tmp_path, monkeypatch):
-    from prunekit import data
+    from prunekit.models import datasets as data
 
     monkeypatch.setattr(data, "FMNIST_DEBIAN", tmp_path / "nope")
     monkeypatch.delenv("PRUNEKIT_FMNIST_DIR", raising=False)
@@ -88,7 +88,7 @@ def test_fashion_mnist_missing_says_where_it_looked(tmp_path, monkeypatch):
 def test_image_folder_class_mapping(tmp_path):
     from PIL import Image
 
-    from prunekit import data
+    from prunekit.core import data
 
     for cls, color in (("zebra", (255, 255, 255)), ("ant", (0, 0, 0))):
         (tmp_path / cls).mkdir()

@@ -19,12 +19,12 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from prunekit import zoo
-from prunekit.allocate import PruneConfig
-from prunekit.connectivity import PathProbe, connectivity
+from prunekit.core.allocate import PruneConfig
+from prunekit.core.connectivity import PathProbe, connectivity
+from prunekit.core.lab import Lab
+from prunekit.core.profile import profile_model
 from prunekit.errors import ProbeUnsupportedError, PrunekitError
-from prunekit.lab import Lab
-from prunekit.profile import profile_model
+from prunekit.models import zoo
 
 pytestmark = pytest.mark.slow
 ROWS = {row.name: row for row in zoo.list_models()}

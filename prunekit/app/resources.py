@@ -1,0 +1,147 @@
+"""What every session shares, one per server process and never mutated by a session: the labs of the
+zoo models, the evaluation service, figures and export bundles keyed by their content.
+
+What a configuration produces is keyed by the configuration, never by the session: ``Lab.result``
+(shared per model, computed once) gives the pruning numbers, and the evaluation service (worker
+processes, one scheduler) gives accuracies, so thirty students at one slider position cost one
+computation and the server process never evaluates while holding a lock.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import streamlit as st
+import torch
+
+from prunekit.core.allocate import SCOPES, PruneConfig
+from prunekit.core.evaluate import interval_label
+from prunekit.core.lab import Lab
+from prunekit.core.shared import SingleFlight
+from prunekit.errors import InvalidArgumentError
+from prunekit.models import zoo
+from prunekit.service.jobs import EvalJob
+from prunekit.service.scheduler import RAY_ENV, EvalService, open_service
+from prunekit.service.store import ResultStore
+
+torch.set_num_threads(int(os.environ.get("PRUNEKIT_THREADS", os.cpu_count() or 1)))  # tests: one per process
+
+
+ESTIMATE_IMAGES = 1000  # a fixed stratified subset: the first number at a position nobody has computed
+
+
+DEFAULTS = {
+    "model": "fmnist-cnn",
+    "criterion": "magnitude",
+    "structure": "unstructured",
+    "sparsity": 0.5,
+    "keep": False,
+    "normalise": "none",
+}
+
+
+@st.cache_resource(show_spinner="Loading the model (first time only)...")
+def shared_lab(name: str) -> Lab:
+    return Lab(zoo.load(name))
+
+
+@st.cache_resource(show_spinner=False)
+def service() -> EvalService:
+    """The evaluation service: ``$PRUNEKIT_WORKERS`` local processes (default: one per core; one beside
+    a Ray cluster named by ``$PRUNEKIT_RAY_ADDRESS``, which then takes the accuracy jobs), results on disk."""
+    ray = os.environ.get(RAY_ENV) or None
+    workers = int(os.environ.get("PRUNEKIT_WORKERS", 0)) or (1 if ray else None)
+    svc = open_service(ray, workers, ResultStore(), fall_back=True)
+    default = shared_lab(DEFAULTS["model"])
+    register(svc, default)
+    if curve_fill_enabled():
+        svc.fill_curve(template(default, DEFAULTS), SCOPES)  # warm before most people ask for it
+    return svc
+
+
+def curve_fill_enabled() -> bool:
+    """Background accuracy curves (on unless ``PRUNEKIT_CURVE_FILL=0``, which the unit tests set)."""
+    return os.environ.get("PRUNEKIT_CURVE_FILL", "1") != "0"
+
+
+def warm() -> None:
+    """Before the server takes sessions (prunekit.app.serve): the default model, its profile, the service."""
+    current = shared_lab(DEFAULTS["model"])
+    current.profile  # noqa: B018 - computed now so that the first page does not wait for it
+    current.result(
+        DEFAULTS["criterion"], DEFAULTS["structure"], DEFAULTS["normalise"], PruneConfig(DEFAULTS["sparsity"])
+    )
+    model_names()
+    dense = EvalJob(model_key(current))
+    service().wait([dense, dense.with_subset(ESTIMATE_IMAGES)], timeout=120)  # workers up, model loaded
+
+
+@st.cache_resource
+def _computed() -> SingleFlight:
+    return SingleFlight(maxsize=1024)
+
+
+@st.cache_resource
+def bundled_rows() -> list[dict]:
+    """The bundled models with their cards' numbers (accuracy measured on the full 10k test split)."""
+    rows = []
+    for name in zoo.BUNDLED:
+        card = zoo.bundled_card(name)
+        rows.append(
+            {
+                "model": name,
+                "architecture": card["architecture"],
+                "params": card["params"],
+                "MACs": card["macs"],
+                "test top-1 (10k)": f"{card['test_accuracy']:.2%}",
+                "95% interval": interval_label(card["test_accuracy"], card["test_images"]).split(" on ")[0].split()[-1],
+                "epochs": card["recipe"]["epochs"],
+                "train time (s)": card["wall_time_s"],
+            }
+        )
+    return rows
+
+
+@st.cache_resource
+def model_names() -> list[str]:
+    return zoo.model_names()
+
+
+def shared(key: tuple, compute: Callable[[], object]):
+    """Compute once per process; a hit never waits behind someone else's computation."""
+    return _computed().get(key, compute)
+
+
+def model_key(current: Lab) -> str:
+    """The service's name for a model: zoo models by name, an upload by its name and weights."""
+    if current.loaded.family == "user":
+        return f"{current.loaded.name}#{current.fingerprint[:12]}"
+    return current.loaded.name
+
+
+def register(svc: EvalService, current: Lab) -> None:
+    """Tell the service how its workers load ``current`` (the spec it was loaded from)."""
+    if current.loaded.spec is None:
+        raise InvalidArgumentError(f"model {current.loaded.name!r} has no spec: worker processes cannot load it")
+    svc.register(model_key(current), current.loaded.spec, current.fingerprint)
+
+
+def template(current: Lab, c: dict) -> EvalJob:
+    return EvalJob(model_key(current), c["criterion"], c["structure"], c["normalise"], keep_first_last=c["keep"])
+
+
+def estimate_size(current: Lab) -> int | None:
+    """Images in the quick estimate, or None when the evaluation set is small enough to score whole."""
+    return ESTIMATE_IMAGES if len(current.loaded.eval_data()) > ESTIMATE_IMAGES else None
+
+
+def figure(kind: str, key: tuple, build: Callable[[], object]):
+    """A plotly figure built once per content ``key`` and shared by every session (st.plotly_chart
+    copies a figure before it serialises it, so the shared one is never mutated)."""
+    return shared(("figure", kind, *key), build)
+
+
+@st.cache_resource
+def bundles() -> SingleFlight:
+    return SingleFlight(maxsize=4)  # export files can be tens of MB: keep few

@@ -1,0 +1,217 @@
+"""What the pages ask for, on the session's configuration: pruning results, accuracies from the
+evaluation service, speed, recovery, export, filter views. Pages ask and redraw; they never wait for an
+evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import streamlit as st
+import torch
+
+from prunekit.app import plots
+from prunekit.app.resources import bundles, curve_fill_enabled, estimate_size, model_key, register, service, template
+from prunekit.app.state import cfg, config, error_text, session_id, settings
+from prunekit.core import analysis
+from prunekit.core.allocate import SCOPES
+from prunekit.core.lab import Lab, PruneResult
+from prunekit.deploy.export import Bundle, build_bundle
+from prunekit.deploy.recover import Recipe, Recovery, has_training_split
+from prunekit.service import readings
+from prunekit.service.jobs import EvalJob, RecoverJob, SpeedJob
+from prunekit.service.scheduler import LIVE_FULL, Outcome, ServiceStatus
+
+EFFECTIVE_HELP = (
+    "Weights that are zero or lie on no surviving input-output path (all-ones path test on a linearised twin)."
+)
+
+
+def untrained_banner(current: Lab) -> bool:
+    """Show the banner for untrained models; True when accuracy and importance are meaningless."""
+    if current.loaded.pretrained:
+        if current.loaded.notes:  # e.g. an upload's half-precision tensors converted to float32
+            st.info(error_text(" ".join(current.loaded.notes)))
+        return False
+    st.error(
+        "**Untrained: structure only.** "
+        + error_text(" ".join(current.loaded.notes))
+        + " Accuracy and weight-based importance are not shown as meaningful."
+    )
+    return True
+
+
+def prune_both(current: Lab) -> dict[str, PruneResult]:
+    """Both scopes' shared results (computed once per configuration; read-only)."""
+    with st.spinner("Scoring once for this criterion; every later slider move is a lookup..."):
+        return {scope: current.result(*settings(), config(scope)) for scope in SCOPES}
+
+
+@dataclass(frozen=True)
+class CurveView:
+    curves: dict[str, dict[float, float]]  # scope -> sparsity -> full-split top-1
+    points: int  # grid points per scope
+    status: ServiceStatus
+
+    @property
+    def pending(self) -> bool:
+        return curve_fill_enabled() and any(len(c) < self.points for c in self.curves.values())
+
+
+def point_view(current: Lab, ask: bool = True) -> readings.PointView:
+    """The accuracies at the slider. ``ask``: send them as this session's live request (latest wins)."""
+    svc = service()
+    register(svc, current)
+    job = dataclasses.replace(template(current, cfg()), sparsity=cfg()["sparsity"])
+    return readings.read_point(svc, job, SCOPES, estimate_size(current), session_id(), ask)
+
+
+def fill_curve(current: Lab) -> None:
+    """Queue the on-screen configuration's accuracy curve (both scopes) as background work."""
+    if curve_fill_enabled():
+        service().fill_curve(template(current, cfg()), SCOPES)
+
+
+def curve_view(current: Lab) -> CurveView:
+    svc = service()
+    return CurveView(readings.read_curves(svc, template(current, cfg()), SCOPES), readings.curve_points(), svc.status())
+
+
+def tradeoff_points(current: Lab, recipes: list[tuple[str, str, str]], sparsities, estimate: bool) -> dict:
+    """Per recipe (criterion, scope, structure): sparsity, speedup and accuracy (None while pending)."""
+    job = dataclasses.replace(template(current, cfg()), subset=estimate_size(current) if estimate else None)
+    return readings.tradeoff(service(), current, job, recipes, sparsities, session_id())
+
+
+def dense_reading(current: Lab, estimate: bool) -> readings.Reading:
+    job = EvalJob(model_key(current), subset=estimate_size(current) if estimate else None)
+    return readings.reading(service().request([(job, LIVE_FULL)], "")[job])
+
+
+def _job(current: Lab, scope: str) -> dict:
+    c = cfg()
+    return dict(
+        model=model_key(current),
+        criterion=c["criterion"],
+        structure=c["structure"],
+        normalise=c["normalise"],
+        sparsity=c["sparsity"],
+        scope=scope,
+        keep_first_last=c["keep"],
+    )
+
+
+def speed(current: Lab, scope: str, measure: bool) -> Outcome | None:
+    """Latency of dense, masked and compacted models at the slider (from the workers); ``measure``
+    queues it, otherwise only a known (cached) result is returned."""
+    svc, job = service(), SpeedJob(**_job(current, scope))
+    register(svc, current)
+    if not measure:
+        return svc.lookup(job)
+    return svc.request([(job, LIVE_FULL)], f"{session_id()}:speed")[job]
+
+
+def speed_key(current: Lab, scope: str) -> tuple:
+    return tuple(_job(current, scope).values())
+
+
+def speed_pending(current: Lab, scope: str) -> bool:
+    """True while this session asked for the latency at the slider and it is not there yet."""
+    return st.session_state.get("speed_asked") == speed_key(current, scope) and speed(current, scope, False) is None
+
+
+def recover_job(current: Lab, scope: str, recipe: Recipe) -> RecoverJob:
+    return RecoverJob(**_job(current, scope), recipe=recipe)
+
+
+def recovery_unavailable(current: Lab) -> str | None:
+    if current.loaded.family == "user":
+        return "recovery runs on zoo models (an upload's weights are not sent to the training workers)"
+    return (
+        None
+        if has_training_split(current.loaded)
+        else "recovery needs a training split: only Fashion-MNIST models have one here"
+    )
+
+
+def recovery(current: Lab, job: RecoverJob, start: bool) -> tuple[Outcome | None, Recovery | None]:
+    """(outcome if finished, progress if running); ``start`` queues the job."""
+    svc = service()
+    register(svc, current)
+    return readings.read_recovery(svc, job, session_id(), start)
+
+
+def recovery_figure(curves: dict, r: Recovery | None):
+    accs = r.accuracy if r is not None else {}
+    base = {k: (v.top1 if v else None) for k, v in accs.items() if k in ("dense", "recalibrated")}
+    return plots.recovery_curve(curves, base)
+
+
+def schedule_jobs(current: Lab, scope: str, epochs: float, steps: int, train: int | None) -> tuple[RecoverJob, ...]:
+    """One recovery job per schedule, same final sparsity and fine-tuning budget."""
+    return tuple(
+        recover_job(current, scope, Recipe(1024, epochs, train, name, 1 if name == "one-shot" else steps))
+        for name in ("one-shot", "iterative", "agp")
+    )
+
+
+def schedule_view(current: Lab, jobs: tuple[RecoverJob, ...], start: bool = True) -> readings.ScheduleView:
+    svc = service()
+    register(svc, current)
+    return readings.read_schedules(svc, jobs, session_id(), start)
+
+
+def stop_recovery(job: RecoverJob) -> None:
+    service().stop(job)
+
+
+def forget(job: EvalJob) -> None:
+    service().forget(job)
+
+
+def export_bundle(current: Lab, scope: str) -> Bundle:
+    """The export files at the slider (built once per configuration, on a private pruner)."""
+    c = cfg()
+    key = (model_key(current), *settings(), scope, c["sparsity"], c["keep"])
+    return bundles().get(key, lambda: build_bundle(current.pruner(*settings()), config(scope)))
+
+
+def _key(kind: str, current: Lab, *extra) -> tuple:
+    return (kind, model_key(current), *extra)
+
+
+def filter_view(current: Lab, criterion: str, scope: str) -> analysis.FilterView:
+    table = current.table(criterion, "filter", cfg()["normalise"])
+    return analysis.filter_view(table, config(scope), current.first_last)
+
+
+def agreement(current: Lab, criteria: list[str], scope: str):
+    tables = {name: current.table(name, "filter", cfg()["normalise"]) for name in criteria}
+    return analysis.agreement(tables, config(scope), current.first_last)
+
+
+def sensitivity(
+    current: Lab, criterion: str, sparsities: tuple[float, ...], estimate: bool
+) -> readings.SensitivityView:
+    """The scan's points as jobs of the evaluation service (local workers, or the Ray cluster)."""
+    svc = service()
+    register(svc, current)
+    subset = estimate_size(current) if estimate else None
+    template = EvalJob(model_key(current), criterion, "unstructured", subset=subset)
+    return readings.read_sensitivity(svc, current, template, sparsities, session_id())
+
+
+def attribution(current: Lab, index: int) -> tuple:
+    data = current.loaded.eval_data()
+    image, label = data.images[index], int(data.labels[index])
+    dense = analysis.attribution_map(current.loaded.model, image, label)
+    with current.borrow(*settings()) as p:
+        p.apply_(config("global"))
+        pruned = analysis.attribution_map(p.model, image, label)
+    return image.mean(0), dense, pruned, data.classes[label]
+
+
+def first_conv_kernels(current: Lab) -> tuple[str, torch.Tensor] | None:
+    """The first convolution's name and kernels ``(out, in, kh, kw)``, or None when the model has none."""
+    return analysis.first_conv_kernels(current.loaded.model)

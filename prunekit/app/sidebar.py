@@ -1,0 +1,101 @@
+"""The sidebar on every page: the model picker, uploads, and the notices a session must see."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from prunekit.app.resources import DEFAULTS, model_names, register, service
+from prunekit.app.state import bind, cfg, error_text, init_state
+from prunekit.core.lab import Lab
+from prunekit.errors import PrunekitError
+from prunekit.models import checkpoints, zoo
+
+UPLOAD_TYPES = ["safetensors", "pt", "pth", "bin", "ckpt", "ts"]
+
+
+def show_notices() -> None:
+    for note in st.session_state.pop("notices", []):
+        st.warning(note)
+    st.session_state.notices = []
+    svc = service()
+    if svc.notice:  # e.g. the Ray cluster is gone and local workers took over
+        st.error(svc.notice, icon="⚠️")
+    if svc.store is not None and svc.store.notice:  # e.g. a damaged result store was set aside
+        st.warning(svc.store.notice, icon="🗄️")
+
+
+def sidebar() -> None:
+    init_state()
+    names = model_names() + list(st.session_state.user_labs)
+    if cfg()["model"] not in names:
+        cfg()["model"] = DEFAULTS["model"]
+    with st.sidebar:
+        st.markdown("### Model")
+        bind(
+            st.selectbox,
+            "model",
+            label="Pretrained CNN",
+            options=names,
+            format_func=_model_label,
+            help="Bundled Fashion-MNIST models load instantly and offline; torchvision models are untrained unless their weights are cached.",
+        )
+        mode = "trusted mode: uploads may run code" if checkpoints.trusted_mode() else "safe mode"
+        with st.expander(f"Upload your own weights ({mode})"):
+            _upload()
+
+
+def _model_label(name: str) -> str:
+    if name in zoo.BUNDLED:
+        return f"{name} (bundled, Fashion-MNIST)"
+    if name in zoo.EFFICIENTNET:
+        return f"{name} (ImageNet weights)"
+    if name in st.session_state.get("user_labs", {}):
+        return f"{name} (your upload)"
+    return f"{name} (torchvision)"
+
+
+def _upload_mode() -> None:
+    """Say plainly what the server accepts: the person who started it chose the mode."""
+    if checkpoints.trusted_mode():
+        st.warning(
+            "**Trusted mode** (started with PRUNEKIT_TRUSTED_UPLOADS=1): whole pickled models and TorchScript are "
+            "loaded too, and loading them runs code from the file. Upload only your own files."
+        )
+    else:
+        st.caption(
+            "Safe mode: safetensors files and state_dicts (read with `weights_only=True`); nothing in a file is run. "
+            "Whole pickled models and TorchScript need the server started in trusted mode (`./dev app --trusted`)."
+        )
+
+
+def _upload() -> None:
+    _upload_mode()
+    arch = st.selectbox(
+        "Architecture (type to search)",
+        model_names(),
+        key="upload_arch",
+        help="The zoo model the weights belong to; its input size and evaluation data are used.",
+    )
+    file = st.file_uploader(
+        f"Weights (at most {checkpoints.max_upload_mb()} MB: {checkpoints.LIMIT_ENV} raises it)",
+        type=UPLOAD_TYPES,
+        key="upload_file",
+    )
+    if file is None or f"upload:{file.name}" in st.session_state.user_labs:
+        return
+    try:
+        with st.spinner(f"Checking and loading {file.name}..."):
+            _register_upload(file.getvalue(), arch, f"upload:{file.name}")
+    except PrunekitError as exc:
+        st.error(error_text(exc))
+        return
+    st.rerun()
+
+
+def _register_upload(blob: bytes, arch: str, name: str) -> None:
+    """Load, share with the evaluation workers (they rebuild it from the same bytes) and select it."""
+    upload = Lab(checkpoints.load_checkpoint(blob, arch, name=name))
+    st.session_state.user_labs[name] = upload
+    register(service(), upload)
+    cfg()["model"] = name
+    st.session_state["w_model"] = name

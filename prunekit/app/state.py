@@ -1,0 +1,89 @@
+"""A session's settings: read once from the URL (a share link), kept across pages, written back to the URL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+from prunekit.app import links
+from prunekit.app.resources import DEFAULTS, model_names, shared_lab
+from prunekit.core.allocate import NORMALISATIONS, PruneConfig
+from prunekit.core.importance import CRITERIA, STRUCTURES
+from prunekit.core.lab import Lab
+from prunekit.errors import without_paths
+
+
+def init_state() -> None:
+    """Once per session: settings from the query string; bad or stale values fall back with a notice."""
+    if "cfg" in st.session_state:
+        return
+    cfg, notices = links.parse_link(st.query_params.to_dict(), _link_schema())
+    if not _supports(cfg["criterion"], cfg["structure"]):
+        notices.append(f"Criterion {cfg['criterion']!r} has no {cfg['structure']} mode; using 'magnitude'.")
+        cfg["criterion"] = "magnitude"
+    st.session_state.cfg = cfg
+    st.session_state.notices = notices
+    st.session_state.user_labs = {}
+
+
+def _link_schema() -> links.LinkSchema:
+    choices = {"model": model_names(), "criterion": list(CRITERIA), "structure": list(STRUCTURES)}
+    return links.LinkSchema(DEFAULTS, choices | {"normalise": list(NORMALISATIONS)})
+
+
+def cfg() -> dict:
+    return st.session_state.cfg
+
+
+def sync_query() -> None:
+    c = cfg()
+    st.query_params.from_dict({k: ("1" if v is True else "0" if v is False else str(v)) for k, v in c.items()})
+
+
+def error_text(error: object) -> str:
+    """An error's words for a page: the server's paths reduced to the names they end in."""
+    return without_paths(str(error))
+
+
+def _supports(criterion: str, structure: str) -> bool:
+    return structure in CRITERIA[criterion].structures
+
+
+def bind(widget: Callable, name: str, **kwargs):
+    """Render a widget whose value persists in cfg across pages (widget state is dropped off-page)."""
+    key = f"w_{name}"
+    if key not in st.session_state:
+        st.session_state[key] = cfg()[name]
+    value = widget(key=key, **kwargs)
+    cfg()[name] = value
+    return value
+
+
+def apply_preset(**values) -> None:
+    """Callback for preset buttons: set cfg and the widgets before they are drawn."""
+    cfg().update(values)
+    for name, value in values.items():
+        st.session_state[f"w_{name}"] = value
+
+
+def lab() -> Lab:
+    name = cfg()["model"]
+    if name in st.session_state.user_labs:
+        return st.session_state.user_labs[name]
+    return shared_lab(name)
+
+
+def config(scope: str) -> PruneConfig:
+    return PruneConfig(cfg()["sparsity"], scope, cfg()["keep"])
+
+
+def settings() -> tuple[str, str, str]:
+    c = cfg()
+    return c["criterion"], c["structure"], c["normalise"]
+
+
+def session_id() -> str:
+    ctx = get_script_run_ctx(suppress_warning=True)
+    return ctx.session_id if ctx is not None else ""

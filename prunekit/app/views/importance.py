@@ -1,0 +1,86 @@
+import streamlit as st
+
+from prunekit.app import plots, session, state
+from prunekit.app.links import SPARSITY_MAX, SPARSITY_STEP
+from prunekit.core.importance import CRITERIA
+
+st.title("Which filters does each criterion keep?")
+with st.expander("What am I looking at?"):
+    st.markdown(
+        "Each row is a group of coupled channels (named by its first layer), each cell one filter, coloured by the "
+        "criterion's score relative to the best filter of that row; an **x** marks a filter removed at the current "
+        "sparsity. Magnitude criteria assume small weights matter little; BN-scale reads the learned channel gates "
+        "(network slimming); Taylor and captum use gradients on real images (Molchanov et al.). Where criteria "
+        "disagree, the choice of criterion matters more than the threshold."
+    )
+lab = state.lab()
+if session.untrained_banner(lab):
+    st.info(
+        "Filter importance of random initial weights describes the initialisation, not anything learned: pick a trained model."
+    )
+    st.stop()
+c = state.cfg()
+filter_criteria = [n for n, crit in CRITERIA.items() if "filter" in crit.structures]
+a, b, d = st.columns(3)
+criterion = a.selectbox(
+    "Criterion",
+    filter_criteria,
+    index=filter_criteria.index(c["criterion"]) if c["criterion"] in filter_criteria else 0,
+    format_func=lambda n: CRITERIA[n].title,
+)
+scope = b.radio("Scope", ["global", "local"], horizontal=True)
+sort = d.toggle("Sort each row", value=False)
+state.bind(
+    st.slider,
+    "sparsity",
+    label="Sparsity (fraction of channels removed)",
+    min_value=0.0,
+    max_value=SPARSITY_MAX,
+    step=SPARSITY_STEP,
+)
+
+try:
+    with st.spinner("Scoring filters..."):
+        view = session.filter_view(lab, criterion, scope)
+except Exception as exc:
+    st.error(f"Could not score with {criterion!r}: {state.error_text(exc)}")
+    st.stop()
+st.plotly_chart(plots.importance_heatmap(view.layers, view.scores, view.removed, sort), width="stretch")
+
+st.subheader("Do the criteria agree?")
+chosen = st.multiselect("Criteria to compare", filter_criteria, default=["l1", "l2", "random", "synflow"])
+if len(chosen) >= 2:
+    try:
+        with st.spinner("Scoring every chosen criterion (data-driven ones take a few seconds)..."):
+            overlap, corr = session.agreement(lab, chosen, scope)
+        left, right = st.columns(2)
+        left.plotly_chart(
+            plots.agreement_matrix(chosen, overlap, "Overlap of removed filters (Jaccard)"), width="stretch"
+        )
+        right.plotly_chart(
+            plots.agreement_matrix(chosen, corr, "Rank correlation of scores (Spearman, mean over layers)"),
+            width="stretch",
+        )
+    except Exception as exc:
+        st.error(f"Could not compare: {state.error_text(exc)}")
+
+st.subheader("One layer up close")
+layer = st.selectbox("Layer", view.layers)
+i = view.layers.index(layer)
+st.plotly_chart(plots.scores_bar(view.scores[i], view.removed[i], layer), width="stretch")
+kernels = session.first_conv_kernels(lab)
+if kernels is not None:
+    st.plotly_chart(plots.kernel_grid(kernels[1], f"First layer ({kernels[0]}) kernels"), width="stretch")
+n = len(lab.loaded.eval_data())
+index = st.number_input("Sample image", min_value=0, max_value=n - 1, value=0)
+with st.spinner("captum Integrated Gradients on the dense and the globally pruned model..."):
+    image, dense, pruned, label = session.attribution(lab, int(index))
+st.plotly_chart(
+    plots.attribution_pair(
+        image,
+        dense,
+        pruned,
+        f"Integrated Gradients towards the true class '{label}' (global, {state.cfg()['criterion']}, {state.cfg()['sparsity']:.0%})",
+    ),
+    width="stretch",
+)

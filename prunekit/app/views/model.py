@@ -1,0 +1,81 @@
+import pandas as pd
+import streamlit as st
+
+from prunekit.app import plots, resources, session, state
+from prunekit.core.evaluate import interval_label
+from prunekit.units import compact
+
+st.title("Where do the parameters and the compute live?")
+with st.expander("What am I looking at?"):
+    st.markdown(
+        "Parameters decide a model's **size**; multiply-accumulates (MACs) decide its **compute**. They live in "
+        "different places: early conv layers see large feature maps with few channels (cheap in parameters, costly "
+        "in compute), late layers the opposite. That is why pruning 'the biggest layers' shrinks the file but barely "
+        "speeds the model up (Blalock et al.'s compression ratio vs theoretical speedup)."
+    )
+with st.expander("Bundled models (offline, trained here on Fashion-MNIST)", expanded=True):
+    st.dataframe(pd.DataFrame(resources.bundled_rows()), hide_index=True, width="stretch")
+lab = state.lab()
+st.header(f"`{lab.loaded.name}`")
+session.untrained_banner(lab)
+prof = lab.profile
+card = lab.loaded.card
+
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("Parameters", compact(prof.total_params), help=f"{prof.total_params:,}")
+c2.metric("MACs / image", compact(prof.total_macs), help=f"{prof.total_macs:,}")
+c3.metric("FLOPs / image", compact(2 * prof.total_macs), help=f"{2 * prof.total_macs:,}")
+acc = card.get("test_accuracy")
+c4.metric("Test accuracy (card)", f"{acc:.2%}" if acc is not None else "n/a")
+if acc is not None:
+    c4.caption(interval_label(acc, card["test_images"]))
+st.caption(prof.convention)
+
+left, right = st.columns(2)
+conv_only = left.toggle("Conv layers only", value=False)
+flops = right.toggle("Show FLOPs (2 x MACs) instead of MACs", value=False)
+st.plotly_chart(plots.params_vs_compute(prof, conv_only=conv_only, flops=flops), width="stretch")
+
+rows = [x for x in prof.layers if x.prunable and (x.is_conv or not conv_only)]
+p_total, m_total = sum(x.params for x in rows) or 1, sum(x.macs for x in rows) or 1
+if len(rows) >= 4:
+    last3 = rows[-3:]
+    p_share = sum(x.params for x in last3) / p_total
+    m_share = sum(x.macs for x in last3) / m_total
+    kind = "conv layers" if conv_only else "conv + linear layers"
+    st.info(
+        f"Takeaway: among the {kind}, the last 3 layers hold **{p_share:.0%} of the parameters** but **{m_share:.0%} of the compute**."
+    )
+top_p = max(rows, key=lambda x: x.params)
+top_m = max(rows, key=lambda x: x.macs)
+st.markdown(
+    f"Most parameters: `{top_p.name}` ({top_p.params / p_total:.0%}). Most compute: `{top_m.name}` ({top_m.macs / m_total:.0%})."
+)
+
+scale = 2 if flops else 1
+table = pd.DataFrame(
+    [
+        {
+            "layer": x.name,
+            "type": x.kind,
+            "input": str(x.input_shape),
+            "output": str(x.output_shape),
+            "params": x.params,
+            "params %": 100 * x.params / p_total,
+            ("FLOPs" if flops else "MACs"): scale * x.macs,
+            "compute %": 100 * x.macs / m_total,
+        }
+        for x in rows
+    ]
+)
+st.dataframe(
+    table,
+    hide_index=True,
+    width="stretch",
+    column_config={
+        "params %": st.column_config.NumberColumn(format="%.2f"),
+        "compute %": st.column_config.NumberColumn(format="%.2f"),
+    },
+)
+with st.expander("Model card"):
+    st.json(card)

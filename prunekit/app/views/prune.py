@@ -1,0 +1,321 @@
+import streamlit as st
+
+from prunekit.app import plots, resources, session, state
+from prunekit.app.links import SPARSITY_MAX, SPARSITY_STEP
+from prunekit.core.allocate import NORMALISATIONS
+from prunekit.core.importance import CRITERIA, STRUCTURES
+from prunekit.deploy.export import FILES
+from prunekit.deploy.recover import Recipe
+from prunekit.service.scheduler import JobError
+from prunekit.units import compact
+
+st.title("Global against local pruning")
+with st.expander("What am I looking at?"):
+    st.markdown(
+        "**Local** pruning removes the same fraction from every layer. **Global** pruning ranks all weights (or "
+        "filters) of the network together and removes everything under one threshold, so layers with small scores "
+        "lose more, and at high sparsity a whole layer can vanish: **layer collapse** (Tanaka et al., SynFlow). "
+        "Unstructured pruning zeroes single weights (smaller file, no speed-up on dense hardware); filter pruning "
+        "removes whole channels, with the next layer's input kernels and the BatchNorm entries, which real hardware "
+        "can turn into speed. *Effective sparsity* also counts weights that are non-zero but on no input-output path."
+    )
+
+PRESETS = {
+    "Watch global filter pruning collapse a layer": dict(
+        criterion="l1", structure="filter", sparsity=0.5, keep=False, normalise="none"
+    ),
+    "Global vs local at 90%": dict(
+        criterion="magnitude", structure="unstructured", sparsity=0.9, keep=False, normalise="none"
+    ),
+    "Normalised global scores avoid the collapse": dict(
+        criterion="l1", structure="filter", sparsity=0.5, keep=False, normalise="mean"
+    ),
+}
+cols = st.columns(len(PRESETS))
+for col, (label, values) in zip(cols, PRESETS.items(), strict=True):
+    col.button(label, on_click=state.apply_preset, kwargs=values, width="stretch")
+
+lab = state.lab()
+untrained = session.untrained_banner(lab)
+if untrained:
+    st.caption("Per-layer sparsities below reflect the random initialisation's scale, not learned importance.")
+c = state.cfg()
+a, b, d, e = st.columns([1, 1, 1, 1])
+structure = state.bind(
+    a.radio,
+    "structure",
+    label="Structure",
+    options=list(STRUCTURES),
+    horizontal=True,
+    format_func={"unstructured": "weights", "filter": "filters"}.get,
+)
+criteria = [n for n, crit in CRITERIA.items() if structure in crit.structures]
+if c["criterion"] not in criteria:
+    state.apply_preset(criterion=criteria[0])
+state.bind(b.selectbox, "criterion", label="Criterion", options=criteria, format_func=lambda n: CRITERIA[n].title)
+state.bind(
+    d.selectbox,
+    "normalise",
+    label="Global score normalisation",
+    options=list(NORMALISATIONS),
+    help="; ".join(f"{k}: {v}" for k, v in NORMALISATIONS.items()),
+)
+state.bind(e.checkbox, "keep", label="Keep first and last layer dense")
+sparsity = state.bind(
+    st.slider,
+    "sparsity",
+    label="Sparsity (fraction removed)" + (" of channels" if structure == "filter" else " of weights"),
+    min_value=0.0,
+    max_value=SPARSITY_MAX,
+    step=SPARSITY_STEP,
+)
+st.caption(
+    CRITERIA[c["criterion"]].description
+    + (" Calibration: the last 256 images of the evaluation set." if CRITERIA[c["criterion"]].needs_data else "")
+)
+
+try:
+    results = session.prune_both(lab)
+except Exception as exc:  # engine errors are shown on the page, never as a traceback
+    st.error(f"Could not prune: {state.error_text(exc)}")
+    st.stop()
+
+if lab.probe_unavailable:
+    st.info(f"Effective sparsity and layer collapse are not shown: {lab.probe_unavailable}.")
+for scope, r in results.items():
+    if r.collapse or r.collapsed_layers:
+        named = ", ".join(f"`{n}`" for n in r.collapsed_layers) or "no single layer, but every path is cut"
+        st.warning(
+            f"**{scope.title()}: layer collapse.** "
+            + ("No input-output path survives. " if r.collapse else "")
+            + f"Fully pruned: {named}."
+        )
+if structure == "filter":
+    st.caption(
+        "Filter sparsity counts channels; each removed channel also removes the next layer's input kernels, so the weight sparsity below is higher."
+    )
+
+st.plotly_chart(
+    resources.figure(
+        "bars", (resources.model_key(lab), *state.cfg().values()), lambda: plots.layer_sparsity_bars(results)
+    ),
+    width="stretch",
+)
+
+cols = st.columns(2)
+for col, (scope, r) in zip(cols, results.items(), strict=True):
+    with col:
+        st.subheader(scope.title())
+        m1, m2, m3 = st.columns(3)
+        m1.metric(
+            "Params left",
+            compact(r.nonzero_params),
+            help=f"{r.nonzero_params:,} of {r.total_params:,} ({r.nonzero_params / r.total_params:.1%})",
+        )
+        m2.metric(
+            "MACs left",
+            compact(r.remaining_macs),
+            help=f"{r.remaining_macs:,} of {r.total_macs:,} ({r.remaining_macs / r.total_macs:.1%})",
+        )
+        m3.metric("Compression", f"{r.compression_ratio:.2f}x")
+        m4, m5, m6 = st.columns(3)
+        m4.metric("Theoretical speedup", f"{r.theoretical_speedup:.2f}x" if r.remaining_macs else "inf")
+        m5.metric("Weight sparsity", f"{r.achieved_sparsity:.1%}")
+        if r.effective_sparsity is None:
+            m6.metric("Effective sparsity", "n/a", help=r.probe_note)
+        else:
+            m6.metric("Effective sparsity", f"{r.effective_sparsity:.1%}", help=session.EFFECTIVE_HELP)
+        st.caption(
+            f"{r.nonzero_params / r.total_params:.1%} of {r.total_params:,} parameters and {r.remaining_macs / r.total_macs:.1%} of {r.total_macs:,} MACs remain."
+        )
+
+
+def export_buttons(bundle) -> None:
+    c = bundle.compacted
+    if c is not None:
+        st.caption(
+            f"Compacted: {c.params_compact:,} parameters (of {c.params_dense:,}; the masked model has exactly that "
+            f"many non-zero), {c.channels_removed:,} channels removed; outputs differ from the masked model's by at "
+            f"most {c.max_abs_diff:.1e}."
+        )
+    else:
+        st.caption(
+            "Unstructured masks: the exported model keeps its shapes with zeros inside (nothing whole to remove)."
+        )
+    cols = st.columns(len(bundle.files))
+    for col, (name, data) in zip(cols, bundle.files.items(), strict=True):
+        col.download_button(name, data, file_name=name, help=FILES[name], key=f"dl-{name}")
+
+
+RECOVERY_LABELS = {"dense": "Dense", "pruned": "Pruned", "recalibrated": "BN-recalibrated", "finetuned": "Fine-tuned"}
+
+
+def recovery_metrics(r) -> None:
+    cols = st.columns(len(RECOVERY_LABELS))
+    for col, (key, label) in zip(cols, RECOVERY_LABELS.items(), strict=True):
+        acc = r.accuracy.get(key)
+        if acc is None:
+            col.metric(label, "skipped" if key in r.accuracy else "...")
+            continue
+        col.metric(label, f"{acc.top1:.2%}")
+        col.caption(acc.interval_label())
+    st.caption(
+        f"Full test split; fine-tuned on {r.train_images:,} training images for {r.total_steps} steps "
+        f"({r.seconds:.0f} s so far). The curve's points are estimates on 1,000 stratified test images."
+    )
+
+
+st.subheader("Measured speed and export")
+action_scope = st.radio(
+    "Scope for speed, export and recovery", ["global", "local"], horizontal=True, key="action_scope"
+)
+chosen = results[action_scope]
+SPEED_POLL = 0.5
+
+
+def speed_panel() -> None:
+    asked = st.session_state.get("speed_asked") == session.speed_key(lab, action_scope)
+    outcome = session.speed(lab, action_scope, measure=asked)
+    left, right = st.columns([1, 2])
+    left.metric("Theoretical speedup", f"{chosen.theoretical_speedup:.2f}x" if chosen.remaining_macs else "inf")
+    if outcome is None and not asked:
+        if left.button("Measure latency", help="Times dense, masked and compacted models in an evaluation worker."):
+            st.session_state.speed_asked = session.speed_key(lab, action_scope)
+            st.rerun(scope="fragment")
+        return
+    if outcome is None:
+        left.metric("Measured speedup", "measuring...")
+        return
+    if isinstance(outcome, JobError):
+        left.error(f"Latency could not be measured: {state.error_text(outcome.message)}")
+        return
+    best = "compact" if "compact" in outcome.ms else "masked"
+    left.metric(f"Measured speedup ({best}, batch 64)", f"{outcome.speedup(best, 64):.2f}x")
+    right.dataframe(outcome.rows(), hide_index=True, width="stretch")
+    right.caption(
+        f"Median of {outcome.runs[1]} (batch 1) and {outcome.runs[64]} (batch 64) interleaved runs, {outcome.threads} "
+        f"thread(s), in an evaluation worker on {outcome.machine}; other jobs may share the machine."
+    )
+    if outcome.note:
+        st.info(outcome.note)
+
+
+st.fragment(speed_panel, run_every=SPEED_POLL if session.speed_pending(lab, action_scope) else None)()
+
+with st.expander("Download the pruned model (masks, ratios, prune snippet, safetensors, ONNX)"):
+    if st.button("Prepare the files", help="Compacts the model (filters) and exports it; a few seconds on big models."):
+        st.session_state.export_key = session.speed_key(lab, action_scope)
+    if st.session_state.get("export_key") == session.speed_key(lab, action_scope):
+        try:
+            with st.spinner("Compacting and exporting..."):
+                bundle = session.export_bundle(lab, action_scope)
+        except Exception as exc:  # collapse, an unexportable op: shown, never a traceback
+            st.error(f"Could not export: {state.error_text(exc)}")
+        else:
+            export_buttons(bundle)
+
+st.subheader("Accuracy")
+if untrained:
+    st.info("Accuracy is not shown: the model is untrained.")
+    st.stop()
+data = lab.loaded.eval_data()
+POINT_POLL, CURVE_POLL = 0.25, 2.0  # seconds between refreshes while results are on their way
+
+
+def _metric(slot, label: str, reading, dense=None) -> None:
+    if reading.error:
+        slot.error(f"{label}: the evaluation failed ({reading.error}). It is retried on the next move.")
+        return
+    acc = reading.best
+    if acc is None:
+        slot.metric(label, "computing...", help="Queued in the evaluation workers.")
+        return
+    tag = f" (estimate, {acc.n:,} images)" if acc.is_estimate else ""
+    base = dense.full if acc is reading.full and dense is not None else dense.estimate if dense else None
+    delta = f"{100 * (acc.top1 - base.top1):+.2f} points" if base is not None else None
+    slot.metric(
+        label + tag, f"{acc.top1:.2%}", delta, help=f"Top-1 on {acc.n:,} images; below, its 95% Wilson interval."
+    )
+    slot.caption(acc.interval_label())
+
+
+def point_panel() -> None:
+    view = session.point_view(lab)
+    slots = st.columns(3)
+    _metric(slots[0], "Dense", view.dense)
+    for slot, (scope, reading) in zip(slots[1:], view.scopes.items(), strict=True):
+        _metric(slot, f"{scope.title()} at {sparsity:.0%}", reading, view.dense)
+    if view.pending != st.session_state.point_pending:
+        st.rerun()  # only a full rerun changes how often this part refreshes
+
+
+def curve_panel() -> None:
+    view, point = session.curve_view(lab), session.point_view(lab, ask=False)
+    marks = {s: r.best for s, r in point.scopes.items()}
+    key = (repr(view.curves), sparsity, repr(marks), repr(point.dense.best))
+    fig = resources.figure("curve", key, lambda: plots.accuracy_curve(view.curves, sparsity, marks, point.dense.best))
+    st.plotly_chart(fig, width="stretch")
+    s = view.status
+    st.caption(
+        f"Top-1 on all {len(data):,} images ({data.description}); an estimate first reads a fixed stratified subset of "
+        f"{resources.ESTIMATE_IMAGES:,}. Curve: {sum(map(len, view.curves.values()))} of {2 * view.points} points, "
+        f"filled in the background every 0.1, then 0.05, then 0.01. Workers: {s.busy} of {s.alive} busy, "
+        f"{s.queued_live} live and {s.queued_background} background jobs queued."
+    )
+    if view.pending != st.session_state.curve_pending:
+        st.rerun()
+
+
+session.fill_curve(lab)
+st.session_state.point_pending = session.point_view(lab).pending  # asks: this session's live request
+st.session_state.curve_pending = session.curve_view(lab).pending
+st.fragment(point_panel, run_every=POINT_POLL if st.session_state.point_pending else None)()
+st.fragment(curve_panel, run_every=CURVE_POLL if st.session_state.curve_pending else None)()
+
+st.subheader("Recover accuracy")
+why = session.recovery_unavailable(lab)
+if why:
+    st.info(f"Recovery is not available: {why}.")
+    st.stop()
+f1, f2, f3 = st.columns(3)
+bn = f1.number_input("BatchNorm recalibration images", 0, 60_000, 1024, step=256, help="0: skip")
+epochs = f2.number_input("Fine-tune epochs (masks held fixed)", 0.0, 10.0, 1.0, step=0.5, help="0: skip")
+train = f3.selectbox(
+    "Training images", [10_000, 60_000], format_func=lambda n: f"{n:,}" + (" (all)" if n == 60_000 else "")
+)
+job = session.recover_job(lab, action_scope, Recipe(int(bn), float(epochs), None if train == 60_000 else train))
+
+
+def recovery_panel() -> None:
+    started = st.session_state.get("recover_started") == job
+    outcome, progress = session.recovery(lab, job, start=started)
+    if outcome is None and not started:
+        st.button("Start recovery", on_click=lambda: st.session_state.update(recover_started=job))
+        return
+    if isinstance(outcome, JobError):
+        st.error(f"Recovery failed: {state.error_text(outcome.message)}")
+        st.button("Try again", on_click=session.forget, args=(job,))
+        return
+    shown = outcome or progress
+    if outcome is None:
+        st.button("Stop", on_click=session.stop_recovery, args=(job,))
+        done = shown.step / shown.total_steps if shown and shown.total_steps else 0.0
+        st.progress(done, text=f"Fine-tune step {shown.step if shown else 0} of {shown.total_steps if shown else '?'}")
+    if shown is not None:
+        recovery_metrics(shown)
+        if shown.curve:
+            st.plotly_chart(session.recovery_figure({"fine-tune": shown.curve}, shown), width="stretch")
+    if outcome is not None and outcome.stopped:
+        st.warning(
+            f"Stopped after {outcome.step} of {outcome.total_steps} steps; the accuracies are of the model as it was."
+        )
+        st.button("Run again", on_click=session.forget, args=(job,))
+    if (outcome is None) != st.session_state.get("recover_running", False):
+        st.session_state.recover_running = outcome is None
+        st.rerun()
+
+
+st.session_state.recover_running = (
+    st.session_state.get("recover_started") == job and session.recovery(lab, job, False)[0] is None
+)
+st.fragment(recovery_panel, run_every=SPEED_POLL if st.session_state.recover_running else None)()

@@ -1,0 +1,67 @@
+import streamlit as st
+
+from prunekit.app import plots, resources, session, state
+from prunekit.core.evaluate import interval_label
+from prunekit.core.importance import CRITERIA
+
+st.title("Which layers can take the cut?")
+with st.expander("What am I looking at?"):
+    st.markdown(
+        "Sensitivity analysis prunes **one layer at a time**, everything else dense, and measures the accuracy. "
+        "Layers whose accuracy barely moves can be pruned hard; sensitive ones (often the first layer and thin "
+        "bottlenecks) deserve low sparsity. It is the classic way to choose per-layer sparsities before pruning for real."
+    )
+lab = state.lab()
+if session.untrained_banner(lab):
+    st.stop()
+c = state.cfg()
+a, b = st.columns(2)
+criterion = a.selectbox(
+    "Criterion",
+    [n for n, x in CRITERIA.items() if "unstructured" in x.structures],
+    format_func=lambda n: CRITERIA[n].title,
+)
+levels = b.multiselect("Sparsities", [0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99], default=[0.3, 0.5, 0.7, 0.9])
+estimate = st.toggle(f"Fast estimate (a stratified {resources.ESTIMATE_IMAGES:,}-image subset)", value=True)
+if not levels:
+    st.info("Choose at least one sparsity.")
+    st.stop()
+scan = (lab.loaded.name, criterion, tuple(sorted(levels)), estimate)
+if st.button("Run the scan", type="primary"):
+    st.session_state.sens_scan = scan
+if st.session_state.get("sens_scan") != scan:
+    st.stop()
+
+
+def heatmap(rows) -> None:
+    layers = list(dict.fromkeys(r.layer for r in rows))
+    drops = [[next(r.drop for r in rows if r.layer == layer and r.sparsity == s) for s in scan[2]] for layer in layers]
+    st.plotly_chart(plots.sensitivity_heatmap(layers, list(scan[2]), drops), width="stretch")
+    worst = sorted(zip(layers, drops, strict=True), key=lambda t: t[1][-1], reverse=True)
+    st.markdown(
+        f"Most sensitive at {scan[2][-1]:.0%}: **`{worst[0][0]}`** (drop {100 * worst[0][1][-1]:.1f} points). "
+        f"Least sensitive: **`{worst[-1][0]}`** (drop {100 * worst[-1][1][-1]:.1f} points)."
+    )
+    first = rows[0]
+    st.caption(
+        ("Estimate from a stratified subset of " if first.estimate else "Measured on all ")
+        + f"{first.images:,} evaluation images. Dense top-1 {first.dense_accuracy:.1%} "
+        f"({interval_label(first.dense_accuracy, first.images)}): a drop within that interval's width is noise."
+    )
+
+
+def scan_panel() -> None:
+    view = session.sensitivity(lab, criterion, scan[2], estimate)
+    for message in view.errors[:1]:
+        st.error(f"{len(view.errors)} points could not be measured; the first: {state.error_text(message)}")
+    if not view.complete:
+        where = resources.service().status().backend
+        st.progress(view.done / view.total, text=f"{view.done} of {view.total} points measured (on {where})...")
+    elif view.rows:
+        heatmap(view.rows)
+    if view.complete != st.session_state.get("sens_complete"):
+        st.session_state.sens_complete = view.complete
+        st.rerun()  # a full rerun stops (or starts) the refreshing
+
+
+st.fragment(scan_panel, run_every=None if st.session_state.get("sens_complete") else 0.5)()

@@ -1,0 +1,111 @@
+import streamlit as st
+
+from prunekit.app import plots, resources, session, state
+from prunekit.core.importance import CRITERIA
+
+st.title("Accuracy against sparsity and speed-up")
+with st.expander("What am I looking at?"):
+    st.markdown(
+        "Each curve is one pruning recipe: a criterion, a scope and a structure. Higher and further right is better. "
+        "Dashed lines mark where a recipe collapses the network. The second chart trades accuracy against "
+        "**theoretical speedup** (dense MACs / MACs of surviving weights): a compression ratio alone can flatter a "
+        "method that prunes cheap layers (Blalock et al., 'What is the state of neural network pruning?')."
+    )
+lab = state.lab()
+if session.untrained_banner(lab):
+    st.stop()
+options = [
+    f"{n} / {scope} / {structure}"
+    for n, crit in CRITERIA.items()
+    for structure in crit.structures
+    for scope in ("global", "local")
+]
+chosen = st.multiselect(
+    "Recipes (criterion / scope / structure)",
+    options,
+    default=["magnitude / global / unstructured", "magnitude / local / unstructured", "random / global / unstructured"],
+)
+sparsities = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
+estimate = st.toggle(f"Fast estimate (a stratified {resources.ESTIMATE_IMAGES:,}-image subset)", value=False)
+recipes = [tuple(label.split(" / ")) for label in chosen]
+
+
+def _missing(curves: dict) -> int:
+    return sum(a is None for c in curves.values() for a in c["accuracy"]) - sum(
+        len(c["errors"]) for c in curves.values()
+    )
+
+
+def _curves() -> dict:
+    try:
+        return session.tradeoff_points(lab, recipes, sparsities, estimate)
+    except Exception as exc:  # engine errors are shown on the page, never as a traceback
+        st.error(f"Could not prune: {state.error_text(exc)}")
+        st.stop()
+
+
+def curves_panel() -> None:
+    curves = _curves()
+    labelled = {" / ".join(r): c for r, c in curves.items()}
+    for label, c in labelled.items():
+        for message in c["errors"][:1]:
+            st.error(f"{label}: {state.error_text(message)}")
+    dense = session.dense_reading(lab, estimate).full
+    top1 = dense.top1 if dense else None
+    st.plotly_chart(plots.tradeoff_curves(labelled, "sparsity", "sparsity (fraction removed)", top1), width="stretch")
+    st.plotly_chart(
+        plots.tradeoff_curves(labelled, "speedup", "theoretical speedup (x, log scale)", top1), width="stretch"
+    )
+    missing = _missing(curves)
+    done = "all points measured" if missing <= 0 else f"{missing} points still being evaluated (filling in live)"
+    subset = (
+        f"an estimate from a stratified {resources.ESTIMATE_IMAGES:,}-image subset" if estimate else "the full split"
+    )
+    st.caption(f"Accuracy on {subset}, with 95% Wilson intervals as error bars; {done}.")
+    if lab.probe_unavailable:
+        st.caption(f"Collapse points are not marked: {lab.probe_unavailable}.")
+    if (missing > 0) != st.session_state.tradeoffs_pending:
+        st.session_state.tradeoffs_pending = missing > 0
+        st.rerun()  # a full rerun stops (or starts) the refreshing
+
+
+st.session_state.tradeoffs_pending = _missing(_curves()) > 0
+st.fragment(curves_panel, run_every=0.5 if st.session_state.tradeoffs_pending else None)()
+
+st.subheader("One-shot, iterative and AGP pruning at the same final sparsity")
+c = state.cfg()
+why = session.recovery_unavailable(lab)
+if why:
+    st.info(f"Schedules are not compared here: {why}.")
+    st.stop()
+s1, s2, s3, s4 = st.columns(4)
+scope = s1.radio("Scope", ["global", "local"], horizontal=True, key="schedule_scope")
+epochs = s2.number_input("Fine-tune budget (epochs, shared by the steps)", 0.5, 10.0, 1.0, step=0.5)
+steps = s3.number_input("Pruning steps (iterative, AGP)", 2, 10, 3)
+train = s4.selectbox("Training images", [10_000, 60_000], format_func=lambda n: f"{n:,}", key="schedule_train")
+st.caption(
+    f"Setting from the Prune page: {c['criterion']} / {c['structure']} at {c['sparsity']:.0%}"
+    f"{', normalised ' + c['normalise'] if c['normalise'] != 'none' else ''}. One-shot prunes once and fine-tunes; "
+    "iterative prunes in equal steps; AGP (Zhu & Gupta) follows a cubic schedule that prunes most early. Each "
+    "re-scores the fine-tuned weights before a step, recalibrates BatchNorm, and all three spend the same budget."
+)
+jobs = session.schedule_jobs(lab, scope, float(epochs), int(steps), None if train == 60_000 else train)
+
+
+def schedules_panel() -> None:
+    asked = st.session_state.get("schedules_asked") == jobs
+    if not asked:
+        st.button("Compare the schedules", on_click=lambda: st.session_state.update(schedules_asked=jobs))
+        return
+    view = session.schedule_view(lab, jobs)
+    st.dataframe(view.rows, hide_index=True, width="stretch")
+    if view.curves:
+        st.plotly_chart(session.recovery_figure(view.curves, view.baseline), width="stretch")
+    if view.running != st.session_state.get("schedules_running", False):
+        st.session_state.schedules_running = view.running
+        st.rerun()
+
+
+running = st.session_state.get("schedules_asked") == jobs and session.schedule_view(lab, jobs, start=False).running
+st.session_state.schedules_running = running
+st.fragment(schedules_panel, run_every=0.5 if running else None)()

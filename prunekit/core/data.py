@@ -1,0 +1,112 @@
+"""Labelled image data held in memory, and ImageFolder directories read on demand.
+
+Tensors are float32 images ``(N, C, H, W)`` and int64 labels ``(N,)``. Nothing here knows the bundled
+datasets (those are in :mod:`prunekit.models.datasets`).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from prunekit.errors import DataNotFoundError, InvalidArgumentError
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """A labelled, already normalised evaluation set held in memory."""
+
+    name: str
+    images: torch.Tensor  # (N, C, H, W) float32, normalised
+    labels: torch.Tensor  # (N,) int64
+    classes: tuple[str, ...]
+    description: str
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def load_image(path: Path, size: int, mean, std, mode: str = "RGB") -> torch.Tensor:
+    from PIL import Image
+    from torchvision.transforms import functional as F
+
+    with Image.open(path) as img:
+        img = img.convert(mode)
+        img = F.resize(img, size)
+        img = F.center_crop(img, size)
+        return F.normalize(F.to_tensor(img), list(mean), list(std))
+
+
+IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".webp")
+
+
+@functools.lru_cache(maxsize=8)  # a worker reads many shards of one folder: list it once
+def folder_listing(root: str) -> tuple[tuple[str, ...], list[tuple[Path, int]]]:
+    """(classes, [(file, class index)]) of ``root/<class>/<image>``, both sorted: every reader of the
+    folder numbers its images the same way, so image ``i`` is the same file on every machine."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataNotFoundError(f"image folder {str(root)!r} does not exist")
+    classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
+    if not classes:
+        raise DataNotFoundError(f"image folder {str(root)!r} has no class sub-folders")
+    items = [
+        (f, i)
+        for i, c in enumerate(classes)
+        for f in sorted((root / c).iterdir())
+        if f.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not items:
+        raise DataNotFoundError(f"image folder {str(root)!r} has no images ({', '.join(IMAGE_SUFFIXES)})")
+    return classes, items
+
+
+@dataclass(frozen=True)
+class FolderSet:
+    """An ImageFolder evaluation set read on demand, a shard of images at a time: each image resized
+    (shorter side) and centre-cropped to ``shape``'s size, grey or RGB by its channels, normalised."""
+
+    root: str
+    shape: tuple[int, int, int]  # (C, H, W) of one model input
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __len__(self) -> int:
+        return len(folder_listing(self.root)[1])
+
+    def fingerprint(self) -> str:
+        """sha256 of the reading settings and each file's name, size, mtime and label (not its bytes)."""
+        h = hashlib.sha256(repr((self.shape, self.mean, self.std)).encode())
+        for f, label in folder_listing(self.root)[1]:
+            stat = f.stat()
+            h.update(f"{f.relative_to(self.root)}|{stat.st_size}|{stat.st_mtime_ns}|{label}\n".encode())
+        return h.hexdigest()
+
+    def read(self, start: int = 0, stop: int | None = None) -> EvalData:
+        """Images ``[start, stop)`` in the folder's sorted order, as an in-memory :class:`EvalData`."""
+        classes, items = folder_listing(self.root)
+        stop = len(items) if stop is None else stop
+        if not 0 <= start < stop <= len(items):
+            raise InvalidArgumentError(f"a shard is [start, stop) within [0, {len(items)}], got [{start}, {stop})")
+        part, mode = items[start:stop], "L" if self.shape[0] == 1 else "RGB"
+        images = torch.stack([load_image(f, self.shape[1], self.mean, self.std, mode) for f, _ in part])
+        return EvalData(
+            name=f"folder:{Path(self.root).name}[{start}:{stop}]",
+            images=images,
+            labels=torch.tensor([i for _, i in part], dtype=torch.int64),
+            classes=classes,
+            description=f"images {start}-{stop - 1} of {len(items):,} in your folder {Path(self.root).name!r} (class index = sorted folder name)",
+        )
+
+
+def image_folder(root: Path, size: int = 224, mean=(0.5,) * 3, std=(0.5,) * 3, limit: int = 2000) -> EvalData:
+    """An ImageNet-style directory ``root/<class>/<image>``, RGB; class index = position in sorted names.
+
+    ``limit`` caps how many images are read (the first ``limit`` in sorted order).
+    """
+    folder = FolderSet(str(root), (3, size, size), tuple(mean), tuple(std))
+    return folder.read(0, min(limit, len(folder)))

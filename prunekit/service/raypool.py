@@ -1,0 +1,287 @@
+"""Evaluation slots on a Ray cluster: the evaluation service's jobs run as Ray tasks.
+
+Imported only when a Ray address is given (``PRUNEKIT_RAY_ADDRESS``, ``--ray``); without one nothing
+here, and nothing of Ray, is loaded. Each slot is a thread of the service's process that looks to the
+scheduler like a worker process: it takes ``(job, spec)`` on a pipe, runs the job as a Ray task and
+answers on the pipe. A model's weights go into Ray's object store once (:class:`ModelPayload`), and
+every Ray worker process loads a model at most once (its first task for that model fetches the payload).
+
+Faults: a task whose worker process dies is retried by Ray (``max_retries``). A watchdog thread checks
+that the cluster's GCS port still answers; when it stops, the pool calls ``on_lost(message)`` once (the
+service falls back to local workers) and leaves the cluster, so that Ray's own 60-second reconnect
+timeout never ends this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+import torch
+
+from prunekit.core.loaded import ModelSpec
+from prunekit.errors import ClusterUnavailableError, InvalidArgumentError
+from prunekit.service.jobs import EvalJob, JobRunner, answer
+
+log = logging.getLogger(__name__)
+LOCAL = "local"  # the address that starts a private Ray instance on this machine
+MAX_RETRIES = 3  # Ray re-runs a task whose worker process died this many times
+PROBE_EVERY_S = 2.0  # while a task runs, check this often that the cluster still answers
+PROBE_TIMEOUT_S = 2.0
+GCS_PATIENCE_S = 10 * 365 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class ModelPayload:
+    """What a Ray worker needs for one model: how to build it, and the driver's weights (numpy arrays,
+    which Ray's object store shares without copying), so every node evaluates the same weights."""
+
+    spec: ModelSpec
+    weights: dict[str, np.ndarray]
+
+
+def payload(spec: ModelSpec) -> ModelPayload:
+    """Load ``spec`` here once and keep its weights: (name -> array) of the model's state dict."""
+    model = spec.load().model
+    return ModelPayload(spec, {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
+
+
+# --- the worker side: one JobRunner per Ray worker process ------------------------------------------
+
+_RUNNER: JobRunner | None = None
+
+
+def _runner(threads: int) -> JobRunner:
+    global _RUNNER  # noqa: PLW0603 - one per Ray worker process, reused by its later tasks
+    if _RUNNER is None:
+        torch.set_num_threads(threads)
+        _RUNNER = JobRunner()
+    return _RUNNER
+
+
+@dataclass(frozen=True)
+class _FromObjectStore:
+    """A spec for ``JobRunner.load``: fetched from the object store only when this worker process has not
+    loaded the model yet (the reference is boxed in a list so Ray does not fetch it for every task)."""
+
+    boxed: list
+
+    def load(self):
+        held: ModelPayload = ray.get(self.boxed[0])
+        loaded = held.spec.load()
+        loaded.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in held.weights.items()})
+        return loaded
+
+
+@ray.remote(num_cpus=1, max_retries=MAX_RETRIES)
+def run_remote(job: EvalJob, boxed: list, threads: int) -> tuple:
+    """One job in a Ray worker: ``("ok", job, outcome)`` or ``("error", job, text)``, as a local worker answers."""
+    return answer(_runner(threads), job, _FromObjectStore(boxed))
+
+
+# --- the driver side -------------------------------------------------------------------------------
+
+
+def _reachable(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+        return True
+    return False
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise InvalidArgumentError(f"a Ray address is 'host:port', 'auto' or 'local', got {address!r}")
+    return host, int(port)
+
+
+def connect(address: str, cpus: int | None = None) -> str:
+    """Join the Ray cluster at ``address`` ('host:port', 'auto', or 'local' for a private instance with
+    ``cpus`` CPUs); returns the GCS address. Raises ClusterUnavailableError naming the address."""
+    if ray.is_initialized():
+        return ray.get_runtime_context().gcs_address
+    if address not in (LOCAL, "auto") and not _reachable(*_split(address.removeprefix("ray://"))):
+        raise ClusterUnavailableError(f"no Ray cluster answers at {address!r}")
+    # Ray ends a driver whose GCS stays unreachable for 60 s; this process is a web server that falls
+    # back to local workers instead (read by Ray once per process, at its first init).
+    os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(GCS_PATIENCE_S))
+    options = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    env = {"env_vars": {"PYTHONPATH": _root_path()}}
+    try:
+        if address == LOCAL:
+            # 'local' always starts a new instance, even where `ray start` left a cluster address behind
+            _init_in_a_lasting_thread(address=LOCAL, num_cpus=cpus or os.cpu_count() or 1, runtime_env=env, **options)
+        else:
+            ray.init(address=address, runtime_env=env, **options)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ClusterUnavailableError(f"could not join the Ray cluster at {address!r}: {exc}") from None
+    return ray.get_runtime_context().gcs_address
+
+
+def _init_in_a_lasting_thread(**options) -> None:
+    """``ray.init`` from a thread that lives as long as this process: Ray's processes are told to die
+    with the thread that started them, and a Streamlit script thread ends after every run."""
+    done, failed = threading.Event(), []
+
+    def run() -> None:
+        try:
+            ray.init(**options)
+        except Exception as exc:  # re-raised in the caller
+            failed.append(exc)
+        done.set()
+        if not failed:
+            threading.Event().wait()
+
+    threading.Thread(target=run, name="prunekit-ray-init", daemon=True).start()
+    done.wait()
+    if failed:
+        raise failed[0]
+
+
+def _root_path() -> str:
+    """Where ``prunekit`` is importable from, so Ray workers started here import the same code."""
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
+
+
+class _SlotProcess:
+    """The thread behind a slot, shaped like the ``multiprocessing.Process`` the scheduler expects:
+    ``sentinel`` becomes readable when the thread ends."""
+
+    def __init__(self, target, name: str) -> None:
+        self._read, self._write = os.pipe()
+        self._thread = threading.Thread(target=self._main, args=(target,), name=name, daemon=True)
+        self.pid = None
+        self.exitcode: int | None = None
+
+    def _main(self, target) -> None:
+        try:
+            target()
+            self.exitcode = 0
+        except Exception:
+            log.exception("Ray slot failed")
+            self.exitcode = 1
+        finally:
+            os.close(self._write)
+
+    @property
+    def sentinel(self) -> int:
+        return self._read
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def kill(self) -> None:
+        """The thread ends when its pipe closes (the service closes it before calling this)."""
+
+
+class RayPool:
+    """Slots that run evaluation jobs as Ray tasks on the cluster at ``address``.
+
+    ``slots()`` is the cluster's CPU count: one task in flight per CPU. The object store holds each
+    model's payload once; ``puts`` counts them (one per model, whatever the number of tasks)."""
+
+    def __init__(self, address: str, threads: int = 1, cpus: int | None = None) -> None:
+        self.address, self.threads = address, threads
+        self.gcs = connect(address, cpus)
+        self._gcs_host_port = _split(self.gcs)
+        self._cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self._lock = threading.Lock()
+        self._refs: dict[str, ray.ObjectRef] = {}
+        self._specs: dict[str, ModelSpec] = {}
+        self.puts = 0
+        self.lost: str | None = None
+        self.on_lost: Callable[[str], None] = lambda why: None
+        self._closed = threading.Event()
+        threading.Thread(target=self._watch, name="prunekit-ray-watchdog", daemon=True).start()
+
+    def _watch(self) -> None:
+        misses = 0
+        while not self._closed.wait(PROBE_EVERY_S):
+            misses = 0 if _reachable(*self._gcs_host_port) else misses + 1
+            if misses >= 2:  # one refused connection can be a blip
+                self.lost = f"the Ray cluster at {self.address!r} stopped answering"
+                log.warning("%s", self.lost)
+                self.on_lost(self.lost)
+                self.close()
+                return
+
+    def slots(self) -> int:
+        """One slot per CPU the cluster had when this pool joined it."""
+        return self._cpus
+
+    def describe(self) -> str:
+        where = "a private Ray instance on this machine" if self.address == LOCAL else f"Ray at {self.address}"
+        return f"{where} ({self._cpus} CPUs)"
+
+    def spawn(self) -> tuple[_SlotProcess, object]:
+        """A new slot: (process-like, the service's end of its pipe)."""
+        parent, child = mp.Pipe()
+        proc = _SlotProcess(lambda: self._serve(child), name="prunekit-ray-slot")
+        proc.start()
+        return proc, parent
+
+    def _serve(self, conn) -> None:
+        with contextlib.closing(conn):
+            while True:
+                try:
+                    message = conn.recv()
+                except (EOFError, OSError):
+                    return
+                if isinstance(message[0], str):
+                    continue  # stops are for local recoveries; nothing to stop here
+                job, spec = message
+                answer = self._run(job, spec)
+                try:
+                    conn.send(answer)
+                except OSError:  # the service let this slot go (closed, or fell back to local workers)
+                    return
+
+    def _ref(self, key: str, spec: ModelSpec | None) -> ray.ObjectRef:
+        """The payload of ``key`` in the object store, put there on first use (once per model)."""
+        with self._lock:
+            if spec is not None:
+                self._specs.setdefault(key, spec)
+            if key not in self._refs:
+                if key not in self._specs:
+                    raise InvalidArgumentError(f"model {key!r} was never sent to the Ray pool")
+                self._refs[key] = ray.put(payload(self._specs[key]))
+                self.puts += 1
+            return self._refs[key]
+
+    def _run(self, job: EvalJob, spec: ModelSpec | None) -> tuple:
+        if self.lost:
+            return ("lost", job, self.lost)
+        try:
+            task = run_remote.remote(job, [self._ref(job.model, spec)], self.threads)
+            while not self.lost:
+                ready, _ = ray.wait([task], timeout=PROBE_EVERY_S)
+                if ready:
+                    return ray.get(task)
+            return ("lost", job, self.lost)
+        except ray.exceptions.RayError as exc:  # retries spent: the job's error, the cluster is fine
+            return ("error", job, f"the Ray task failed after {MAX_RETRIES} retries: {type(exc).__name__}")
+        except Exception as exc:  # a payload that cannot be built: the job's error
+            return ("error", job, f"{type(exc).__name__}: {exc}")
+
+    def close(self) -> None:
+        """Leave the cluster (stops a private instance); safe after the cluster is gone; idempotent."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        with contextlib.suppress(Exception):
+            ray.shutdown()

@@ -1,0 +1,202 @@
+"""What a page can show of accuracies while the evaluation service works: for each figure a
+:class:`Reading` (the full-split value, a marked estimate, an error, or nothing yet). Pages poll
+these; nothing here waits for an evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from prunekit.core.allocate import PruneConfig
+from prunekit.core.evaluate import Accuracy
+from prunekit.core.lab import Lab
+from prunekit.core.sensitivity import SensitivityRow
+from prunekit.deploy.recover import Recovery
+from prunekit.service.fanout import sensitivity_jobs, sensitivity_rows
+from prunekit.service.jobs import EvalJob, RecoverJob
+from prunekit.service.scheduler import LIVE_ESTIMATE, LIVE_FULL, EvalService, JobError, Outcome, curve_grid
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What is known of one accuracy: the full-split figure, a marked estimate, or an error."""
+
+    full: Accuracy | None = None
+    estimate: Accuracy | None = None
+    error: str | None = None
+
+    @property
+    def best(self) -> Accuracy | None:
+        return self.full or self.estimate
+
+    @property
+    def pending(self) -> bool:
+        return self.full is None and self.error is None
+
+
+def reading(full: Outcome | None, estimate: Outcome | None = None) -> Reading:
+    """Combine the outcomes of a full-split job and its estimate (either may still be missing)."""
+    errors = [v.message for v in (full, estimate) if isinstance(v, JobError)]
+    good = [v if isinstance(v, Accuracy) else None for v in (full, estimate)]
+    return Reading(good[0], good[1], errors[0] if errors else None)
+
+
+@dataclass(frozen=True)
+class PointView:
+    """The accuracies at the slider: dense and each scope."""
+
+    dense: Reading
+    scopes: dict[str, Reading]
+
+    @property
+    def pending(self) -> bool:
+        return any(r.pending for r in (self.dense, *self.scopes.values()))
+
+
+def read_point(
+    svc: EvalService,
+    template: EvalJob,
+    scopes: Iterable[str],
+    estimate: int | None,
+    session: str,
+    ask: bool = True,
+) -> PointView:
+    """Dense and per-scope readings at ``template.sparsity``; estimates on ``estimate`` images first.
+
+    ``ask=True`` sends them as this session's live request (replacing its previous one); ``ask=False``
+    only reads what is known."""
+    points = {"dense": EvalJob(template.model)} | {s: dataclasses.replace(template, scope=s) for s in scopes}
+    asked = [(job, LIVE_FULL) for job in points.values()]
+    asked += [(job.with_subset(estimate), LIVE_ESTIMATE) for job in points.values()] if estimate else []
+    known = svc.request(asked, session) if ask else {job.canonical(): svc.lookup(job) for job, _ in asked}
+
+    def read(job: EvalJob) -> Reading:
+        est = known.get(job.with_subset(estimate).canonical()) if estimate else None
+        return reading(known.get(job.canonical()), est)
+
+    readings = {name: read(job) for name, job in points.items()}
+    return PointView(readings.pop("dense"), readings)
+
+
+def read_curves(svc: EvalService, template: EvalJob, scopes: Iterable[str]) -> dict[str, dict[float, float]]:
+    """Per scope: sparsity -> full-split top-1 known so far on the slider's grid."""
+    return {
+        scope: {s: acc.top1 for s, acc in sorted(svc.curve(dataclasses.replace(template, scope=scope)).items())}
+        for scope in scopes
+    }
+
+
+def curve_points() -> int:
+    """Grid points per scope on a complete curve."""
+    return len(curve_grid())
+
+
+def tradeoff(
+    svc: EvalService, lab: Lab, template: EvalJob, recipes: list[tuple[str, str, str]], sparsities, session: str
+) -> dict:
+    """Per recipe (criterion, scope, structure): sparsity, theoretical speedup and top-1 (None while
+    pending) on ``template``'s subset, errors, and the scope's collapse point. Asks for what is missing."""
+    jobs = {
+        (recipe, s): dataclasses.replace(
+            template, criterion=recipe[0], scope=recipe[1], structure=recipe[2], sparsity=s
+        )
+        for recipe in recipes
+        for s in sparsities
+    }
+    known = svc.request([(job, LIVE_FULL) for job in jobs.values()], session)
+    return {
+        recipe: _recipe_curve(
+            lab, template, recipe, sparsities, [known[jobs[(recipe, s)].canonical()] for s in sparsities]
+        )
+        for recipe in recipes
+    }
+
+
+def _recipe_curve(lab: Lab, template: EvalJob, recipe: tuple[str, str, str], sparsities, outcomes: list) -> dict:
+    criterion, scope, structure = recipe
+
+    def config(s: float) -> PruneConfig:
+        return PruneConfig(s, scope, template.keep_first_last)
+
+    return {
+        "sparsity": list(sparsities),
+        "speedup": [
+            lab.result(criterion, structure, template.normalise, config(s)).theoretical_speedup for s in sparsities
+        ],
+        "accuracy": [o.top1 if isinstance(o, Accuracy) else None for o in outcomes],
+        "interval": [o.interval() if isinstance(o, Accuracy) else None for o in outcomes],  # 95% Wilson
+        "errors": [o.message for o in outcomes if isinstance(o, JobError)],
+        "collapse_point": lab.collapse_point(criterion, structure, template.normalise, config(0.0)),
+    }
+
+
+@dataclass(frozen=True)
+class SensitivityView:
+    """A sensitivity scan as far as it has come: rows measured so far, in scan order."""
+
+    rows: list[SensitivityRow]
+    done: int
+    total: int
+    errors: list[str]
+
+    @property
+    def complete(self) -> bool:
+        return self.done == self.total
+
+
+def read_sensitivity(
+    svc: EvalService, lab: Lab, template: EvalJob, sparsities: Iterable[float], session: str
+) -> SensitivityView:
+    """Ask for every point of the scan (one job per layer and sparsity, spread over the workers or
+    the Ray cluster) and read what has landed."""
+    jobs = sensitivity_jobs(lab, template, sparsities)
+    known = svc.request([(job, LIVE_FULL) for job in jobs], session)
+    outcomes = [known[job.canonical()] for job in jobs]
+    errors = [o.message for o in outcomes if isinstance(o, JobError)]
+    done = sum(o is not None for o in outcomes)
+    return SensitivityView(sensitivity_rows(jobs, outcomes), done, len(jobs), errors)
+
+
+def read_recovery(
+    svc: EvalService, job: RecoverJob, session: str, start: bool
+) -> tuple[Outcome | None, Recovery | None]:
+    """(outcome if finished, progress if running). ``start`` queues ``job`` as the session's request for
+    its schedule (requests for other schedules and for accuracies are not superseded by it)."""
+    outcome = svc.request([(job, LIVE_FULL)], f"{session}:recover:{job.recipe.schedule}")[job] if start else None
+    return outcome or svc.lookup(job), svc.progress(job)
+
+
+@dataclass(frozen=True)
+class ScheduleView:
+    """The schedules' comparison: a table row and a curve per schedule, and whether any still runs."""
+
+    rows: list[dict]
+    curves: dict[str, list]
+    baseline: Recovery | None  # a run whose dense and recalibrated accuracies are the baselines
+    running: bool
+
+
+def read_schedules(svc: EvalService, jobs: Iterable[RecoverJob], session: str, start: bool) -> ScheduleView:
+    rows, curves, baseline, running = [], {}, None, False
+    for job in jobs:
+        outcome, progress = read_recovery(svc, job, session, start)
+        label = f"{job.recipe.schedule} ({job.recipe.steps} step{'s' if job.recipe.steps > 1 else ''})"
+        r = outcome if isinstance(outcome, Recovery) else progress
+        running |= outcome is None
+        rows.append(_schedule_row(label, outcome, r))
+        if r is not None:
+            curves[label], baseline = r.curve, baseline or r
+    return ScheduleView(rows, curves, baseline, running)
+
+
+def _schedule_row(label: str, outcome: Outcome | None, r: Recovery | None) -> dict:
+    acc = r.accuracy.get("finetuned") if isinstance(outcome, Recovery) else None
+    status = outcome.message if isinstance(outcome, JobError) else "done" if acc else "running" if r else "queued"
+    return {
+        "schedule": label,
+        "fine-tuned top-1": f"{acc.top1:.2%} ({acc.interval_label()})" if acc else "",
+        "steps done": f"{r.step} / {r.total_steps}" if r else "",
+        "status": status,
+    }

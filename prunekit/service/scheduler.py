@@ -1,0 +1,562 @@
+"""The evaluation service: accuracy jobs run in worker processes, fed by one scheduler thread.
+
+Order of work: live requests first (estimates before full-split figures), each session's latest
+request wins (what it asked before is demoted, never lost), identical requests from many sessions
+are one job, then background work (accuracy curves, coarse to fine). Results are kept in memory and,
+when a :class:`ResultStore` is given, on disk keyed by the model's fingerprint (weights + evaluation
+set), the job and the code version. A worker that dies is restarted and its job retried once; a
+second death is reported as the job's error. Callers never block: they ask and read what is there.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import dataclasses
+import hashlib
+import itertools
+import logging
+import multiprocessing as mp
+import os
+import sys
+import threading
+import time
+import types
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Protocol
+
+from prunekit.core.evaluate import Accuracy
+from prunekit.core.loaded import ModelSpec
+from prunekit.deploy.latency import Latency
+from prunekit.deploy.recover import Recovery
+from prunekit.errors import ClusterUnavailableError, InvalidArgumentError
+from prunekit.service.jobs import EvalJob, decode, encode, worker_main
+from prunekit.service.store import ResultStore, digest
+
+log = logging.getLogger(__name__)
+LIVE_ESTIMATE, LIVE_FULL, CURVE, STALE = 0, 1, 10, 100  # lower runs first; curve levels add 0, 1, 2
+MAX_ATTEMPTS = 2
+RAY_ENV = "PRUNEKIT_RAY_ADDRESS"  # the app's Ray cluster: 'host:port', 'auto' or 'local'
+MAX_DEATHS_IN_A_ROW = 6  # workers dying with no job finished in between: they cannot start, so stop trying
+CURVE_GRIDS = (0.1, 0.05, 0.01)  # coarse to fine
+
+
+def open_service(
+    ray: str | None, workers: int | None, store: ResultStore | None = None, fall_back: bool = False
+) -> EvalService:
+    """An evaluation service whose accuracy jobs run on the Ray cluster at ``ray`` (Ray is imported only
+    then) beside ``workers`` local processes (None: one per core). A cluster that cannot be joined raises
+    ClusterUnavailableError, or with ``fall_back`` gives a local service whose ``notice`` says why."""
+    remote, notice = None, None
+    if ray:
+        from prunekit.service.raypool import RayPool  # noqa: PLC0415 - nothing of Ray is loaded without an address
+
+        try:
+            remote = RayPool(ray)
+        except ClusterUnavailableError as exc:
+            if not fall_back:
+                raise
+            notice, workers = f"{exc}; evaluations run on local worker processes instead", None
+    svc = EvalService(workers=workers, store=store, remote=remote)
+    svc.notice = notice
+    return svc
+
+
+@contextlib.contextmanager
+def _bare_main() -> Iterator[None]:
+    """Start a spawned worker without re-running ``__main__``: workers need nothing from it, and while
+    Streamlit runs a page, ``__main__`` is that page script (a worker restarted then would run the page)."""
+    with _MAIN_LOCK:  # two services spawning at once must not restore each other's stand-in
+        main = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            sys.modules["__main__"] = main
+
+
+_MAIN_LOCK = threading.Lock()
+
+
+def code_version(root: Path | None = None) -> str:
+    """A digest of every Python file of the package (``root``, default prunekit/) except the app's:
+    editing any of them invalidates stored results. The whole package, not a hand-kept list, so that
+    no file a result depends on (how data is read, calibration, the zoo) can be forgotten; the app only
+    shows results, so restyling a page keeps them."""
+    root = root or Path(__file__).parent.parent
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*.py") if p.relative_to(root).parts[0] != "app"):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class JobError:
+    """A job that could not be measured; ``message`` is shown on the page."""
+
+    message: str
+
+
+Outcome = Accuracy | Latency | Recovery | JobError
+
+
+def curve_grid() -> list[tuple[int, float]]:
+    """(level, sparsity) for the slider grid, coarse to fine: every 0.1, then 0.05, then 0.01."""
+    seen, out = set(), []
+    for level, step in enumerate(CURVE_GRIDS):
+        for k in range(round(1 / step)):
+            s = round(k * step, 2)
+            if s not in seen and s < 1.0:
+                seen.add(s)
+                out.append((level, s))
+    return out
+
+
+@dataclass
+class _Entry:
+    job: EvalJob
+    seq: int
+    wanted: dict[str, int] = field(default_factory=dict)  # requester (a session, or "" for background) -> priority
+    attempts: int = 0
+    in_flight: bool = False
+
+    def priority(self) -> tuple[int, int]:
+        return (min(self.wanted.values(), default=STALE), self.seq)
+
+
+def _is_background(entry: _Entry) -> bool:
+    return entry.priority()[0] >= CURVE
+
+
+@dataclass
+class _Worker:
+    process: mp.Process
+    conn: object
+    loaded: set[str] = field(default_factory=set)
+    job: EvalJob | None = None
+    background: bool = False  # the job in hand is background work
+    remote: bool = False  # a slot of a remote pool (Ray): accuracy jobs only
+
+
+def runs_remotely(job: EvalJob) -> bool:
+    """Accuracy jobs may run on a remote pool; latency (bound to this machine) and recovery (stoppable,
+    with progress) stay on local workers."""
+    return type(job) is EvalJob
+
+
+class RemotePool(Protocol):
+    """Slots that look like worker processes to the scheduler (see ``prunekit.service.raypool.RayPool``)."""
+
+    address: str
+
+    def slots(self) -> int: ...
+
+    def describe(self) -> str: ...
+
+    on_lost: Callable[[str], None]  # set by the service: called once when the pool is lost
+
+    def spawn(self) -> tuple[object, object]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    workers: int
+    alive: int
+    busy: int
+    queued_live: int
+    queued_background: int
+    done: int
+    restarts: int
+    backend: str = "local worker processes"
+
+
+class EvalService:
+    """Jobs evaluated by ``workers`` local processes of ``threads`` torch threads each, and by the slots
+    of a ``remote`` pool when one is given (then local workers only take what must stay local, and
+    ``workers`` may be 0). If the remote pool is lost, local workers take over and ``notice`` says why."""
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        threads: int = 1,
+        store: ResultStore | None = None,
+        nice: int = 10,
+        remote: RemotePool | None = None,
+    ) -> None:
+        workers = max(1, os.cpu_count() or 1) if workers is None else workers
+        if workers < (0 if remote else 1) or threads <= 0:
+            raise InvalidArgumentError(f"workers and threads must be positive, got {workers} and {threads}")
+        self.threads, self.store, self.nice, self.remote = threads, store, nice, remote
+        self.notice: str | None = None  # e.g. the remote pool was lost and local workers took over
+        self._ctx = mp.get_context("spawn")  # fork would copy the server's threads and torch's thread pool
+        self._lock = threading.Lock()
+        self._specs: dict[str, ModelSpec] = {}
+        self._fingerprints: dict[str, Callable[[], str] | str] = {}
+        self._outcomes: OrderedDict[EvalJob, Outcome] = OrderedDict()
+        self._pending: dict[EvalJob, _Entry] = {}
+        self._sessions: dict[str, set[EvalJob]] = {}
+        self._seq = itertools.count()
+        self._restarts = 0
+        self._version = 0  # bumped whenever an outcome lands: what memoised views key on
+        self._curves: OrderedDict[EvalJob, tuple[int, dict[float, Accuracy]]] = OrderedDict()
+        self._deaths_in_a_row = 0
+        self._progress: dict[EvalJob, Recovery] = {}  # the latest progress of running recoveries
+        self.broken: str | None = None  # why the workers cannot run, once they cannot
+        self._code = code_version()
+        self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
+        self._workers = [self._spawn() for _ in range(workers)]
+        self._workers += [self._spawn_remote() for _ in range(remote.slots() if remote else 0)]
+        if remote is not None:
+            remote.on_lost = self._fall_back
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="prunekit-scheduler", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    # --- public, non-blocking ------------------------------------------------------------------
+
+    def register(self, key: str, spec: ModelSpec, fingerprint: Callable[[], str] | str | None = None) -> None:
+        """Say how workers load model ``key``; ``fingerprint`` (weights + eval set) enables the disk store."""
+        with self._lock:
+            self._specs[key] = spec
+            if fingerprint is not None:
+                self._fingerprints[key] = fingerprint
+
+    def lookup(self, job: EvalJob) -> Outcome | None:
+        """The outcome of ``job`` if known (memory, then disk); never computes."""
+        job = job.canonical()
+        with self._lock:
+            if job in self._outcomes:
+                self._outcomes.move_to_end(job)
+                return self._outcomes[job]
+            if job in self._pending:
+                return None
+        return self._from_disk(job)
+
+    def request(self, jobs: Iterable[tuple[EvalJob, int]], session: str = "") -> dict[EvalJob, Outcome | None]:
+        """Ask for ``(job, priority)`` pairs; returns what is known now (None: queued or running).
+
+        For a named ``session`` this call replaces its previous request: jobs it no longer asks for
+        are demoted to background (computed when the workers are idle), never dropped while running.
+        """
+        asked = [(job.canonical(), prio) for job, prio in jobs]
+        known = {job: self.lookup(job) for job, _ in asked}
+        if self.broken:
+            return {job: value or JobError(self.broken) for job, value in known.items()}
+        with self._lock:
+            for job, prio in asked:
+                if known[job] is None:
+                    self._want(job, session, prio)
+            if session:
+                self._supersede(session, {job for job, _ in asked if known[job] is None})
+        self._wake()
+        return known
+
+    def fill_curve(self, template: EvalJob, scopes: Iterable[str], session: str = "") -> None:
+        """Queue the full-split accuracy of ``template`` for each scope on the slider's grid, coarse to fine."""
+        jobs = [
+            (dataclasses.replace(template, scope=scope, sparsity=s, subset=None), CURVE + level)
+            for level, s in curve_grid()
+            for scope in scopes
+        ]
+        missing = [(job.canonical(), prio) for job, prio in jobs if self.lookup(job) is None]
+        with self._lock:
+            for job, prio in missing:
+                self._want(job, session, prio, keep=True)
+        self._wake()
+
+    def curve(self, template: EvalJob) -> dict[float, Accuracy]:
+        """Full-split results known so far on the slider's grid for ``template``'s configuration and scope.
+
+        Memoised per result version, so many sessions polling one curve cost one pass over the grid."""
+        with self._lock:
+            memo = self._curves.get(template)
+            if memo is not None and memo[0] == self._version:
+                return memo[1]
+            version = self._version
+        out = {}
+        for _, s in curve_grid():
+            got = self.lookup(dataclasses.replace(template, sparsity=s, subset=None))
+            if isinstance(got, Accuracy):
+                out[s] = got
+        with self._lock:
+            self._curves[template] = (version, out)
+            while len(self._curves) > 256:
+                self._curves.popitem(last=False)
+        return out
+
+    def progress(self, job: EvalJob) -> Recovery | None:
+        """The latest progress a running recovery reported, or None."""
+        with self._lock:
+            return self._progress.get(job.canonical())
+
+    def stop(self, job: EvalJob) -> None:
+        """Stop ``job``: a running recovery ends after its current batch (its partial result is kept in
+        memory, never stored); a queued job is dropped."""
+        job = job.canonical()
+        with self._lock:
+            worker = next((w for w in self._workers if w.job == job), None)
+            if worker is None:
+                self._pending.pop(job, None)
+                return
+        with contextlib.suppress(OSError, ValueError):  # a dying worker: its sentinel reports it
+            worker.conn.send(("stop", job))
+
+    def forget(self, job: EvalJob) -> None:
+        """Drop ``job``'s in-memory outcome (a stopped run or an error), so that asking again reruns it."""
+        with self._lock:
+            self._outcomes.pop(job.canonical(), None)
+            self._version += 1
+
+    def status(self) -> ServiceStatus:
+        with self._lock:
+            live = sum(1 for e in self._pending.values() if not e.in_flight and e.priority()[0] < CURVE)
+            return ServiceStatus(
+                workers=len(self._workers),
+                alive=sum(w.process.is_alive() for w in self._workers),
+                busy=sum(w.job is not None for w in self._workers),
+                queued_live=live,
+                queued_background=sum(1 for e in self._pending.values() if not e.in_flight) - live,
+                done=len(self._outcomes),
+                restarts=self._restarts,
+                backend=self.remote.describe() if self.remote else "local worker processes",
+            )
+
+    def wait(self, jobs: Iterable[EvalJob], timeout: float) -> bool:
+        """Block until ``jobs`` are done (for start-up warming and scripts, never in a page); True if all are."""
+        jobs = list(jobs)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(v is not None for v in self.request([(j, LIVE_FULL) for j in jobs]).values()):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def close(self) -> None:
+        """Stop the scheduler and the workers (also run at interpreter exit); idempotent."""
+        if getattr(self, "_shut", False):
+            return
+        self._shut = self._closed = True
+        self._wake()
+        self._thread.join(5)
+        for w in self._workers:
+            w.conn.close()
+            w.process.kill()
+            w.process.join(5)
+        if self.remote is not None:
+            self.remote.close()
+        if self.store is not None:
+            self.store.close()
+
+    # --- bookkeeping (call with the lock held) ------------------------------------------------------
+
+    def _want(self, job: EvalJob, requester: str, prio: int, keep: bool = False) -> None:
+        entry = self._pending.get(job)
+        if entry is None:
+            entry = self._pending[job] = _Entry(job, next(self._seq))
+        elif prio < entry.priority()[0]:
+            entry.seq = next(self._seq)  # promoted: first come, first served among its new peers
+        entry.wanted[requester] = min(prio, entry.wanted.get(requester, prio))
+        if requester and not keep:
+            self._sessions.setdefault(requester, set()).add(job)
+
+    def _supersede(self, session: str, now: set[EvalJob]) -> None:
+        for job in self._sessions.get(session, set()) - now:
+            entry = self._pending.get(job)
+            if entry is not None and entry.wanted.pop(session, None) is not None:
+                entry.wanted.setdefault("", STALE)
+        self._sessions[session] = now
+
+    def _finish(self, job: EvalJob, outcome: Outcome) -> None:
+        self._version += 1
+        self._pending.pop(job, None)
+        self._progress.pop(job, None)
+        self._outcomes[job] = outcome
+        while len(self._outcomes) > 100_000:
+            self._outcomes.popitem(last=False)
+
+    # --- the disk store ------------------------------------------------------------------------
+
+    def _store_key(self, job: EvalJob) -> str | None:
+        with self._lock:
+            fp = self._fingerprints.get(job.model)
+        if self.store is None or fp is None:
+            return None
+        if callable(fp):
+            fp = fp()
+            with self._lock:
+                self._fingerprints[job.model] = fp
+        return digest(job.key(), fp, self._code)
+
+    def _from_disk(self, job: EvalJob) -> Outcome | None:
+        key = self._store_key(job)
+        value = self.store.get(key) if key else None
+        if value is None:
+            return None
+        try:
+            outcome = decode(job, value)
+        except (TypeError, KeyError):
+            return None  # written by another version of the result type: ignored, never shown
+        with self._lock:
+            self._outcomes[job] = outcome
+            self._version += 1
+        return outcome
+
+    def _to_disk(self, job: EvalJob, outcome: Outcome) -> None:
+        key = self._store_key(job)
+        value = encode(outcome) if key else None
+        if value is not None:
+            self.store.put(key, value)
+
+    # --- the scheduler thread ------------------------------------------------------------------
+
+    def _spawn(self) -> _Worker:
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(
+            target=worker_main, args=(child, self.threads, self.nice), daemon=True, name="prunekit-worker"
+        )
+        with _bare_main():
+            proc.start()
+        child.close()
+        return _Worker(proc, parent)
+
+    def _spawn_remote(self) -> _Worker:
+        proc, conn = self.remote.spawn()
+        return _Worker(proc, conn, remote=True)
+
+    def _accepts(self, w: _Worker, job: EvalJob) -> bool:
+        return runs_remotely(job) if w.remote else self.remote is None or not runs_remotely(job)
+
+    def _wake(self) -> None:
+        try:
+            with self._lock:
+                self._wake_w.send_bytes(b"!")
+        except OSError:
+            pass
+
+    def _loop(self) -> None:
+        while not self._closed:
+            self._dispatch()
+            waitables = [self._wake_r] + [w.conn for w in self._workers] + [w.process.sentinel for w in self._workers]
+            for ready in wait(waitables, timeout=1.0):
+                self._handle(ready)
+
+    def _handle(self, ready) -> None:
+        if ready is self._wake_r:
+            while self._wake_r.poll():
+                self._wake_r.recv_bytes()
+            return
+        for w in list(self._workers):
+            if ready is w.conn:
+                self._receive(w)
+                return
+            if ready == w.process.sentinel and not w.process.is_alive():
+                self._crashed(w)
+                return
+
+    def _receive(self, w: _Worker) -> None:
+        try:
+            status, job, payload = w.conn.recv()
+        except (EOFError, OSError):
+            self._crashed(w)
+            return
+        if status == "progress":
+            with self._lock:
+                self._progress[job] = payload
+            return
+        if status == "lost":
+            self._fall_back(payload)
+            return
+        outcome = payload if status == "ok" else JobError(payload)
+        with self._lock:
+            w.job, self._deaths_in_a_row = None, 0
+            if status != "ok":
+                w.loaded.discard(job.model)  # a failed load is retried with the spec next time
+            self._finish(job, outcome)
+        if not isinstance(outcome, JobError):
+            self._to_disk(job, outcome)
+
+    def _crashed(self, w: _Worker) -> None:
+        w.process.join(1)
+        code = w.process.exitcode
+        w.conn.close()
+        with self._lock:
+            if w not in self._workers:
+                return  # a remote slot already replaced by the fall-back
+            self._deaths_in_a_row += 1
+            if self._closed or self._deaths_in_a_row > MAX_DEATHS_IN_A_ROW:
+                self._give_up(f"evaluation workers keep dying at start (last exit code {code})")
+                return
+            log.warning("evaluation worker %s died (exit code %s); restarting it", w.process.pid, code)
+            self._restarts += 1
+            i = self._workers.index(w)
+            job, self._workers[i] = w.job, self._spawn_remote() if w.remote else self._spawn()
+            entry = self._pending.get(job) if job is not None else None
+            if entry is not None:
+                entry.in_flight = False
+                entry.attempts += 1
+                if entry.attempts >= MAX_ATTEMPTS:
+                    self._finish(job, JobError(f"the evaluation worker died {entry.attempts} times (exit code {code})"))
+
+    def _fall_back(self, why: str) -> None:
+        """The remote pool is gone: requeue its jobs and run everything on local workers from now on."""
+        with self._lock:
+            pool, self.remote = self.remote, None
+            if pool is None:
+                return
+            slots = [w for w in self._workers if w.remote]
+            for w in slots:
+                entry = self._pending.get(w.job) if w.job is not None else None
+                if entry is not None:
+                    entry.in_flight = False
+                w.conn.close()
+            self._workers = [w for w in self._workers if not w.remote]
+            missing = max(1, os.cpu_count() or 1) - len(self._workers)
+            self._workers += [self._spawn() for _ in range(missing)]
+            self.notice = f"{why}; evaluations now run on {len(self._workers)} local worker processes"
+            log.warning("%s", self.notice)
+        self._wake()
+        threading.Thread(target=pool.close, name="prunekit-ray-close", daemon=True).start()
+
+    def _give_up(self, why: str) -> None:
+        self.broken = self.broken or why
+        for job in list(self._pending):
+            self._finish(job, JobError(why))
+        self._closed = True
+
+    def _dispatch(self) -> None:
+        """Give idle workers the best queued jobs; background work never takes the last idle worker,
+        so a live request finds one free and a core stays with the web server."""
+        with self._lock:
+            for w in self._workers:
+                if w.job is not None or not w.process.is_alive():
+                    continue
+                queued = (e for e in self._pending.values() if not e.in_flight and self._accepts(w, e.job))
+                entry = min(queued, key=_Entry.priority, default=None)
+                if entry is None or (_is_background(entry) and not self._background_slot()):
+                    continue
+                self._send(w, entry)
+
+    def _background_slot(self) -> bool:
+        busy = sum(1 for w in self._workers if w.job is not None and w.background)
+        return busy < max(1, len(self._workers) - 1)
+
+    def _send(self, w: _Worker, entry: _Entry) -> None:
+        job = entry.job
+        spec = None if job.model in w.loaded else self._specs.get(job.model)
+        if job.model not in w.loaded and spec is None:
+            self._finish(job, JobError(f"model {job.model!r} is not registered with the evaluation service"))
+            return
+        try:
+            w.conn.send((job, spec))
+        except (OSError, ValueError):
+            return  # the worker is dying: its sentinel brings it back, the entry stays queued
+        w.loaded.add(job.model)
+        w.job, w.background, entry.in_flight = job, _is_background(entry), True
