@@ -1,4 +1,5 @@
-"""``python -m prunekit profile|prune|sweep|sensitivity|export|recover MODEL ... [--json]``.
+"""``prunekit list|profile|prune|sweep|sensitivity|export|recover MODEL ... [--json]`` and ``prunekit app``
+(also ``python -m prunekit ...``).
 
 Bad arguments exit 2 with one line naming the bad value; an unknown model lists the known ones.
 """
@@ -45,7 +46,7 @@ def _sparsity_list(text: str) -> list[float]:
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="a name from the zoo (python -m prunekit list)")
+    p.add_argument("model", help="a name from the zoo (prunekit list)")
     p.add_argument("--download", action="store_true", help="let torchvision download missing weights (online)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -94,9 +95,20 @@ def _add_sweep_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m prunekit", description="prunekit: profile and prune pretrained CNNs")
+    parser = _Parser(prog="prunekit", description="prunekit: profile and prune pretrained CNNs")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("list", help="list the models").add_argument("--json", action="store_true")
+    app = sub.add_parser(
+        "app",
+        help="start the browser lab (any further options go to streamlit run, e.g. --server.port 8502)",
+        description="Start the browser lab on the embedded default model. Options this parser does not know "
+        "(--server.port, --server.address, ...) are passed to `streamlit run`.",
+    )
+    app.add_argument(
+        "--trusted",
+        action="store_true",
+        help="also accept whole pickled models and TorchScript uploads (loading them runs code: your own files only)",
+    )
     _add_model(sub.add_parser("profile", help="per-layer params and MACs"))
     prune = sub.add_parser("prune", help="prune to one sparsity")
     _add_model(prune)
@@ -369,8 +381,23 @@ COMMANDS: dict[str, Callable] = {
 }
 
 
+def run_app(args: argparse.Namespace, streamlit_args: list[str]) -> int:
+    """Serve the lab in this process until it is stopped (Ctrl-C)."""
+    from prunekit.app import serve  # noqa: PLC0415 - streamlit loads only for this command
+    from prunekit.models.checkpoints import TRUSTED_ENV  # noqa: PLC0415
+
+    if args.trusted:
+        os.environ[TRUSTED_ENV] = "1"
+    return serve.main(["--server.headless", "true", "--browser.gatherUsageStats", "false", *streamlit_args])
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "app":
+        return run_app(args, extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         data, text = COMMANDS[args.command](args)
     except PrunekitError as exc:

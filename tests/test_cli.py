@@ -96,3 +96,26 @@ def test_module_entry_point():
 def test_text_summary_marks_estimates(capsys):
     code, out, _ = run(["prune", "fmnist-cnn", "--sparsity", "0.5", "--eval", "--eval-limit", "300"], capsys)
     assert code == 0 and "estimate from 300 images" in out.splitlines()[-1]
+
+
+def test_app_hands_streamlit_its_options_and_trusted_mode_to_the_server(monkeypatch):
+    from prunekit.app import serve
+    from prunekit.models.checkpoints import TRUSTED_ENV, trusted_mode
+
+    got = []
+    monkeypatch.setattr(serve, "main", lambda args: got.append((list(args), trusted_mode())) or 0)
+    monkeypatch.delenv(TRUSTED_ENV, raising=False)
+    assert main(["app", "--server.port", "8502"]) == 0
+    monkeypatch.setenv(TRUSTED_ENV, "")  # restored after the test
+    assert main(["app", "--trusted", "--server.address", "127.0.0.1"]) == 0
+    (first, first_trusted), (second, second_trusted) = got
+    assert first[-2:] == ["--server.port", "8502"] and not first_trusted
+    assert second[-2:] == ["--server.address", "127.0.0.1"] and second_trusted
+    assert first[:4] == ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
+
+
+def test_options_streamlit_would_take_are_refused_by_every_other_command(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["list", "--server.port", "8502"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == "error: unrecognized arguments: --server.port 8502\n"

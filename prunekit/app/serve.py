@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 
-def main() -> int:
+def main(streamlit_args: list[str] | None = None) -> int:
+    """Warm up, then run ``streamlit run main.py`` with ``streamlit_args`` (default: this command's own)."""
     from streamlit.web import cli  # noqa: PLC0415
 
     from prunekit.app import resources  # noqa: PLC0415 - imported here: spawned workers re-import this file and must stay light
@@ -17,7 +18,13 @@ def main() -> int:
 
     resources.warm()
     limit = f"--server.maxUploadSize={checkpoints.max_upload_mb()}"  # Streamlit refuses larger files first
-    sys.argv = ["streamlit", "run", str(Path(__file__).with_name("main.py")), limit, *sys.argv[1:]]
+    sys.argv = [
+        "streamlit",
+        "run",
+        str(Path(__file__).with_name("main.py")),
+        limit,
+        *(sys.argv[1:] if streamlit_args is None else streamlit_args),
+    ]
     return cli.main()
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ import torch
 from prunekit.core.data import EvalData, load_image
 from prunekit.errors import DataNotFoundError, InvalidArgumentError
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+# Installed with the package (pyproject package-data); a regular install keeps them as files.
+ASSETS = Path(str(resources.files("prunekit.models").joinpath("assets")))
 FMNIST_ASSETS = ASSETS / "fashion-mnist"
 FMNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 FMNIST_CLASSES = (

@@ -1,0 +1,82 @@
+"""prunekit as an installed package: ``pip install .`` into a fresh virtual environment, then the
+``prunekit`` command from another directory, reading its bundled assets from the installed copy."""
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+OURS = ("prunekit", "__editable__")  # the checkout's own editable install must not be seen
+
+
+def _dependencies_only(target: Path) -> Path:
+    """A directory of links to this environment's installed packages, prunekit's own left out, so the
+    fresh environment finds its dependencies without downloading several GB of torch again."""
+    target.mkdir()
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if not entry.name.startswith(OURS) and entry.suffix != ".pth":
+            (target / entry.name).symlink_to(entry)
+    return target
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """``pip install .`` into a fresh venv; returns the venv's bin directory."""
+    base = tmp_path_factory.mktemp("pkg")
+    venv = base / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    purelib = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    (Path(purelib) / "dependencies.pth").write_text(str(_dependencies_only(base / "deps")) + "\n")
+    pip = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    return venv / "bin"
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_the_installed_command_lists_the_models_from_another_directory(installed, tmp_path):
+    help_ = _run(str(installed / "prunekit"), "--help", cwd=tmp_path)
+    assert help_.returncode == 0, help_.stderr
+    for command in ("app", "list", "profile", "prune", "sweep", "sensitivity", "export", "recover"):
+        assert command in help_.stdout
+    listed = _run(str(installed / "prunekit"), "list", "--json", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    rows = {r["name"]: r for r in json.loads(listed.stdout)}
+    bundled = [n for n, r in rows.items() if r["family"] == "bundled"]
+    assert len(bundled) == 4 and all(rows[n]["pretrained"] for n in bundled)  # the checkpoints came along
+
+
+def test_the_installed_package_reads_its_own_copy_of_the_assets(installed, tmp_path):
+    script = (
+        "import json, prunekit\n"
+        "from prunekit.models import datasets, zoo\n"
+        "test = datasets.fashion_mnist('test')\n"
+        "print(json.dumps([prunekit.__file__, str(datasets.ASSETS), len(test), zoo.bundled_card('fmnist-cnn')['name']]))\n"
+    )
+    out = _run(str(installed / "python"), "-c", script, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    package, assets, images, card = json.loads(out.stdout)
+    assert not Path(package).is_relative_to(ROOT) and Path(assets).is_relative_to(Path(package).parent)
+    assert images == 10_000 and card == "fmnist-cnn"
+    shipped = {p.relative_to(ROOT / "prunekit/models/assets") for p in (ROOT / "prunekit/models/assets").rglob("*.*")}
+    assert shipped and shipped == {p.relative_to(assets) for p in Path(assets).rglob("*.*")}
+    module = _run(str(installed / "python"), "-m", "prunekit", "list", cwd=tmp_path)
+    assert module.returncode == 0 and "fmnist-cnn" in module.stdout
