@@ -1,4 +1,10 @@
-"""prunekit: an honest, fast engine for exploring neural-network pruning.
+"""prunekit: an honest, fast engine for exploring neural-network pruning, on the zoo's models or your own.
+
+    import prunekit
+    lab = prunekit.Lab.from_model(model, example_input, eval_data=(images, labels))
+    pruner = lab.pruner("magnitude", "unstructured")         # criterion, structure[, normalise]
+    result = pruner.prune(prunekit.PruneConfig(0.7, "global"))  # per-layer sparsity, collapse, MACs...
+    accuracy = pruner.evaluate()                               # .top1 on eval_data
 
 Layers, each importing only those before it: ``core`` (the engine), ``models`` (zoo, data, training),
 ``deploy`` (latency, export, recovery), ``service`` (evaluation workers, store, Ray), ``app`` (the
@@ -6,3 +12,26 @@ Streamlit lab, the only part that imports streamlit) and ``cli``.
 """
 
 __version__ = "0.1.0"
+
+from prunekit.core.allocate import PruneConfig
+from prunekit.core.evaluate import Accuracy
+from prunekit.core.importance import CRITERIA, STRUCTURES
+from prunekit.core.lab import Lab, LayerResult, Pruner, PruneResult
+from prunekit.core.loaded import InputSpec, Loaded
+from prunekit.errors import InvalidArgumentError, PrunekitError
+
+__all__ = [
+    "CRITERIA",
+    "STRUCTURES",
+    "Accuracy",
+    "InputSpec",
+    "InvalidArgumentError",
+    "Lab",
+    "LayerResult",
+    "Loaded",
+    "PruneConfig",
+    "PruneResult",
+    "Pruner",
+    "PrunekitError",
+    "__version__",
+]

@@ -53,7 +53,11 @@ class ProbeUnsupportedError(PrunekitError, NotImplementedError):
         )
 
 
-class LayerCollapseError(PrunekitError, ValueError):
+class CompactionError(PrunekitError, ValueError):
+    """No compact model can be built for this allocation (the sentence says why); the masked one stands."""
+
+
+class LayerCollapseError(CompactionError):
     """An allocation removes every channel of a cluster (layer collapse): no compact model exists."""
 
     def __init__(self, layer: str, channels: int) -> None:

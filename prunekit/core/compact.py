@@ -16,9 +16,10 @@ from torch import nn
 from prunekit.core.allocate import Allocation, ScoreTable
 from prunekit.core.importance import FILTER
 from prunekit.core.structure import OUT, Cluster
-from prunekit.errors import InvalidArgumentError, LayerCollapseError
+from prunekit.errors import CompactionError, InvalidArgumentError, LayerCollapseError
 
 CHECK_IMAGES = 16  # images the compacted model is compared on against the masked one
+AGREEMENT = 1e-3  # largest relative output difference a compacted model may have (float error is ~1e-6)
 
 
 @dataclass
@@ -60,6 +61,37 @@ def removed_channels(table: ScoreTable, alloc: Allocation) -> dict[str, list[int
     return out
 
 
+def check_groups(model: nn.Module, table: ScoreTable, alloc: Allocation) -> None:
+    """Refuse an allocation a grouped convolution cannot follow: removing channels unevenly across its
+    groups leaves groups of different widths, which ``nn.Conv2d`` cannot express (depthwise ones, one
+    channel per group, drop whole groups and are fine)."""
+    modules = dict(model.named_modules())
+    for unit_set, cluster in zip(table.sets, table.clusters, strict=True):
+        k = alloc.counts[unit_set.name]
+        if not k:
+            continue
+        gone = set((unit_set.rank < k).nonzero().flatten().tolist())
+        for member in cluster.members:
+            conv = modules[member.layer]
+            if isinstance(conv, nn.Conv2d) and 1 < conv.groups < conv.in_channels:
+                _check_even(member, conv, gone)
+
+
+def _check_even(member, conv: nn.Conv2d, gone: set[int]) -> None:
+    width = (conv.out_channels if member.role == OUT else conv.in_channels) // conv.groups
+    per_group = [0] * conv.groups
+    for j in gone:
+        for channel in member.index[j]:
+            per_group[channel // width] += 1
+    if len(set(per_group)) > 1:
+        side = "filters" if member.role == OUT else "input channels"
+        raise CompactionError(
+            f"cannot compact: {member.layer!r} is a grouped convolution ({conv.groups} groups) and this allocation "
+            f"removes {per_group} of its {side} per group; every group must keep the same number, so the "
+            "masked model is what this configuration gives"
+        )
+
+
 def _root_index(cluster: Cluster, j: int) -> int:
     member = next(m for m in cluster.members if m.layer == cluster.root and m.role == OUT)
     assert len(member.index[j]) == 1, "a root layer owns one output channel per cluster channel"
@@ -82,13 +114,19 @@ def compact(
     with torch.no_grad():
         want = masked.eval()(x.to(_device(masked)))
         got = model(x.to(_device(model)))
+    diff, scale = float((got - want).abs().max()), float(want.abs().max())
+    if diff > AGREEMENT * max(scale, 1e-12):
+        raise CompactionError(
+            f"cannot compact: the surgery's model differs from the masked one (largest output difference {diff:.3g} "
+            f"of {scale:.3g}), so it is not offered"
+        )
     return Compacted(
         model=model,
         params_dense=sum(p.numel() for p in masked.parameters()),
         params_masked_nonzero=sum(int(torch.count_nonzero(p)) for p in masked.parameters()),
         params_compact=sum(p.numel() for p in model.parameters()),
-        max_abs_diff=float((got - want).abs().max()),
-        max_abs_output=float(want.abs().max()),
+        max_abs_diff=diff,
+        max_abs_output=scale,
         channels_removed=sum(len(v) for v in removed.values()),
     )
 

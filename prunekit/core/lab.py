@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 
 import torch
 
+from prunekit.core import own
 from prunekit.core.allocate import NORMALISATIONS, PruneConfig, ScoreTable, allocate, build_table
-from prunekit.core.compact import CHECK_IMAGES, Compacted, compact, removed_channels
+from prunekit.core.compact import CHECK_IMAGES, Compacted, check_groups, compact, removed_channels
 from prunekit.core.connectivity import Connectivity, PathProbe, connectivity
 from prunekit.core.evaluate import Accuracy, Progress, accuracy
 from prunekit.core.importance import FILTER, STRUCTURES, ScoreContext, get_criterion
@@ -101,6 +102,26 @@ class Lab:
         self._lock = threading.Lock()
         self._results: SingleFlight[object] = SingleFlight()
         self._spare_probe: PathProbe | None = None
+
+    @classmethod
+    def from_model(
+        cls,
+        model: torch.nn.Module,
+        example_input: torch.Tensor,
+        eval_data: own.EvalSource,
+        classes: Sequence[str] | None = None,
+        train_data: own.EvalSource | None = None,
+        **options,
+    ) -> Lab:
+        """A lab on your own ``model`` (copied; yours is never changed).
+
+        ``example_input``: one input ``(C, H, W)`` or ``(1, C, H, W)``. ``eval_data``: ``(images (N, C, H, W),
+        labels (N,))``, a torch ``Dataset`` or ``DataLoader`` of such pairs, or an ImageFolder path
+        (``DIR/<class>/<image>``, classes in sorted order). ``classes`` default to the dataset's ``classes`` or
+        ``'0'..'K-1'``; ``train_data`` (same forms) is used by recovery. ``options``: ``name``, and
+        ``normalisation=(mean, std)`` for ImageFolder reads (see :class:`prunekit.core.own.OwnModel`).
+        """
+        return cls(own.from_model(model, own.OwnModel(example_input, eval_data, classes, train_data, **options)))
 
     @cached_property
     def profile(self) -> Profile:
@@ -265,9 +286,11 @@ class Pruner:
 
     def compact(self, config: PruneConfig) -> Compacted:
         """Apply a filter ``config`` and build the model without its removed channels (checked against
-        the masked model on the first evaluation images). Raises ``LayerCollapseError`` on collapse."""
+        the masked model on the first evaluation images). Raises ``CompactionError`` (``LayerCollapseError`` on
+        collapse) when no compact model can be built."""
         alloc = self.apply_(config)
-        removed = removed_channels(self.table, alloc)
+        removed = removed_channels(self.table, alloc)  # refuses unstructured tables and collapse first
+        check_groups(self.model, self.table, alloc)
         check = self.lab.loaded.eval_data().images[:CHECK_IMAGES] if self.lab.loaded.pretrained else None
         return compact(self.model, removed, self.lab.loaded.input_spec.shape, check)
 

@@ -56,6 +56,9 @@ class Loaded:
     notes: list[str] = field(default_factory=list)
     eval_folder: FolderSet | None = None  # an ImageFolder read in shards (then eval_data reads it all)
     spec: ModelSpec | None = None  # how a worker process loads this very model; None: only this process has it
+    train_data: EvalData | None = (
+        None  # the caller's own training images, for recovery (zoo models: see deploy.recover)
+    )
 
     @property
     def device(self) -> torch.device:

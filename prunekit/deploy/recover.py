@@ -113,17 +113,21 @@ Report = Callable[[Recovery], bool]  # called as work progresses; returning Fals
 
 
 def has_training_split(loaded) -> bool:
-    """Whether ``loaded``'s task has training images here (Fashion-MNIST), without reading them."""
+    """Whether ``loaded`` has training images here (its own, or Fashion-MNIST's), without reading them."""
+    if loaded.train_data is not None:
+        return True
     return tuple(loaded.classes) == FMNIST_CLASSES and tuple(loaded.input_spec.shape) == (1, 28, 28)
 
 
 def training_split(lab: Lab) -> EvalData:
     """The training images of ``lab``'s task; only Fashion-MNIST has one on this machine."""
     loaded = lab.loaded
+    if loaded.train_data is not None:
+        return loaded.train_data
     if not has_training_split(loaded):
         raise DataNotFoundError(
             f"recovery needs {loaded.name}'s training data; only Fashion-MNIST models (the bundled ones and "
-            "uploads of their architectures) have a training split here"
+            "uploads of their architectures) have a training split here, and your own model the train_data you give"
         )
     return fashion_mnist("train")
 

@@ -20,7 +20,7 @@ from prunekit.core.lab import Lab, Pruner
 from prunekit.core.loaded import ModelSpec
 from prunekit.deploy.latency import UNSTRUCTURED_NOTE, Latency, LatencyConfig, machine_name, measure
 from prunekit.deploy.recover import CurvePoint, Recipe, Recovery, recover
-from prunekit.errors import InvalidArgumentError, LayerCollapseError
+from prunekit.errors import CompactionError, InvalidArgumentError
 
 DENSE = "dense"  # the criterion of a job that prunes nothing
 EVAL_BATCH = 64  # with channels_last, the fastest one-thread setting on the bundled models (bench/evalspeed.py)
@@ -224,7 +224,7 @@ class JobRunner:
                 layout = torch.channels_last if self.channels_last else torch.contiguous_format
                 compact["compact"] = pruner.compact(job.config()).model.to(memory_format=layout)
                 note = None
-            except LayerCollapseError as exc:
+            except CompactionError as exc:
                 note = str(exc)
         models = {"dense": lab.loaded.model, "masked": self._pruned(lab, job), **compact}
         latency = measure(models, lab.loaded.input_spec.shape, SPEED)
