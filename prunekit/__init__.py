@@ -5,6 +5,8 @@
     pruner = lab.pruner("magnitude", "unstructured")         # criterion, structure[, normalise]
     result = pruner.prune(prunekit.PruneConfig(0.7, "global"))  # per-layer sparsity, collapse, MACs...
     accuracy = pruner.evaluate()                               # .top1 on eval_data
+    app = prunekit.launch(model, example_input, eval_data=(images, labels))  # the browser lab on it
+    app.wait_ready(); print(app.url); app.stop()
 
 Layers, each importing only those before it: ``core`` (the engine), ``models`` (zoo, data, training),
 ``deploy`` (latency, export, recovery), ``service`` (evaluation workers, store, Ray), ``app`` (the
@@ -13,6 +15,7 @@ Streamlit lab, the only part that imports streamlit) and ``cli``.
 
 __version__ = "0.1.0"
 
+from prunekit.app.launch import App, launch
 from prunekit.core.allocate import PruneConfig
 from prunekit.core.evaluate import Accuracy
 from prunekit.core.importance import CRITERIA, STRUCTURES
@@ -21,6 +24,7 @@ from prunekit.core.loaded import InputSpec, Loaded
 from prunekit.errors import InvalidArgumentError, PrunekitError
 
 __all__ = [
+    "App",
     "CRITERIA",
     "STRUCTURES",
     "Accuracy",
@@ -34,4 +38,5 @@ __all__ = [
     "Pruner",
     "PrunekitError",
     "__version__",
+    "launch",
 ]

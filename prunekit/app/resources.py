@@ -20,7 +20,7 @@ from prunekit.core.evaluate import interval_label
 from prunekit.core.lab import Lab
 from prunekit.core.shared import SingleFlight
 from prunekit.errors import InvalidArgumentError
-from prunekit.models import zoo
+from prunekit.models import custom, zoo
 from prunekit.service.jobs import EvalJob
 from prunekit.service.scheduler import RAY_ENV, EvalService, open_service
 from prunekit.service.store import ResultStore
@@ -41,8 +41,26 @@ DEFAULTS = {
 }
 
 
-@st.cache_resource(show_spinner="Loading the model (first time only)...")
+@st.cache_resource(show_spinner="Loading your model...")
+def own_lab() -> Lab | None:
+    """The model ``prunekit.launch`` handed this server (its caller's own), or None."""
+    path = os.environ.get(custom.MODEL_FILE_ENV)
+    return Lab(custom.read(path)) if path else None
+
+
+def defaults() -> dict:
+    """The settings a session starts from: on the launched model when there is one."""
+    mine = own_lab()
+    return DEFAULTS | {"model": mine.loaded.name} if mine is not None else dict(DEFAULTS)
+
+
 def shared_lab(name: str) -> Lab:
+    mine = own_lab()
+    return mine if mine is not None and name == mine.loaded.name else _zoo_lab(name)
+
+
+@st.cache_resource(show_spinner="Loading the model (first time only)...")
+def _zoo_lab(name: str) -> Lab:
     return Lab(zoo.load(name))
 
 
@@ -53,10 +71,10 @@ def service() -> EvalService:
     ray = os.environ.get(RAY_ENV) or None
     workers = int(os.environ.get("PRUNEKIT_WORKERS", 0)) or (1 if ray else None)
     svc = open_service(ray, workers, ResultStore(), fall_back=True)
-    default = shared_lab(DEFAULTS["model"])
+    default = shared_lab(defaults()["model"])
     register(svc, default)
     if curve_fill_enabled():
-        svc.fill_curve(template(default, DEFAULTS), SCOPES)  # warm before most people ask for it
+        svc.fill_curve(template(default, defaults()), SCOPES)  # warm before most people ask for it
     return svc
 
 
@@ -67,11 +85,10 @@ def curve_fill_enabled() -> bool:
 
 def warm() -> None:
     """Before the server takes sessions (prunekit.app.serve): the default model, its profile, the service."""
-    current = shared_lab(DEFAULTS["model"])
+    start = defaults()
+    current = shared_lab(start["model"])
     current.profile  # noqa: B018 - computed now so that the first page does not wait for it
-    current.result(
-        DEFAULTS["criterion"], DEFAULTS["structure"], DEFAULTS["normalise"], PruneConfig(DEFAULTS["sparsity"])
-    )
+    current.result(start["criterion"], start["structure"], start["normalise"], PruneConfig(start["sparsity"]))
     model_names()
     dense = EvalJob(model_key(current))
     service().wait([dense, dense.with_subset(ESTIMATE_IMAGES)], timeout=120)  # workers up, model loaded
@@ -103,8 +120,14 @@ def bundled_rows() -> list[dict]:
     return rows
 
 
-@st.cache_resource
 def model_names() -> list[str]:
+    """Every model a session can pick: the launched one first, then the zoo's."""
+    mine = own_lab()
+    return ([mine.loaded.name] if mine is not None else []) + zoo_names()
+
+
+@st.cache_resource
+def zoo_names() -> list[str]:
     return zoo.model_names()
 
 
@@ -114,8 +137,8 @@ def shared(key: tuple, compute: Callable[[], object]):
 
 
 def model_key(current: Lab) -> str:
-    """The service's name for a model: zoo models by name, an upload by its name and weights."""
-    if current.loaded.family == "user":
+    """The service's name for a model: zoo models by name, an upload or your own by name and weights."""
+    if current.loaded.family in ("user", "custom"):
         return f"{current.loaded.name}#{current.fingerprint[:12]}"
     return current.loaded.name
 

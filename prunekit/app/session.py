@@ -128,11 +128,11 @@ def recover_job(current: Lab, scope: str, recipe: Recipe) -> RecoverJob:
 def recovery_unavailable(current: Lab) -> str | None:
     if current.loaded.family == "user":
         return "recovery runs on zoo models (an upload's weights are not sent to the training workers)"
-    return (
-        None
-        if has_training_split(current.loaded)
-        else "recovery needs a training split: only Fashion-MNIST models have one here"
-    )
+    if has_training_split(current.loaded):
+        return None
+    if current.loaded.family == "custom":
+        return "recovery needs training data: pass train_data to prunekit.launch or Lab.from_model"
+    return "recovery needs a training split: only Fashion-MNIST models have one here"
 
 
 def recovery(current: Lab, job: RecoverJob, start: bool) -> tuple[Outcome | None, Recovery | None]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from prunekit.app.resources import DEFAULTS, model_names, register, service
+from prunekit.app.resources import defaults, model_names, own_lab, register, service, zoo_names
 from prunekit.app.state import bind, cfg, error_text, init_state
 from prunekit.core.lab import Lab
 from prunekit.errors import PrunekitError
@@ -28,7 +28,7 @@ def sidebar() -> None:
     init_state()
     names = model_names() + list(st.session_state.user_labs)
     if cfg()["model"] not in names:
-        cfg()["model"] = DEFAULTS["model"]
+        cfg()["model"] = defaults()["model"]
     with st.sidebar:
         st.markdown("### Model")
         bind(
@@ -45,6 +45,9 @@ def sidebar() -> None:
 
 
 def _model_label(name: str) -> str:
+    mine = own_lab()
+    if mine is not None and name == mine.loaded.name:
+        return f"{name} (your model)"
     if name in zoo.BUNDLED:
         return f"{name} (bundled, Fashion-MNIST)"
     if name in zoo.EFFICIENTNET:
@@ -72,7 +75,7 @@ def _upload() -> None:
     _upload_mode()
     arch = st.selectbox(
         "Architecture (type to search)",
-        model_names(),
+        zoo_names(),
         key="upload_arch",
         help="The zoo model the weights belong to; its input size and evaluation data are used.",
     )

@@ -8,7 +8,7 @@ import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from prunekit.app import links
-from prunekit.app.resources import DEFAULTS, model_names, shared_lab
+from prunekit.app.resources import defaults, model_names, shared_lab
 from prunekit.core.allocate import NORMALISATIONS, PruneConfig
 from prunekit.core.importance import CRITERIA, STRUCTURES
 from prunekit.core.lab import Lab
@@ -30,7 +30,7 @@ def init_state() -> None:
 
 def _link_schema() -> links.LinkSchema:
     choices = {"model": model_names(), "criterion": list(CRITERIA), "structure": list(STRUCTURES)}
-    return links.LinkSchema(DEFAULTS, choices | {"normalise": list(NORMALISATIONS)})
+    return links.LinkSchema(defaults(), choices | {"normalise": list(NORMALISATIONS)})
 
 
 def cfg() -> dict:
