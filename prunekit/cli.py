@@ -21,7 +21,7 @@ from prunekit.core.lab import Lab, PruneResult
 from prunekit.deploy.export import build_bundle, export_report, report_lines, write_bundle
 from prunekit.deploy.recover import SCHEDULES, Recipe, recover
 from prunekit.errors import InvalidArgumentError, PrunekitError, UntrainedModelError
-from prunekit.models import zoo
+from prunekit.models import custom, zoo
 from prunekit.service.fanout import Backend, run_jobs, run_sharded, sensitivity_jobs, sensitivity_rows, sweep_jobs
 from prunekit.service.jobs import EvalJob
 from prunekit.service.scheduler import RAY_ENV, JobError
@@ -46,9 +46,43 @@ def _sparsity_list(text: str) -> list[float]:
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="a name from the zoo (prunekit list)")
+    p.add_argument("model", nargs="?", help="a name from the zoo (prunekit list), or --model-def for your own")
     p.add_argument("--download", action="store_true", help="let torchvision download missing weights (online)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    own = p.add_argument_group("your own model (instead of MODEL)")
+    own.add_argument(
+        "--model-def", metavar="MODULE:FUNCTION", help="a function returning your nn.Module, by import path"
+    )
+    own.add_argument("--weights", type=Path, metavar="FILE", help="its weights: safetensors or a state_dict")
+    own.add_argument("--input-shape", type=_shape, metavar="C,H,W", help="one input's shape, e.g. 3,32,32")
+    own.add_argument(
+        "--input-mean", type=_floats, metavar="M,...", help="per-channel mean the images are normalised with"
+    )
+    own.add_argument("--input-std", type=_floats, metavar="S,...", help="per-channel std (default: ImageNet's for RGB)")
+    p.add_argument(
+        "--eval-folder",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="evaluate on an ImageFolder (DIR/<class>/<image>, classes in sorted order)",
+    )
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) <= 0:
+        raise argparse.ArgumentTypeError(f"an input shape is C,H,W with positive integers, got {text!r}")
+    return shape
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
 
 
 def _add_prune_options(p: argparse.ArgumentParser) -> None:
@@ -78,13 +112,6 @@ def _add_fan_out(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--workers", type=int, default=0, help="run the points on N local worker processes (0: in this process)"
-    )
-    p.add_argument(
-        "--eval-folder",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="evaluate on an ImageFolder (DIR/<class>/<image>, classes in sorted order), read by the workers in shards",
     )
     p.add_argument("--shard-size", type=int, default=1000, metavar="N", help="images per shard of --eval-folder")
 
@@ -172,10 +199,10 @@ def cmd_list(args) -> tuple[object, str]:
 
 
 def cmd_profile(args) -> tuple[object, str]:
-    lab = Lab(zoo.load(args.model, download=args.download))
+    lab = _load(args)
     prof = lab.profile
     data = {
-        "model": args.model,
+        "model": lab.loaded.name,
         "input_shape": list(prof.input_shape),
         "convention": prof.convention,
         "layers": [
@@ -249,7 +276,7 @@ def _summary(d: dict) -> str:
 
 
 def cmd_prune(args) -> tuple[object, str]:
-    lab = Lab(zoo.load(args.model, download=args.download))
+    lab = _load(args)
     if args.eval:
         _require_trained(lab.loaded)
     data = _prune_one(lab, args, args.sparsity, args.eval)
@@ -258,11 +285,35 @@ def cmd_prune(args) -> tuple[object, str]:
 
 
 def _load(args) -> Lab:
+    """The zoo's MODEL, or your own (--model-def), evaluated on --eval-folder when given."""
+    if args.eval_folder is not None and getattr(args, "eval_limit", None) is not None:
+        raise InvalidArgumentError("--eval-limit and --eval-folder do not go together: a folder is scored whole")
+    if args.model_def is not None:
+        return Lab(custom.from_definition(_definition(args)))
+    own = [
+        f"--{k.replace('_', '-')}" for k in ("weights", "input_shape", "input_mean", "input_std") if getattr(args, k)
+    ]
+    if args.model is None or own:
+        raise InvalidArgumentError(
+            f"{', '.join(own)} go with --model-def" if own and args.model else "name a MODEL or give --model-def"
+        )
     if args.eval_folder is None:
         return Lab(zoo.load(args.model, download=args.download))
-    if args.eval_limit is not None:
-        raise InvalidArgumentError("--eval-limit and --eval-folder do not go together: a folder is scored whole")
     return Lab(zoo.load_on_folder(args.model, str(args.eval_folder), args.download))
+
+
+def _definition(args) -> custom.Definition:
+    if args.model is not None:
+        raise InvalidArgumentError(f"give MODEL ({args.model!r}) or --model-def, not both")
+    if args.input_shape is None or args.eval_folder is None:
+        raise InvalidArgumentError(
+            "--model-def needs --input-shape C,H,W and --eval-folder DIR (your evaluation images)"
+        )
+    if (args.input_mean is None) != (args.input_std is None):
+        raise InvalidArgumentError("--input-mean and --input-std go together")
+    norm = None if args.input_mean is None else (args.input_mean, args.input_std)
+    weights = None if args.weights is None else str(args.weights)
+    return custom.Definition(args.model_def, args.input_shape, str(args.eval_folder), weights, norm, os.getcwd())
 
 
 def _fan_out(lab: Lab, jobs: list[EvalJob], args) -> dict[EvalJob, Accuracy]:
@@ -289,9 +340,9 @@ def _progress_bar(done: int, total: int) -> None:
     print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} points", end="", file=sys.stderr, flush=True)
 
 
-def _template(args) -> EvalJob:
+def _template(lab: Lab, args) -> EvalJob:
     return EvalJob(
-        args.model,
+        lab.loaded.name,
         args.criterion,
         args.structure,
         getattr(args, "normalise", "none"),
@@ -304,7 +355,7 @@ def _template(args) -> EvalJob:
 def cmd_sweep(args) -> tuple[object, str]:
     lab = _load(args)
     _require_trained(lab.loaded)
-    jobs = sweep_jobs(_template(args), args.sparsities)
+    jobs = sweep_jobs(_template(lab, args), args.sparsities)
     acc = _fan_out(lab, jobs, args)
     pruner = lab.pruner(args.criterion, args.structure, args.normalise)
     rows = []
@@ -314,14 +365,14 @@ def cmd_sweep(args) -> tuple[object, str]:
         rows.append(_result_json(result))
     point = pruner.collapse_point(PruneConfig(0.0, args.scope, args.keep_first_last))
     note = lab.probe_unavailable
-    data = {"model": args.model, "collapse_point": point, "probe_note": note, "results": rows}
+    data = {"model": lab.loaded.name, "collapse_point": point, "probe_note": note, "results": rows}
     return data, "\n".join([_summary(r) for r in rows] + [note or f"collapse first at sparsity {point}"])
 
 
 def cmd_sensitivity(args) -> tuple[object, str]:
     lab = _load(args)
     _require_trained(lab.loaded)
-    jobs = sensitivity_jobs(lab, _template(args), args.sparsities)
+    jobs = sensitivity_jobs(lab, _template(lab, args), args.sparsities)
     acc = _fan_out(lab, jobs, args)
     rows = [{**row.__dict__, "drop": row.drop} for row in sensitivity_rows(jobs, [acc[job] for job in jobs])]
     lines = [
@@ -329,11 +380,11 @@ def cmd_sensitivity(args) -> tuple[object, str]:
         f"{interval_label(r['accuracy'], r['images'])})"
         for r in rows
     ]
-    return {"model": args.model, "results": rows}, "\n".join(lines)
+    return {"model": lab.loaded.name, "results": rows}, "\n".join(lines)
 
 
 def cmd_export(args) -> tuple[object, str]:
-    lab = Lab(zoo.load(args.model, download=args.download))
+    lab = _load(args)
     pruner = lab.pruner(args.criterion, args.structure, args.normalise)
     config = PruneConfig(args.sparsity, args.scope, args.keep_first_last)
     bundle = build_bundle(pruner, config)
@@ -344,7 +395,7 @@ def cmd_export(args) -> tuple[object, str]:
 
 
 def cmd_recover(args) -> tuple[object, str]:
-    lab = Lab(zoo.load(args.model, download=args.download))
+    lab = _load(args)
     _require_trained(lab.loaded)
     recipe = Recipe(
         bn_images=args.bn_recalibrate,
@@ -357,7 +408,7 @@ def cmd_recover(args) -> tuple[object, str]:
     config = PruneConfig(args.sparsity, args.scope, args.keep_first_last)
     result = recover(lab, (args.criterion, args.structure, args.normalise), config, recipe, _progress_line)
     print(file=sys.stderr)
-    data = {"model": args.model, "sparsity": args.sparsity, "recipe": asdict(recipe), **result.to_json()}
+    data = {"model": lab.loaded.name, "sparsity": args.sparsity, "recipe": asdict(recipe), **result.to_json()}
     data["intervals"] = {k: v.interval() for k, v in result.accuracy.items() if v}
     lines = [f"{k:13} {'skipped' if v is None else interval_label(v.top1, v.n)}" for k, v in result.accuracy.items()]
     return data, "\n".join([*lines, f"{result.train_images:,} training images, {result.seconds:.0f} s"])

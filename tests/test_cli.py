@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from prunekit.cli import main
 
@@ -119,3 +120,140 @@ def test_options_streamlit_would_take_are_refused_by_every_other_command(capsys)
         main(["list", "--server.port", "8502"])
     assert info.value.code == 2
     assert capsys.readouterr().err == "error: unrecognized arguments: --server.port 8502\n"
+
+
+MYNETS = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = torch.tanh(self.stem(x))
+        y = y + nn.functional.elu(self.grouped(y))
+        return self.head(y.mean((2, 3)))
+
+
+def build():
+    return Net()
+"""
+
+
+def _own_model_files(tmp_path):
+    """mynets.py, its weights as safetensors and a 3-class ImageFolder of 12x12 PNGs, in ``tmp_path``."""
+    import importlib.util
+
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    (tmp_path / "mynets.py").write_text(MYNETS)
+    spec = importlib.util.spec_from_file_location("_mynets_here", tmp_path / "mynets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    model = module.build().eval()
+    save_file(model.state_dict(), tmp_path / "w.safetensors")
+    gen = torch.Generator().manual_seed(1)
+    for c in ("ant", "bee", "cat"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray((torch.rand(12, 12, 3, generator=gen) * 255).to(torch.uint8).numpy()).save(
+                tmp_path / "data" / c / f"{i}.png"
+            )
+    return model
+
+
+def _folder_by_hand(root, mean, std):
+    """The ImageFolder read independently: sorted class folders, sorted files, pixels / 255, normalised."""
+    import numpy as np
+    from PIL import Image
+
+    images, labels = [], []
+    for label, cls in enumerate(sorted(p.name for p in root.iterdir())):
+        for f in sorted((root / cls).iterdir()):
+            x = torch.from_numpy(np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+            images.append((x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None])
+            labels.append(label)
+    return torch.stack(images), torch.tensor(labels)
+
+
+def test_your_own_model_by_import_path_equals_torch_prune_on_your_folder(tmp_path, monkeypatch, capsys):
+    import copy
+
+    from torch.nn.utils import prune
+
+    model = _own_model_files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    args = ["prune", "--model-def", "mynets:build", "--weights", "w.safetensors", "--input-shape", "3,12,12"]
+    args += ["--eval-folder", "data", "--input-mean", "0.5,0.4,0.3", "--input-std", "0.2,0.25,0.3"]
+    assert main([*args, "--sparsity", "0.6", "--eval", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+
+    ref = copy.deepcopy(model)
+    layers = [(ref.stem, "weight"), (ref.grouped, "weight"), (ref.head, "weight")]
+    prune.global_unstructured(layers, pruning_method=prune.L1Unstructured, amount=0.6)
+    want = {
+        name: float((m.weight == 0).float().mean())
+        for name, m in (("stem", ref.stem), ("grouped", ref.grouped), ("head", ref.head))
+    }
+    assert {row["name"]: row["sparsity"] for row in out["layers"]} == pytest.approx(want)
+    images, labels = _folder_by_hand(tmp_path / "data", mean, std)
+    with torch.no_grad():
+        dense = float((model(images).argmax(1) == labels).float().mean())
+        pruned = float((ref(images).argmax(1) == labels).float().mean())
+    assert (out["accuracy"]["dense"], out["accuracy"]["pruned"], out["accuracy"]["images"]) == pytest.approx(
+        (dense, pruned, 24)
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["prune", "--sparsity", "0.5"], "name a MODEL or give --model-def"),
+        (["prune", "fmnist-cnn", "--weights", "w.pt", "--sparsity", "0.5"], "--weights go with --model-def"),
+        (["prune", "fmnist-cnn", "--model-def", "mynets:build", "--sparsity", "0.5"], "not both"),
+        (["profile", "--model-def", "mynets:build", "--eval-folder", "data"], "needs --input-shape C,H,W"),
+        (
+            ["profile", "--model-def", "nosuch:build", "--input-shape", "3,12,12", "--eval-folder", "data"],
+            "cannot import 'nosuch:build'",
+        ),
+        (
+            ["profile", "--model-def", "mynets", "--input-shape", "3,12,12", "--eval-folder", "data"],
+            "is 'module:function'",
+        ),
+        (
+            ["profile", "--model-def", "mynets:build", "--input-shape", "3,12", "--eval-folder", "data"],
+            "C,H,W with positive integers",
+        ),
+        (
+            [
+                "profile",
+                "--model-def",
+                "mynets:build",
+                "--input-shape",
+                "3,12,12",
+                "--eval-folder",
+                "data",
+                "--weights",
+                "no.pt",
+            ],
+            "'no.pt' does not exist",
+        ),
+    ],
+)
+def test_your_own_model_refuses_bad_arguments_in_one_line(args, needle, tmp_path, monkeypatch, capsys):
+    _own_model_files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main(args)
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and err.count("\n") == 1, err

@@ -226,8 +226,34 @@ def load_checkpoint(
 Reader = Callable[[bytes, Loaded, str, bool], tuple[nn.Module, str, list[str]]]
 
 
+def load_weights(model: nn.Module, path: str | Path, what: str) -> tuple[nn.Module, list[str]]:
+    """A copy of ``model`` with the weights in ``path`` (safetensors, or a state_dict read with
+    ``weights_only=True``); ``what`` names the architecture in errors. Whole pickled models are refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path.name!r} does not exist")
+    blob = path.read_bytes()
+    kind = sniff(blob)
+    if kind == "safetensors":
+        state = _from_safetensors(blob)
+    elif kind == "torch":
+        try:
+            state = _unwrap(_weights_only(blob))
+        except _CodeInFile:
+            raise CheckpointError(
+                f"{path.name} holds Python objects, not only tensors (a whole pickled model?); save "
+                "model.state_dict() or a safetensors file instead"
+            ) from None
+    else:
+        raise CheckpointError(f"{path.name} is {NOT_A_CHECKPOINT} (safetensors, or a state_dict from torch.save)")
+    return _load_state(copy.deepcopy(model).cpu(), state, what)
+
+
 def _into_arch(state: dict[str, torch.Tensor], base: Loaded, arch: str) -> tuple[nn.Module, list[str]]:
-    model = copy.deepcopy(base.model).cpu()  # base is shared by the zoo cache: never load into it
+    return _load_state(copy.deepcopy(base.model).cpu(), state, arch)  # base is the zoo's shared copy: never into it
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], arch: str) -> tuple[nn.Module, list[str]]:
     _check_keys(model, state, arch)
     state = {k: state[k] for k in model.state_dict()}  # "first bad tensor" in the model's layer order
     check_finite(state)

@@ -10,13 +10,19 @@ sends reaches :func:`from_bytes`.
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import sys
 from pathlib import Path
 
 import cloudpickle
+import torch
+from torch import nn
 
+from prunekit.core import own
 from prunekit.core.data import EvalData
 from prunekit.core.loaded import Loaded, ModelSpec
 from prunekit.errors import InvalidArgumentError
+from prunekit.models import checkpoints
 
 LOADER = "prunekit.models.custom:from_bytes"
 MODEL_FILE_ENV = "PRUNEKIT_MODEL_FILE"  # set by prunekit.launch for its server: the caller's own model
@@ -63,3 +69,47 @@ def write(loaded: Loaded, path: Path) -> Path:
 def read(path: str | Path) -> Loaded:
     """A model saved by :func:`write` (the caller's own file: see the module docstring)."""
     return from_bytes(Path(path).read_bytes())
+
+
+@dataclasses.dataclass(frozen=True)
+class Definition:
+    """A model named by code: ``factory`` is ``'module:function'`` (importable from ``app_dir``) returning an
+    ``nn.Module``; ``weights`` a safetensors file or a state_dict; evaluated on the ImageFolder ``eval_folder``."""
+
+    factory: str
+    input_shape: tuple[int, int, int]
+    eval_folder: str
+    weights: str | None = None
+    normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    app_dir: str = "."
+
+
+def from_definition(definition: Definition) -> Loaded:
+    """Build the model of ``definition`` (the code of the person running the command, imported by name)."""
+    model = _build(definition)
+    notes: list[str] = []
+    if definition.weights is not None:
+        model, notes = checkpoints.load_weights(model, definition.weights, definition.factory)
+    example = torch.zeros(definition.input_shape)
+    name = definition.factory.rpartition(":")[2]
+    own_model = own.OwnModel(example, definition.eval_folder, name=name, normalisation=definition.normalisation)
+    loaded = own.from_model(model, own_model)
+    spec = ModelSpec("prunekit.models.custom:from_definition", (definition,))
+    return dataclasses.replace(loaded, notes=notes + loaded.notes, spec=spec)
+
+
+def _build(definition: Definition) -> nn.Module:
+    module_name, _, function = definition.factory.partition(":")
+    if not module_name or not function:
+        raise InvalidArgumentError(f"--model-def is 'module:function', got {definition.factory!r}")
+    root = str(Path(definition.app_dir).resolve())
+    if root not in sys.path:
+        sys.path.insert(0, root)  # as `python -m` would: the caller's package beside them
+    try:
+        factory = getattr(importlib.import_module(module_name), function)
+    except (ImportError, AttributeError) as exc:
+        raise InvalidArgumentError(f"cannot import {definition.factory!r}: {exc}") from None
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentError(f"{definition.factory} returned a {type(model).__name__}, not an nn.Module")
+    return model
