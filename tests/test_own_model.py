@@ -200,3 +200,36 @@ def test_recovery_fine_tunes_on_the_callers_train_data():
     result = recover(lab, ("magnitude", "unstructured", "none"), prunekit.PruneConfig(0.8, "global"), recipe)
     assert result.train_images == 64
     assert set(result.accuracy) >= {"dense", "pruned"} and result.accuracy["dense"].n == 96
+
+
+def test_export_of_your_model_says_why_it_is_masked_and_its_snippet_asks_for_your_model(tmp_path):
+    import subprocess
+    import sys
+
+    from prunekit.deploy.export import build_bundle, export_report, write_bundle
+    from prunekit.deploy.latency import LatencyConfig
+
+    model, images, labels = _model_and_data()
+    lab = prunekit.Lab.from_model(model, images[0], eval_data=(images, labels), name="residual")
+    pruner = lab.pruner("l1", "filter")
+    bundle = build_bundle(pruner, prunekit.PruneConfig(0.5, "local"))
+    assert bundle.compacted is None and "'grouped' is a grouped convolution" in bundle.note
+    report = export_report(
+        lab, pruner, bundle, LatencyConfig(batches=(1,), runs=3, warmup=1, budget_s=0.05, min_runs=3)
+    )
+    assert report["note"] == bundle.note and "compact" not in report["latency_ms"]
+    paths = write_bundle(bundle, tmp_path)
+    alone = subprocess.run(
+        [sys.executable, str(paths["prune_snippet.py"])], capture_output=True, text=True, timeout=120
+    )
+    assert alone.returncode != 0 and alone.stderr.startswith("residual is your own model")
+    masks = torch.load(paths["masks.pt"], weights_only=True)
+    fresh = copy.deepcopy(model)
+    namespace = {"__name__": "snippet"}
+    exec(paths["prune_snippet.py"].read_text(), namespace)  # the file we wrote, imported as a user would
+    namespace["apply_masks"](fresh, paths["masks.pt"])
+    assert set(masks) and all(
+        torch.equal(fresh.get_submodule(k.rsplit(".", 1)[0]).weight_mask.bool(), v)
+        for k, v in masks.items()
+        if k.endswith("weight")
+    )

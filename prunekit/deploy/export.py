@@ -20,6 +20,7 @@ from prunekit.core.compact import Compacted
 from prunekit.core.importance import FILTER
 from prunekit.core.lab import Pruner, PruneResult
 from prunekit.deploy.latency import UNSTRUCTURED_NOTE, LatencyConfig, measure
+from prunekit.errors import CompactionError
 
 FILES = {  # name -> what it holds
     "masks.pt": "keep masks by parameter name (torch.load(..., weights_only=True))",
@@ -38,11 +39,12 @@ class Bundle:
     result: PruneResult
     compacted: Compacted | None  # None for unstructured masks (nothing whole to remove)
     model: nn.Module  # what model.safetensors and model.onnx hold
+    note: str | None = None  # why the model is the masked one, when it is
 
 
 def build_bundle(pruner: Pruner, config: PruneConfig) -> Bundle:
     """Every export file for ``config`` on ``pruner``'s model (its working copy ends at ``config``)."""
-    compacted = pruner.compact(config) if pruner.table.structure == FILTER else None
+    compacted, note = _compacted(pruner, config)
     result = pruner.prune(config)
     alloc = pruner.allocation(config)
     model = compacted.model if compacted else pruner.model
@@ -50,11 +52,24 @@ def build_bundle(pruner: Pruner, config: PruneConfig) -> Bundle:
     files = {
         "masks.pt": masks_bytes(pruner.work.keep_masks(alloc)),
         "ratios.json": json.dumps(ratio_dict(pruner, alloc, result), indent=2).encode(),
-        "prune_snippet.py": snippet(name).encode(),
+        "prune_snippet.py": snippet(name, in_zoo=pruner.lab.loaded.family not in ("custom", "user")).encode(),
         "model.safetensors": safetensors_bytes(model, {"prunekit_model": name, "compacted": str(bool(compacted))}),
         "model.onnx": onnx_bytes(model, pruner.lab.loaded.input_spec.shape),
     }
-    return Bundle(files, result, compacted, model)
+    return Bundle(files, result, compacted, model, note)
+
+
+def _compacted(pruner: Pruner, config: PruneConfig) -> tuple[Compacted | None, str | None]:
+    """The compacted model of a filter ``config``, or None and the reason (unstructured, or refused)."""
+    if pruner.table.structure != FILTER:
+        return (
+            None,
+            "Unstructured masks: the exported model keeps its shapes with zeros inside (nothing whole to remove).",
+        )
+    try:
+        return pruner.compact(config), None
+    except CompactionError as exc:
+        return None, f"{exc}; the files hold the masked model"
 
 
 def write_bundle(bundle: Bundle, out_dir: Path) -> dict[str, Path]:
@@ -93,9 +108,11 @@ def ratio_dict(pruner: Pruner, alloc, result: PruneResult) -> dict:
     }
 
 
-def snippet(model_name: str) -> str:
-    """A standalone script that applies ``masks.pt`` with ``torch.nn.utils.prune.custom_from_mask``."""
-    return _SNIPPET.replace("__MODEL__", json.dumps(model_name))
+def snippet(model_name: str, in_zoo: bool = True) -> str:
+    """A standalone script that applies ``masks.pt`` with ``torch.nn.utils.prune.custom_from_mask``; run
+    alone it prunes the zoo's model, while your own model is yours to pass to ``apply_masks``."""
+    main = _ZOO_MAIN if in_zoo else _OWN_MAIN
+    return _SNIPPET.replace("__MAIN__", main).replace("__MODEL__", json.dumps(model_name))
 
 
 _SNIPPET = '''"""Reproduce prunekit's masks with torch.nn.utils.prune (written by prunekit's export).
@@ -133,12 +150,18 @@ def layer_sparsity(model):
     }
 
 
-if __name__ == "__main__":
+__MAIN__'''
+
+_ZOO_MAIN = """if __name__ == "__main__":
     from prunekit.models import zoo
 
     model = apply_masks(zoo.load(__MODEL__).model)
     json.dump(layer_sparsity(model), sys.stdout, indent=1)
-'''
+"""
+
+_OWN_MAIN = """if __name__ == "__main__":
+    sys.exit(__MODEL__ + " is your own model: import this file and call apply_masks(your_model) on it")
+"""
 
 
 def safetensors_bytes(model: nn.Module, metadata: dict[str, str]) -> bytes:
@@ -197,7 +220,7 @@ def export_report(lab, pruner: Pruner, bundle: Bundle, config: LatencyConfig | N
         "theoretical_speedup": result.theoretical_speedup if result.remaining_macs else None,
         "measured_speedup": {str(b): latency.speedup(fastest, b) for b in latency.runs},
         "measured_of": fastest,
-        "note": None if compacted else UNSTRUCTURED_NOTE,
+        "note": UNSTRUCTURED_NOTE if result.structure != FILTER else bundle.note,
     }
 
 

@@ -139,9 +139,7 @@ def export_buttons(bundle) -> None:
             f"most {c.max_abs_diff:.1e}."
         )
     else:
-        st.caption(
-            "Unstructured masks: the exported model keeps its shapes with zeros inside (nothing whole to remove)."
-        )
+        st.caption(state.error_text(bundle.note))
     cols = st.columns(len(bundle.files))
     for col, (name, data) in zip(cols, bundle.files.items(), strict=True):
         col.download_button(name, data, file_name=name, help=FILES[name], key=f"dl-{name}")
