@@ -203,6 +203,7 @@ def test_recovery_fine_tunes_on_the_callers_train_data():
 
 
 def test_export_of_your_model_says_why_it_is_masked_and_its_snippet_asks_for_your_model(tmp_path):
+    import importlib.util
     import subprocess
     import sys
 
@@ -225,9 +226,10 @@ def test_export_of_your_model_says_why_it_is_masked_and_its_snippet_asks_for_you
     assert alone.returncode != 0 and alone.stderr.startswith("residual is your own model")
     masks = torch.load(paths["masks.pt"], weights_only=True)
     fresh = copy.deepcopy(model)
-    namespace = {"__name__": "snippet"}
-    exec(paths["prune_snippet.py"].read_text(), namespace)  # the file we wrote, imported as a user would
-    namespace["apply_masks"](fresh, paths["masks.pt"])
+    spec = importlib.util.spec_from_file_location("prune_snippet", paths["prune_snippet.py"])
+    snippet = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(snippet)  # imported as a user would, then applied to their model
+    snippet.apply_masks(fresh)
     assert set(masks) and all(
         torch.equal(fresh.get_submodule(k.rsplit(".", 1)[0]).weight_mask.bool(), v)
         for k, v in masks.items()
