@@ -92,7 +92,7 @@ def test_folder_fingerprint_follows_the_files(folder):
 def test_folder_with_the_wrong_classes_is_refused(tmp_path):
     (tmp_path / "only").mkdir()
     Image.new("L", (28, 28)).save(tmp_path / "only" / "a.png")
-    with pytest.raises(Exception, match="has 1 class folders but 'fmnist-cnn' predicts 10 classes"):
+    with pytest.raises(Exception, match="has 1 class folders but the model predicts 10 classes"):
         load_on_folder("fmnist-cnn", str(tmp_path))
 
 

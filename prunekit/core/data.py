@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from prunekit.core import imagenet
 from prunekit.errors import DataNotFoundError, InvalidArgumentError
 
 
@@ -74,13 +75,30 @@ class FolderSet:
     shape: tuple[int, int, int]  # (C, H, W) of one model input
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    index: tuple[int, ...] | None = None  # folder i -> the model's class index (WNID folders); None: i itself
+    model_classes: tuple[str, ...] | None = None  # the model's class names when ``index`` maps into them
+
+    @classmethod
+    def for_model(cls, root: str, shape: tuple[int, int, int], mean, std, model_classes: tuple[str, ...]) -> FolderSet:
+        """The folder read for a model with ``model_classes``: one sub-folder per class in sorted order, or
+        ImageNet WNID folders (any subset, e.g. Imagenette's 10) for a 1000-class ImageNet model."""
+        names = folder_listing(root)[0]
+        if len(model_classes) == imagenet.CLASSES and (index := imagenet.wnid_indices(names)) is not None:
+            return cls(root, shape, tuple(mean), tuple(std), index, tuple(model_classes))
+        if len(names) != len(model_classes):
+            raise InvalidArgumentError(
+                f"folder {Path(root).name!r} has {len(names)} class folders but the model predicts "
+                f"{len(model_classes)} classes (give one folder per class in sorted order, or ImageNet WNID folders "
+                "for a 1000-class ImageNet model)"
+            )
+        return cls(root, shape, tuple(mean), tuple(std))
 
     def __len__(self) -> int:
         return len(folder_listing(self.root)[1])
 
     def fingerprint(self) -> str:
         """sha256 of the reading settings and each file's name, size, mtime and label (not its bytes)."""
-        h = hashlib.sha256(repr((self.shape, self.mean, self.std)).encode())
+        h = hashlib.sha256(repr((self.shape, self.mean, self.std, self.index)).encode())
         for f, label in folder_listing(self.root)[1]:
             stat = f.stat()
             h.update(f"{f.relative_to(self.root)}|{stat.st_size}|{stat.st_mtime_ns}|{label}\n".encode())
@@ -94,12 +112,18 @@ class FolderSet:
             raise InvalidArgumentError(f"a shard is [start, stop) within [0, {len(items)}], got [{start}, {stop})")
         part, mode = items[start:stop], "L" if self.shape[0] == 1 else "RGB"
         images = torch.stack([load_image(f, self.shape[1], self.mean, self.std, mode) for f, _ in part])
+        labels = [i if self.index is None else self.index[i] for _, i in part]
+        how = (
+            "class index = sorted folder name"
+            if self.index is None
+            else f"{len(classes)} ImageNet WNID folders; accuracy is over the model's {len(self.model_classes)}-way prediction"
+        )
         return EvalData(
             name=f"folder:{Path(self.root).name}[{start}:{stop}]",
             images=images,
-            labels=torch.tensor([i for _, i in part], dtype=torch.int64),
-            classes=classes,
-            description=f"images {start}-{stop - 1} of {len(items):,} in your folder {Path(self.root).name!r} (class index = sorted folder name)",
+            labels=torch.tensor(labels, dtype=torch.int64),
+            classes=classes if self.model_classes is None else self.model_classes,
+            description=f"images {start}-{stop - 1} of {len(items):,} in your folder {Path(self.root).name!r} ({how})",
         )
 
 

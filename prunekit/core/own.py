@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from prunekit.core.data import EvalData, FolderSet
+from prunekit.core import imagenet
+from prunekit.core.data import EvalData, FolderSet, folder_listing
 from prunekit.core.loaded import InputSpec, Loaded
 from prunekit.errors import InvalidArgumentError
 
@@ -41,13 +42,14 @@ def from_model(model: nn.Module, own: OwnModel) -> Loaded:
     shape = _input_shape(own.example_input)
     outputs = _check_runs(model, own.example_input.reshape(1, *shape))
     norm, notes = _normalisation(own, shape)
-    test = read_data(own.eval_data, shape, norm, "evaluation")
+    hint = _folder_classes(own.eval_data, own.classes, outputs)
+    test = read_data(own.eval_data, shape, norm, "evaluation", hint)
     classes = _classes(own.classes, test, outputs)
     test = _checked(test, shape, classes, "evaluation")
     train = (
         None
         if own.train_data is None
-        else _checked(read_data(own.train_data, shape, norm, "training"), shape, classes, "training")
+        else _checked(read_data(own.train_data, shape, norm, "training", classes), shape, classes, "training")
     )
     return Loaded(
         name=own.name,
@@ -110,11 +112,12 @@ def _normalisation(own: OwnModel, shape: tuple[int, int, int]) -> tuple[tuple, l
     return ((0.0,) * shape[0], (1.0,) * shape[0]), []  # tensors given: taken as already normalised
 
 
-def read_data(source: EvalSource, shape: tuple[int, int, int], norm: tuple, role: str) -> EvalData:
+def read_data(
+    source: EvalSource, shape: tuple[int, int, int], norm: tuple, role: str, classes: tuple[str, ...]
+) -> EvalData:
     """``source`` read into memory as images ``(N, C, H, W)`` float32 and labels ``(N,)`` int64."""
     if isinstance(source, (str, Path)):
-        folder = FolderSet(str(Path(source).resolve()), shape, tuple(norm[0]), tuple(norm[1]))
-        return folder.read()
+        return FolderSet.for_model(str(Path(source).resolve()), shape, norm[0], norm[1], classes).read()
     if isinstance(source, tuple) and len(source) == 2:
         images, labels = source
     elif isinstance(source, DataLoader):
@@ -145,6 +148,18 @@ def _batches(loader: DataLoader, role: str) -> tuple[torch.Tensor, torch.Tensor]
     if not images:
         raise InvalidArgumentError(f"the {role} data is empty")
     return torch.cat(images), torch.cat(labels)
+
+
+def _folder_classes(source: EvalSource, given: Sequence[str] | None, outputs: int) -> tuple[str, ...]:
+    """The model's class names a folder is read against: the caller's, ImageNet's WNIDs for a 1000-way
+    model on WNID folders, else the folder's own names."""
+    if not isinstance(source, (str, Path)):
+        return ()
+    if given is not None:
+        return tuple(str(c) for c in given)
+    names = folder_listing(str(Path(source).resolve()))[0]
+    wnid_folders = outputs == imagenet.CLASSES and imagenet.wnid_indices(names) is not None
+    return imagenet.wnids() if wnid_folders else names
 
 
 def _classes(given: Sequence[str] | None, data: EvalData, outputs: int) -> tuple[str, ...]:

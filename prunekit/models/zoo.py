@@ -20,7 +20,7 @@ from torch import nn
 
 from prunekit.core import data as core_data
 from prunekit.core.loaded import InputSpec, Loaded, ModelSpec
-from prunekit.errors import InvalidArgumentError, UnknownNameError, without_paths
+from prunekit.errors import UnknownNameError, without_paths
 from prunekit.models import datasets as data
 from prunekit.models.architectures import ARCHITECTURES
 
@@ -265,16 +265,11 @@ def _loader_for(name: str) -> Callable[[str, bool], Loaded]:
 
 
 def load_on_folder(name: str, folder: str, download: bool = False) -> Loaded:
-    """``load(name)`` evaluated on the ImageFolder ``folder`` (``<class>/<image>``, classes in sorted order
-    must be the model's), read at the model's input size and normalisation."""
+    """``load(name)`` evaluated on the ImageFolder ``folder`` (``<class>/<image>``: the model's classes in
+    sorted order, or ImageNet WNID folders for an ImageNet model), read at its input size and normalisation."""
     loaded = load(name, download)
     spec = loaded.input_spec
-    source = core_data.FolderSet(str(Path(folder).resolve()), spec.shape, spec.mean, spec.std)
-    classes = core_data.folder_listing(source.root)[0]
-    if len(classes) != len(loaded.classes):
-        raise InvalidArgumentError(
-            f"{folder!r} has {len(classes)} class folders but {name!r} predicts {len(loaded.classes)} classes"
-        )
+    source = core_data.FolderSet.for_model(str(Path(folder).resolve()), spec.shape, spec.mean, spec.std, loaded.classes)
     spec = ModelSpec("prunekit.models.zoo:load_on_folder", (name, source.root, download))
     return replace(loaded, eval_data=source.read, eval_folder=source, spec=spec)
 
