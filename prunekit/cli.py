@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(--server.port, --server.address, ...) are passed to `streamlit run`.",
     )
     app.add_argument(
+        "--eval-folder",
+        type=Path,
+        metavar="DIR",
+        help="offer this ImageFolder as evaluation data (DIR/<class>/<image>, or ImageNet WNID folders)",
+    )
+    app.add_argument(
         "--trusted",
         action="store_true",
         help="also accept whole pickled models and TorchScript uploads (loading them runs code: your own files only)",
@@ -435,21 +441,26 @@ COMMANDS: dict[str, Callable] = {
 def run_app(args: argparse.Namespace, streamlit_args: list[str]) -> int:
     """Serve the lab in this process until it is stopped (Ctrl-C)."""
     from prunekit.app import serve  # noqa: PLC0415 - streamlit loads only for this command
+    from prunekit.app.resources import EVAL_FOLDER_ENV  # noqa: PLC0415
     from prunekit.models.checkpoints import TRUSTED_ENV  # noqa: PLC0415
 
     if args.trusted:
         os.environ[TRUSTED_ENV] = "1"
+    if args.eval_folder is not None:
+        if not args.eval_folder.is_dir():
+            raise InvalidArgumentError(f"--eval-folder {str(args.eval_folder)!r} is not a directory")
+        os.environ[EVAL_FOLDER_ENV] = str(args.eval_folder.resolve())
     return serve.main(["--server.headless", "true", "--browser.gatherUsageStats", "false", *streamlit_args])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command == "app":
-        return run_app(args, extra)
-    if extra:
+    if extra and args.command != "app":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        if args.command == "app":
+            return run_app(args, extra)
         data, text = COMMANDS[args.command](args)
     except PrunekitError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -257,3 +257,8 @@ def test_your_own_model_refuses_bad_arguments_in_one_line(args, needle, tmp_path
         code = exc.code
     err = capsys.readouterr().err
     assert code == 2 and needle in err and err.count("\n") == 1, err
+
+
+def test_app_refuses_an_eval_folder_that_is_not_a_directory(tmp_path, capsys):
+    assert main(["app", "--eval-folder", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err == f"error: --eval-folder {str(tmp_path / 'nope')!r} is not a directory\n"

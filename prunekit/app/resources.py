@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import streamlit as st
 import torch
@@ -62,6 +63,20 @@ def shared_lab(name: str) -> Lab:
 @st.cache_resource(show_spinner="Loading the model (first time only)...")
 def _zoo_lab(name: str) -> Lab:
     return Lab(zoo.load(name))
+
+
+EVAL_FOLDER_ENV = "PRUNEKIT_EVAL_FOLDER"  # set by `prunekit app --eval-folder DIR`
+
+
+def eval_folder() -> str | None:
+    """The ImageFolder the person starting the server offered as evaluation data, or None."""
+    return os.environ.get(EVAL_FOLDER_ENV) or None
+
+
+@st.cache_resource(show_spinner="Reading your folder (first time only)...")
+def folder_lab(name: str) -> Lab:
+    """Zoo model ``name`` evaluated on :func:`eval_folder` (raises when the folder's classes do not fit)."""
+    return Lab(zoo.load_on_folder(name, eval_folder()))
 
 
 @st.cache_resource(show_spinner=False)
@@ -138,6 +153,8 @@ def shared(key: tuple, compute: Callable[[], object]):
 
 def model_key(current: Lab) -> str:
     """The service's name for a model: zoo models by name, an upload or your own by name and weights."""
+    if current.loaded.eval_folder is not None:  # same weights, other images: other results
+        return f"{current.loaded.name}@{Path(current.loaded.eval_folder.root).name}#{current.fingerprint[:12]}"
     if current.loaded.family in ("user", "custom"):
         return f"{current.loaded.name}#{current.fingerprint[:12]}"
     return current.loaded.name

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
-from prunekit.app.resources import defaults, model_names, own_lab, register, service, zoo_names
+from prunekit.app.resources import defaults, eval_folder, folder_lab, model_names, own_lab, register, service, zoo_names
 from prunekit.app.state import bind, cfg, error_text, init_state
 from prunekit.core.lab import Lab
 from prunekit.errors import PrunekitError
 from prunekit.models import checkpoints, zoo
 
 UPLOAD_TYPES = ["safetensors", "pt", "pth", "bin", "ckpt", "ts"]
+FOLDER_HELP = (
+    "Images the person starting the server offered (`prunekit app --eval-folder DIR`): one sub-folder per class "
+    "in sorted order, or ImageNet WNID folders (n01440764/...) for an ImageNet model. Accuracy, sensitivity and "
+    "the data-driven criteria then use these images."
+)
 
 
 def show_notices() -> None:
@@ -39,9 +46,26 @@ def sidebar() -> None:
             format_func=_model_label,
             help="Bundled Fashion-MNIST models load instantly and offline; torchvision models are untrained unless their weights are cached.",
         )
+        _folder_choice()
         mode = "trusted mode: uploads may run code" if checkpoints.trusted_mode() else "safe mode"
         with st.expander(f"Upload your own weights ({mode})"):
             _upload()
+
+
+def _folder_choice() -> None:
+    """Offer the server's evaluation folder for a zoo model; say why when it does not fit the model."""
+    folder, name = eval_folder(), cfg()["model"]
+    st.session_state.on_folder = None
+    if folder is None or name in st.session_state.user_labs or name not in zoo_names():
+        return
+    if not st.toggle(f"Evaluate on the folder '{Path(folder).name}'", key="w_folder", help=FOLDER_HELP):
+        return
+    try:
+        folder_lab(name)
+    except PrunekitError as exc:
+        st.warning(error_text(exc))
+        return
+    st.session_state.on_folder = name
 
 
 def _model_label(name: str) -> str:

@@ -8,7 +8,7 @@ import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from prunekit.app import links
-from prunekit.app.resources import defaults, model_names, shared_lab
+from prunekit.app.resources import defaults, folder_lab, model_names, shared_lab
 from prunekit.core.allocate import NORMALISATIONS, PruneConfig
 from prunekit.core.importance import CRITERIA, STRUCTURES
 from prunekit.core.lab import Lab
@@ -72,6 +72,8 @@ def lab() -> Lab:
     name = cfg()["model"]
     if name in st.session_state.user_labs:
         return st.session_state.user_labs[name]
+    if st.session_state.get("on_folder") == name:  # chosen in the sidebar, and the folder fits this model
+        return folder_lab(name)
     return shared_lab(name)
 
 

@@ -271,7 +271,8 @@ def load_on_folder(name: str, folder: str, download: bool = False) -> Loaded:
     spec = loaded.input_spec
     source = core_data.FolderSet.for_model(str(Path(folder).resolve()), spec.shape, spec.mean, spec.std, loaded.classes)
     spec = ModelSpec("prunekit.models.zoo:load_on_folder", (name, source.root, download))
-    return replace(loaded, eval_data=source.read, eval_folder=source, spec=spec)
+    whole = lru_cache(maxsize=1)(source.read)  # read once, when a caller wants it all (the app does)
+    return replace(loaded, eval_data=whole, eval_folder=source, spec=spec)
 
 
 def load(name: str, download: bool = False, warm: bool = True) -> Loaded:

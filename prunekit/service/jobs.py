@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 
 from prunekit.core.allocate import PruneConfig, check_sparsity
+from prunekit.core.data import EvalData
 from prunekit.core.evaluate import Accuracy, accuracy_of, stratified_indices
 from prunekit.core.importance import FILTER
 from prunekit.core.lab import Lab, Pruner
@@ -144,6 +145,7 @@ class JobRunner:
         self.max_pruners = max_pruners
         self.channels_last = channels_last
         self._images: dict[str, torch.Tensor] = {}
+        self._folder_data: dict[str, EvalData] = {}
         self._subsets: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def load(self, key: str, spec: ModelSpec) -> None:
@@ -184,11 +186,22 @@ class JobRunner:
         model = lab.loaded.model if job.is_dense else self._pruned(lab, job)
         if job.shard is not None:
             return self._shard(lab, job, model)
-        data, images = lab.loaded.eval_data(), self._images[job.model]
+        data, images = self._whole(job.model, lab)
         if job.subset is None or job.subset >= len(data):
             return accuracy_of(model, images, data.labels, len(data), EVAL_BATCH)
         sub_images, sub_labels = self._subset(job.model, images, data.labels, job.subset)
         return accuracy_of(model, sub_images, sub_labels, len(data), EVAL_BATCH)
+
+    def _whole(self, key: str, lab: Lab) -> tuple[EvalData, torch.Tensor]:
+        """The whole evaluation set and its images as this worker keeps them (a folder is read once, by the
+        first job that is not a shard: the app asks for whole-set figures)."""
+        if lab.loaded.eval_folder is None:
+            return lab.loaded.eval_data(), self._images[key]
+        if key not in self._folder_data:
+            data = lab.loaded.eval_data()
+            images = data.images.contiguous(memory_format=torch.channels_last) if self.channels_last else data.images
+            self._folder_data[key], self._images[key] = data, images
+        return self._folder_data[key], self._images[key]
 
     def _shard(self, lab: Lab, job: EvalJob, model: torch.nn.Module) -> Accuracy:
         """Accuracy on images ``job.shard`` only (read from the folder, or cut from the images in memory)."""
