@@ -51,7 +51,7 @@ def test_export_offers_the_five_files_and_states_the_compaction_check():
 
 
 def test_recovery_runs_in_the_workers_and_shows_every_stage():
-    at = open_page("views/prune.py", FILTERS)
+    at = open_page("views/prune.py", FILTERS | {"model": "fmnist-resnet"})
     at.number_input[1].set_value(0.5).run()  # half an epoch of 10,000 images: ~40 steps
     next(b for b in at.button if b.label == "Start recovery").click().run()
     at = _rerun_until(at, lambda a: any(m.label == "Fine-tuned" and m.value != "..." for m in a.metric), timeout=600)
