@@ -316,3 +316,47 @@ def test_readings_prefer_the_full_figure_and_surface_errors(service):
     ):
         want = _in_process(job)
         assert (got.top1, got.n, got.total) == (want.top1, want.n, want.total)
+
+
+class _CountingStore(ResultStore):
+    """A result store that counts its reads."""
+
+    def __init__(self, path) -> None:
+        super().__init__(path)
+        self.reads = 0
+
+    def get(self, key: str) -> dict | None:
+        self.reads += 1
+        return super().get(key)
+
+
+def test_a_miss_reads_the_store_once_and_a_result_that_lands_is_seen(tmp_path):
+    store = _CountingStore(tmp_path / "r.sqlite3")
+    svc = EvalService(workers=1, store=store)
+    svc.register("tiny", TINY, fingerprint="tiny-seed0")
+    try:
+        job = EvalJob("tiny", "magnitude", sparsity=0.3)
+        assert [svc.lookup(job) for _ in range(50)] == [None] * 50
+        assert store.reads == 1  # a rerun or a poll asking again never reads SQLite
+        acc = wait_for(svc, [job])[job]
+        assert isinstance(acc, Accuracy) and svc.lookup(job) == acc and store.reads == 1
+    finally:
+        svc.close()
+
+
+def test_a_curve_asked_for_on_every_rerun_is_queued_once(tmp_path):
+    store = _CountingStore(tmp_path / "r.sqlite3")
+    svc = EvalService(workers=1, store=store)
+    svc.register("tiny", TINY, fingerprint="tiny-seed0")
+    try:
+        template = EvalJob("tiny", "magnitude")
+        svc.fill_curve(template, ["global", "local"])
+        first = store.reads
+        assert first == 2 * len(curve_grid()) - 1  # each point read once; sparsity 0 is one dense job
+        for sparsity in (0.3, 0.7):  # the slider moves: the same configuration's curve, asked again
+            svc.fill_curve(dataclasses.replace(template, sparsity=sparsity), ["global", "local"])
+        assert store.reads == first
+        svc.fill_curve(EvalJob("tiny", "l1"), ["global", "local"])  # another configuration is queued
+        assert store.reads > first
+    finally:
+        svc.close()

@@ -200,6 +200,8 @@ class EvalService:
         self._specs: dict[str, ModelSpec] = {}
         self._fingerprints: dict[str, Callable[[], str] | str] = {}
         self._outcomes: OrderedDict[EvalJob, Outcome] = OrderedDict()
+        self._misses: set[EvalJob] = set()  # read from the store once and absent: never read again
+        self._filled: set[tuple] = set()  # curves already queued: a rerun asking again costs one set lookup
         self._pending: dict[EvalJob, _Entry] = {}
         self._sessions: dict[str, set[EvalJob]] = {}
         self._seq = itertools.count()
@@ -236,7 +238,7 @@ class EvalService:
             if job in self._outcomes:
                 self._outcomes.move_to_end(job)
                 return self._outcomes[job]
-            if job in self._pending:
+            if job in self._pending or job in self._misses:
                 return None
         return self._from_disk(job)
 
@@ -260,7 +262,13 @@ class EvalService:
         return known
 
     def fill_curve(self, template: EvalJob, scopes: Iterable[str], session: str = "") -> None:
-        """Queue the full-split accuracy of ``template`` for each scope on the slider's grid, coarse to fine."""
+        """Queue the full-split accuracy of ``template`` for each scope on the slider's grid, coarse to fine
+        (once per configuration: every later call, one per rerun of every session, is a set lookup)."""
+        key = (dataclasses.replace(template, sparsity=0.0, subset=None, shard=None), tuple(scopes), session)
+        with self._lock:
+            if key in self._filled:
+                return
+            self._filled.add(key)
         jobs = [
             (dataclasses.replace(template, scope=scope, sparsity=s, subset=None), CURVE + level)
             for level, s in curve_grid()
@@ -379,6 +387,7 @@ class EvalService:
         self._pending.pop(job, None)
         self._progress.pop(job, None)
         self._outcomes[job] = outcome
+        self._misses.discard(job)
         while len(self._outcomes) > 100_000:
             self._outcomes.popitem(last=False)
 
@@ -399,6 +408,11 @@ class EvalService:
         key = self._store_key(job)
         value = self.store.get(key) if key else None
         if value is None:
+            if key:  # known absent until this service computes it (other writers' later results: not seen)
+                with self._lock:
+                    if len(self._misses) > 200_000:
+                        self._misses.clear()
+                    self._misses.add(job)
             return None
         try:
             outcome = decode(job, value)
