@@ -22,14 +22,11 @@ from prunekit.core.lab import Lab
 from prunekit.core.shared import SingleFlight
 from prunekit.errors import InvalidArgumentError
 from prunekit.models import custom, zoo
-from prunekit.service.jobs import EvalJob
+from prunekit.service.jobs import ESTIMATE_IMAGES, EvalJob
 from prunekit.service.scheduler import RAY_ENV, EvalService, open_service
 from prunekit.service.store import ResultStore
 
 torch.set_num_threads(int(os.environ.get("PRUNEKIT_THREADS", os.cpu_count() or 1)))  # tests: one per process
-
-
-ESTIMATE_IMAGES = 1000  # a fixed stratified subset: the first number at a position nobody has computed
 
 
 DEFAULTS = {

@@ -143,11 +143,36 @@ def accuracy_of(
     progress: Progress | None = None,
 ) -> Accuracy:
     """Top-1 (and top-5 for >10 classes) on ``images`` (N, C, H, W) / ``labels`` (N,) drawn from a set of ``total``."""
+    return from_counts([count_correct(model, images, labels, batch_size, progress)], total)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Correct predictions on some images: what accuracies of disjoint parts add up from."""
+
+    correct: int
+    correct5: int | None  # only when there are more than 10 classes
+    n: int
+    seconds: float
+
+
+def count_correct(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = DEFAULT_BATCH, progress=None
+) -> Counts:
+    """Correct top-1 (and top-5) predictions of ``model`` on ``images`` (N, C, H, W) / ``labels`` (N,)."""
     t0 = time.perf_counter()
     logits = predict_logits(model, images, batch_size, progress)
-    top1 = (logits.argmax(1) == labels).float().mean().item()
-    top5 = None
+    correct5 = None
     if logits.shape[1] > 10:
         k = min(5, logits.shape[1])
-        top5 = (logits.topk(k, 1).indices == labels[:, None]).any(1).float().mean().item()
-    return Accuracy(top1, top5, int(labels.shape[0]), total, time.perf_counter() - t0)
+        correct5 = int((logits.topk(k, 1).indices == labels[:, None]).any(1).sum())
+    return Counts(int((logits.argmax(1) == labels).sum()), correct5, int(labels.shape[0]), time.perf_counter() - t0)
+
+
+def from_counts(parts: list[Counts], total: int) -> Accuracy:
+    """The accuracy of disjoint parts together, from their counts: the same number however it was split."""
+    n = sum(p.n for p in parts)
+    if n <= 0:
+        raise InvalidArgumentError("an accuracy needs at least one image")
+    top5 = sum(p.correct5 for p in parts) / n if all(p.correct5 is not None for p in parts) else None
+    return Accuracy(sum(p.correct for p in parts) / n, top5, n, total, sum(p.seconds for p in parts))

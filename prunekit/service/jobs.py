@@ -15,7 +15,7 @@ import torch
 
 from prunekit.core.allocate import PruneConfig, check_sparsity
 from prunekit.core.data import EvalData
-from prunekit.core.evaluate import Accuracy, accuracy_of, stratified_indices
+from prunekit.core.evaluate import Accuracy, accuracy_of, count_correct, from_counts, stratified_indices
 from prunekit.core.importance import FILTER
 from prunekit.core.lab import Lab, Pruner
 from prunekit.core.loaded import ModelSpec
@@ -25,6 +25,7 @@ from prunekit.errors import CompactionError, InvalidArgumentError
 
 DENSE = "dense"  # the criterion of a job that prunes nothing
 EVAL_BATCH = 64  # with channels_last, the fastest one-thread setting on the bundled models (bench/evalspeed.py)
+ESTIMATE_IMAGES = 1000  # an estimate scores this fixed stratified subset; a full pass scores it first
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class RecoverJob(EvalJob):
 
 
 SPEED = LatencyConfig(runs=15, budget_s=3.0)
-Report = Callable[[Recovery], bool]
+Report = Callable[[object], bool]  # a recovery's progress, or (estimate job, accuracy) from a full pass
 
 
 def encode(outcome: Accuracy | Latency | Recovery) -> dict | None:
@@ -188,10 +189,31 @@ class JobRunner:
         if job.shard is not None:
             return self._shard(lab, job, model)
         data, images = self._whole(job.model, lab)
+        if job.subset is None and report is not None and len(data) > ESTIMATE_IMAGES:
+            return self._progressive(job, model, data, images, report)
         if job.subset is None or job.subset >= len(data):
             return accuracy_of(model, images, data.labels, len(data), EVAL_BATCH)
         sub_images, sub_labels = self._subset(job.model, images, data.labels, job.subset)
         return accuracy_of(model, sub_images, sub_labels, len(data), EVAL_BATCH)
+
+    def _progressive(self, job: EvalJob, model, data: EvalData, images: torch.Tensor, report: Report) -> Accuracy:
+        """One pass over the set: the estimate's stratified images first (reported at once as the estimate
+        job's result, identical to running it), then the rest; the counts add up to the full figure."""
+        head_images, head_labels = self._subset(job.model, images, data.labels, ESTIMATE_IMAGES)
+        head = count_correct(model, head_images, head_labels, EVAL_BATCH)
+        report((job.with_subset(ESTIMATE_IMAGES), from_counts([head], len(data))))
+        rest_images, rest_labels = self._rest(job.model, images, data.labels)
+        return from_counts([head, count_correct(model, rest_images, rest_labels, EVAL_BATCH)], len(data))
+
+    def _rest(self, model: str, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images an estimate does not score, in their order."""
+        if (model, "rest") not in self._subsets:
+            keep = torch.ones(len(labels), dtype=torch.bool)
+            keep[stratified_indices(labels, ESTIMATE_IMAGES)] = False
+            layout = torch.channels_last if images.is_contiguous(memory_format=torch.channels_last) else None
+            picked = images[keep].contiguous(memory_format=layout) if layout else images[keep]
+            self._subsets[(model, "rest")] = (picked, labels[keep])
+        return self._subsets[(model, "rest")]
 
     def _whole(self, key: str, lab: Lab) -> tuple[EvalData, torch.Tensor]:
         """The whole evaluation set and its images as this worker keeps them (a folder is read once, by the
@@ -303,7 +325,10 @@ def _reporter(conn, job: EvalJob) -> Report:
     """Send a recovery's progress at most every PROGRESS_EVERY_S; False once the server says stop."""
     last = [0.0]
 
-    def report(progress: Recovery) -> bool:
+    def report(progress: Recovery | tuple[EvalJob, Accuracy]) -> bool:
+        if isinstance(progress, tuple):  # a full pass's first part: its estimate job's result
+            conn.send(("partial", *progress))
+            return True
         stop = False
         while conn.poll():
             kind, target = conn.recv()

@@ -34,7 +34,7 @@ from prunekit.core.loaded import ModelSpec
 from prunekit.deploy.latency import Latency
 from prunekit.deploy.recover import Recovery
 from prunekit.errors import ClusterUnavailableError, InvalidArgumentError
-from prunekit.service.jobs import EvalJob, decode, encode, worker_main
+from prunekit.service.jobs import ESTIMATE_IMAGES, EvalJob, decode, encode, worker_main
 from prunekit.service.store import ResultStore, digest
 
 log = logging.getLogger(__name__)
@@ -488,6 +488,14 @@ class EvalService:
         if status == "lost":
             self._fall_back(payload)
             return
+        if status == "partial":  # the estimate a full pass scored first
+            with self._lock:
+                new = job not in self._outcomes
+                if new:
+                    self._finish(job, payload)
+            if new:
+                self._to_disk(job, payload)
+            return
         outcome = payload if status == "ok" else JobError(payload)
         with self._lock:
             w.job, self._deaths_in_a_row = None, 0
@@ -556,7 +564,16 @@ class EvalService:
                 entry = min(queued, key=_Entry.priority, default=None)
                 if entry is None or (_is_background(entry) and not self._background_slot()):
                     continue
-                self._send(w, entry)
+                self._send(w, self._superset(w, entry))
+
+    def _superset(self, w: _Worker, entry: _Entry) -> _Entry:
+        """For an estimate whose full job is queued too, the full job: a local worker's full pass scores
+        the estimate's images first and reports them, so the estimate comes as soon and nothing is scored twice."""
+        job = entry.job
+        if w.remote or type(job) is not EvalJob or job.subset != ESTIMATE_IMAGES or job.shard is not None:
+            return entry
+        full = self._pending.get(job.with_subset(None))
+        return full if full is not None and not full.in_flight and self._accepts(w, full.job) else entry
 
     def _background_slot(self) -> bool:
         busy = sum(1 for w in self._workers if w.job is not None and w.background)

@@ -1,0 +1,56 @@
+"""Progressive evaluation: one pass over the set scores the estimate's stratified images first, reports them
+as the estimate job's result, then completes the full figure; nothing is scored twice."""
+
+import time
+
+import pytest
+import torch
+
+from prunekit.core.evaluate import accuracy_of
+from prunekit.core.loaded import ModelSpec
+from prunekit.service.jobs import ESTIMATE_IMAGES, EVAL_BATCH, EvalJob, JobRunner
+from prunekit.service.scheduler import LIVE_ESTIMATE, LIVE_FULL, EvalService
+
+
+def _figures(acc) -> tuple:
+    return (acc.top1, acc.top5, acc.n, acc.total)
+
+
+@pytest.mark.parametrize("name", ["fmnist-cnn", "fmnist-vgg"])
+def test_one_pass_reports_the_estimate_and_ends_on_todays_full_figure(name):
+    runner = JobRunner()
+    runner.load(name, ModelSpec("prunekit.models.zoo:load", (name,)))
+    lab = runner.labs[name]
+    data, images = runner._whole(name, lab)
+    for job in (EvalJob(name), EvalJob(name, "magnitude", sparsity=0.8), EvalJob(name, "l1", "filter", sparsity=0.4)):
+        seen = []
+        full = runner.run(job, seen.append)
+        ((estimate_job, estimate),) = seen
+        assert estimate_job == job.with_subset(ESTIMATE_IMAGES)
+        assert _figures(estimate) == _figures(runner.run(estimate_job))  # what the estimate job alone gives
+        model = lab.loaded.model if job.is_dense else runner._scored(lab, job)
+        with torch.no_grad():
+            whole = accuracy_of(model, images, data.labels, len(data), EVAL_BATCH)  # one pass in file order
+        assert _figures(full) == _figures(whole) and full.n == len(data) == 10_000
+
+
+def test_a_live_full_request_scores_its_estimate_on_the_way(tmp_path, monkeypatch):
+    sent = []
+    original = EvalService._send
+    monkeypatch.setattr(EvalService, "_send", lambda self, w, entry: sent.append(entry.job) or original(self, w, entry))
+    svc = EvalService(workers=1)
+    try:
+        svc.register("fmnist-cnn", ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",)))
+        full = EvalJob("fmnist-cnn", "magnitude", sparsity=0.6)
+        estimate = full.with_subset(ESTIMATE_IMAGES)
+        svc.request([(full, LIVE_FULL), (estimate, LIVE_ESTIMATE)], "s")
+        deadline = time.monotonic() + 600  # a hang guard
+        while any(svc.lookup(j) is None for j in (full, estimate)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sent == [full]  # one job ran; the estimate came from its first part
+        runner = JobRunner()
+        runner.load("fmnist-cnn", ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",)))
+        assert _figures(svc.lookup(estimate)) == _figures(runner.run(estimate))
+        assert _figures(svc.lookup(full)) == _figures(runner.run(full))
+    finally:
+        svc.close()
