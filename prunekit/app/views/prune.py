@@ -2,11 +2,12 @@ import streamlit as st
 
 from prunekit.app import plots, resources, session, state
 from prunekit.app.links import SPARSITY_MAX, SPARSITY_STEP
+from prunekit.app.live import live
 from prunekit.core.allocate import NORMALISATIONS
 from prunekit.core.importance import CRITERIA, STRUCTURES
 from prunekit.deploy.export import FILES
 from prunekit.deploy.recover import Recipe
-from prunekit.service.scheduler import JobError
+from prunekit.service.scheduler import CURVE_GRIDS, JobError
 from prunekit.units import compact
 
 st.title("Global against local pruning")
@@ -171,7 +172,8 @@ chosen = results[action_scope]
 SPEED_POLL = 0.5
 
 
-def speed_panel() -> None:
+def speed_panel() -> bool:
+    """The measured latency at the slider; True while it is being measured."""
     asked = st.session_state.get("speed_asked") == session.speed_key(lab, action_scope)
     outcome = session.speed(lab, action_scope, measure=asked)
     left, right = st.columns([1, 2])
@@ -180,13 +182,13 @@ def speed_panel() -> None:
         if left.button("Measure latency", help="Times dense, masked and compacted models in an evaluation worker."):
             st.session_state.speed_asked = session.speed_key(lab, action_scope)
             st.rerun(scope="fragment")
-        return
+        return False
     if outcome is None:
         left.metric("Measured speedup", "measuring...")
-        return
+        return True
     if isinstance(outcome, JobError):
         left.error(f"Latency could not be measured: {state.error_text(outcome.message)}")
-        return
+        return False
     best = "compact" if "compact" in outcome.ms else "masked"
     left.metric(f"Measured speedup ({best}, batch 64)", f"{outcome.speedup(best, 64):.2f}x")
     right.dataframe(outcome.rows(), hide_index=True, width="stretch")
@@ -196,9 +198,10 @@ def speed_panel() -> None:
     )
     if outcome.note:
         st.info(outcome.note)
+    return False
 
 
-st.fragment(speed_panel, run_every=SPEED_POLL if session.speed_pending(lab, action_scope) else None)()
+live("speed", speed_panel, SPEED_POLL, session.speed_pending(lab, action_scope))
 
 with st.expander("Download the pruned model (masks, ratios, prune snippet, safetensors, ONNX)"):
     if st.button("Prepare the files", help="Compacts the model (filters) and exports it; a few seconds on big models."):
@@ -237,17 +240,16 @@ def _metric(slot, label: str, reading, dense=None) -> None:
     slot.caption(acc.interval_label())
 
 
-def point_panel() -> None:
+def point_panel() -> bool:
     view = session.point_view(lab)
     slots = st.columns(3)
     _metric(slots[0], "Dense", view.dense)
     for slot, (scope, reading) in zip(slots[1:], view.scopes.items(), strict=True):
         _metric(slot, f"{scope.title()} at {sparsity:.0%}", reading, view.dense)
-    if view.pending != st.session_state.point_pending:
-        st.rerun()  # only a full rerun changes how often this part refreshes
+    return view.pending
 
 
-def curve_panel() -> None:
+def curve_panel() -> bool:
     view, point = session.curve_view(lab), session.point_view(lab, ask=False)
     marks = {s: r.best for s, r in point.scopes.items()}
     key = (repr(view.curves), sparsity, repr(marks), repr(point.dense.best))
@@ -257,18 +259,15 @@ def curve_panel() -> None:
     st.caption(
         f"Top-1 on all {len(data):,} images ({data.description}); an estimate first reads a fixed stratified subset of "
         f"{resources.ESTIMATE_IMAGES:,}. Curve: {sum(map(len, view.curves.values()))} of {2 * view.points} points, "
-        f"filled in the background every 0.1, then 0.05, then 0.01. Workers: {s.busy} of {s.alive} busy, "
-        f"{s.queued_live} live and {s.queued_background} background jobs queued."
+        f"filled in the background every {', then '.join(f'{g:g}' for g in CURVE_GRIDS)}. Workers: {s.busy} of "
+        f"{s.alive} busy, {s.queued_live} live and {s.queued_background} background jobs queued."
     )
-    if view.pending != st.session_state.curve_pending:
-        st.rerun()
+    return view.pending
 
 
 session.fill_curve(lab)
-st.session_state.point_pending = session.point_view(lab).pending  # asks: this session's live request
-st.session_state.curve_pending = session.curve_view(lab).pending
-st.fragment(point_panel, run_every=POINT_POLL if st.session_state.point_pending else None)()
-st.fragment(curve_panel, run_every=CURVE_POLL if st.session_state.curve_pending else None)()
+live("point", point_panel, POINT_POLL, session.point_view(lab).pending)  # asks: this session's live request
+live("curve", curve_panel, CURVE_POLL, session.curve_view(lab).pending)
 
 st.subheader("Recover accuracy")
 why = session.recovery_unavailable(lab)
@@ -284,16 +283,17 @@ train = f3.selectbox(
 job = session.recover_job(lab, action_scope, Recipe(int(bn), float(epochs), None if train == 60_000 else train))
 
 
-def recovery_panel() -> None:
+def recovery_panel() -> bool:
+    """The recovery at the slider; True while it runs."""
     started = st.session_state.get("recover_started") == job
     outcome, progress = session.recovery(lab, job, start=started)
     if outcome is None and not started:
         st.button("Start recovery", on_click=lambda: st.session_state.update(recover_started=job))
-        return
+        return False
     if isinstance(outcome, JobError):
         st.error(f"Recovery failed: {state.error_text(outcome.message)}")
         st.button("Try again", on_click=session.forget, args=(job,))
-        return
+        return False
     shown = outcome or progress
     if outcome is None:
         st.button("Stop", on_click=session.stop_recovery, args=(job,))
@@ -308,12 +308,8 @@ def recovery_panel() -> None:
             f"Stopped after {outcome.step} of {outcome.total_steps} steps; the accuracies are of the model as it was."
         )
         st.button("Run again", on_click=session.forget, args=(job,))
-    if (outcome is None) != st.session_state.get("recover_running", False):
-        st.session_state.recover_running = outcome is None
-        st.rerun()
+    return outcome is None
 
 
-st.session_state.recover_running = (
-    st.session_state.get("recover_started") == job and session.recovery(lab, job, False)[0] is None
-)
-st.fragment(recovery_panel, run_every=SPEED_POLL if st.session_state.recover_running else None)()
+running = st.session_state.get("recover_started") == job and session.recovery(lab, job, False)[0] is None
+live("recovery", recovery_panel, SPEED_POLL, running)

@@ -1,6 +1,7 @@
 import streamlit as st
 
 from prunekit.app import plots, resources, session, state
+from prunekit.app.live import live
 from prunekit.core.evaluate import interval_label
 from prunekit.core.importance import CRITERIA
 
@@ -50,7 +51,7 @@ def heatmap(rows) -> None:
     )
 
 
-def scan_panel() -> None:
+def scan_panel() -> bool:
     view = session.sensitivity(lab, criterion, scan[2], estimate)
     for message in view.errors[:1]:
         st.error(f"{len(view.errors)} points could not be measured; the first: {state.error_text(message)}")
@@ -59,9 +60,7 @@ def scan_panel() -> None:
         st.progress(view.done / view.total, text=f"{view.done} of {view.total} points measured (on {where})...")
     elif view.rows:
         heatmap(view.rows)
-    if view.complete != st.session_state.get("sens_complete"):
-        st.session_state.sens_complete = view.complete
-        st.rerun()  # a full rerun stops (or starts) the refreshing
+    return not view.complete
 
 
-st.fragment(scan_panel, run_every=None if st.session_state.get("sens_complete") else 0.5)()
+live("sensitivity", scan_panel, 0.5, None if "live:sensitivity" in st.session_state else True)

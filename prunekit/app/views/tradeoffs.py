@@ -1,6 +1,7 @@
 import streamlit as st
 
 from prunekit.app import plots, resources, session, state
+from prunekit.app.live import live
 from prunekit.core.importance import CRITERIA
 
 st.title("Accuracy against sparsity and speed-up")
@@ -44,7 +45,7 @@ def _curves() -> dict:
         st.stop()
 
 
-def curves_panel() -> None:
+def curves_panel() -> bool:
     curves = _curves()
     labelled = {" / ".join(r): c for r, c in curves.items()}
     for label, c in labelled.items():
@@ -64,13 +65,10 @@ def curves_panel() -> None:
     st.caption(f"Accuracy on {subset}, with 95% Wilson intervals as error bars; {done}.")
     if lab.probe_unavailable:
         st.caption(f"Collapse points are not marked: {lab.probe_unavailable}.")
-    if (missing > 0) != st.session_state.tradeoffs_pending:
-        st.session_state.tradeoffs_pending = missing > 0
-        st.rerun()  # a full rerun stops (or starts) the refreshing
+    return missing > 0
 
 
-st.session_state.tradeoffs_pending = _missing(_curves()) > 0
-st.fragment(curves_panel, run_every=0.5 if st.session_state.tradeoffs_pending else None)()
+live("tradeoffs", curves_panel, 0.5, _missing(_curves()) > 0)
 
 st.subheader("One-shot, iterative and AGP pruning at the same final sparsity")
 c = state.cfg()
@@ -92,20 +90,17 @@ st.caption(
 jobs = session.schedule_jobs(lab, scope, float(epochs), int(steps), None if train == 60_000 else train)
 
 
-def schedules_panel() -> None:
+def schedules_panel() -> bool:
     asked = st.session_state.get("schedules_asked") == jobs
     if not asked:
         st.button("Compare the schedules", on_click=lambda: st.session_state.update(schedules_asked=jobs))
-        return
+        return False
     view = session.schedule_view(lab, jobs)
     st.dataframe(view.rows, hide_index=True, width="stretch")
     if view.curves:
         st.plotly_chart(session.recovery_figure(view.curves, view.baseline), width="stretch")
-    if view.running != st.session_state.get("schedules_running", False):
-        st.session_state.schedules_running = view.running
-        st.rerun()
+    return view.running
 
 
 running = st.session_state.get("schedules_asked") == jobs and session.schedule_view(lab, jobs, start=False).running
-st.session_state.schedules_running = running
-st.fragment(schedules_panel, run_every=0.5 if running else None)()
+live("schedules", schedules_panel, 0.5, running)

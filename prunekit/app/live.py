@@ -1,0 +1,25 @@
+"""One way for a part of a page to refresh while its results are on their way and stop once they are there."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import streamlit as st
+
+
+def live(name: str, panel: Callable[[], bool], every: float, pending: bool | None = None) -> None:
+    """Draw ``panel`` as a fragment that reruns every ``every`` seconds while it is pending, and not at all
+    once done. ``panel`` draws and returns whether its results are still on their way; ``pending`` is
+    that answer when the page knows it before drawing (which saves a rerun), else the last draw's is used."""
+    key = f"live:{name}"
+    if pending is not None:
+        st.session_state[key] = pending
+
+    def part() -> None:
+        now = bool(panel())
+        if now != st.session_state.get(key, False):
+            st.session_state[key] = now
+            st.rerun()  # only a full rerun changes how often a fragment refreshes
+
+    part.__qualname__ = f"live.{name}"  # one fragment definition per page part
+    st.fragment(part, run_every=every if st.session_state.get(key, False) else None)()
