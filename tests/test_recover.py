@@ -95,11 +95,11 @@ def test_recovery_refuses_a_model_without_training_data():
 
 
 def test_recovery_on_a_bundled_model_recalibrates_then_fine_tunes_upwards():
-    lab = Lab(zoo.load("fmnist-vgg"))
+    lab = Lab(zoo.load("fmnist-resnet"))
     recipe = Recipe(bn_images=512, epochs=1, train_images=2048)
     out = recover(lab, ("l1", "filter", "none"), PruneConfig(0.5, "local"), recipe)
     acc = {k: v.top1 for k, v in out.accuracy.items()}
-    assert acc["dense"] == pytest.approx(zoo.bundled_card("fmnist-vgg")["test_accuracy"], abs=1e-4)
+    assert acc["dense"] == pytest.approx(zoo.bundled_card("fmnist-resnet")["test_accuracy"], abs=1e-4)
     assert acc["pruned"] < acc["recalibrated"] < acc["finetuned"] < acc["dense"]
     assert out.accuracy["finetuned"].n == 10_000 and len(out.curve) >= 5
     # the live curve's last point is the final model on a fixed stratified subset of the test split
