@@ -47,9 +47,14 @@ def test_one_pass_reports_the_estimate_and_ends_on_todays_full_figure(name):
 
 
 def test_a_live_full_request_scores_its_estimate_on_the_way(tmp_path, monkeypatch):
-    sent = []
-    original = EvalService._send
-    monkeypatch.setattr(EvalService, "_send", lambda self, w, entry: sent.append(entry.job) or original(self, w, entry))
+    sent, original = [], EvalService._send
+
+    def send(self, w, entry):  # this service's dispatches only (others may run in this test process)
+        if self is svc:
+            sent.append(entry.job)
+        return original(self, w, entry)
+
+    monkeypatch.setattr(EvalService, "_send", send)
     svc = EvalService(workers=1)
     try:
         svc.register("fmnist-cnn", ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",)))

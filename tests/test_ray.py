@@ -92,8 +92,8 @@ def _ray_task_pids() -> list[int]:
 def test_a_worker_killed_mid_sweep_loses_no_point(tmp_path):
     svc = EvalService(workers=0, remote=RayPool("local", cpus=2), store=ResultStore(tmp_path / "r.sqlite3"))
     try:
-        svc.register("fmnist-vgg", ModelSpec("prunekit.models.zoo:load", ("fmnist-vgg",)))
-        jobs = [EvalJob("fmnist-vgg", "magnitude", sparsity=s / 20) for s in range(3)]
+        svc.register("fmnist-resnet", ModelSpec("prunekit.models.zoo:load", ("fmnist-resnet",)))
+        jobs = [EvalJob("fmnist-resnet", "magnitude", sparsity=s / 20) for s in range(3)]
         svc.request([(job, 1) for job in jobs])
         deadline = time.monotonic() + 60
         while not (svc.status().done >= 1 and _ray_task_pids()) and time.monotonic() < deadline:
