@@ -250,7 +250,7 @@ class JobRunner:
     def _scored(self, lab: Lab, job: EvalJob) -> torch.nn.Module:
         """The model ``job``'s accuracy is measured on: for filters the compacted one (the same outputs,
         2-4x fewer multiply-adds), the masked one where compaction is refused (collapse, uneven groups)."""
-        if job.structure != FILTER:
+        if job.structure != FILTER or job.subset is not None:  # an estimate's few images do not pay for surgery
             return self._pruned(lab, job)
         key = (job.model, job.criterion, job.normalise, job.config().key())
         if key not in self._compacted:
