@@ -8,7 +8,7 @@ import torch
 
 from prunekit.core.evaluate import accuracy_of
 from prunekit.core.loaded import ModelSpec
-from prunekit.service.jobs import ESTIMATE_IMAGES, EVAL_BATCH, EvalJob, JobRunner
+from prunekit.service.jobs import ESTIMATE_IMAGES, EVAL_BATCH, Control, EvalJob, JobRunner
 from prunekit.service.scheduler import LIVE_ESTIMATE, LIVE_FULL, EvalService
 
 
@@ -36,7 +36,7 @@ def test_one_pass_reports_the_estimate_and_ends_on_todays_full_figure(name):
     ]
     for job in jobs:
         seen = []
-        full = runner.run(job, seen.append)
+        full = runner.run(job, Control(partial=lambda *got, seen=seen: seen.append(got)))
         ((estimate_job, estimate),) = seen
         assert estimate_job == job.with_subset(ESTIMATE_IMAGES)
         assert _figures(estimate) == _figures(runner.run(estimate_job))  # what the estimate job alone gives

@@ -360,3 +360,25 @@ def test_a_curve_asked_for_on_every_rerun_is_queued_once(tmp_path):
         assert store.reads > first
     finally:
         svc.close()
+
+
+def test_a_curve_reads_the_store_once_and_then_follows_results_as_they_land(tmp_path):
+    store = _CountingStore(tmp_path / "r.sqlite3")
+    svc = EvalService(workers=1, store=store)
+    svc.register("tiny", TINY, fingerprint="tiny-seed0")
+    try:
+        template = EvalJob("tiny", "magnitude")
+        assert svc.curve(template) == {}
+        first = store.reads
+        assert first == len(curve_grid())  # every grid point of the scope once (0 is the dense job)
+        for _ in range(20):  # every later rerun or poll of every session: no store read
+            assert svc.curve(dataclasses.replace(template, sparsity=0.4)) == {}
+        assert store.reads == first
+        points = [dataclasses.replace(template, sparsity=s) for s in (0.0, 0.5)]
+        done = wait_for(svc, points)
+        curve = svc.curve(template)
+        assert curve == {0.0: done[points[0].canonical()], 0.5: done[points[1]]}
+        assert store.reads == first
+        assert svc.curve(dataclasses.replace(template, scope="local")) == {0.0: done[points[0].canonical()]}
+    finally:
+        svc.close()

@@ -15,7 +15,7 @@ import torch
 
 from prunekit.core.allocate import PruneConfig, check_sparsity
 from prunekit.core.data import EvalData
-from prunekit.core.evaluate import Accuracy, accuracy_of, count_correct, from_counts, stratified_indices
+from prunekit.core.evaluate import Accuracy, Counts, accuracy_of, count_correct, from_counts, stratified_indices
 from prunekit.core.importance import FILTER
 from prunekit.core.lab import Lab, Pruner
 from prunekit.core.loaded import ModelSpec
@@ -26,6 +26,7 @@ from prunekit.errors import CompactionError, InvalidArgumentError
 DENSE = "dense"  # the criterion of a job that prunes nothing
 EVAL_BATCH = 64  # with channels_last, the fastest one-thread setting on the bundled models (bench/evalspeed.py)
 ESTIMATE_IMAGES = 1000  # an estimate scores this fixed stratified subset; a full pass scores it first
+CHUNK_IMAGES = 1000  # a full pass looks for preemption between chunks this big (fmnist-vgg: ~0.5 s of a core)
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,36 @@ class RecoverJob(EvalJob):
 
 
 SPEED = LatencyConfig(runs=15, budget_s=3.0)
-Report = Callable[[object], bool]  # a recovery's progress, or (estimate job, accuracy) from a full pass
+Report = Callable[[Recovery], bool]  # a recovery's progress; False: stop
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a preempted full pass stopped: the counts of its first ``len(parts)`` chunks (any worker resumes it)."""
+
+    parts: tuple[Counts, ...]
+
+
+class Preempted(Exception):  # noqa: N818 - a signal, not an error: the pass hands its worker back
+    """Raised between chunks of a full pass when the scheduler wants its worker for live work."""
+
+    def __init__(self, resume: Resume) -> None:
+        super().__init__(f"preempted after {len(resume.parts)} chunks")
+        self.resume = resume
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass
+class Control:
+    """A running job's line to the scheduler (a worker's pipe); a plain call passes none of it."""
+
+    report: Report | None = None  # a recovery's progress
+    partial: Callable[[EvalJob, Accuracy], None] | None = None  # the estimate a full pass scored first
+    preempted: Callable[[], bool] = _never  # asked between chunks of a full pass; True: hand the worker back
+    resume: Resume | None = None  # where an earlier, preempted run of this job stopped
 
 
 def encode(outcome: Accuracy | Latency | Recovery) -> dict | None:
@@ -175,45 +205,65 @@ class JobRunner:
         few = images[:8]
         accuracy_of(lab.loaded.model, few, torch.zeros(few.shape[0], dtype=torch.long), few.shape[0])
 
-    def run(self, job: EvalJob, report: Report | None = None) -> Accuracy | Latency | Recovery:
-        """Measure ``job``; ``report`` sees a recovery's progress (and may stop it)."""
+    def run(self, job: EvalJob, control: Control | None = None) -> Accuracy | Latency | Recovery:
+        """Measure ``job``; ``control`` carries a recovery's progress, a full pass's estimate and preemption
+        (raises :class:`Preempted` between chunks when asked to)."""
+        control = control or Control()
         lab = self.labs.get(job.model)
         if lab is None:
             raise InvalidArgumentError(f"model {job.model!r} was never loaded in this worker")
         if isinstance(job, SpeedJob):
             return self._speed(lab, job)
         if isinstance(job, RecoverJob):
-            out = recover(lab, (job.criterion, job.structure, job.normalise), job.config(), job.recipe, report)
+            out = recover(lab, (job.criterion, job.structure, job.normalise), job.config(), job.recipe, control.report)
             return replace(out, model=None)
         model = lab.loaded.model if job.is_dense else self._scored(lab, job)
         if job.shard is not None:
             return self._shard(lab, job, model)
         data, images = self._whole(job.model, lab)
-        if job.subset is None and report is not None and len(data) > ESTIMATE_IMAGES:
-            return self._progressive(job, model, data, images, report)
+        if job.subset is None and len(data) > ESTIMATE_IMAGES:
+            return self._progressive(job, model, self._chunks(job.model, images, data.labels), len(data), control)
         if job.subset is None or job.subset >= len(data):
             return accuracy_of(model, images, data.labels, len(data), EVAL_BATCH)
         sub_images, sub_labels = self._subset(job.model, images, data.labels, job.subset)
         return accuracy_of(model, sub_images, sub_labels, len(data), EVAL_BATCH)
 
-    def _progressive(self, job: EvalJob, model, data: EvalData, images: torch.Tensor, report: Report) -> Accuracy:
-        """One pass over the set: the estimate's stratified images first (reported at once as the estimate
-        job's result, identical to running it), then the rest; the counts add up to the full figure."""
-        head_images, head_labels = self._subset(job.model, images, data.labels, ESTIMATE_IMAGES)
-        head = count_correct(model, head_images, head_labels, EVAL_BATCH)
-        report((job.with_subset(ESTIMATE_IMAGES), from_counts([head], len(data))))
-        rest_images, rest_labels = self._rest(job.model, images, data.labels)
-        return from_counts([head, count_correct(model, rest_images, rest_labels, EVAL_BATCH)], len(data))
+    def _progressive(self, job: EvalJob, model, chunks: list, total: int, control: Control) -> Accuracy:
+        """One pass over the set in chunks: the estimate's stratified images first (reported at once as the
+        estimate job's result, identical to running it), then the rest; the counts add up to the full figure.
+        Between chunks the pass may be preempted, handing back its counts so far to resume from."""
+        parts = list(control.resume.parts) if control.resume else []
+        for i in range(len(parts), len(chunks)):
+            if control.preempted():
+                raise Preempted(Resume(tuple(parts)))
+            parts.append(count_correct(model, *chunks[i], EVAL_BATCH))
+            if i == 0 and control.partial is not None:
+                control.partial(job.with_subset(ESTIMATE_IMAGES), from_counts(parts, total))
+        return from_counts(parts, total)
 
-    def _rest(self, model: str, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The images an estimate does not score, in their order."""
-        if (model, "rest") not in self._subsets:
+    def _chunks(
+        self, model: str, images: torch.Tensor, labels: torch.Tensor
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The pass order: the estimate's images, then the others in file order, in chunks of CHUNK_IMAGES."""
+        if (model, "chunks") not in self._subsets:
+            head = self._subset(model, images, labels, ESTIMATE_IMAGES)
             keep = torch.ones(len(labels), dtype=torch.bool)
             keep[stratified_indices(labels, ESTIMATE_IMAGES)] = False
-            layout = torch.channels_last if images.is_contiguous(memory_format=torch.channels_last) else None
-            picked = images[keep].contiguous(memory_format=layout) if layout else images[keep]
-            self._subsets[(model, "rest")] = (picked, labels[keep])
-        return self._subsets[(model, "rest")]
+            rest = keep.nonzero().flatten()
+            chunks = [head] + [self._pick(images, labels, idx) for idx in rest.split(CHUNK_IMAGES)]
+            self._subsets[(model, "chunks")] = chunks
+        return self._subsets[(model, "chunks")]
+
+    @staticmethod
+    def _pick(images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``images[idx]`` in the layout ``images`` have (channels_last stays channels_last)."""
+        layout = (
+            torch.channels_last
+            if images.dim() == 4 and images.is_contiguous(memory_format=torch.channels_last)
+            else None
+        )
+        picked = images[idx].contiguous(memory_format=layout) if layout else images[idx]
+        return picked, labels[idx]
 
     def _whole(self, key: str, lab: Lab) -> tuple[EvalData, torch.Tensor]:
         """The whole evaluation set and its images as this worker keeps them (a folder is read once, by the
@@ -287,15 +337,14 @@ class JobRunner:
         self, model: str, images: torch.Tensor, labels: torch.Tensor, n: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if (model, n) not in self._subsets:
-            idx = stratified_indices(labels, n)
-            layout = torch.channels_last if images.is_contiguous(memory_format=torch.channels_last) else None
-            picked = images[idx].contiguous(memory_format=layout) if layout else images[idx]
-            self._subsets[(model, n)] = (picked, labels[idx])
+            self._subsets[(model, n)] = self._pick(images, labels, stratified_indices(labels, n))
         return self._subsets[(model, n)]
 
 
 def worker_main(conn, threads: int, nice: int = 0) -> None:
-    """A worker process: receive ``(job, spec-or-None)``, answer ``("ok", job, fields)`` or ``("error", job, text)``.
+    """A worker process: receive ``(job, spec-or-None, resume-or-None)``, answer ``("ok", job, outcome)``,
+    ``("error", job, text)`` or ``("preempted", job, Resume)``; meanwhile send ``("partial", ...)`` and
+    ``("progress", ...)`` and heed ``("stop", job)`` and ``("preempt", job)``.
 
     ``nice`` lowers the worker's CPU priority so that the web server (and a browser on the same
     machine) stay responsive while the workers keep every core busy.
@@ -310,10 +359,10 @@ def worker_main(conn, threads: int, nice: int = 0) -> None:
         except (EOFError, OSError):
             return
         if isinstance(message[0], str):
-            continue  # a stop for a job that has already finished
-        job, spec = message
+            continue  # a stop or preempt for a job that has already finished
+        job, spec, resume = message
         try:
-            conn.send(answer(runner, job, spec, _reporter(conn, job)))
+            conn.send(answer(runner, job, spec, _control(conn, job, resume)))
         except (BrokenPipeError, EOFError, OSError):
             return  # the server went away
 
@@ -321,32 +370,48 @@ def worker_main(conn, threads: int, nice: int = 0) -> None:
 PROGRESS_EVERY_S = 0.25
 
 
-def _reporter(conn, job: EvalJob) -> Report:
-    """Send a recovery's progress at most every PROGRESS_EVERY_S; False once the server says stop."""
-    last = [0.0]
+class _Inbox:
+    """What the scheduler says about the running job while it runs: stop (a recovery), preempt (a full pass)."""
 
-    def report(progress: Recovery | tuple[EvalJob, Accuracy]) -> bool:
-        if isinstance(progress, tuple):  # a full pass's first part: its estimate job's result
-            conn.send(("partial", *progress))
-            return True
-        stop = False
-        while conn.poll():
-            kind, target = conn.recv()
-            stop = stop or (kind == "stop" and target == job)
+    def __init__(self, conn, job: EvalJob) -> None:
+        self.conn, self.job = conn, job
+        self.stop = self.preempt = False
+
+    def read(self) -> None:
+        while self.conn.poll():
+            kind, target = self.conn.recv()
+            if target == self.job:
+                self.stop |= kind == "stop"
+                self.preempt |= kind == "preempt"
+
+
+def _control(conn, job: EvalJob, resume: Resume | None) -> Control:
+    """A worker's :class:`Control` over its pipe; a recovery's progress goes at most every PROGRESS_EVERY_S."""
+    inbox, last = _Inbox(conn, job), [0.0]
+
+    def report(progress: Recovery) -> bool:
+        inbox.read()
         now = time.monotonic()
-        if stop or now - last[0] >= PROGRESS_EVERY_S:
+        if inbox.stop or now - last[0] >= PROGRESS_EVERY_S:
             last[0] = now
             conn.send(("progress", job, replace(progress, model=None, curve=list(progress.curve))))
-        return not stop
+        return not inbox.stop
 
-    return report
+    def preempted() -> bool:
+        inbox.read()
+        return inbox.preempt
+
+    return Control(report, lambda estimate, acc: conn.send(("partial", estimate, acc)), preempted, resume)
 
 
-def answer(runner: JobRunner, job: EvalJob, spec: ModelSpec | None, report: Report | None = None) -> tuple:
-    """Load ``spec`` if given, then run ``job``: ``("ok", job, outcome)`` or ``("error", job, text)``."""
+def answer(runner: JobRunner, job: EvalJob, spec: ModelSpec | None, control: Control | None = None) -> tuple:
+    """Load ``spec`` if given, then run ``job``: ``("ok", job, outcome)``, ``("error", job, text)``, or
+    ``("preempted", job, Resume)`` when ``control`` asked the pass to hand its worker back."""
     try:
         if spec is not None:
             runner.load(job.model, spec)
-        return ("ok", job, runner.run(job, report))
+        return ("ok", job, runner.run(job, control))
+    except Preempted as stop:
+        return ("preempted", job, stop.resume)
     except Exception as exc:  # reported on the page; the worker lives on
         return ("error", job, f"{type(exc).__name__}: {exc}")

@@ -2,7 +2,7 @@
 
 Imported only when a Ray address is given (``PRUNEKIT_RAY_ADDRESS``, ``--ray``); without one nothing
 here, and nothing of Ray, is loaded. Each slot is a thread of the service's process that looks to the
-scheduler like a worker process: it takes ``(job, spec)`` on a pipe, runs the job as a Ray task and
+scheduler like a worker process: it takes ``(job, spec, resume)`` on a pipe, runs the job as a Ray task and
 answers on the pipe. A model's weights go into Ray's object store once (:class:`ModelPayload`), and
 every Ray worker process loads a model at most once (its first task for that model fetches the payload).
 
@@ -30,6 +30,7 @@ import torch
 from prunekit.core.loaded import ModelSpec
 from prunekit.errors import ClusterUnavailableError, InvalidArgumentError
 from prunekit.service.jobs import EvalJob, JobRunner, answer
+from prunekit.service.threadproc import ThreadProcess
 
 log = logging.getLogger(__name__)
 LOCAL = "local"  # the address that starts a private Ray instance on this machine
@@ -152,43 +153,6 @@ def _root_path() -> str:
     return os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
 
 
-class _SlotProcess:
-    """The thread behind a slot, shaped like the ``multiprocessing.Process`` the scheduler expects:
-    ``sentinel`` becomes readable when the thread ends."""
-
-    def __init__(self, target, name: str) -> None:
-        self._read, self._write = os.pipe()
-        self._thread = threading.Thread(target=self._main, args=(target,), name=name, daemon=True)
-        self.pid = None
-        self.exitcode: int | None = None
-
-    def _main(self, target) -> None:
-        try:
-            target()
-            self.exitcode = 0
-        except Exception:
-            log.exception("Ray slot failed")
-            self.exitcode = 1
-        finally:
-            os.close(self._write)
-
-    @property
-    def sentinel(self) -> int:
-        return self._read
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-    def kill(self) -> None:
-        """The thread ends when its pipe closes (the service closes it before calling this)."""
-
-
 class RayPool:
     """Slots that run evaluation jobs as Ray tasks on the cluster at ``address``.
 
@@ -228,10 +192,10 @@ class RayPool:
         where = "a private Ray instance on this machine" if self.address == LOCAL else f"Ray at {self.address}"
         return f"{where} ({self._cpus} CPUs)"
 
-    def spawn(self) -> tuple[_SlotProcess, object]:
+    def spawn(self) -> tuple[ThreadProcess, object]:
         """A new slot: (process-like, the service's end of its pipe)."""
         parent, child = mp.Pipe()
-        proc = _SlotProcess(lambda: self._serve(child), name="prunekit-ray-slot")
+        proc = ThreadProcess(lambda: self._serve(child), name="prunekit-ray-slot")
         proc.start()
         return proc, parent
 
@@ -243,8 +207,8 @@ class RayPool:
                 except (EOFError, OSError):
                     return
                 if isinstance(message[0], str):
-                    continue  # stops are for local recoveries; nothing to stop here
-                job, spec = message
+                    continue  # stops are for local recoveries, preemption for local passes
+                job, spec, _ = message  # a Ray task is never preempted, so it never resumes
                 answer = self._run(job, spec)
                 try:
                     conn.send(answer)

@@ -34,7 +34,7 @@ from prunekit.core.loaded import ModelSpec
 from prunekit.deploy.latency import Latency
 from prunekit.deploy.recover import Recovery
 from prunekit.errors import ClusterUnavailableError, InvalidArgumentError
-from prunekit.service.jobs import ESTIMATE_IMAGES, EvalJob, decode, encode, worker_main
+from prunekit.service.jobs import ESTIMATE_IMAGES, EvalJob, Resume, decode, encode, worker_main
 from prunekit.service.store import ResultStore, digest
 
 log = logging.getLogger(__name__)
@@ -124,9 +124,15 @@ class _Entry:
     wanted: dict[str, int] = field(default_factory=dict)  # requester (a session, or "" for background) -> priority
     attempts: int = 0
     in_flight: bool = False
+    resume: Resume | None = None  # where a preempted run stopped: the next run goes on from there
 
     def priority(self) -> tuple[int, int]:
         return (min(self.wanted.values(), default=STALE), self.seq)
+
+
+def _curve_key(job: EvalJob) -> EvalJob:
+    """The configuration a grid point belongs to: the job at sparsity 0 on the full split."""
+    return dataclasses.replace(job, sparsity=0.0, subset=None, shard=None)
 
 
 def _is_background(entry: _Entry) -> bool:
@@ -140,6 +146,7 @@ class _Worker:
     loaded: set[str] = field(default_factory=set)
     job: EvalJob | None = None
     background: bool = False  # the job in hand is background work
+    preempting: bool = False  # asked to hand its job back for live work
     remote: bool = False  # a slot of a remote pool (Ray): accuracy jobs only
 
 
@@ -175,6 +182,7 @@ class ServiceStatus:
     done: int
     restarts: int
     backend: str = "local worker processes"
+    preempted: int = 0  # background passes handed back for live work (and resumed later)
 
 
 class EvalService:
@@ -206,8 +214,9 @@ class EvalService:
         self._sessions: dict[str, set[EvalJob]] = {}
         self._seq = itertools.count()
         self._restarts = 0
-        self._version = 0  # bumped whenever an outcome lands: what memoised views key on
-        self._curves: OrderedDict[EvalJob, tuple[int, dict[float, Accuracy]]] = OrderedDict()
+        self._preemptions = 0
+        self._points: dict[EvalJob, dict[float, Accuracy]] = {}  # per configuration: its curve, replaced whole
+        self._points_read: set[EvalJob] = set()  # configurations whose grid was read from the store once
         self._deaths_in_a_row = 0
         self._progress: dict[EvalJob, Recovery] = {}  # the latest progress of running recoveries
         self.broken: str | None = None  # why the workers cannot run, once they cannot
@@ -283,22 +292,19 @@ class EvalService:
     def curve(self, template: EvalJob) -> dict[float, Accuracy]:
         """Full-split results known so far on the slider's grid for ``template``'s configuration and scope.
 
-        Memoised per result version, so many sessions polling one curve cost one pass over the grid."""
+        A snapshot kept per configuration and replaced as each result lands: the first call reads the
+        store for the grid once, every later one (a rerun or poll of any session) is a dict read."""
+        key = _curve_key(template)
         with self._lock:
-            memo = self._curves.get(template)
-            if memo is not None and memo[0] == self._version:
-                return memo[1]
-            version = self._version
-        out = {}
-        for _, s in curve_grid():
-            got = self.lookup(dataclasses.replace(template, sparsity=s, subset=None))
-            if isinstance(got, Accuracy):
-                out[s] = got
-        with self._lock:
-            self._curves[template] = (version, out)
-            while len(self._curves) > 256:
-                self._curves.popitem(last=False)
-        return out
+            points = self._points.get(key) if key in self._points_read else None
+        if points is None:
+            for _, s in curve_grid():  # lands in the snapshot through _finish / _from_disk
+                self.lookup(dataclasses.replace(template, sparsity=s, subset=None, shard=None))
+            with self._lock:
+                self._points_read.add(key)
+                points = self._points.get(key, {})
+        dense = self.lookup(EvalJob(template.model)) if 0.0 not in points else None
+        return {0.0: dense, **points} if isinstance(dense, Accuracy) else points
 
     def progress(self, job: EvalJob) -> Recovery | None:
         """The latest progress a running recovery reported, or None."""
@@ -321,7 +327,6 @@ class EvalService:
         """Drop ``job``'s in-memory outcome (a stopped run or an error), so that asking again reruns it."""
         with self._lock:
             self._outcomes.pop(job.canonical(), None)
-            self._version += 1
 
     def status(self) -> ServiceStatus:
         with self._lock:
@@ -334,6 +339,7 @@ class EvalService:
                 queued_background=sum(1 for e in self._pending.values() if not e.in_flight) - live,
                 done=len(self._outcomes),
                 restarts=self._restarts,
+                preempted=self._preemptions,
                 backend=self.remote.describe() if self.remote else "local worker processes",
             )
 
@@ -383,13 +389,19 @@ class EvalService:
         self._sessions[session] = now
 
     def _finish(self, job: EvalJob, outcome: Outcome) -> None:
-        self._version += 1
         self._pending.pop(job, None)
         self._progress.pop(job, None)
         self._outcomes[job] = outcome
         self._misses.discard(job)
+        self._add_point(job, outcome)
         while len(self._outcomes) > 100_000:
             self._outcomes.popitem(last=False)
+
+    def _add_point(self, job: EvalJob, outcome: Outcome) -> None:
+        """Put a full-split accuracy into its configuration's curve snapshot (a new dict: readers hold the old)."""
+        if type(job) is EvalJob and job.subset is None and job.shard is None and isinstance(outcome, Accuracy):
+            key = _curve_key(job)
+            self._points[key] = {**self._points.get(key, {}), job.sparsity: outcome}
 
     # --- the disk store ------------------------------------------------------------------------
 
@@ -420,7 +432,7 @@ class EvalService:
             return None  # written by another version of the result type: ignored, never shown
         with self._lock:
             self._outcomes[job] = outcome
-            self._version += 1
+            self._add_point(job, outcome)
         return outcome
 
     def _to_disk(self, job: EvalJob, outcome: Outcome) -> None:
@@ -488,6 +500,9 @@ class EvalService:
         if status == "lost":
             self._fall_back(payload)
             return
+        if status == "preempted":
+            self._handed_back(w, job, payload)
+            return
         if status == "partial":  # the estimate a full pass scored first
             with self._lock:
                 new = job not in self._outcomes
@@ -504,6 +519,15 @@ class EvalService:
             self._finish(job, outcome)
         if not isinstance(outcome, JobError):
             self._to_disk(job, outcome)
+
+    def _handed_back(self, w: _Worker, job: EvalJob, resume: Resume) -> None:
+        """A preempted pass: back in the queue with its counts so far; the worker is free for live work."""
+        with self._lock:
+            w.job, w.preempting, self._deaths_in_a_row = None, False, 0
+            self._preemptions += 1
+            entry = self._pending.get(job)
+            if entry is not None:
+                entry.in_flight, entry.resume = False, resume
 
     def _crashed(self, w: _Worker) -> None:
         w.process.join(1)
@@ -565,6 +589,30 @@ class EvalService:
                 if entry is None or (_is_background(entry) and not self._background_slot()):
                     continue
                 self._send(w, self._superset(w, entry))
+            self._preempt()
+
+    def _preempt(self) -> None:
+        """Live work waiting and no worker free: ask background full passes to hand their workers back
+        (each stops at its next chunk and is resumed later from its counts, so nothing is scored twice)."""
+        waiting = sum(1 for e in self._pending.values() if not e.in_flight and not _is_background(e))
+        waiting -= sum(w.preempting for w in self._workers)
+        for w in self._workers:
+            if waiting <= 0:
+                return
+            if w.preempting or not self._preemptible(w):
+                continue
+            with contextlib.suppress(OSError, ValueError):  # a dying worker: its sentinel reports it
+                w.conn.send(("preempt", w.job))
+                w.preempting = True
+                waiting -= 1
+
+    def _preemptible(self, w: _Worker) -> bool:
+        """A local worker on a full pass nobody is waiting for (background, or a request since superseded)."""
+        job = w.job
+        if w.remote or job is None or type(job) is not EvalJob or job.subset is not None or job.shard is not None:
+            return False
+        entry = self._pending.get(job)
+        return entry is not None and _is_background(entry)
 
     def _superset(self, w: _Worker, entry: _Entry) -> _Entry:
         """For an estimate whose full job is queued too, the full job: a local worker's full pass scores
@@ -586,7 +634,7 @@ class EvalService:
             self._finish(job, JobError(f"model {job.model!r} is not registered with the evaluation service"))
             return
         try:
-            w.conn.send((job, spec))
+            w.conn.send((job, spec, entry.resume))
         except (OSError, ValueError):
             return  # the worker is dying: its sentinel brings it back, the entry stays queued
         w.loaded.add(job.model)
