@@ -22,11 +22,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from prunekit import zoo  # noqa: E402
 from prunekit.core.allocate import PruneConfig  # noqa: E402
 from prunekit.core.lab import Lab  # noqa: E402
 from prunekit.core.profile import profile_model  # noqa: E402
 from prunekit.deploy.latency import LatencyConfig, machine_name, measure  # noqa: E402
+from prunekit.models import zoo  # noqa: E402
 
 DEFAULT_MODELS = [*zoo.BUNDLED, "resnet50"]
 

@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from prunekit import zoo  # noqa: E402
 from prunekit.core.evaluate import accuracy_of  # noqa: E402
+from prunekit.models import zoo  # noqa: E402
 
 VARIANTS = [
     ("batch 128", dict(batch=128)),

@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from prunekit import zoo  # noqa: E402
 from prunekit.core.lab import Lab  # noqa: E402
 from prunekit.deploy.latency import machine_name  # noqa: E402
+from prunekit.models import zoo  # noqa: E402
 from prunekit.service.fanout import Backend, collect, run_jobs, sweep_jobs  # noqa: E402
 from prunekit.service.jobs import EvalJob, ModelSpec  # noqa: E402
 from prunekit.service.scheduler import EvalService  # noqa: E402

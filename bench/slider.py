@@ -2,9 +2,12 @@
 
     python bench/slider.py [--models resnet50,vgg16] [--json]
 
-A slider move = new sparsity -> per-layer sparsities + masked working copy (global magnitude,
-unstructured). The peer is ``torch.nn.utils.prune.global_unstructured`` with L1Unstructured to the
-same sparsity on a fresh copy. Our one-off cost (scoring + sorting) is printed too. A second table
+A slider move, as the server does it: ``Lab.result`` at a position it has not seen (global magnitude,
+unstructured): allocation, masked working copy, and every count of the page measured on the tensors;
+the path test (effective sparsity, a forward and backward of the whole model) is timed apart, as the app
+runs it in an evaluation worker on models over INLINE_PATHS_MACS. "masks ms" is the masked copy alone.
+The peer is ``torch.nn.utils.prune.global_unstructured`` with L1Unstructured to the same sparsity on a
+fresh copy (masks only, no counts). Our one-off cost (scoring + sorting) is printed too. A second table
 times the accuracy refresh of each bundled model on the full test split against a bare dense forward.
 """
 
@@ -23,11 +26,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from prunekit import zoo  # noqa: E402
 from prunekit.core.allocate import PruneConfig  # noqa: E402
 from prunekit.core.evaluate import DEFAULT_BATCH  # noqa: E402
 from prunekit.core.lab import Lab  # noqa: E402
 from prunekit.core.loaded import InputSpec, Loaded  # noqa: E402
+from prunekit.deploy.latency import machine_name  # noqa: E402
+from prunekit.models import zoo  # noqa: E402
 
 SPARSITIES = (0.3, 0.5, 0.7, 0.9)
 
@@ -55,16 +59,30 @@ def slider_row(name: str, peer_runs: int) -> dict:
     setup_ms = _timed(lambda: lab.table("magnitude", "unstructured"))
     pruner = lab.pruner("magnitude", "unstructured")
     pruner.apply_(PruneConfig(0.1))  # first touch of the working copy's pages
-    ours = [_timed(lambda s=s: pruner.apply_(PruneConfig(s))) for s in SPARSITIES for _ in range(3)]
+    masks = [_timed(lambda s=s: pruner.apply_(PruneConfig(s))) for s in SPARSITIES for _ in range(3)]
+    lab.result("magnitude", "unstructured", "none", PruneConfig(0.1), paths=False)  # the pool's copy
+    moves = [_timed(lambda s=s: _move(lab, s, False)) for s in _fresh(SPARSITIES, 0.001)]
+    with_paths = [_timed(lambda s=s: _move(lab, s, True)) for s in _fresh(SPARSITIES, 0.002)]
     peer = [torch_prune_ms(model, s) for s in (0.5, 0.9)[:peer_runs]]
-    ours_ms, peer_ms = statistics.median(ours), statistics.median(peer)
+    ours_ms, peer_ms = statistics.median(moves), statistics.median(peer)
     return {
         "model": name,
-        "ours_ms": round(ours_ms, 2),
+        "ours_ms": round(ours_ms, 1),
+        "masks_ms": round(statistics.median(masks), 1),
+        "paths_ms": round(statistics.median(with_paths), 1),
         "torch_prune_ms": round(peer_ms, 1),
         "ratio": round(peer_ms / ours_ms, 1),
         "ours_one_off_ms": round(setup_ms, 1),
     }
+
+
+def _fresh(sparsities, offset: float) -> list[float]:
+    """Positions nobody has asked for yet (a result is computed once per position, then looked up)."""
+    return [s + offset * (k + 1) for s in sparsities for k in range(3)]
+
+
+def _move(lab: Lab, sparsity: float, paths: bool) -> None:
+    lab.result("magnitude", "unstructured", "none", PruneConfig(sparsity), paths=paths)
 
 
 def eval_row(name: str) -> dict:
@@ -104,12 +122,12 @@ def main() -> None:
         for row in rows:
             print(json.dumps({k: row[k] for k in ("model", "ours_ms", "torch_prune_ms", "ratio")}))
         return
-    print(f"slider move, global magnitude, unstructured ({torch.get_num_threads()} threads; median)")
-    print(f"{'model':12} {'prunekit ms':>12} {'torch.prune ms':>15} {'ratio':>8} {'one-off sort ms':>16}")
+    print(f"slider move, global magnitude, unstructured ({torch.get_num_threads()} threads, {machine_name()}; median)")
+    head = ("model", "move ms", "masks ms", "+ path test ms", "torch.prune ms", "ratio", "one-off sort ms")
+    print(" ".join(f"{h:>15}" for h in head))
     for r in rows:
-        print(
-            f"{r['model']:12} {r['ours_ms']:>12} {r['torch_prune_ms']:>15} {r['ratio']:>8} {r['ours_one_off_ms']:>16}"
-        )
+        cells = ("model", "ours_ms", "masks_ms", "paths_ms", "torch_prune_ms", "ratio", "ours_one_off_ms")
+        print(" ".join(f"{r[k]:>15}" for k in cells))
     print("\naccuracy refresh on the full 10k test split (pruned working copy vs bare dense forward)")
     print(f"{'model':18} {'refresh ms':>11} {'bare ms':>8} {'ratio':>6}")
     for r in evals:

@@ -241,3 +241,30 @@ def test_sensitivity_scan_runs_as_service_jobs_and_shows_what_they_measured():
     assert f"**`{worst.layer}`** (drop {100 * worst.drop:.1f} points)" in text
     assert f"Least sensitive: **`{best.layer}`** (drop {100 * best.drop:.1f} points)" in text
     assert any("stratified subset of" in c.value for c in at.caption)
+
+
+def test_effective_sparsity_measured_apart_arrives_on_the_page(monkeypatch):
+    """As on a big model: the slider move leaves the path test to an evaluation worker, the page says it
+    is measuring and then shows the engine's figure."""
+    from prunekit.app.resources import DEFAULTS
+    from prunekit.core.allocate import PruneConfig
+    from prunekit.core.lab import Lab
+    from prunekit.models import zoo
+
+    monkeypatch.setattr(Lab, "paths_inline", property(lambda self: False))
+    at = open_page("views/prune.py", {"sparsity": "0.83"})
+    assert [m.value for m in at.metric if m.label == "Effective sparsity"] == ["measuring..."] * 2  # a new position
+    deadline = time.time() + 300  # a hang guard
+    while any(m.value == "measuring..." for m in at.metric):
+        assert time.time() < deadline
+        time.sleep(0.2)
+        at.run()
+        assert not at.exception, at.exception
+    shown = [m.value for m in at.metric if m.label == "Effective sparsity"]
+    lab = Lab(zoo.load(DEFAULTS["model"]))
+    c = DEFAULTS
+    want = [
+        f"{lab.result(c['criterion'], c['structure'], c['normalise'], PruneConfig(0.83, s, c['keep'])).effective_sparsity:.1%}"
+        for s in ("global", "local")
+    ]
+    assert shown == want

@@ -43,9 +43,27 @@ def untrained_banner(current: Lab) -> bool:
 
 
 def prune_both(current: Lab) -> dict[str, PruneResult]:
-    """Both scopes' shared results (computed once per configuration; read-only)."""
+    """Both scopes' shared results (computed once per configuration; read-only). On a big model the path
+    test is left to an evaluation worker, so the move stays instant: see ``paths_panel``."""
+    inline = current.paths_inline or current.probe_unavailable is not None
     with st.spinner("Scoring once for this criterion; every later slider move is a lookup..."):
-        return {scope: current.result(*settings(), config(scope)) for scope in SCOPES}
+        results = {scope: current.result(*settings(), config(scope), paths=inline) for scope in SCOPES}
+    if inline:
+        return results
+    svc = service()
+    register(svc, current)
+    job = dataclasses.replace(template(current, cfg()), sparsity=cfg()["sparsity"])
+    return readings.with_paths(svc, job, results, f"{session_id()}/paths")
+
+
+def paths_panel(current: Lab) -> bool:
+    """Say that the path test is on its way, while it is; True while it is."""
+    pending = any(r.paths_pending for r in prune_both(current).values())
+    if pending:
+        st.caption(
+            "Effective sparsity and collapse: the path test (a forward and backward pass of the whole model) is running in an evaluation worker..."
+        )
+    return pending
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ A ``Pruner`` owns one working copy and one path probe, and turns a :class:`Prune
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 from collections.abc import Iterator, Sequence
@@ -25,12 +26,13 @@ from prunekit.core.connectivity import Connectivity, PathProbe, connectivity
 from prunekit.core.evaluate import Accuracy, Progress, accuracy
 from prunekit.core.importance import FILTER, STRUCTURES, ScoreContext, get_criterion
 from prunekit.core.loaded import Loaded
-from prunekit.core.masks import WorkingCopy, apply_masks_
+from prunekit.core.masks import WorkingCopy, apply_masks_, zero_count
 from prunekit.core.profile import Profile, profile_model
 from prunekit.core.shared import Pool, SingleFlight
 from prunekit.core.structure import Cluster, build_clusters
 from prunekit.errors import ProbeUnsupportedError, UnknownNameError
 
+INLINE_PATHS_MACS = 200_000_000  # up to this many MACs the path test runs inline (fmnist CNNs: ~1 ms)
 CALIBRATION_IMAGES = 256  # data-driven criteria read the LAST images of the eval split (stated in the UI)
 POOL_SIZE = 2  # working copies per (model, table): enough for two concurrent misses, bounded for big models
 
@@ -75,6 +77,11 @@ class PruneResult:
     probe_note: str | None = None  # why effective sparsity and collapse are not reported, if they are not
 
     @property
+    def paths_pending(self) -> bool:
+        """The path test was left out of this result (to be measured apart) and no reason is given."""
+        return self.effective_sparsity is None and self.probe_note is None
+
+    @property
     def compression_ratio(self) -> float:
         return self.total_params / max(self.nonzero_params, 1)
 
@@ -84,6 +91,20 @@ class PruneResult:
 
     def layer_sparsities(self) -> dict[str, float]:
         return {layer.name: layer.sparsity for layer in self.layers}
+
+    def with_paths(self, conn: Connectivity) -> PruneResult:
+        """This result with the path test's figures (measured apart, e.g. by an evaluation worker)."""
+        layers = [
+            dataclasses.replace(r, effective_sparsity=conn.effective_layer_sparsity.get(r.name, r.sparsity))
+            for r in self.layers
+        ]
+        return dataclasses.replace(
+            self,
+            layers=layers,
+            effective_sparsity=conn.effective_sparsity,
+            collapse=conn.collapsed,
+            disconnected_layers=conn.disconnected_layers,
+        )
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -189,12 +210,22 @@ class Lab:
         """A private pruner (its own working copy): for scripts and sweeps that own it."""
         return Pruner(self, self.table(criterion, structure, normalise))
 
-    def result(self, criterion: str, structure: str, normalise: str, config: PruneConfig) -> PruneResult:
-        """The shared :class:`PruneResult` of one configuration, computed once. Read-only: never mutate it."""
-        key = ("result", criterion, structure, normalise, config.key())
+    def result(
+        self, criterion: str, structure: str, normalise: str, config: PruneConfig, paths: bool = True
+    ) -> PruneResult:
+        """The shared :class:`PruneResult` of one configuration, computed once. Read-only: never mutate it.
+
+        ``paths=False`` skips the path test (effective sparsity and collapse are None): the part of a
+        slider move that costs a whole forward and backward; the app measures it apart on big models."""
+        key = ("result", criterion, structure, normalise, config.key(), paths)
         return self._results.get(
-            key, lambda: self._on_pooled(criterion, structure, normalise, lambda p: p.prune(config))
+            key, lambda: self._on_pooled(criterion, structure, normalise, lambda p: p.prune(config, paths))
         )
+
+    @cached_property
+    def paths_inline(self) -> bool:
+        """Whether the path test is cheap enough to run inside a slider move (see INLINE_PATHS_MACS)."""
+        return self.profile.total_macs <= INLINE_PATHS_MACS
 
     def collapse_point(self, criterion: str, structure: str, normalise: str, config: PruneConfig) -> float | None:
         """Shared :meth:`Pruner.collapse_point` of ``config``'s scope, computed once per configuration."""
@@ -248,6 +279,12 @@ class Pruner:
         self.table = table
         self.work = WorkingCopy(lab.loaded.model, table)
         self._probe: PathProbe | None = None
+        weights = {id(modules.weight) for modules in self._prunable_modules()}
+        self._other_params = [p for p in self.model.parameters() if id(p) not in weights]  # biases, norms
+
+    def _prunable_modules(self) -> list[torch.nn.Module]:
+        modules = dict(self.model.named_modules())
+        return [modules[info.name] for info in self.lab.profile.prunable()]
 
     @property
     def model(self) -> torch.nn.Module:
@@ -270,10 +307,15 @@ class Pruner:
         self.work.apply_(alloc)
         return alloc
 
-    def prune(self, config: PruneConfig) -> PruneResult:
-        """Apply ``config`` and measure everything on the pruned tensors."""
+    def prune(self, config: PruneConfig, paths: bool = True) -> PruneResult:
+        """Apply ``config`` and measure everything on the pruned tensors (``paths``: the path test too)."""
         alloc = self.apply_(config)
-        return self._measure(config, alloc)
+        return self._measure(config, alloc, paths)
+
+    def paths(self, config: PruneConfig) -> Connectivity | None:
+        """Apply ``config`` and run the path test alone; None when the probe cannot represent the model."""
+        self.apply_(config)
+        return connectivity(self.probe, self.model) if self.probe is not None else None
 
     def prune_from_masks(self, masks: dict[str, torch.Tensor], config: PruneConfig) -> PruneResult:
         """Re-apply exported keep masks (parameter name -> bool) to the dense weights and measure them.
@@ -297,10 +339,10 @@ class Pruner:
     def evaluate(self, limit: int | None = None, progress: Progress | None = None) -> Accuracy:
         return accuracy(self.model, self.lab.loaded.eval_data(), limit=limit, progress=progress)
 
-    def _measure(self, config: PruneConfig, alloc) -> PruneResult:
-        conn = connectivity(self.probe, self.model) if self.probe is not None else None
+    def _measure(self, config: PruneConfig, alloc, paths: bool = True) -> PruneResult:
+        conn = connectivity(self.probe, self.model) if paths and self.probe is not None else None
         rows, zeros, prunable = self._layer_rows(conn)
-        nonzero = sum(int(torch.count_nonzero(p)) for p in self.model.parameters())
+        nonzero = prunable - zeros + sum(int(torch.count_nonzero(p)) for p in self._other_params)
         return PruneResult(
             model=self.lab.loaded.name,
             criterion=self.table.criterion,
@@ -332,7 +374,7 @@ class Pruner:
         rows, zeros, prunable = [], 0, 0
         for info in self.lab.profile.prunable():
             w = modules[info.name].weight
-            n_zero = w.numel() - int(torch.count_nonzero(w))
+            n_zero = zero_count(w, info.name in self.work.signed_zeros)
             sparsity = n_zero / w.numel()
             effective = conn.effective_layer_sparsity.get(info.name, sparsity) if conn else None
             remaining = round(info.macs * (1.0 - sparsity))

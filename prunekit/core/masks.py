@@ -1,7 +1,8 @@
 """Masked weights written straight into a working copy; the base model is never touched.
 
 No forward hooks (they cost up to 80% per forward on VGG16): ``WorkingCopy.apply_`` overwrites the
-copy's tensors with ``base * keep`` in place, so repeated sparsity changes reuse one copy.
+copy's tensors with ``base`` where kept and +0.0 elsewhere, in place, so repeated sparsity changes reuse
+one copy. Pruned entries are always +0.0 (never ``-w * 0``), so zeros can be counted on the bits.
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ class WorkingCopy:
         self._base_params = dict(base.named_parameters())
         self._work_params = dict(self.model.named_parameters())
         self.touched = sorted({layer for s in table.sets for layer in s.layers})
+        # layers whose dense weight holds a -0.0: the only ones whose zeros are not counted on the bits
+        self.signed_zeros = frozenset(
+            n for n, m in self._base.items() if _has_negative_zero(getattr(m, "weight", None))
+        )
 
     @torch.no_grad()
     def apply_(self, alloc: Allocation) -> nn.Module:
@@ -112,7 +117,25 @@ class WorkingCopy:
     def _apply_filters(self, alloc: Allocation) -> None:
         for name, keep in self.keep_masks(alloc).items():
             base = self._base_params[name]
-            self._work_params[name].copy_(base * keep.to(base.device))
+            torch.where(keep.to(base.device), base, torch.zeros((), dtype=base.dtype), out=self._work_params[name])
+
+
+def _has_negative_zero(w: torch.Tensor | None) -> bool:
+    if not isinstance(w, torch.Tensor) or not w.is_floating_point():
+        return False
+    return bool((torch.signbit(w) & (w == 0)).any())
+
+
+_SAME_SIZE_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def zero_count(w: torch.Tensor, signed_zeros: bool = True) -> int:
+    """Entries of ``w`` equal to zero. With ``signed_zeros=False`` (the caller knows ``w`` holds no -0.0,
+    as a working copy's weights do unless their dense weights had one) the bits are counted: 4x faster
+    than a float comparison on a 2-core CPU (bench/slider.py), and the same count."""
+    if signed_zeros or not w.is_floating_point() or w.element_size() not in _SAME_SIZE_INT:
+        return w.numel() - int(torch.count_nonzero(w))
+    return w.numel() - int(torch.count_nonzero(w.detach().view(_SAME_SIZE_INT[w.element_size()])))
 
 
 @torch.no_grad()
@@ -128,5 +151,5 @@ def apply_masks_(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
             raise InvalidArgumentError(
                 f"mask for {name!r} has shape {tuple(keep.shape)}, the parameter {tuple(p.shape)}"
             )
-        p.mul_(keep.to(device=p.device, dtype=p.dtype))
+        p.masked_fill_(~keep.to(device=p.device, dtype=torch.bool), 0)  # +0.0, never -0.0
     return model

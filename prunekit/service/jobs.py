@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 
 from prunekit.core.allocate import PruneConfig, check_sparsity
+from prunekit.core.connectivity import Connectivity
 from prunekit.core.data import EvalData
 from prunekit.core.evaluate import Accuracy, Counts, accuracy_of, count_correct, from_counts, stratified_indices
 from prunekit.core.importance import FILTER
@@ -21,7 +22,7 @@ from prunekit.core.lab import Lab, Pruner
 from prunekit.core.loaded import ModelSpec
 from prunekit.deploy.latency import UNSTRUCTURED_NOTE, Latency, LatencyConfig, machine_name, measure
 from prunekit.deploy.recover import CurvePoint, Recipe, Recovery, recover
-from prunekit.errors import CompactionError, InvalidArgumentError
+from prunekit.errors import CompactionError, InvalidArgumentError, ProbeUnsupportedError
 
 DENSE = "dense"  # the criterion of a job that prunes nothing
 EVAL_BATCH = 64  # with channels_last, the fastest one-thread setting on the bundled models (bench/evalspeed.py)
@@ -96,6 +97,18 @@ class SpeedJob(EvalJob):
 
 
 @dataclass(frozen=True)
+class PathJob(EvalJob):
+    """The path test (effective sparsity, collapse) of one configuration: a whole forward and backward of
+    the linearised model, measured apart from the slider move on models too big to do it inline."""
+
+    def canonical(self) -> PathJob:
+        return self
+
+    def key(self) -> list:
+        return ["paths", *super().key()]
+
+
+@dataclass(frozen=True)
 class RecoverJob(EvalJob):
     """Recovery (BN recalibration, masked fine-tune, a schedule) of one configuration by ``recipe``."""
 
@@ -141,7 +154,7 @@ class Control:
     resume: Resume | None = None  # where an earlier, preempted run of this job stopped
 
 
-def encode(outcome: Accuracy | Latency | Recovery) -> dict | None:
+def encode(outcome: Accuracy | Latency | Recovery | Connectivity) -> dict | None:
     """A JSON-friendly form for the result store; None for what must not be stored (a stopped run)."""
     if isinstance(outcome, Latency):
         return outcome.to_json()
@@ -156,8 +169,10 @@ def encode(outcome: Accuracy | Latency | Recovery) -> dict | None:
     return asdict(outcome)
 
 
-def decode(job: EvalJob, value: dict) -> Accuracy | Latency | Recovery:
+def decode(job: EvalJob, value: dict) -> Accuracy | Latency | Recovery | Connectivity:
     """The inverse of :func:`encode` for ``job``'s kind; TypeError/KeyError when written by another version."""
+    if isinstance(job, PathJob):
+        return Connectivity(**value)
     if isinstance(job, SpeedJob):
         return Latency.from_json(value)
     if isinstance(job, RecoverJob):
@@ -214,6 +229,8 @@ class JobRunner:
             raise InvalidArgumentError(f"model {job.model!r} was never loaded in this worker")
         if isinstance(job, SpeedJob):
             return self._speed(lab, job)
+        if isinstance(job, PathJob):
+            return self._paths(lab, job)
         if isinstance(job, RecoverJob):
             out = recover(lab, (job.criterion, job.structure, job.normalise), job.config(), job.recipe, control.report)
             return replace(out, model=None)
@@ -317,6 +334,12 @@ class JobRunner:
         pruner = self._pruner(lab, job)
         pruner.apply_(job.config())
         return pruner.model
+
+    def _paths(self, lab: Lab, job: PathJob) -> Connectivity:
+        conn = self._pruner(lab, job).paths(job.config())
+        if conn is None:
+            raise ProbeUnsupportedError(lab.probe_unavailable)
+        return conn
 
     def _speed(self, lab: Lab, job: SpeedJob) -> Latency:
         """Dense, masked and compacted latency, each in this worker's memory layout and thread count."""

@@ -10,12 +10,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from prunekit.core.allocate import PruneConfig
+from prunekit.core.connectivity import Connectivity
 from prunekit.core.evaluate import Accuracy
-from prunekit.core.lab import Lab
+from prunekit.core.lab import Lab, PruneResult
 from prunekit.core.sensitivity import SensitivityRow
 from prunekit.deploy.recover import Recovery
 from prunekit.service.fanout import sensitivity_jobs, sensitivity_rows
-from prunekit.service.jobs import EvalJob, RecoverJob
+from prunekit.service.jobs import EvalJob, PathJob, RecoverJob
 from prunekit.service.scheduler import LIVE_ESTIMATE, LIVE_FULL, EvalService, JobError, Outcome, curve_grid
 
 
@@ -80,6 +81,24 @@ def read_point(
     return PointView(readings.pop("dense"), readings)
 
 
+def with_paths(svc: EvalService, template: EvalJob, results: dict[str, PruneResult], session: str) -> dict:
+    """Each scope's result (measured without the path test) with the path test an evaluation worker
+    measures for it: as it is while the test runs (``paths_pending``), with ``probe_note`` if it failed."""
+    same = {f.name: getattr(template, f.name) for f in dataclasses.fields(EvalJob)}
+    jobs = {scope: PathJob(**{**same, "scope": scope, "subset": None, "shard": None}) for scope in results}
+    known = svc.request([(job, LIVE_ESTIMATE) for job in jobs.values()], session)
+    out = {}
+    for scope, r in results.items():
+        got = known[jobs[scope]]
+        if isinstance(got, Connectivity):
+            out[scope] = r.with_paths(got)
+        elif isinstance(got, JobError):
+            out[scope] = dataclasses.replace(r, probe_note=f"the path test failed: {got.message}")
+        else:
+            out[scope] = r
+    return out
+
+
 def read_curves(svc: EvalService, template: EvalJob, scopes: Iterable[str]) -> dict[str, dict[float, float]]:
     """Per scope: sparsity -> full-split top-1 known so far on the slider's grid."""
     return {
@@ -123,7 +142,8 @@ def _recipe_curve(lab: Lab, template: EvalJob, recipe: tuple[str, str, str], spa
     return {
         "sparsity": list(sparsities),
         "speedup": [
-            lab.result(criterion, structure, template.normalise, config(s)).theoretical_speedup for s in sparsities
+            lab.result(criterion, structure, template.normalise, config(s), paths=False).theoretical_speedup
+            for s in sparsities
         ],
         "accuracy": [o.top1 if isinstance(o, Accuracy) else None for o in outcomes],
         "interval": [o.interval() if isinstance(o, Accuracy) else None for o in outcomes],  # 95% Wilson

@@ -29,12 +29,13 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Protocol
 
+from prunekit.core.connectivity import Connectivity
 from prunekit.core.evaluate import Accuracy
 from prunekit.core.loaded import ModelSpec
 from prunekit.deploy.latency import Latency
 from prunekit.deploy.recover import Recovery
 from prunekit.errors import ClusterUnavailableError, InvalidArgumentError
-from prunekit.service.jobs import ESTIMATE_IMAGES, EvalJob, Resume, decode, encode, worker_main
+from prunekit.service.jobs import ESTIMATE_IMAGES, EvalJob, PathJob, Resume, decode, encode, worker_main
 from prunekit.service.store import ResultStore, digest
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class JobError:
     message: str
 
 
-Outcome = Accuracy | Latency | Recovery | JobError
+Outcome = Accuracy | Latency | Recovery | Connectivity | JobError
 
 
 def curve_grid() -> list[tuple[int, float]]:
@@ -151,9 +152,9 @@ class _Worker:
 
 
 def runs_remotely(job: EvalJob) -> bool:
-    """Accuracy jobs may run on a remote pool; latency (bound to this machine) and recovery (stoppable,
-    with progress) stay on local workers."""
-    return type(job) is EvalJob
+    """Accuracy and path-test jobs may run on a remote pool; latency (bound to this machine) and recovery
+    (stoppable, with progress) stay on local workers."""
+    return type(job) in (EvalJob, PathJob)
 
 
 class RemotePool(Protocol):

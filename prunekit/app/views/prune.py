@@ -83,6 +83,7 @@ except Exception as exc:  # engine errors are shown on the page, never as a trac
 
 if lab.probe_unavailable:
     st.info(f"Effective sparsity and layer collapse are not shown: {lab.probe_unavailable}.")
+live("paths", lambda: session.paths_panel(lab), 0.5, any(r.paths_pending for r in results.values()))
 for scope, r in results.items():
     if r.collapse or r.collapsed_layers:
         named = ", ".join(f"`{n}`" for n in r.collapsed_layers) or "no single layer, but every path is cut"
@@ -122,7 +123,9 @@ for col, (scope, r) in zip(cols, results.items(), strict=True):
         m4, m5, m6 = st.columns(3)
         m4.metric("Theoretical speedup", f"{r.theoretical_speedup:.2f}x" if r.remaining_macs else "inf")
         m5.metric("Weight sparsity", f"{r.achieved_sparsity:.1%}")
-        if r.effective_sparsity is None:
+        if r.paths_pending:
+            m6.metric("Effective sparsity", "measuring...", help=session.EFFECTIVE_HELP)
+        elif r.effective_sparsity is None:
             m6.metric("Effective sparsity", "n/a", help=r.probe_note)
         else:
             m6.metric("Effective sparsity", f"{r.effective_sparsity:.1%}", help=session.EFFECTIVE_HELP)
