@@ -107,3 +107,11 @@ def test_recovery_on_a_bundled_model_recalibrates_then_fine_tunes_upwards():
     idx = stratified_indices(test.labels, CURVE_IMAGES)
     last = accuracy_of(out.model, test.images[idx], test.labels[idx], len(idx))
     assert out.curve[-1].top1 == last.top1 and out.curve[-1].n == last.n == CURVE_IMAGES
+
+
+def test_the_training_split_size_is_read_from_its_header_and_equals_the_split():
+    from prunekit.deploy.recover import training_images
+    from prunekit.models import zoo
+    from prunekit.models.datasets import fashion_mnist
+
+    assert training_images(zoo.load("fmnist-cnn")) == len(fashion_mnist("train").labels)

@@ -18,7 +18,7 @@ from prunekit.core import analysis
 from prunekit.core.allocate import SCOPES
 from prunekit.core.lab import Lab, PruneResult
 from prunekit.deploy.export import Bundle, build_bundle
-from prunekit.deploy.recover import Recipe, Recovery, has_training_split
+from prunekit.deploy.recover import Recipe, Recovery, has_training_split, training_images
 from prunekit.service import readings
 from prunekit.service.jobs import EvalJob, RecoverJob, SpeedJob
 from prunekit.service.scheduler import LIVE_FULL, Outcome, ServiceStatus
@@ -141,6 +141,19 @@ def speed_pending(current: Lab, scope: str) -> bool:
 
 def recover_job(current: Lab, scope: str, recipe: Recipe) -> RecoverJob:
     return RecoverJob(**_job(current, scope), recipe=recipe)
+
+
+TRAIN_SUBSET = 10_000  # the quicker choice offered beside the whole training split
+
+
+def training_choices(current: Lab) -> list[int]:
+    """Training-image counts to offer: a subset, then the whole split as found here (its true size)."""
+    full = training_images(current.loaded) or 0
+    return [n for n in (TRAIN_SUBSET,) if n < full] + [full]
+
+
+def train_label(n: int, choices: list[int]) -> str:
+    return f"{n:,}" + (" (all)" if n == choices[-1] else "")
 
 
 def recovery_unavailable(current: Lab) -> str | None:

@@ -24,7 +24,7 @@ from prunekit.core.evaluate import Accuracy, accuracy, accuracy_of, stratified_i
 from prunekit.core.lab import Lab
 from prunekit.core.masks import apply_masks_
 from prunekit.errors import DataNotFoundError, InvalidArgumentError, UnknownNameError
-from prunekit.models.datasets import FMNIST_CLASSES, fashion_mnist
+from prunekit.models.datasets import FMNIST_CLASSES, fashion_mnist, fashion_mnist_size
 
 CURVE_IMAGES = 1000  # the live curve's points are estimates on this many stratified test images
 CURVE_POINTS = 10  # about this many points per fine-tune
@@ -117,6 +117,13 @@ def has_training_split(loaded) -> bool:
     if loaded.train_data is not None:
         return True
     return tuple(loaded.classes) == FMNIST_CLASSES and tuple(loaded.input_spec.shape) == (1, 28, 28)
+
+
+def training_images(loaded) -> int | None:
+    """How many training images ``loaded`` has here (None: none), without reading them."""
+    if loaded.train_data is not None:
+        return len(loaded.train_data)
+    return fashion_mnist_size("train") if has_training_split(loaded) else None
 
 
 def training_split(lab: Lab) -> EvalData:

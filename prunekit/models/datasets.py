@@ -72,6 +72,16 @@ def _find_idx_pair(split: str, root: Path | None) -> tuple[Path, Path] | None:
     return None
 
 
+def fashion_mnist_size(split: str = "train", root: Path | None = None) -> int | None:
+    """Images in Fashion-MNIST ``split`` as found here (from its label file's header), or None if absent."""
+    pair = _find_idx_pair(split, root)
+    if pair is None:
+        return None
+    opener = gzip.open if pair[1].suffix == ".gz" else open
+    with opener(pair[1], "rb") as fh:
+        return int.from_bytes(fh.read(8)[4:], "big")
+
+
 def normalise_fmnist(images_u8: np.ndarray) -> torch.Tensor:
     """uint8 (N, 28, 28) -> normalised float32 (N, 1, 28, 28)."""
     x = torch.from_numpy(images_u8.copy()).float().div_(255.0).unsqueeze(1)

@@ -5,8 +5,9 @@ from prunekit.app.links import SPARSITY_MAX, SPARSITY_STEP
 from prunekit.app.live import live
 from prunekit.core.allocate import NORMALISATIONS
 from prunekit.core.importance import CRITERIA, STRUCTURES
+from prunekit.core.lab import CALIBRATION_IMAGES
 from prunekit.deploy.export import FILES
-from prunekit.deploy.recover import Recipe
+from prunekit.deploy.recover import CURVE_IMAGES, Recipe
 from prunekit.service.scheduler import CURVE_GRIDS, JobError
 from prunekit.units import compact
 
@@ -72,7 +73,11 @@ sparsity = state.bind(
 )
 st.caption(
     CRITERIA[c["criterion"]].description
-    + (" Calibration: the last 256 images of the evaluation set." if CRITERIA[c["criterion"]].needs_data else "")
+    + (
+        f" Calibration: the last {CALIBRATION_IMAGES} images of the evaluation set."
+        if CRITERIA[c["criterion"]].needs_data
+        else ""
+    )
 )
 
 try:
@@ -163,7 +168,7 @@ def recovery_metrics(r) -> None:
         col.caption(acc.interval_label())
     st.caption(
         f"Full test split; fine-tuned on {r.train_images:,} training images for {r.total_steps} steps "
-        f"({r.seconds:.0f} s so far). The curve's points are estimates on 1,000 stratified test images."
+        f"({r.seconds:.0f} s so far). The curve's points are estimates on {CURVE_IMAGES:,} stratified test images."
     )
 
 
@@ -278,12 +283,11 @@ if why:
     st.info(f"Recovery is not available: {why}.")
     st.stop()
 f1, f2, f3 = st.columns(3)
-bn = f1.number_input("BatchNorm recalibration images", 0, 60_000, 1024, step=256, help="0: skip")
+choices = session.training_choices(lab)
+bn = f1.number_input("BatchNorm recalibration images", 0, choices[-1], min(1024, choices[-1]), step=256, help="0: skip")
 epochs = f2.number_input("Fine-tune epochs (masks held fixed)", 0.0, 10.0, 1.0, step=0.5, help="0: skip")
-train = f3.selectbox(
-    "Training images", [10_000, 60_000], format_func=lambda n: f"{n:,}" + (" (all)" if n == 60_000 else "")
-)
-job = session.recover_job(lab, action_scope, Recipe(int(bn), float(epochs), None if train == 60_000 else train))
+train = f3.selectbox("Training images", choices, format_func=lambda n: session.train_label(n, choices))
+job = session.recover_job(lab, action_scope, Recipe(int(bn), float(epochs), None if train == choices[-1] else train))
 
 
 def recovery_panel() -> bool:

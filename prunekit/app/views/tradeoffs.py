@@ -80,14 +80,17 @@ s1, s2, s3, s4 = st.columns(4)
 scope = s1.radio("Scope", ["global", "local"], horizontal=True, key="schedule_scope")
 epochs = s2.number_input("Fine-tune budget (epochs, shared by the steps)", 0.5, 10.0, 1.0, step=0.5)
 steps = s3.number_input("Pruning steps (iterative, AGP)", 2, 10, 3)
-train = s4.selectbox("Training images", [10_000, 60_000], format_func=lambda n: f"{n:,}", key="schedule_train")
+choices = session.training_choices(lab)
+train = s4.selectbox(
+    "Training images", choices, format_func=lambda n: session.train_label(n, choices), key="schedule_train"
+)
 st.caption(
     f"Setting from the Prune page: {c['criterion']} / {c['structure']} at {c['sparsity']:.0%}"
     f"{', normalised ' + c['normalise'] if c['normalise'] != 'none' else ''}. One-shot prunes once and fine-tunes; "
     "iterative prunes in equal steps; AGP (Zhu & Gupta) follows a cubic schedule that prunes most early. Each "
     "re-scores the fine-tuned weights before a step, recalibrates BatchNorm, and all three spend the same budget."
 )
-jobs = session.schedule_jobs(lab, scope, float(epochs), int(steps), None if train == 60_000 else train)
+jobs = session.schedule_jobs(lab, scope, float(epochs), int(steps), None if train == choices[-1] else train)
 
 
 def schedules_panel() -> bool:
