@@ -104,7 +104,8 @@ def scripted(monkeypatch):
     original = EvalService._preempt
 
     def preempt(self):
-        calls.append(LIVE in self._pending and not self._pending[LIVE].in_flight)
+        entry = self._queue.get(LIVE)
+        calls.append(entry is not None and not entry.in_flight)
         original(self)
 
     monkeypatch.setattr(EvalService, "_spawn", spawn)

@@ -17,7 +17,7 @@ from prunekit.core.loaded import ModelSpec
 from prunekit.core.shared import Pool, SingleFlight
 from prunekit.errors import InvalidArgumentError
 from prunekit.service.jobs import EvalJob
-from prunekit.service.scheduler import CURVE, LIVE_FULL, STALE, EvalService, JobError, curve_grid
+from prunekit.service.scheduler import CURVE, LIVE_FULL, EvalService, JobError, curve_grid
 from prunekit.service.store import ResultStore
 from tests.helpers import TinyResNet, tiny_loaded
 
@@ -164,16 +164,11 @@ def test_identical_requests_are_one_job_and_zero_sparsity_is_the_dense_job(servi
     assert list(zero.values()) == list(dense.values())
 
 
-def test_latest_request_wins_and_the_superseded_one_is_demoted_not_lost(service):
+def test_a_superseded_request_is_still_computed(service):
     old = EvalJob("tiny", "magnitude", sparsity=0.11)
     new = EvalJob("tiny", "magnitude", sparsity=0.12)
-    with service._lock:  # hold the scheduler off so both stay queued
-        service._want(old, "s", LIVE_FULL)
-        service._sessions["s"] = {old}
-        service._supersede("s", {new})
-        service._want(new, "s", LIVE_FULL)
-        assert service._pending[old].priority()[0] == STALE
-        assert service._pending[new].priority()[0] == LIVE_FULL
+    service.request([(old, LIVE_FULL)], "s")
+    service.request([(new, LIVE_FULL)], "s")  # the slider moved on: old is demoted (tests/test_queue.py)
     known = wait_for(service, [new, old], session="other")
     assert all(isinstance(v, Accuracy) for v in known.values())
 
@@ -184,7 +179,7 @@ def test_curve_is_filled_coarse_to_fine_for_both_scopes(service):
     assert len({s for _, s in grid}) == 100 and [lv for lv, _ in grid] == sorted(lv for lv, _ in grid)
     service.fill_curve(EvalJob("tiny", "magnitude"), ["global", "local"])
     with service._lock:
-        levels = {e.priority()[0] for e in service._pending.values()}
+        levels = {e.priority()[0] for e in service._queue}
     assert levels <= {CURVE, CURVE + 1, CURVE + 2}
     coarse = [EvalJob("tiny", "magnitude", sparsity=s, scope=sc) for s in (0.1, 0.5, 0.9) for sc in ("global", "local")]
     deadline = time.time() + 600  # a hang guard, not a speed limit

@@ -1,11 +1,11 @@
 """The evaluation service: accuracy jobs run in worker processes, fed by one scheduler thread.
 
-Order of work: live requests first (estimates before full-split figures), each session's latest
-request wins (what it asked before is demoted, never lost), identical requests from many sessions
-are one job, then background work (accuracy curves, coarse to fine). Results are kept in memory and,
-when a :class:`ResultStore` is given, on disk keyed by the model's fingerprint (weights + evaluation
-set), the job and the code version. A worker that dies is restarted and its job retried once; a
-second death is reported as the job's error. Callers never block: they ask and read what is there.
+:class:`EvalService` is a facade over three parts, each a module of its own: the queue (priorities,
+latest-wins, dedup; ``prunekit.service.queue``), the results (memory, the disk store, curve snapshots;
+``prunekit.service.cache``) and the workers (local processes here, Ray slots in ``raypool``). The scheduler
+thread gives idle workers the best queued jobs, preempts background passes for live work, and takes the
+answers. A worker that dies is restarted and its job retried once; a second death is reported as the
+job's error. Callers never block: they ask and read what is there.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import atexit
 import contextlib
 import dataclasses
 import hashlib
-import itertools
 import logging
 import multiprocessing as mp
 import os
@@ -22,7 +21,6 @@ import sys
 import threading
 import time
 import types
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
@@ -35,11 +33,13 @@ from prunekit.core.loaded import ModelSpec
 from prunekit.deploy.latency import Latency
 from prunekit.deploy.recover import Recovery
 from prunekit.errors import ClusterUnavailableError, InvalidArgumentError
-from prunekit.service.jobs import ESTIMATE_IMAGES, EvalJob, PathJob, Resume, decode, encode, worker_main
-from prunekit.service.store import ResultStore, digest
+from prunekit.service.cache import ResultCache
+from prunekit.service.jobs import ESTIMATE_IMAGES, EvalJob, PathJob, Resume, worker_main
+from prunekit.service.queue import CURVE, LIVE_ESTIMATE, LIVE_FULL, STALE, Entry, JobQueue
+from prunekit.service.store import ResultStore
 
 log = logging.getLogger(__name__)
-LIVE_ESTIMATE, LIVE_FULL, CURVE, STALE = 0, 1, 10, 100  # lower runs first; curve levels add 0, 1, 2
+__all__ = ["CURVE", "LIVE_ESTIMATE", "LIVE_FULL", "STALE", "EvalService", "JobError", "Outcome", "open_service"]
 MAX_ATTEMPTS = 2
 RAY_ENV = "PRUNEKIT_RAY_ADDRESS"  # the app's Ray cluster: 'host:port', 'auto' or 'local'
 MAX_DEATHS_IN_A_ROW = 6  # workers dying with no job finished in between: they cannot start, so stop trying
@@ -119,28 +119,6 @@ def curve_grid() -> list[tuple[int, float]]:
 
 
 @dataclass
-class _Entry:
-    job: EvalJob
-    seq: int
-    wanted: dict[str, int] = field(default_factory=dict)  # requester (a session, or "" for background) -> priority
-    attempts: int = 0
-    in_flight: bool = False
-    resume: Resume | None = None  # where a preempted run stopped: the next run goes on from there
-
-    def priority(self) -> tuple[int, int]:
-        return (min(self.wanted.values(), default=STALE), self.seq)
-
-
-def _curve_key(job: EvalJob) -> EvalJob:
-    """The configuration a grid point belongs to: the job at sparsity 0 on the full split."""
-    return dataclasses.replace(job, sparsity=0.0, subset=None, shard=None)
-
-
-def _is_background(entry: _Entry) -> bool:
-    return entry.priority()[0] >= CURVE
-
-
-@dataclass
 class _Worker:
     process: mp.Process
     conn: object
@@ -207,21 +185,14 @@ class EvalService:
         self._ctx = mp.get_context("spawn")  # fork would copy the server's threads and torch's thread pool
         self._lock = threading.Lock()
         self._specs: dict[str, ModelSpec] = {}
-        self._fingerprints: dict[str, Callable[[], str] | str] = {}
-        self._outcomes: OrderedDict[EvalJob, Outcome] = OrderedDict()
-        self._misses: set[EvalJob] = set()  # read from the store once and absent: never read again
+        self._queue = JobQueue()  # guarded by self._lock
+        self._results = ResultCache(store, code_version())  # its own lock
         self._filled: set[tuple] = set()  # curves already queued: a rerun asking again costs one set lookup
-        self._pending: dict[EvalJob, _Entry] = {}
-        self._sessions: dict[str, set[EvalJob]] = {}
-        self._seq = itertools.count()
         self._restarts = 0
         self._preemptions = 0
-        self._points: dict[EvalJob, dict[float, Accuracy]] = {}  # per configuration: its curve, replaced whole
-        self._points_read: set[EvalJob] = set()  # configurations whose grid was read from the store once
         self._deaths_in_a_row = 0
         self._progress: dict[EvalJob, Recovery] = {}  # the latest progress of running recoveries
         self.broken: str | None = None  # why the workers cannot run, once they cannot
-        self._code = code_version()
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
         self._workers = [self._spawn() for _ in range(workers)]
         self._workers += [self._spawn_remote() for _ in range(remote.slots() if remote else 0)]
@@ -238,19 +209,15 @@ class EvalService:
         """Say how workers load model ``key``; ``fingerprint`` (weights + eval set) enables the disk store."""
         with self._lock:
             self._specs[key] = spec
-            if fingerprint is not None:
-                self._fingerprints[key] = fingerprint
+        if fingerprint is not None:
+            self._results.register(key, fingerprint)
 
     def lookup(self, job: EvalJob) -> Outcome | None:
-        """The outcome of ``job`` if known (memory, then disk); never computes."""
+        """The outcome of ``job`` if known (memory, then disk once); never computes."""
         job = job.canonical()
         with self._lock:
-            if job in self._outcomes:
-                self._outcomes.move_to_end(job)
-                return self._outcomes[job]
-            if job in self._pending or job in self._misses:
-                return None
-        return self._from_disk(job)
+            queued = job in self._queue
+        return self._results.lookup(job, read_disk=not queued)
 
     def request(self, jobs: Iterable[tuple[EvalJob, int]], session: str = "") -> dict[EvalJob, Outcome | None]:
         """Ask for ``(job, priority)`` pairs; returns what is known now (None: queued or running).
@@ -265,9 +232,9 @@ class EvalService:
         with self._lock:
             for job, prio in asked:
                 if known[job] is None:
-                    self._want(job, session, prio)
+                    self._queue.want(job, session, prio)
             if session:
-                self._supersede(session, {job for job, _ in asked if known[job] is None})
+                self._queue.supersede(session, {job for job, _ in asked if known[job] is None})
         self._wake()
         return known
 
@@ -287,25 +254,13 @@ class EvalService:
         missing = [(job.canonical(), prio) for job, prio in jobs if self.lookup(job) is None]
         with self._lock:
             for job, prio in missing:
-                self._want(job, session, prio, keep=True)
+                self._queue.want(job, session, prio, keep=True)
         self._wake()
 
     def curve(self, template: EvalJob) -> dict[float, Accuracy]:
-        """Full-split results known so far on the slider's grid for ``template``'s configuration and scope.
-
-        A snapshot kept per configuration and replaced as each result lands: the first call reads the
-        store for the grid once, every later one (a rerun or poll of any session) is a dict read."""
-        key = _curve_key(template)
-        with self._lock:
-            points = self._points.get(key) if key in self._points_read else None
-        if points is None:
-            for _, s in curve_grid():  # lands in the snapshot through _finish / _from_disk
-                self.lookup(dataclasses.replace(template, sparsity=s, subset=None, shard=None))
-            with self._lock:
-                self._points_read.add(key)
-                points = self._points.get(key, {})
-        dense = self.lookup(EvalJob(template.model)) if 0.0 not in points else None
-        return {0.0: dense, **points} if isinstance(dense, Accuracy) else points
+        """Full-split results known so far on the slider's grid for ``template``'s configuration and scope
+        (a snapshot replaced as results land: a rerun or poll of any session is a dict read)."""
+        return self._results.curve(template, [s for _, s in curve_grid()])
 
     def progress(self, job: EvalJob) -> Recovery | None:
         """The latest progress a running recovery reported, or None."""
@@ -319,26 +274,25 @@ class EvalService:
         with self._lock:
             worker = next((w for w in self._workers if w.job == job), None)
             if worker is None:
-                self._pending.pop(job, None)
+                self._queue.remove(job)
                 return
         with contextlib.suppress(OSError, ValueError):  # a dying worker: its sentinel reports it
             worker.conn.send(("stop", job))
 
     def forget(self, job: EvalJob) -> None:
         """Drop ``job``'s in-memory outcome (a stopped run or an error), so that asking again reruns it."""
-        with self._lock:
-            self._outcomes.pop(job.canonical(), None)
+        self._results.forget(job.canonical())
 
     def status(self) -> ServiceStatus:
         with self._lock:
-            live = sum(1 for e in self._pending.values() if not e.in_flight and e.priority()[0] < CURVE)
+            live, background = self._queue.queued()
             return ServiceStatus(
                 workers=len(self._workers),
                 alive=sum(w.process.is_alive() for w in self._workers),
                 busy=sum(w.job is not None for w in self._workers),
                 queued_live=live,
-                queued_background=sum(1 for e in self._pending.values() if not e.in_flight) - live,
-                done=len(self._outcomes),
+                queued_background=background,
+                done=len(self._results),
                 restarts=self._restarts,
                 preempted=self._preemptions,
                 backend=self.remote.describe() if self.remote else "local worker processes",
@@ -367,80 +321,17 @@ class EvalService:
             w.process.join(5)
         if self.remote is not None:
             self.remote.close()
-        if self.store is not None:
-            self.store.close()
-
-    # --- bookkeeping (call with the lock held) ------------------------------------------------------
-
-    def _want(self, job: EvalJob, requester: str, prio: int, keep: bool = False) -> None:
-        entry = self._pending.get(job)
-        if entry is None:
-            entry = self._pending[job] = _Entry(job, next(self._seq))
-        elif prio < entry.priority()[0]:
-            entry.seq = next(self._seq)  # promoted: first come, first served among its new peers
-        entry.wanted[requester] = min(prio, entry.wanted.get(requester, prio))
-        if requester and not keep:
-            self._sessions.setdefault(requester, set()).add(job)
-
-    def _supersede(self, session: str, now: set[EvalJob]) -> None:
-        for job in self._sessions.get(session, set()) - now:
-            entry = self._pending.get(job)
-            if entry is not None and entry.wanted.pop(session, None) is not None:
-                entry.wanted.setdefault("", STALE)
-        self._sessions[session] = now
+        self._results.close()
 
     def _finish(self, job: EvalJob, outcome: Outcome) -> None:
-        self._pending.pop(job, None)
+        """``job`` is done (call with the lock held; the store is written outside it, see ``_store``)."""
+        self._queue.remove(job)
         self._progress.pop(job, None)
-        self._outcomes[job] = outcome
-        self._misses.discard(job)
-        self._add_point(job, outcome)
-        while len(self._outcomes) > 100_000:
-            self._outcomes.popitem(last=False)
+        self._results.put(job, outcome)
 
-    def _add_point(self, job: EvalJob, outcome: Outcome) -> None:
-        """Put a full-split accuracy into its configuration's curve snapshot (a new dict: readers hold the old)."""
-        if type(job) is EvalJob and job.subset is None and job.shard is None and isinstance(outcome, Accuracy):
-            key = _curve_key(job)
-            self._points[key] = {**self._points.get(key, {}), job.sparsity: outcome}
-
-    # --- the disk store ------------------------------------------------------------------------
-
-    def _store_key(self, job: EvalJob) -> str | None:
-        with self._lock:
-            fp = self._fingerprints.get(job.model)
-        if self.store is None or fp is None:
-            return None
-        if callable(fp):
-            fp = fp()
-            with self._lock:
-                self._fingerprints[job.model] = fp
-        return digest(job.key(), fp, self._code)
-
-    def _from_disk(self, job: EvalJob) -> Outcome | None:
-        key = self._store_key(job)
-        value = self.store.get(key) if key else None
-        if value is None:
-            if key:  # known absent until this service computes it (other writers' later results: not seen)
-                with self._lock:
-                    if len(self._misses) > 200_000:
-                        self._misses.clear()
-                    self._misses.add(job)
-            return None
-        try:
-            outcome = decode(job, value)
-        except (TypeError, KeyError):
-            return None  # written by another version of the result type: ignored, never shown
-        with self._lock:
-            self._outcomes[job] = outcome
-            self._add_point(job, outcome)
-        return outcome
-
-    def _to_disk(self, job: EvalJob, outcome: Outcome) -> None:
-        key = self._store_key(job)
-        value = encode(outcome) if key else None
-        if value is not None:
-            self.store.put(key, value)
+    def _store(self, job: EvalJob, outcome: Outcome) -> None:
+        if not isinstance(outcome, JobError):
+            self._results.persist(job, outcome)
 
     # --- the scheduler thread ------------------------------------------------------------------
 
@@ -506,11 +397,11 @@ class EvalService:
             return
         if status == "partial":  # the estimate a full pass scored first
             with self._lock:
-                new = job not in self._outcomes
+                new = self._results.lookup(job, read_disk=False) is None
                 if new:
                     self._finish(job, payload)
             if new:
-                self._to_disk(job, payload)
+                self._store(job, payload)
             return
         outcome = payload if status == "ok" else JobError(payload)
         with self._lock:
@@ -518,15 +409,14 @@ class EvalService:
             if status != "ok":
                 w.loaded.discard(job.model)  # a failed load is retried with the spec next time
             self._finish(job, outcome)
-        if not isinstance(outcome, JobError):
-            self._to_disk(job, outcome)
+        self._store(job, outcome)
 
     def _handed_back(self, w: _Worker, job: EvalJob, resume: Resume) -> None:
         """A preempted pass: back in the queue with its counts so far; the worker is free for live work."""
         with self._lock:
             w.job, w.preempting, self._deaths_in_a_row = None, False, 0
             self._preemptions += 1
-            entry = self._pending.get(job)
+            entry = self._queue.get(job)
             if entry is not None:
                 entry.in_flight, entry.resume = False, resume
 
@@ -545,7 +435,7 @@ class EvalService:
             self._restarts += 1
             i = self._workers.index(w)
             job, self._workers[i] = w.job, self._spawn_remote() if w.remote else self._spawn()
-            entry = self._pending.get(job) if job is not None else None
+            entry = self._queue.get(job)
             if entry is not None:
                 entry.in_flight = False
                 entry.attempts += 1
@@ -560,7 +450,7 @@ class EvalService:
                 return
             slots = [w for w in self._workers if w.remote]
             for w in slots:
-                entry = self._pending.get(w.job) if w.job is not None else None
+                entry = self._queue.get(w.job)
                 if entry is not None:
                     entry.in_flight = False
                 w.conn.close()
@@ -574,7 +464,7 @@ class EvalService:
 
     def _give_up(self, why: str) -> None:
         self.broken = self.broken or why
-        for job in list(self._pending):
+        for job in self._queue.jobs():
             self._finish(job, JobError(why))
         self._closed = True
 
@@ -585,9 +475,8 @@ class EvalService:
             for w in self._workers:
                 if w.job is not None or not w.process.is_alive():
                     continue
-                queued = (e for e in self._pending.values() if not e.in_flight and self._accepts(w, e.job))
-                entry = min(queued, key=_Entry.priority, default=None)
-                if entry is None or (_is_background(entry) and not self._background_slot()):
+                entry = self._queue.best(lambda job, w=w: self._accepts(w, job))
+                if entry is None or (entry.background and not self._background_slot()):
                     continue
                 self._send(w, self._superset(w, entry))
             self._preempt()
@@ -595,7 +484,7 @@ class EvalService:
     def _preempt(self) -> None:
         """Live work waiting and no worker free: ask background full passes to hand their workers back
         (each stops at its next chunk and is resumed later from its counts, so nothing is scored twice)."""
-        waiting = sum(1 for e in self._pending.values() if not e.in_flight and not _is_background(e))
+        waiting = self._queue.live_waiting()
         waiting -= sum(w.preempting for w in self._workers)
         for w in self._workers:
             if waiting <= 0:
@@ -612,23 +501,23 @@ class EvalService:
         job = w.job
         if w.remote or job is None or type(job) is not EvalJob or job.subset is not None or job.shard is not None:
             return False
-        entry = self._pending.get(job)
-        return entry is not None and _is_background(entry)
+        entry = self._queue.get(job)
+        return entry is not None and entry.background
 
-    def _superset(self, w: _Worker, entry: _Entry) -> _Entry:
+    def _superset(self, w: _Worker, entry: Entry) -> Entry:
         """For an estimate whose full job is queued too, the full job: a local worker's full pass scores
         the estimate's images first and reports them, so the estimate comes as soon and nothing is scored twice."""
         job = entry.job
         if w.remote or type(job) is not EvalJob or job.subset != ESTIMATE_IMAGES or job.shard is not None:
             return entry
-        full = self._pending.get(job.with_subset(None))
+        full = self._queue.get(job.with_subset(None))
         return full if full is not None and not full.in_flight and self._accepts(w, full.job) else entry
 
     def _background_slot(self) -> bool:
         busy = sum(1 for w in self._workers if w.job is not None and w.background)
         return busy < max(1, len(self._workers) - 1)
 
-    def _send(self, w: _Worker, entry: _Entry) -> None:
+    def _send(self, w: _Worker, entry: Entry) -> None:
         job = entry.job
         spec = None if job.model in w.loaded else self._specs.get(job.model)
         if job.model not in w.loaded and spec is None:
@@ -639,4 +528,4 @@ class EvalService:
         except (OSError, ValueError):
             return  # the worker is dying: its sentinel brings it back, the entry stays queued
         w.loaded.add(job.model)
-        w.job, w.background, entry.in_flight = job, _is_background(entry), True
+        w.job, w.background, entry.in_flight = job, entry.background, True
