@@ -125,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="prunekit", description="prunekit: profile and prune pretrained CNNs")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("list", help="list the models").add_argument("--json", action="store_true")
+    _add_app(sub)
+    _add_model(sub.add_parser("profile", help="per-layer params and MACs"))
+    for add in (_add_prune, _add_sweep, _add_export, _add_recover, _add_sensitivity):
+        add(sub)
+    return parser
+
+
+def _add_app(sub) -> None:
     app = sub.add_parser(
         "app",
         help="start the browser lab (any further options go to streamlit run, e.g. --server.port 8502)",
@@ -142,22 +150,33 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also accept whole pickled models and TorchScript uploads (loading them runs code: your own files only)",
     )
-    _add_model(sub.add_parser("profile", help="per-layer params and MACs"))
+
+
+def _add_prune(sub) -> None:
     prune = sub.add_parser("prune", help="prune to one sparsity")
     _add_model(prune)
     _add_prune_options(prune)
     prune.add_argument("--sparsity", type=_sparsity, required=True)
     prune.add_argument("--eval", action="store_true", help="also measure dense and pruned accuracy")
+
+
+def _add_sweep(sub) -> None:
     sweep = sub.add_parser("sweep", help="accuracy and collapse against sparsity")
     _add_model(sweep)
     _add_sweep_options(sweep)
     sweep.add_argument("--sparsities", type=_sparsity_list, default=[0.1, 0.3, 0.5, 0.7, 0.9])
+
+
+def _add_export(sub) -> None:
     export = sub.add_parser("export", help="compact, time and write masks, ratios, snippet, safetensors, ONNX")
     _add_model(export)
     _add_prune_options(export)
     export.set_defaults(structure="filter", criterion="l1")
     export.add_argument("--sparsity", type=_sparsity, required=True)
     export.add_argument("--out", type=Path, required=True, help="folder to write the files into")
+
+
+def _add_recover(sub) -> None:
     recover = sub.add_parser("recover", help="BN recalibration and a masked fine-tune after pruning")
     _add_model(recover)
     _add_prune_options(recover)
@@ -168,13 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     recover.add_argument("--schedule", choices=list(SCHEDULES), default="one-shot")
     recover.add_argument("--steps", type=int, default=1, help="pruning steps of an iterative or AGP schedule")
     recover.add_argument("--lr", type=float, default=1e-3)
+
+
+def _add_sensitivity(sub) -> None:
     sens = sub.add_parser("sensitivity", help="prune one layer at a time")
     _add_model(sens)
     sens.add_argument("--criterion", choices=list(CRITERIA), default="magnitude")
     sens.add_argument("--structure", choices=STRUCTURES, default="unstructured")
     sens.add_argument("--sparsities", type=_sparsity_list, default=[0.3, 0.6, 0.9])
     _add_fan_out(sens)
-    return parser
 
 
 def _result_json(result: PruneResult) -> dict:

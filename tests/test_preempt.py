@@ -11,7 +11,7 @@ import pytest
 
 from prunekit.core.evaluate import Accuracy, Counts, from_counts
 from prunekit.core.loaded import ModelSpec
-from prunekit.service import scheduler
+from prunekit.service import workers
 from prunekit.service.jobs import CHUNK_IMAGES, ESTIMATE_IMAGES, Control, EvalJob, JobRunner, Resume, answer
 from prunekit.service.scheduler import CURVE, LIVE_FULL, EvalService
 from prunekit.service.threadproc import ThreadProcess
@@ -99,7 +99,7 @@ def scripted(monkeypatch):
         parent, child = mp.Pipe()
         proc = ThreadProcess(lambda: _scripted(child, sent, release), name="scripted-worker")
         proc.start()
-        return scheduler._Worker(proc, parent)
+        return workers.Worker(proc, parent)
 
     original = EvalService._preempt
 

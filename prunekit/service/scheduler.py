@@ -17,15 +17,12 @@ import hashlib
 import logging
 import multiprocessing as mp
 import os
-import sys
 import threading
 import time
-import types
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Protocol
 
 from prunekit.core.connectivity import Connectivity
 from prunekit.core.evaluate import Accuracy
@@ -34,9 +31,10 @@ from prunekit.deploy.latency import Latency
 from prunekit.deploy.recover import Recovery
 from prunekit.errors import ClusterUnavailableError, InvalidArgumentError
 from prunekit.service.cache import ResultCache
-from prunekit.service.jobs import ESTIMATE_IMAGES, EvalJob, PathJob, Resume, worker_main
+from prunekit.service.jobs import ESTIMATE_IMAGES, EvalJob, Resume
 from prunekit.service.queue import CURVE, LIVE_ESTIMATE, LIVE_FULL, STALE, Entry, JobQueue
 from prunekit.service.store import ResultStore
+from prunekit.service.workers import RemotePool, Worker, runs_remotely, spawn_local
 
 log = logging.getLogger(__name__)
 __all__ = ["CURVE", "LIVE_ESTIMATE", "LIVE_FULL", "STALE", "EvalService", "JobError", "Outcome", "open_service"]
@@ -65,22 +63,6 @@ def open_service(
     svc = EvalService(workers=workers, store=store, remote=remote)
     svc.notice = notice
     return svc
-
-
-@contextlib.contextmanager
-def _bare_main() -> Iterator[None]:
-    """Start a spawned worker without re-running ``__main__``: workers need nothing from it, and while
-    Streamlit runs a page, ``__main__`` is that page script (a worker restarted then would run the page)."""
-    with _MAIN_LOCK:  # two services spawning at once must not restore each other's stand-in
-        main = sys.modules.get("__main__")
-        sys.modules["__main__"] = types.ModuleType("__main__")
-        try:
-            yield
-        finally:
-            sys.modules["__main__"] = main
-
-
-_MAIN_LOCK = threading.Lock()
 
 
 def code_version(root: Path | None = None) -> str:
@@ -116,39 +98,6 @@ def curve_grid() -> list[tuple[int, float]]:
                 seen.add(s)
                 out.append((level, s))
     return out
-
-
-@dataclass
-class _Worker:
-    process: mp.Process
-    conn: object
-    loaded: set[str] = field(default_factory=set)
-    job: EvalJob | None = None
-    background: bool = False  # the job in hand is background work
-    preempting: bool = False  # asked to hand its job back for live work
-    remote: bool = False  # a slot of a remote pool (Ray): accuracy jobs only
-
-
-def runs_remotely(job: EvalJob) -> bool:
-    """Accuracy and path-test jobs may run on a remote pool; latency (bound to this machine) and recovery
-    (stoppable, with progress) stay on local workers."""
-    return type(job) in (EvalJob, PathJob)
-
-
-class RemotePool(Protocol):
-    """Slots that look like worker processes to the scheduler (see ``prunekit.service.raypool.RayPool``)."""
-
-    address: str
-
-    def slots(self) -> int: ...
-
-    def describe(self) -> str: ...
-
-    on_lost: Callable[[str], None]  # set by the service: called once when the pool is lost
-
-    def spawn(self) -> tuple[object, object]: ...
-
-    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -335,21 +284,14 @@ class EvalService:
 
     # --- the scheduler thread ------------------------------------------------------------------
 
-    def _spawn(self) -> _Worker:
-        parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(
-            target=worker_main, args=(child, self.threads, self.nice), daemon=True, name="prunekit-worker"
-        )
-        with _bare_main():
-            proc.start()
-        child.close()
-        return _Worker(proc, parent)
+    def _spawn(self) -> Worker:
+        return spawn_local(self._ctx, self.threads, self.nice)
 
-    def _spawn_remote(self) -> _Worker:
+    def _spawn_remote(self) -> Worker:
         proc, conn = self.remote.spawn()
-        return _Worker(proc, conn, remote=True)
+        return Worker(proc, conn, remote=True)
 
-    def _accepts(self, w: _Worker, job: EvalJob) -> bool:
+    def _accepts(self, w: Worker, job: EvalJob) -> bool:
         return runs_remotely(job) if w.remote else self.remote is None or not runs_remotely(job)
 
     def _wake(self) -> None:
@@ -379,7 +321,7 @@ class EvalService:
                 self._crashed(w)
                 return
 
-    def _receive(self, w: _Worker) -> None:
+    def _receive(self, w: Worker) -> None:
         try:
             status, job, payload = w.conn.recv()
         except (EOFError, OSError):
@@ -411,7 +353,7 @@ class EvalService:
             self._finish(job, outcome)
         self._store(job, outcome)
 
-    def _handed_back(self, w: _Worker, job: EvalJob, resume: Resume) -> None:
+    def _handed_back(self, w: Worker, job: EvalJob, resume: Resume) -> None:
         """A preempted pass: back in the queue with its counts so far; the worker is free for live work."""
         with self._lock:
             w.job, w.preempting, self._deaths_in_a_row = None, False, 0
@@ -420,7 +362,7 @@ class EvalService:
             if entry is not None:
                 entry.in_flight, entry.resume = False, resume
 
-    def _crashed(self, w: _Worker) -> None:
+    def _crashed(self, w: Worker) -> None:
         w.process.join(1)
         code = w.process.exitcode
         w.conn.close()
@@ -496,7 +438,7 @@ class EvalService:
                 w.preempting = True
                 waiting -= 1
 
-    def _preemptible(self, w: _Worker) -> bool:
+    def _preemptible(self, w: Worker) -> bool:
         """A local worker on a full pass nobody is waiting for (background, or a request since superseded)."""
         job = w.job
         if w.remote or job is None or type(job) is not EvalJob or job.subset is not None or job.shard is not None:
@@ -504,7 +446,7 @@ class EvalService:
         entry = self._queue.get(job)
         return entry is not None and entry.background
 
-    def _superset(self, w: _Worker, entry: Entry) -> Entry:
+    def _superset(self, w: Worker, entry: Entry) -> Entry:
         """For an estimate whose full job is queued too, the full job: a local worker's full pass scores
         the estimate's images first and reports them, so the estimate comes as soon and nothing is scored twice."""
         job = entry.job
@@ -517,7 +459,7 @@ class EvalService:
         busy = sum(1 for w in self._workers if w.job is not None and w.background)
         return busy < max(1, len(self._workers) - 1)
 
-    def _send(self, w: _Worker, entry: Entry) -> None:
+    def _send(self, w: Worker, entry: Entry) -> None:
         job = entry.job
         spec = None if job.model in w.loaded else self._specs.get(job.model)
         if job.model not in w.loaded and spec is None:
