@@ -13,7 +13,7 @@ from prunekit.core.evaluate import Accuracy, Counts, from_counts
 from prunekit.core.loaded import ModelSpec
 from prunekit.service import workers
 from prunekit.service.jobs import CHUNK_IMAGES, ESTIMATE_IMAGES, Control, EvalJob, JobRunner, Resume, answer
-from prunekit.service.scheduler import CURVE, LIVE_FULL, EvalService
+from prunekit.service.scheduler import CURVE, LIVE_ESTIMATE, LIVE_FULL, EvalService
 from prunekit.service.threadproc import ThreadProcess
 
 FMNIST = ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",))
@@ -37,7 +37,7 @@ def test_a_preempted_pass_resumes_from_its_counts_to_the_same_figure(runner):
 
     def after_three() -> bool:
         asked[0] += 1
-        return asked[0] > 3  # three chunks scored, then the scheduler wants the worker
+        return asked[0] > 2  # asked from the second chunk on: three chunks scored, then the scheduler wants the worker
 
     first = answer(runner, job, None, Control(partial=lambda *got: partials.append(got), preempted=after_three))
     status, _, resume = first
@@ -49,10 +49,12 @@ def test_a_preempted_pass_resumes_from_its_counts_to_the_same_figure(runner):
     assert len(partials) == 1  # the resumed pass does not score (or report) the estimate again
 
 
-def test_a_pass_preempted_before_it_starts_loses_nothing(runner):
+def test_a_pass_preempted_at_once_still_scores_and_reports_its_estimate_first(runner):
     job = EvalJob("fmnist-cnn", "magnitude", sparsity=0.2)
-    status, _, resume = answer(runner, job, None, Control(preempted=lambda: True))
-    assert status == "preempted" and resume == Resume(())
+    partials = []
+    control = Control(partial=lambda *got: partials.append(got), preempted=lambda: True)
+    status, _, resume = answer(runner, job, None, control)
+    assert status == "preempted" and [p.n for p in resume.parts] == [ESTIMATE_IMAGES] and len(partials) == 1
     assert _figures(runner.run(job, Control(resume=resume))) == _figures(runner.run(job))
 
 
@@ -147,3 +149,25 @@ def _until(condition, timeout: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("the scheduler did not get there")
         time.sleep(0.01)
+
+
+def test_a_waiting_estimate_preempts_a_running_full_figure_of_another_configuration(scripted):
+    svc, sent, _, _ = scripted
+    estimate = LIVE.with_subset(ESTIMATE_IMAGES)
+    svc.request([(BACKGROUND, LIVE_FULL)], "one")  # someone waits for this full figure
+    _until(lambda: sent)
+    svc.request([(estimate, LIVE_ESTIMATE)], "another")  # a first figure for someone else: sooner
+    _until(lambda: svc.lookup(BACKGROUND) is not None)
+    assert sent == [(BACKGROUND, None), (estimate, None), (BACKGROUND, Resume((HEAD,)))]
+    assert svc.status().preempted == 1
+
+
+def test_an_estimate_its_own_full_pass_is_scoring_preempts_nothing(scripted):
+    svc, sent, release, calls = scripted
+    estimate = BACKGROUND.with_subset(ESTIMATE_IMAGES)
+    svc.request([(BACKGROUND, LIVE_FULL), (estimate, LIVE_ESTIMATE)], "one")
+    _until(lambda: sent)  # the full pass took the estimate's place: it reports the estimate on the way
+    _until(lambda: len(calls) > 1)  # the scheduler has looked for work to preempt since
+    release.set()
+    _until(lambda: svc.lookup(estimate) is not None)
+    assert sent == [(BACKGROUND, None), (estimate, None)] and svc.status().preempted == 0

@@ -248,10 +248,11 @@ class JobRunner:
     def _progressive(self, job: EvalJob, model, chunks: list, total: int, control: Control) -> Accuracy:
         """One pass over the set in chunks: the estimate's stratified images first (reported at once as the
         estimate job's result, identical to running it), then the rest; the counts add up to the full figure.
-        Between chunks the pass may be preempted, handing back its counts so far to resume from."""
+        After the first chunk (the estimate, always reported) the pass may be preempted between chunks,
+        handing back its counts so far to resume from."""
         parts = list(control.resume.parts) if control.resume else []
         for i in range(len(parts), len(chunks)):
-            if control.preempted():
+            if i > 0 and control.preempted():
                 raise Preempted(Resume(tuple(parts)))
             parts.append(count_correct(model, *chunks[i], EVAL_BATCH))
             if i == 0 and control.partial is not None:

@@ -347,7 +347,7 @@ class EvalService:
             return
         outcome = payload if status == "ok" else JobError(payload)
         with self._lock:
-            w.job, self._deaths_in_a_row = None, 0
+            w.job, w.preempting, self._deaths_in_a_row = None, False, 0  # done before it saw a preemption
             if status != "ok":
                 w.loaded.discard(job.model)  # a failed load is retried with the spec next time
             self._finish(job, outcome)
@@ -417,34 +417,48 @@ class EvalService:
             for w in self._workers:
                 if w.job is not None or not w.process.is_alive():
                     continue
-                entry = self._queue.best(lambda job, w=w: self._accepts(w, job))
+                entry = self._queue.best(lambda job, w=w: self._accepts(w, job) and not self._covered(job))
                 if entry is None or (entry.background and not self._background_slot()):
                     continue
                 self._send(w, self._superset(w, entry))
             self._preempt()
 
     def _preempt(self) -> None:
-        """Live work waiting and no worker free: ask background full passes to hand their workers back
-        (each stops at its next chunk and is resumed later from its counts, so nothing is scored twice)."""
-        waiting = self._queue.live_waiting()
-        waiting -= sum(w.preempting for w in self._workers)
-        for w in self._workers:
-            if waiting <= 0:
-                return
-            if w.preempting or not self._preemptible(w):
-                continue
+        """Live work waiting and no worker free: ask full passes of less urgent work (background, or a full
+        figure while an estimate waits) to hand their workers back after their current chunk. Each is resumed
+        later from its counts, so nothing is lost or scored twice; the least urgent pass goes first."""
+        waiting = sorted(e.priority()[0] for e in self._queue if self._waiting_live(e))
+        waiting = waiting[sum(w.preempting for w in self._workers) :]
+        victims = sorted(
+            (w for w in self._workers if not w.preempting and self._preemptible(w)), key=self._urgency, reverse=True
+        )
+        for prio, w in zip(waiting, victims, strict=False):
+            if self._urgency(w) <= prio:
+                return  # the rest wait for work at least as urgent as their own
             with contextlib.suppress(OSError, ValueError):  # a dying worker: its sentinel reports it
                 w.conn.send(("preempt", w.job))
                 w.preempting = True
-                waiting -= 1
+
+    def _waiting_live(self, entry: Entry) -> bool:
+        return not entry.in_flight and not entry.background and not self._covered(entry.job)
+
+    def _covered(self, job: EvalJob) -> bool:
+        """An estimate whose full pass runs on a local worker: that pass reports it after its first chunk."""
+        if type(job) is not EvalJob or job.subset != ESTIMATE_IMAGES or job.shard is not None:
+            return False
+        full = job.with_subset(None)
+        return any(w.job == full and not w.remote for w in self._workers)
+
+    def _urgency(self, w: Worker) -> int:
+        entry = self._queue.get(w.job)
+        return entry.priority()[0] if entry is not None else STALE
 
     def _preemptible(self, w: Worker) -> bool:
-        """A local worker on a full pass nobody is waiting for (background, or a request since superseded)."""
+        """A local worker on a full pass (an accuracy job over the whole split, which runs in chunks)."""
         job = w.job
         if w.remote or job is None or type(job) is not EvalJob or job.subset is not None or job.shard is not None:
             return False
-        entry = self._queue.get(job)
-        return entry is not None and entry.background
+        return job in self._queue
 
     def _superset(self, w: Worker, entry: Entry) -> Entry:
         """For an estimate whose full job is queued too, the full job: a local worker's full pass scores
