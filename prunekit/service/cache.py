@@ -46,14 +46,15 @@ class ResultCache:
         with self._lock:
             self._fingerprints[model] = fingerprint
 
+    def registered(self, model: str) -> bool:
+        return model in self._fingerprints
+
     def lookup(self, job: EvalJob, read_disk: bool = True) -> object | None:
-        """The outcome of canonical ``job`` if known; the store is read once per job, and only with ``read_disk``."""
-        with self._lock:
-            if job in self._outcomes:
-                self._outcomes.move_to_end(job)
-                return self._outcomes[job]
-            if not read_disk or job in self._misses:
-                return None
+        """The outcome of canonical ``job`` if known; the store is read once per job, and only with ``read_disk``.
+        A hit or a known miss is a dict read without the lock (every poll of every session makes them)."""
+        outcome = self._outcomes.get(job)  # oldest written first out: no reordering on a read
+        if outcome is not None or not read_disk or job in self._misses:
+            return outcome
         return self._from_disk(job)
 
     def put(self, job: EvalJob, outcome: object) -> None:

@@ -143,6 +143,7 @@ class EvalService:
         self._progress: dict[EvalJob, Recovery] = {}  # the latest progress of running recoveries
         self.broken: str | None = None  # why the workers cannot run, once they cannot
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
+        self._wake_lock, self._wake_pending = threading.Lock(), False
         self._workers = [self._spawn() for _ in range(workers)]
         self._workers += [self._spawn_remote() for _ in range(remote.slots() if remote else 0)]
         if remote is not None:
@@ -155,7 +156,10 @@ class EvalService:
     # --- public, non-blocking ------------------------------------------------------------------
 
     def register(self, key: str, spec: ModelSpec, fingerprint: Callable[[], str] | str | None = None) -> None:
-        """Say how workers load model ``key``; ``fingerprint`` (weights + eval set) enables the disk store."""
+        """Say how workers load model ``key``; ``fingerprint`` (weights + eval set) enables the disk store.
+        Every rerun registers its model again: then it is one dict read, without the lock."""
+        if self._specs.get(key) == spec and (fingerprint is None or self._results.registered(key)):
+            return
         with self._lock:
             self._specs[key] = spec
         if fingerprint is not None:
@@ -164,9 +168,9 @@ class EvalService:
     def lookup(self, job: EvalJob) -> Outcome | None:
         """The outcome of ``job`` if known (memory, then disk once); never computes."""
         job = job.canonical()
-        with self._lock:
-            queued = job in self._queue
-        return self._results.lookup(job, read_disk=not queued)
+        # One dict read without the scheduler's lock (30 sessions polling would queue on it): a stale
+        # answer costs at most one store read, or one poll's wait.
+        return self._results.lookup(job, read_disk=job not in self._queue)
 
     def request(self, jobs: Iterable[tuple[EvalJob, int]], session: str = "") -> dict[EvalJob, Outcome | None]:
         """Ask for ``(job, priority)`` pairs; returns what is known now (None: queued or running).
@@ -295,8 +299,11 @@ class EvalService:
         return runs_remotely(job) if w.remote else self.remote is None or not runs_remotely(job)
 
     def _wake(self) -> None:
+        if self._wake_pending:  # the scheduler has not read the last wake yet: it will see this too
+            return
+        self._wake_pending = True
         try:
-            with self._lock:
+            with self._wake_lock:
                 self._wake_w.send_bytes(b"!")
         except OSError:
             pass
@@ -310,6 +317,7 @@ class EvalService:
 
     def _handle(self, ready) -> None:
         if ready is self._wake_r:
+            self._wake_pending = False  # before reading: a wake after this point writes again
             while self._wake_r.poll():
                 self._wake_r.recv_bytes()
             return
