@@ -72,9 +72,9 @@ def _dense_probe(loaded: zoo.Loaded, prunable: set[str], shape: tuple[int, ...],
         assert zeros <= conn.effective_sparsity <= zeros + 0.001
 
 
-def _check_pruning(lab: Lab, structure: str, scope: str) -> None:
+def _check_pruning(lab: Lab, structure: str, scope: str, paths: bool) -> None:
     try:
-        result = lab.result("magnitude", structure, "none", PruneConfig(0.5, scope))
+        result = lab.result("magnitude", structure, "none", PruneConfig(0.5, scope), paths=paths)
     except PrunekitError as exc:  # a clear refusal is allowed; a crash is not
         assert "not supported" in str(exc), str(exc)
         return
@@ -85,11 +85,22 @@ def _check_pruning(lab: Lab, structure: str, scope: str) -> None:
     if structure == "unstructured":
         assert zeros >= result.units_removed
     assert result.achieved_sparsity > 0.0 and result.nonzero_params < result.total_params
-    if lab.probe_unavailable is None:
+    if not paths:
+        assert result.effective_sparsity is None
+    elif lab.probe_unavailable is None:
         assert result.effective_sparsity >= result.achieved_sparsity
         assert result.collapse is False or scope == "global"
     else:
         assert result.effective_sparsity is None and result.probe_note == lab.probe_unavailable
+
+
+# each structure and each scope; the path test once per structure (it is a whole forward and backward)
+PRUNING_CASES = (
+    ("unstructured", "global", True),
+    ("unstructured", "local", False),
+    ("filter", "global", False),
+    ("filter", "local", True),
+)
 
 
 def _cases() -> list:
@@ -125,6 +136,5 @@ def test_zoo_model(name):
     if heavy:
         return
     lab = Lab(loaded)
-    for structure in ("unstructured", "filter"):
-        for scope in ("global", "local"):
-            _check_pruning(lab, structure, scope)
+    for structure, scope, paths in PRUNING_CASES:
+        _check_pruning(lab, structure, scope, paths)
