@@ -60,7 +60,20 @@ def test_only_the_app_imports_streamlit():
     assert not wrong
 
 
-APP_ORDER = ["launch", "live", "links", "plots", "resources", "state", "session", "sidebar", "views", "main", "serve"]
+APP_ORDER = [
+    "launch",
+    "live",
+    "links",
+    "pacing",
+    "plots",
+    "resources",
+    "state",
+    "session",
+    "sidebar",
+    "views",
+    "main",
+    "serve",
+]
 
 
 def test_the_app_imports_downwards_and_pages_go_through_its_helpers():

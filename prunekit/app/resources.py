@@ -16,6 +16,7 @@ from pathlib import Path
 import streamlit as st
 import torch
 
+from prunekit.app.pacing import Pacing
 from prunekit.core.allocate import SCOPES, PruneConfig
 from prunekit.core.evaluate import interval_label
 from prunekit.core.lab import Lab
@@ -182,3 +183,15 @@ def figure(kind: str, key: tuple, build: Callable[[], object]):
 @st.cache_resource
 def bundles() -> SingleFlight:
     return SingleFlight(maxsize=4)  # export files can be tens of MB: keep few
+
+
+@st.cache_resource
+def pacing() -> Pacing:
+    return Pacing()
+
+
+def pace(session: str, base: float) -> float:
+    """How often ``session``'s fast-polling part refreshes while pending (``base`` alone, slower in a full room)."""
+    shared = pacing()
+    shared.seen(session)
+    return shared.every(base)

@@ -274,7 +274,7 @@ def curve_panel() -> bool:
 
 
 session.fill_curve(lab)
-live("point", point_panel, POINT_POLL, session.point_view(lab).pending)  # asks: this session's live request
+live("point", point_panel, resources.pace(state.session_id(), POINT_POLL), session.point_view(lab).pending)
 live("curve", curve_panel, CURVE_POLL, session.curve_view(lab).pending)
 
 st.subheader("Recover accuracy")
