@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
-POLLS_PER_S = 40.0  # a poll costs the server ~10 ms (bench/workshop.py): about half a core for the room
+POLLS_PER_S = 60.0  # a poll costs the server ~10 ms (bench/workshop.py): about 0.6 of a core for the room
 ACTIVE_WINDOW_S = 30.0  # a session that drew a pending part this recently counts as polling
 
 
