@@ -12,7 +12,16 @@ import pytest
 from prunekit.core.evaluate import Accuracy, Counts, from_counts
 from prunekit.core.loaded import ModelSpec
 from prunekit.service import workers
-from prunekit.service.jobs import CHUNK_IMAGES, ESTIMATE_IMAGES, Control, EvalJob, JobRunner, Resume, answer
+from prunekit.service.jobs import (
+    CHUNK_IMAGES,
+    ESTIMATE_IMAGES,
+    Control,
+    EvalJob,
+    JobRunner,
+    Resume,
+    answer,
+    jobs_from,
+)
 from prunekit.service.scheduler import CURVE, LIVE_ESTIMATE, LIVE_FULL, EvalService
 from prunekit.service.threadproc import ThreadProcess
 
@@ -68,14 +77,7 @@ HEAD = Counts(correct=600, correct5=None, n=1000, seconds=0.1)
 def _scripted(conn, sent: list, release: threading.Event) -> None:
     """Answers like a worker: the first BACKGROUND pass runs until it is preempted (then hands back one
     chunk's counts) or released (then finishes); asked again with counts, it finishes on them; LIVE at once."""
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return
-        if isinstance(message[0], str):
-            continue
-        job, _, resume = message
+    for job, _, resume in jobs_from(conn):
         sent.append((job, resume))
         if job == BACKGROUND and resume is None:
             conn.send(_run_until_preempted(conn, release))

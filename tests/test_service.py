@@ -325,55 +325,50 @@ class _CountingStore(ResultStore):
         return super().get(key)
 
 
-def test_a_miss_reads_the_store_once_and_a_result_that_lands_is_seen(tmp_path):
+@pytest.fixture
+def counting(tmp_path):
+    """A one-worker service on a store that counts its reads: (service, store)."""
     store = _CountingStore(tmp_path / "r.sqlite3")
     svc = EvalService(workers=1, store=store)
     svc.register("tiny", TINY, fingerprint="tiny-seed0")
-    try:
-        job = EvalJob("tiny", "magnitude", sparsity=0.3)
-        assert [svc.lookup(job) for _ in range(50)] == [None] * 50
-        assert store.reads == 1  # a rerun or a poll asking again never reads SQLite
-        acc = wait_for(svc, [job])[job]
-        assert isinstance(acc, Accuracy) and svc.lookup(job) == acc and store.reads == 1
-    finally:
-        svc.close()
+    yield svc, store
+    svc.close()
 
 
-def test_a_curve_asked_for_on_every_rerun_is_queued_once(tmp_path):
-    store = _CountingStore(tmp_path / "r.sqlite3")
-    svc = EvalService(workers=1, store=store)
-    svc.register("tiny", TINY, fingerprint="tiny-seed0")
-    try:
-        template = EvalJob("tiny", "magnitude")
-        svc.fill_curve(template, ["global", "local"])
-        first = store.reads
-        assert first == 2 * len(curve_grid()) - 1  # each point read once; sparsity 0 is one dense job
-        for sparsity in (0.3, 0.7):  # the slider moves: the same configuration's curve, asked again
-            svc.fill_curve(dataclasses.replace(template, sparsity=sparsity), ["global", "local"])
-        assert store.reads == first
-        svc.fill_curve(EvalJob("tiny", "l1"), ["global", "local"])  # another configuration is queued
-        assert store.reads > first
-    finally:
-        svc.close()
+def test_a_miss_reads_the_store_once_and_a_result_that_lands_is_seen(counting):
+    svc, store = counting
+    job = EvalJob("tiny", "magnitude", sparsity=0.3)
+    assert [svc.lookup(job) for _ in range(50)] == [None] * 50
+    assert store.reads == 1  # a rerun or a poll asking again never reads SQLite
+    acc = wait_for(svc, [job])[job]
+    assert isinstance(acc, Accuracy) and svc.lookup(job) == acc and store.reads == 1
 
 
-def test_a_curve_reads_the_store_once_and_then_follows_results_as_they_land(tmp_path):
-    store = _CountingStore(tmp_path / "r.sqlite3")
-    svc = EvalService(workers=1, store=store)
-    svc.register("tiny", TINY, fingerprint="tiny-seed0")
-    try:
-        template = EvalJob("tiny", "magnitude")
-        assert svc.curve(template) == {}
-        first = store.reads
-        assert first == len(curve_grid())  # every grid point of the scope once (0 is the dense job)
-        for _ in range(20):  # every later rerun or poll of every session: no store read
-            assert svc.curve(dataclasses.replace(template, sparsity=0.4)) == {}
-        assert store.reads == first
-        points = [dataclasses.replace(template, sparsity=s) for s in (0.0, 0.5)]
-        done = wait_for(svc, points)
-        curve = svc.curve(template)
-        assert curve == {0.0: done[points[0].canonical()], 0.5: done[points[1]]}
-        assert store.reads == first
-        assert svc.curve(dataclasses.replace(template, scope="local")) == {0.0: done[points[0].canonical()]}
-    finally:
-        svc.close()
+def test_a_curve_asked_for_on_every_rerun_is_queued_once(counting):
+    svc, store = counting
+    template = EvalJob("tiny", "magnitude")
+    svc.fill_curve(template, ["global", "local"])
+    first = store.reads
+    assert first == 2 * len(curve_grid()) - 1  # each point read once; sparsity 0 is one dense job
+    for sparsity in (0.3, 0.7):  # the slider moves: the same configuration's curve, asked again
+        svc.fill_curve(dataclasses.replace(template, sparsity=sparsity), ["global", "local"])
+    assert store.reads == first
+    svc.fill_curve(EvalJob("tiny", "l1"), ["global", "local"])  # another configuration is queued
+    assert store.reads > first
+
+
+def test_a_curve_reads_the_store_once_and_then_follows_results_as_they_land(counting):
+    svc, store = counting
+    template = EvalJob("tiny", "magnitude")
+    assert svc.curve(template) == {}
+    first = store.reads
+    assert first == len(curve_grid())  # every grid point of the scope once (0 is the dense job)
+    for _ in range(20):  # every later rerun or poll of every session: no store read
+        assert svc.curve(dataclasses.replace(template, sparsity=0.4)) == {}
+    assert store.reads == first
+    points = [dataclasses.replace(template, sparsity=s) for s in (0.0, 0.5)]
+    done = wait_for(svc, points)
+    curve = svc.curve(template)
+    assert curve == {0.0: done[points[0].canonical()], 0.5: done[points[1]]}
+    assert store.reads == first
+    assert svc.curve(dataclasses.replace(template, scope="local")) == {0.0: done[points[0].canonical()]}

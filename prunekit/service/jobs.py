@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -377,18 +377,23 @@ def worker_main(conn, threads: int, nice: int = 0) -> None:
         os.nice(nice)
     torch.set_num_threads(threads)
     runner = JobRunner()
+    for job, spec, resume in jobs_from(conn):
+        try:
+            conn.send(answer(runner, job, spec, _control(conn, job, resume)))
+        except (BrokenPipeError, EOFError, OSError):
+            return  # the server went away
+
+
+def jobs_from(conn) -> Iterator[tuple[EvalJob, ModelSpec | None, Resume | None]]:
+    """The ``(job, spec, resume)`` messages a worker receives, until the service closes the pipe; a stop or
+    preempt read here is for a job that has already finished, and is dropped."""
     while True:
         try:
             message = conn.recv()
         except (EOFError, OSError):
             return
-        if isinstance(message[0], str):
-            continue  # a stop or preempt for a job that has already finished
-        job, spec, resume = message
-        try:
-            conn.send(answer(runner, job, spec, _control(conn, job, resume)))
-        except (BrokenPipeError, EOFError, OSError):
-            return  # the server went away
+        if not isinstance(message[0], str):
+            yield message
 
 
 PROGRESS_EVERY_S = 0.25

@@ -29,7 +29,7 @@ import torch
 
 from prunekit.core.loaded import ModelSpec
 from prunekit.errors import ClusterUnavailableError, InvalidArgumentError
-from prunekit.service.jobs import EvalJob, JobRunner, answer
+from prunekit.service.jobs import EvalJob, JobRunner, answer, jobs_from
 from prunekit.service.threadproc import ThreadProcess
 
 log = logging.getLogger(__name__)
@@ -201,14 +201,7 @@ class RayPool:
 
     def _serve(self, conn) -> None:
         with contextlib.closing(conn):
-            while True:
-                try:
-                    message = conn.recv()
-                except (EOFError, OSError):
-                    return
-                if isinstance(message[0], str):
-                    continue  # stops are for local recoveries, preemption for local passes
-                job, spec, _ = message  # a Ray task is never preempted, so it never resumes
+            for job, spec, _ in jobs_from(conn):  # a Ray task is never preempted, so it never resumes
                 answer = self._run(job, spec)
                 try:
                     conn.send(answer)
