@@ -83,3 +83,38 @@ def test_the_path_job_of_a_worker_equals_the_engines_path_test_and_survives_the_
         assert fast.with_paths(conn) == whole
         assert decode(job, encode(conn)) == conn
         assert job.key()[0] == "paths" and job.canonical() is job  # never merged into the accuracy job
+
+
+def test_the_collapse_point_of_a_worker_equals_the_engines_and_the_tradeoff_waits_for_it(monkeypatch):
+    import time
+
+    from prunekit.service import readings
+    from prunekit.service.jobs import Collapse, CollapseJob, EvalJob
+    from prunekit.service.scheduler import EvalService
+
+    spec = ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",))
+    runner = JobRunner()
+    runner.load("fmnist-cnn", spec)
+    job = CollapseJob("fmnist-cnn", "l1", "filter")
+    got = runner.run(job)
+    want = runner.labs["fmnist-cnn"].collapse_point("l1", "filter", "none", PruneConfig(0.0))
+    assert got == Collapse(want) and want is not None and decode(job, encode(got)) == got
+
+    lab = Lab(runner.labs["fmnist-cnn"].loaded)
+    monkeypatch.setattr(Lab, "paths_inline", property(lambda self: False))  # as on a big model
+    svc = EvalService(workers=1)
+    try:
+        svc.register("fmnist-cnn", spec)
+        template = EvalJob("fmnist-cnn", subset=1000)
+        recipes = [("l1", "global", "filter")]
+        first = readings.tradeoff(svc, lab, template, recipes, (0.0, 0.5), "s")[recipes[0]]
+        assert first["collapse_pending"] and first["collapse_point"] is None  # the rerun did not bisect
+        deadline = time.monotonic() + 300  # a hang guard
+        while (curve := readings.tradeoff(svc, lab, template, recipes, (0.0, 0.5), "s")[recipes[0]])[
+            "collapse_pending"
+        ]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert curve["collapse_point"] == want and curve["collapse_errors"] == []
+    finally:
+        svc.close()

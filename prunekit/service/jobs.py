@@ -109,6 +109,25 @@ class PathJob(EvalJob):
 
 
 @dataclass(frozen=True)
+class CollapseJob(EvalJob):
+    """The smallest sparsity at which ``scope`` collapses the network (a bisection of path tests), measured
+    apart from the page on models too big to run it in a rerun; the job's sparsity is 0."""
+
+    def canonical(self) -> CollapseJob:
+        return self
+
+    def key(self) -> list:
+        return ["collapse", *super().key()]
+
+
+@dataclass(frozen=True)
+class Collapse:
+    """A :class:`CollapseJob`'s outcome: the collapse point, or None when the scope never collapses."""
+
+    point: float | None
+
+
+@dataclass(frozen=True)
 class RecoverJob(EvalJob):
     """Recovery (BN recalibration, masked fine-tune, a schedule) of one configuration by ``recipe``."""
 
@@ -154,7 +173,7 @@ class Control:
     resume: Resume | None = None  # where an earlier, preempted run of this job stopped
 
 
-def encode(outcome: Accuracy | Latency | Recovery | Connectivity) -> dict | None:
+def encode(outcome: Accuracy | Latency | Recovery | Connectivity | Collapse) -> dict | None:
     """A JSON-friendly form for the result store; None for what must not be stored (a stopped run)."""
     if isinstance(outcome, Latency):
         return outcome.to_json()
@@ -169,10 +188,12 @@ def encode(outcome: Accuracy | Latency | Recovery | Connectivity) -> dict | None
     return asdict(outcome)
 
 
-def decode(job: EvalJob, value: dict) -> Accuracy | Latency | Recovery | Connectivity:
+def decode(job: EvalJob, value: dict) -> Accuracy | Latency | Recovery | Connectivity | Collapse:
     """The inverse of :func:`encode` for ``job``'s kind; TypeError/KeyError when written by another version."""
     if isinstance(job, PathJob):
         return Connectivity(**value)
+    if isinstance(job, CollapseJob):
+        return Collapse(**value)
     if isinstance(job, SpeedJob):
         return Latency.from_json(value)
     if isinstance(job, RecoverJob):
@@ -231,6 +252,8 @@ class JobRunner:
             return self._speed(lab, job)
         if isinstance(job, PathJob):
             return self._paths(lab, job)
+        if isinstance(job, CollapseJob):
+            return Collapse(self._pruner(lab, job).collapse_point(job.config()))
         if isinstance(job, RecoverJob):
             out = recover(lab, (job.criterion, job.structure, job.normalise), job.config(), job.recipe, control.report)
             return replace(out, model=None)

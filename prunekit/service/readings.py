@@ -16,7 +16,7 @@ from prunekit.core.lab import Lab, PruneResult
 from prunekit.core.sensitivity import SensitivityRow
 from prunekit.deploy.recover import Recovery
 from prunekit.service.fanout import sensitivity_jobs, sensitivity_rows
-from prunekit.service.jobs import EvalJob, PathJob, RecoverJob
+from prunekit.service.jobs import Collapse, CollapseJob, EvalJob, PathJob, RecoverJob
 from prunekit.service.scheduler import LIVE_ESTIMATE, LIVE_FULL, EvalService, JobError, Outcome, curve_grid
 
 
@@ -116,7 +116,8 @@ def tradeoff(
     svc: EvalService, lab: Lab, template: EvalJob, recipes: list[tuple[str, str, str]], sparsities, session: str
 ) -> dict:
     """Per recipe (criterion, scope, structure): sparsity, theoretical speedup and top-1 (None while
-    pending) on ``template``'s subset, errors, and the scope's collapse point. Asks for what is missing."""
+    pending) on ``template``'s subset, errors, and the scope's collapse point (``collapse_pending`` while an
+    evaluation worker bisects it, on models too big to do it in a rerun). Asks for what is missing."""
     jobs = {
         (recipe, s): dataclasses.replace(
             template, criterion=recipe[0], scope=recipe[1], structure=recipe[2], sparsity=s
@@ -124,13 +125,35 @@ def tradeoff(
         for recipe in recipes
         for s in sparsities
     }
-    known = svc.request([(job, LIVE_FULL) for job in jobs.values()], session)
+    collapses = {} if lab.paths_inline or lab.probe_unavailable else {r: _collapse_job(template, r) for r in recipes}
+    asked = [(job, LIVE_FULL) for job in jobs.values()] + [(job, LIVE_FULL) for job in collapses.values()]
+    known = svc.request(asked, session)
     return {
         recipe: _recipe_curve(
             lab, template, recipe, sparsities, [known[jobs[(recipe, s)].canonical()] for s in sparsities]
         )
+        | _collapse(lab, template, recipe, known.get(collapses.get(recipe)), recipe in collapses)
         for recipe in recipes
     }
+
+
+def _collapse_job(template: EvalJob, recipe: tuple[str, str, str]) -> CollapseJob:
+    same = {f.name: getattr(template, f.name) for f in dataclasses.fields(EvalJob)}
+    criterion, scope, structure = recipe
+    return CollapseJob(
+        **{**same, "criterion": criterion, "scope": scope, "structure": structure, "sparsity": 0.0, "subset": None}
+    )
+
+
+def _collapse(lab: Lab, template: EvalJob, recipe: tuple[str, str, str], outcome, apart: bool) -> dict:
+    """The recipe's collapse point: measured here on a small model, by a worker (``apart``) on a big one."""
+    criterion, scope, structure = recipe
+    if not apart:
+        config = PruneConfig(0.0, scope, template.keep_first_last)
+        return {"collapse_point": lab.collapse_point(criterion, structure, template.normalise, config)}
+    point = outcome.point if isinstance(outcome, Collapse) else None
+    errors = [f"collapse point: {outcome.message}"] if isinstance(outcome, JobError) else []
+    return {"collapse_point": point, "collapse_pending": outcome is None, "collapse_errors": errors}
 
 
 def _recipe_curve(lab: Lab, template: EvalJob, recipe: tuple[str, str, str], sparsities, outcomes: list) -> dict:
@@ -148,7 +171,6 @@ def _recipe_curve(lab: Lab, template: EvalJob, recipe: tuple[str, str, str], spa
         "accuracy": [o.top1 if isinstance(o, Accuracy) else None for o in outcomes],
         "interval": [o.interval() if isinstance(o, Accuracy) else None for o in outcomes],  # 95% Wilson
         "errors": [o.message for o in outcomes if isinstance(o, JobError)],
-        "collapse_point": lab.collapse_point(criterion, structure, template.normalise, config(0.0)),
     }
 
 

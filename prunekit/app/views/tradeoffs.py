@@ -32,9 +32,11 @@ recipes = [tuple(label.split(" / ")) for label in chosen]
 
 
 def _missing(curves: dict) -> int:
-    return sum(a is None for c in curves.values() for a in c["accuracy"]) - sum(
+    """Figures still on their way: accuracies, and collapse points bisected by a worker (big models)."""
+    pending = sum(a is None for c in curves.values() for a in c["accuracy"]) - sum(
         len(c["errors"]) for c in curves.values()
     )
+    return pending + sum(bool(c.get("collapse_pending")) for c in curves.values())
 
 
 def _curves() -> dict:
@@ -49,7 +51,7 @@ def curves_panel() -> bool:
     curves = _curves()
     labelled = {" / ".join(r): c for r, c in curves.items()}
     for label, c in labelled.items():
-        for message in c["errors"][:1]:
+        for message in (c["errors"] + c.get("collapse_errors", []))[:1]:
             st.error(f"{label}: {state.error_text(message)}")
     dense = session.dense_reading(lab, estimate).full
     top1 = dense.top1 if dense else None
