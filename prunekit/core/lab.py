@@ -315,6 +315,9 @@ class Pruner:
     def paths(self, config: PruneConfig) -> Connectivity | None:
         """Apply ``config`` and run the path test alone; None when the probe cannot represent the model."""
         self.apply_(config)
+        return self._paths()
+
+    def _paths(self) -> Connectivity | None:
         return connectivity(self.probe, self.model) if self.probe is not None else None
 
     def prune_from_masks(self, masks: dict[str, torch.Tensor], config: PruneConfig) -> PruneResult:
@@ -340,10 +343,9 @@ class Pruner:
         return accuracy(self.model, self.lab.loaded.eval_data(), limit=limit, progress=progress)
 
     def _measure(self, config: PruneConfig, alloc, paths: bool = True) -> PruneResult:
-        conn = connectivity(self.probe, self.model) if paths and self.probe is not None else None
-        rows, zeros, prunable = self._layer_rows(conn)
+        rows, zeros, prunable = self._layer_rows()
         nonzero = prunable - zeros + sum(int(torch.count_nonzero(p)) for p in self._other_params)
-        return PruneResult(
+        result = PruneResult(
             model=self.lab.loaded.name,
             criterion=self.table.criterion,
             structure=self.table.structure,
@@ -356,10 +358,10 @@ class Pruner:
             nonzero_params=nonzero,
             total_macs=self.lab.profile.total_macs,
             remaining_macs=sum(r.remaining_macs for r in rows),
-            effective_sparsity=conn.effective_sparsity if conn else None,
-            collapse=conn.collapsed if conn else None,
+            effective_sparsity=None,  # the path test's figures: filled in by with_paths
+            collapse=None,
             collapsed_layers=[r.name for r in rows if r.sparsity >= 1.0],
-            disconnected_layers=conn.disconnected_layers if conn else [],
+            disconnected_layers=[],
             units_removed=alloc.removed,
             units_total=alloc.total,
             dense_layers=sorted(alloc.dense),
@@ -367,8 +369,10 @@ class Pruner:
             pretrained=self.lab.loaded.pretrained,
             probe_note=self.lab.probe_unavailable,
         )
+        conn = self._paths() if paths else None
+        return result.with_paths(conn) if conn is not None else result
 
-    def _layer_rows(self, conn: Connectivity | None) -> tuple[list[LayerResult], int, int]:
+    def _layer_rows(self) -> tuple[list[LayerResult], int, int]:
         """Per prunable layer, measured on the working copy; also the zero and total weight counts."""
         modules = dict(self.model.named_modules())
         rows, zeros, prunable = [], 0, 0
@@ -376,9 +380,8 @@ class Pruner:
             w = modules[info.name].weight
             n_zero = zero_count(w, info.name in self.work.signed_zeros)
             sparsity = n_zero / w.numel()
-            effective = conn.effective_layer_sparsity.get(info.name, sparsity) if conn else None
             remaining = round(info.macs * (1.0 - sparsity))
-            rows.append(LayerResult(info.name, info.kind, w.numel(), info.macs, sparsity, effective, remaining))
+            rows.append(LayerResult(info.name, info.kind, w.numel(), info.macs, sparsity, None, remaining))
             zeros += n_zero
             prunable += w.numel()
         return rows, zeros, prunable
