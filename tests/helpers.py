@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -111,3 +114,18 @@ def load_crashing(flag: str, once: bool) -> Loaded:
     model.load_state_dict(loaded.model.state_dict())
     loaded.model = model.eval()
     return loaded
+
+
+HANG_GUARD_S = 900.0  # far beyond any honest wait on a busy CI machine: only a hang reaches it
+
+
+def wait_until(condition: Callable[[], bool], step: Callable[[], None] | None = None, what: str = "") -> None:
+    """Poll ``condition`` (calling ``step`` between polls, e.g. an AppTest rerun) until it holds. Asserts no
+    duration: the guard only turns a hang into a failure that names ``what``."""
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what or condition}")
+        time.sleep(0.02)
+        if step is not None:
+            step()

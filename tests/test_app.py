@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from tests.helpers import wait_until
+
 APP = str(Path(__file__).resolve().parent.parent / "prunekit" / "app" / "main.py")
 
 PAGES = [
@@ -254,12 +256,8 @@ def test_effective_sparsity_measured_apart_arrives_on_the_page(monkeypatch):
     monkeypatch.setattr(Lab, "paths_inline", property(lambda self: False))
     at = open_page("views/prune.py", {"sparsity": "0.83"})
     assert [m.value for m in at.metric if m.label == "Effective sparsity"] == ["measuring..."] * 2  # a new position
-    deadline = time.time() + 300  # a hang guard
-    while any(m.value == "measuring..." for m in at.metric):
-        assert time.time() < deadline
-        time.sleep(0.2)
-        at.run()
-        assert not at.exception, at.exception
+    wait_until(lambda: all(m.value != "measuring..." for m in at.metric), at.run, "the path test lands")
+    assert not at.exception, at.exception
     shown = [m.value for m in at.metric if m.label == "Effective sparsity"]
     lab = Lab(zoo.load(DEFAULTS["model"]))
     c = DEFAULTS

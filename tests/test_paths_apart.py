@@ -12,7 +12,7 @@ from prunekit.core.lab import Lab
 from prunekit.core.loaded import ModelSpec
 from prunekit.core.masks import apply_masks_, zero_count
 from prunekit.service.jobs import JobRunner, PathJob, decode, encode
-from tests.helpers import TinyCNN, TinyResNet, tiny_loaded
+from tests.helpers import TinyCNN, TinyResNet, tiny_loaded, wait_until
 
 CONFIGS = [PruneConfig(0.5), PruneConfig(0.9, "local"), PruneConfig(0.97)]
 
@@ -86,8 +86,6 @@ def test_the_path_job_of_a_worker_equals_the_engines_path_test_and_survives_the_
 
 
 def test_the_collapse_point_of_a_worker_equals_the_engines_and_the_tradeoff_waits_for_it(monkeypatch):
-    import time
-
     from prunekit.service import readings
     from prunekit.service.jobs import Collapse, CollapseJob, EvalJob
     from prunekit.service.scheduler import EvalService
@@ -109,12 +107,12 @@ def test_the_collapse_point_of_a_worker_equals_the_engines_and_the_tradeoff_wait
         recipes = [("l1", "global", "filter")]
         first = readings.tradeoff(svc, lab, template, recipes, (0.0, 0.5), "s")[recipes[0]]
         assert first["collapse_pending"] and first["collapse_point"] is None  # the rerun did not bisect
-        deadline = time.monotonic() + 300  # a hang guard
-        while (curve := readings.tradeoff(svc, lab, template, recipes, (0.0, 0.5), "s")[recipes[0]])[
-            "collapse_pending"
-        ]:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+
+        def read() -> dict:
+            return readings.tradeoff(svc, lab, template, recipes, (0.0, 0.5), "s")[recipes[0]]
+
+        wait_until(lambda: not read()["collapse_pending"], what="the worker's collapse point")
+        curve = read()
         assert curve["collapse_point"] == want and curve["collapse_errors"] == []
     finally:
         svc.close()

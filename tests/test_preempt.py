@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import threading
-import time
 
 import pytest
 
@@ -22,8 +21,9 @@ from prunekit.service.jobs import (
     answer,
     jobs_from,
 )
-from prunekit.service.scheduler import CURVE, LIVE_ESTIMATE, LIVE_FULL, EvalService
+from prunekit.service.scheduler import CURVE, LIVE_FULL, EvalService
 from prunekit.service.threadproc import ThreadProcess
+from tests.helpers import wait_until
 
 FMNIST = ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",))
 
@@ -124,9 +124,9 @@ def scripted(monkeypatch):
 def test_a_live_request_preempts_background_work_which_resumes_later(scripted):
     svc, sent, _, _ = scripted
     svc.request([(BACKGROUND, CURVE)])
-    _until(lambda: sent)  # the only worker is on the background pass
+    wait_until(lambda: sent)  # the only worker is on the background pass
     svc.request([(LIVE, LIVE_FULL)], "a session")
-    _until(lambda: svc.lookup(BACKGROUND) is not None)
+    wait_until(lambda: svc.lookup(BACKGROUND) is not None)
     assert sent == [(BACKGROUND, None), (LIVE, None), (BACKGROUND, Resume((HEAD,)))]
     assert svc.lookup(LIVE).top1 == 0.05
     assert svc.lookup(BACKGROUND).top1 == 0.65 and svc.lookup(BACKGROUND).n == 2000  # its counts went on
@@ -136,40 +136,10 @@ def test_a_live_request_preempts_background_work_which_resumes_later(scripted):
 def test_live_work_is_never_preempted(scripted):
     svc, sent, release, calls = scripted
     svc.request([(BACKGROUND, LIVE_FULL)], "one")
-    _until(lambda: sent)
+    wait_until(lambda: sent)
     svc.request([(LIVE, LIVE_FULL)], "another")
-    _until(lambda: any(calls))  # the scheduler has looked for a worker to free with LIVE waiting
+    wait_until(lambda: any(calls))  # the scheduler has looked for a worker to free with LIVE waiting
     release.set()
-    _until(lambda: svc.lookup(LIVE) is not None)
+    wait_until(lambda: svc.lookup(LIVE) is not None)
     assert sent == [(BACKGROUND, None), (LIVE, None)] and svc.status().preempted == 0
     assert svc.lookup(BACKGROUND).top1 == 0.7
-
-
-def _until(condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout  # a hang guard, not a measurement
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("the scheduler did not get there")
-        time.sleep(0.01)
-
-
-def test_a_waiting_estimate_preempts_a_running_full_figure_of_another_configuration(scripted):
-    svc, sent, _, _ = scripted
-    estimate = LIVE.with_subset(ESTIMATE_IMAGES)
-    svc.request([(BACKGROUND, LIVE_FULL)], "one")  # someone waits for this full figure
-    _until(lambda: sent)
-    svc.request([(estimate, LIVE_ESTIMATE)], "another")  # a first figure for someone else: sooner
-    _until(lambda: svc.lookup(BACKGROUND) is not None)
-    assert sent == [(BACKGROUND, None), (estimate, None), (BACKGROUND, Resume((HEAD,)))]
-    assert svc.status().preempted == 1
-
-
-def test_an_estimate_its_own_full_pass_is_scoring_preempts_nothing(scripted):
-    svc, sent, release, calls = scripted
-    estimate = BACKGROUND.with_subset(ESTIMATE_IMAGES)
-    svc.request([(BACKGROUND, LIVE_FULL), (estimate, LIVE_ESTIMATE)], "one")
-    _until(lambda: sent)  # the full pass took the estimate's place: it reports the estimate on the way
-    _until(lambda: len(calls) > 1)  # the scheduler has looked for work to preempt since
-    release.set()
-    _until(lambda: svc.lookup(estimate) is not None)
-    assert sent == [(BACKGROUND, None), (estimate, None)] and svc.status().preempted == 0
