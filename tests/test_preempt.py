@@ -21,7 +21,7 @@ from prunekit.service.jobs import (
     answer,
     jobs_from,
 )
-from prunekit.service.scheduler import CURVE, LIVE_FULL, EvalService
+from prunekit.service.scheduler import CURVE, LIVE_ESTIMATE, LIVE_FULL, EvalService
 from prunekit.service.threadproc import ThreadProcess
 from tests.helpers import wait_until
 
@@ -143,3 +143,25 @@ def test_live_work_is_never_preempted(scripted):
     wait_until(lambda: svc.lookup(LIVE) is not None)
     assert sent == [(BACKGROUND, None), (LIVE, None)] and svc.status().preempted == 0
     assert svc.lookup(BACKGROUND).top1 == 0.7
+
+
+def test_a_waiting_estimate_preempts_a_running_full_figure_of_another_configuration(scripted):
+    svc, sent, _, _ = scripted
+    estimate = LIVE.with_subset(ESTIMATE_IMAGES)
+    svc.request([(BACKGROUND, LIVE_FULL)], "one")  # someone waits for this full figure
+    wait_until(lambda: sent)
+    svc.request([(estimate, LIVE_ESTIMATE)], "another")  # a first figure for someone else: sooner
+    wait_until(lambda: svc.lookup(BACKGROUND) is not None)
+    assert sent == [(BACKGROUND, None), (estimate, None), (BACKGROUND, Resume((HEAD,)))]
+    assert svc.status().preempted == 1
+
+
+def test_an_estimate_its_own_full_pass_is_scoring_preempts_nothing(scripted):
+    svc, sent, release, calls = scripted
+    estimate = BACKGROUND.with_subset(ESTIMATE_IMAGES)
+    svc.request([(BACKGROUND, LIVE_FULL), (estimate, LIVE_ESTIMATE)], "one")
+    wait_until(lambda: sent)  # the full pass took the estimate's place: it reports the estimate on the way
+    wait_until(lambda: len(calls) > 1)  # the scheduler has looked for work to preempt since
+    release.set()
+    wait_until(lambda: svc.lookup(estimate) is not None)
+    assert sent == [(BACKGROUND, None), (estimate, None)] and svc.status().preempted == 0
