@@ -21,7 +21,7 @@ from prunekit.service.jobs import (
     answer,
     jobs_from,
 )
-from prunekit.service.scheduler import CURVE, LIVE_ESTIMATE, LIVE_FULL, EvalService
+from prunekit.service.scheduler import CURVE, LIVE_ESTIMATE, LIVE_FULL, EvalService, JobError
 from prunekit.service.threadproc import ThreadProcess
 from tests.helpers import wait_until
 
@@ -50,8 +50,8 @@ def test_a_preempted_pass_resumes_from_its_counts_to_the_same_figure(runner):
 
     first = answer(runner, job, None, Control(partial=lambda *got: partials.append(got), preempted=after_three))
     status, _, resume = first
-    assert status == "preempted" and len(resume.parts) == 3
-    assert sum(p.n for p in resume.parts) == ESTIMATE_IMAGES + 2 * CHUNK_IMAGES
+    assert status == "preempted" and [i for i, _ in resume.counted] == [0, 1, 2] and resume.todo is None
+    assert sum(c.n for _, c in resume.counted) == ESTIMATE_IMAGES + 2 * CHUNK_IMAGES
     assert [j for j, _ in partials] == [job.with_subset(ESTIMATE_IMAGES)]  # the estimate, before the stop
     status, _, resumed = answer(runner, job, None, Control(partial=lambda *got: partials.append(got), resume=resume))
     assert status == "ok" and _figures(resumed) == _figures(straight) and resumed.n == 10_000
@@ -63,7 +63,7 @@ def test_a_pass_preempted_at_once_still_scores_and_reports_its_estimate_first(ru
     partials = []
     control = Control(partial=lambda *got: partials.append(got), preempted=lambda: True)
     status, _, resume = answer(runner, job, None, control)
-    assert status == "preempted" and [p.n for p in resume.parts] == [ESTIMATE_IMAGES] and len(partials) == 1
+    assert status == "preempted" and [c.n for _, c in resume.counted] == [ESTIMATE_IMAGES] and len(partials) == 1
     assert _figures(runner.run(job, Control(resume=resume))) == _figures(runner.run(job))
 
 
@@ -72,6 +72,7 @@ def test_a_pass_preempted_at_once_still_scores_and_reports_its_estimate_first(ru
 BACKGROUND = EvalJob("m", "magnitude", sparsity=0.5)
 LIVE = EvalJob("m", "magnitude", sparsity=0.9)
 HEAD = Counts(correct=600, correct5=None, n=1000, seconds=0.1)
+HANDED_BACK = Resume(((0, HEAD),), chunks=2, images=2000)
 
 
 def _scripted(conn, sent: list, release: threading.Event) -> None:
@@ -82,7 +83,7 @@ def _scripted(conn, sent: list, release: threading.Event) -> None:
         if job == BACKGROUND and resume is None:
             conn.send(_run_until_preempted(conn, release))
         elif job == BACKGROUND:
-            conn.send(("ok", job, from_counts([*resume.parts, Counts(700, None, 1000, 0.1)], 2000)))
+            conn.send(("ok", job, from_counts([c for _, c in resume.counted] + [Counts(700, None, 1000, 0.1)], 2000)))
         else:
             conn.send(("ok", job, from_counts([Counts(100, None, 2000, 0.1)], 2000)))
 
@@ -90,7 +91,7 @@ def _scripted(conn, sent: list, release: threading.Event) -> None:
 def _run_until_preempted(conn, release: threading.Event) -> tuple:
     while not release.is_set():
         if conn.poll(0.01) and conn.recv() == ("preempt", BACKGROUND):
-            return ("preempted", BACKGROUND, Resume((HEAD,)))
+            return ("preempted", BACKGROUND, HANDED_BACK)
     return ("ok", BACKGROUND, from_counts([HEAD, Counts(800, None, 1000, 0.1)], 2000))
 
 
@@ -127,7 +128,7 @@ def test_a_live_request_preempts_background_work_which_resumes_later(scripted):
     wait_until(lambda: sent)  # the only worker is on the background pass
     svc.request([(LIVE, LIVE_FULL)], "a session")
     wait_until(lambda: svc.lookup(BACKGROUND) is not None)
-    assert sent == [(BACKGROUND, None), (LIVE, None), (BACKGROUND, Resume((HEAD,)))]
+    assert sent == [(BACKGROUND, None), (LIVE, None), (BACKGROUND, HANDED_BACK)]
     assert svc.lookup(LIVE).top1 == 0.05
     assert svc.lookup(BACKGROUND).top1 == 0.65 and svc.lookup(BACKGROUND).n == 2000  # its counts went on
     assert svc.status().preempted == 1
@@ -152,7 +153,7 @@ def test_a_waiting_estimate_preempts_a_running_full_figure_of_another_configurat
     wait_until(lambda: sent)
     svc.request([(estimate, LIVE_ESTIMATE)], "another")  # a first figure for someone else: sooner
     wait_until(lambda: svc.lookup(BACKGROUND) is not None)
-    assert sent == [(BACKGROUND, None), (estimate, None), (BACKGROUND, Resume((HEAD,)))]
+    assert sent == [(BACKGROUND, None), (estimate, None), (BACKGROUND, HANDED_BACK)]
     assert svc.status().preempted == 1
 
 
@@ -165,3 +166,108 @@ def test_an_estimate_its_own_full_pass_is_scoring_preempts_nothing(scripted):
     release.set()
     wait_until(lambda: svc.lookup(estimate) is not None)
     assert sent == [(BACKGROUND, None), (estimate, None)] and svc.status().preempted == 0
+
+
+# --- a live full pass shared by every idle worker --------------------------------------------------------
+
+
+def test_shares_of_a_pass_scored_apart_add_up_to_the_same_figure(runner):
+    job = EvalJob("fmnist-cnn", "magnitude", scope="local", sparsity=0.8)
+    status, _, head = answer(runner, job, None, Control(preempted=lambda: True))  # the estimate's chunk only
+    shares = head.share(2)
+    assert [s.todo for s in shares] == [(1, 2, 3, 4), (5, 6, 7, 8, 9)]  # consecutive, as even as they go
+    answers = [answer(runner, job, None, Control(resume=s)) for s in shares]
+    assert [a[0] for a in answers] == ["part", "part"]  # neither share completes the pass alone
+    assert head.accuracy() is None and answers[0][2].accuracy() is None
+    together = head.merged(answers[0][2]).merged(answers[1][2])
+    assert _figures(together.accuracy()) == _figures(runner.run(job))
+
+
+def _counts(i: int) -> Counts:
+    return Counts(correct=500 + 100 * i, correct5=None, n=1000, seconds=0.1)
+
+
+SHARED = EvalJob("m", "magnitude", sparsity=0.6)
+STARTED = Resume(((0, _counts(0)),), chunks=4, images=4000)
+
+
+def _sharing(conn, sent: list) -> None:
+    """Answers like a worker on a 4-chunk pass: a fresh SHARED pass hands back after its first chunk when
+    asked to, a share answers its chunks' counts; anything else at once."""
+    for job, _, resume in jobs_from(conn):
+        sent.append((job, resume))
+        if job == SHARED and resume is None:
+            conn.recv()  # the scheduler's ("preempt", SHARED): an idle worker could share the pass
+            conn.send(("preempted", job, STARTED))
+        elif job == SHARED:
+            mine = tuple((i, _counts(i)) for i in resume.todo)
+            conn.send(("part", job, Resume(resume.counted + mine, resume.chunks, resume.images)))
+        else:
+            conn.send(("ok", job, from_counts([Counts(100, None, 2000, 0.1)], 2000)))
+
+
+@pytest.fixture
+def two_sharing(monkeypatch):
+    sent = []
+
+    def spawn(self):
+        parent, child = mp.Pipe()
+        proc = ThreadProcess(lambda: _sharing(child, sent), name="sharing-worker")
+        proc.start()
+        return workers.Worker(proc, parent)
+
+    looked, original = [], EvalService._share
+
+    def share(self):
+        looked.append(self._queue.get(EvalJob("m", "magnitude", sparsity=0.1)) is None)  # True once `other` is done
+        return original(self)
+
+    monkeypatch.setattr(EvalService, "_spawn", spawn)
+    monkeypatch.setattr(EvalService, "_share", share)
+    svc = EvalService(workers=2)
+    svc.register("m", FMNIST)
+    yield svc, sent, looked
+    svc.close()
+
+
+def test_an_idle_worker_shares_a_live_full_pass_and_the_counts_add_up(two_sharing):
+    svc, sent, _ = two_sharing
+    svc.request([(SHARED, LIVE_FULL)], "a session")
+    wait_until(lambda: svc.lookup(SHARED) is not None)
+    assert sent[0] == (SHARED, None)
+    assert sorted(r.todo for _, r in sent[1:]) == [(1,), (2, 3)]  # the chunks left, one share per worker
+    assert svc.lookup(SHARED).top1 == sum(_counts(i).correct for i in range(4)) / 4000
+    assert svc.lookup(SHARED).n == 4000 and svc.status().preempted == 0  # sharing is not preemption
+
+
+def test_a_background_pass_is_not_shared(two_sharing):
+    svc, sent, looked = two_sharing
+    other = EvalJob("m", "magnitude", sparsity=0.1)
+    svc.request([(SHARED, CURVE)])
+    wait_until(lambda: sent)
+    svc.request([(other, LIVE_FULL)], "a session")  # the idle worker takes live work, never a background share
+    wait_until(lambda: svc.lookup(other) is not None)
+    looked.clear()
+    wait_until(lambda: any(looked))  # the scheduler has looked for a pass to share since `other` was done
+    assert sent == [(SHARED, None), (other, None)] and svc.lookup(SHARED) is None
+
+
+def test_a_failing_scheduler_answers_every_request_with_its_error(monkeypatch):
+    def broken(self):
+        raise RuntimeError("a bug in the scheduler")
+
+    def idle(self):
+        parent, child = mp.Pipe()
+        proc = ThreadProcess(lambda: list(jobs_from(child)), name="idle-worker")
+        proc.start()
+        return workers.Worker(proc, parent)
+
+    monkeypatch.setattr(EvalService, "_spawn", idle)
+    monkeypatch.setattr(EvalService, "_dispatch", broken)
+    svc = EvalService(workers=1)
+    try:
+        wait_until(lambda: svc.broken is not None)
+        (answer_,) = svc.request([(LIVE, LIVE_FULL)], "a session").values()
+        assert isinstance(answer_, JobError) and "RuntimeError: a bug in the scheduler" in answer_.message
+    finally:
+        svc.close()

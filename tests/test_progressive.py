@@ -1,8 +1,6 @@
 """Progressive evaluation: one pass over the set scores the estimate's stratified images first, reports them
 as the estimate job's result, then completes the full figure; nothing is scored twice."""
 
-import time
-
 import pytest
 import torch
 
@@ -10,6 +8,7 @@ from prunekit.core.evaluate import accuracy_of
 from prunekit.core.loaded import ModelSpec
 from prunekit.service.jobs import ESTIMATE_IMAGES, EVAL_BATCH, Control, EvalJob, JobRunner
 from prunekit.service.scheduler import LIVE_ESTIMATE, LIVE_FULL, EvalService
+from tests.helpers import wait_until
 
 
 def _figures(acc) -> tuple:
@@ -49,10 +48,10 @@ def test_one_pass_reports_the_estimate_and_ends_on_todays_full_figure(name):
 def test_a_live_full_request_scores_its_estimate_on_the_way(tmp_path, monkeypatch):
     sent, original = [], EvalService._send
 
-    def send(self, w, entry):  # this service's dispatches only (others may run in this test process)
+    def send(self, w, entry, resume=None):  # this service's dispatches only (others may run in this test process)
         if self is svc:
             sent.append(entry.job)
-        return original(self, w, entry)
+        return original(self, w, entry, resume)
 
     monkeypatch.setattr(EvalService, "_send", send)
     svc = EvalService(workers=1)
@@ -61,9 +60,7 @@ def test_a_live_full_request_scores_its_estimate_on_the_way(tmp_path, monkeypatc
         full = EvalJob("fmnist-cnn", "magnitude", sparsity=0.6)
         estimate = full.with_subset(ESTIMATE_IMAGES)
         svc.request([(full, LIVE_FULL), (estimate, LIVE_ESTIMATE)], "s")
-        deadline = time.monotonic() + 600  # a hang guard
-        while any(svc.lookup(j) is None for j in (full, estimate)) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: all(svc.lookup(j) is not None for j in (full, estimate)))
         assert sent == [full]  # one job ran; the estimate came from its first part
         runner = JobRunner()
         runner.load("fmnist-cnn", ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",)))

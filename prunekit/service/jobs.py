@@ -146,16 +146,42 @@ Report = Callable[[Recovery], bool]  # a recovery's progress; False: stop
 
 @dataclass(frozen=True)
 class Resume:
-    """Where a preempted full pass stopped: the counts of its first ``len(parts)`` chunks (any worker resumes it)."""
+    """A full pass in chunks, as far as it has gone: the counts of chunks already scored (by any worker), and
+    the chunks one run is to score (``todo``; None: every chunk not counted yet). ``chunks`` and ``images``
+    size the whole pass; the figure is complete once every chunk is counted."""
 
-    parts: tuple[Counts, ...]
+    counted: tuple[tuple[int, Counts], ...] = ()  # (chunk index, its counts), in index order
+    chunks: int = 0
+    images: int = 0
+    todo: tuple[int, ...] | None = None
+
+    def merged(self, other: Resume) -> Resume:
+        """Both runs' counts together (what the service keeps between runs: no ``todo``)."""
+        counted = dict(self.counted) | dict(other.counted)
+        return Resume(tuple(sorted(counted.items())), max(self.chunks, other.chunks), max(self.images, other.images))
+
+    def remaining(self) -> list[int]:
+        done = dict(self.counted)
+        return [i for i in range(self.chunks) if i not in done]
+
+    def share(self, ways: int) -> list[Resume]:
+        """The remaining chunks cut into at most ``ways`` runs of consecutive chunks, as even as they go."""
+        left = self.remaining()
+        cut = [left[k * len(left) // ways : (k + 1) * len(left) // ways] for k in range(ways)]
+        return [replace(self, todo=tuple(part)) for part in cut if part]
+
+    def accuracy(self) -> Accuracy | None:
+        """The full figure once every chunk is counted (the same however the chunks were shared), else None."""
+        if self.chunks == 0 or self.remaining():
+            return None
+        return from_counts([c for _, c in self.counted], self.images)
 
 
 class Preempted(Exception):  # noqa: N818 - a signal, not an error: the pass hands its worker back
     """Raised between chunks of a full pass when the scheduler wants its worker for live work."""
 
     def __init__(self, resume: Resume) -> None:
-        super().__init__(f"preempted after {len(resume.parts)} chunks")
+        super().__init__(f"preempted after {len(resume.counted)} of {resume.chunks} chunks")
         self.resume = resume
 
 
@@ -241,9 +267,10 @@ class JobRunner:
         few = images[:8]
         accuracy_of(lab.loaded.model, few, torch.zeros(few.shape[0], dtype=torch.long), few.shape[0])
 
-    def run(self, job: EvalJob, control: Control | None = None) -> Accuracy | Latency | Recovery:
+    def run(self, job: EvalJob, control: Control | None = None) -> Accuracy | Latency | Recovery | Resume:
         """Measure ``job``; ``control`` carries a recovery's progress, a full pass's estimate and preemption
-        (raises :class:`Preempted` between chunks when asked to)."""
+        (raises :class:`Preempted` between chunks when asked to), and the chunks of a shared pass to score
+        (then the answer is a :class:`Resume` with their counts unless they completed the pass)."""
         control = control or Control()
         lab = self.labs.get(job.model)
         if lab is None:
@@ -268,19 +295,25 @@ class JobRunner:
         sub_images, sub_labels = self._subset(job.model, images, data.labels, job.subset)
         return accuracy_of(model, sub_images, sub_labels, len(data), EVAL_BATCH)
 
-    def _progressive(self, job: EvalJob, model, chunks: list, total: int, control: Control) -> Accuracy:
+    def _progressive(self, job: EvalJob, model, chunks: list, total: int, control: Control) -> Accuracy | Resume:
         """One pass over the set in chunks: the estimate's stratified images first (reported at once as the
         estimate job's result, identical to running it), then the rest; the counts add up to the full figure.
         After the first chunk (the estimate, always reported) the pass may be preempted between chunks,
-        handing back its counts so far to resume from."""
-        parts = list(control.resume.parts) if control.resume else []
-        for i in range(len(parts), len(chunks)):
-            if i > 0 and control.preempted():
-                raise Preempted(Resume(tuple(parts)))
-            parts.append(count_correct(model, *chunks[i], EVAL_BATCH))
+        handing back its counts so far to resume from. A run given some chunks only (``control.resume.todo``:
+        the service shares a live pass among idle workers) answers their counts; the service adds them up."""
+        start = control.resume or Resume()
+        counted, todo = dict(start.counted), start.todo if start.todo is not None else range(len(chunks))
+        for i in todo:
+            if i in counted:
+                continue
+            if counted and control.preempted():
+                raise Preempted(Resume(tuple(sorted(counted.items())), len(chunks), total))
+            counted[i] = count_correct(model, *chunks[i], EVAL_BATCH)
             if i == 0 and control.partial is not None:
-                control.partial(job.with_subset(ESTIMATE_IMAGES), from_counts(parts, total))
-        return from_counts(parts, total)
+                control.partial(job.with_subset(ESTIMATE_IMAGES), from_counts([counted[0]], total))
+        done = Resume(tuple(sorted(counted.items())), len(chunks), total)
+        figure = done.accuracy()
+        return done if figure is None else figure
 
     def _chunks(
         self, model: str, images: torch.Tensor, labels: torch.Tensor
@@ -389,8 +422,8 @@ class JobRunner:
 
 
 def worker_main(conn, threads: int, nice: int = 0) -> None:
-    """A worker process: receive ``(job, spec-or-None, resume-or-None)``, answer ``("ok", job, outcome)``,
-    ``("error", job, text)`` or ``("preempted", job, Resume)``; meanwhile send ``("partial", ...)`` and
+    """A worker process: receive ``(job, spec-or-None, resume-or-None)``, answer as :func:`answer` does
+    (ok, error, preempted or part); meanwhile send ``("partial", ...)`` and
     ``("progress", ...)`` and heed ``("stop", job)`` and ``("preempt", job)``.
 
     ``nice`` lowers the worker's CPU priority so that the web server (and a browser on the same
@@ -457,12 +490,14 @@ def _control(conn, job: EvalJob, resume: Resume | None) -> Control:
 
 
 def answer(runner: JobRunner, job: EvalJob, spec: ModelSpec | None, control: Control | None = None) -> tuple:
-    """Load ``spec`` if given, then run ``job``: ``("ok", job, outcome)``, ``("error", job, text)``, or
-    ``("preempted", job, Resume)`` when ``control`` asked the pass to hand its worker back."""
+    """Load ``spec`` if given, then run ``job``: ``("ok", job, outcome)``, ``("error", job, text)``,
+    ``("preempted", job, Resume)`` when ``control`` asked the pass to hand its worker back, or
+    ``("part", job, Resume)`` when it was given some of a pass's chunks and has scored them."""
     try:
         if spec is not None:
             runner.load(job.model, spec)
-        return ("ok", job, runner.run(job, control))
+        outcome = runner.run(job, control)
+        return ("part", job, outcome) if isinstance(outcome, Resume) else ("ok", job, outcome)
     except Preempted as stop:
         return ("preempted", job, stop.resume)
     except Exception as exc:  # reported on the page; the worker lives on

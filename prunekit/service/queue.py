@@ -25,7 +25,7 @@ class Entry:
     seq: int
     wanted: dict[str, int] = field(default_factory=dict)  # requester (a session, or "" for background) -> priority
     attempts: int = 0
-    in_flight: bool = False
+    in_flight: int = 0  # workers running it: one, or several sharing a live full pass's chunks
     resume: Resume | None = None  # where a preempted run stopped: the next run goes on from there
 
     def priority(self) -> tuple[int, int]:

@@ -139,6 +139,7 @@ class EvalService:
         self._filled: set[tuple] = set()  # curves already queued: a rerun asking again costs one set lookup
         self._restarts = 0
         self._preemptions = 0
+        self._splitting: set[EvalJob] = set()  # live passes asked to hand back so that idle workers share them
         self._deaths_in_a_row = 0
         self._progress: dict[EvalJob, Recovery] = {}  # the latest progress of running recoveries
         self.broken: str | None = None  # why the workers cannot run, once they cannot
@@ -309,11 +310,16 @@ class EvalService:
             pass
 
     def _loop(self) -> None:
-        while not self._closed:
-            self._dispatch()
-            waitables = [self._wake_r] + [w.conn for w in self._workers] + [w.process.sentinel for w in self._workers]
-            for ready in wait(waitables, timeout=1.0):
-                self._handle(ready)
+        try:
+            while not self._closed:
+                self._dispatch()
+                waitables = [self._wake_r] + [w.conn for w in self._workers]
+                for ready in wait(waitables + [w.process.sentinel for w in self._workers], timeout=1.0):
+                    self._handle(ready)
+        except Exception as exc:  # a bug here would leave every page waiting: say so on each of them instead
+            log.exception("the evaluation scheduler failed")
+            with self._lock:
+                self._give_up(f"the evaluation scheduler failed ({type(exc).__name__}: {exc})")
 
     def _handle(self, ready) -> None:
         if ready is self._wake_r:
@@ -345,6 +351,9 @@ class EvalService:
         if status == "preempted":
             self._handed_back(w, job, payload)
             return
+        if status == "part":
+            self._handed_back(w, job, payload, preempted=False)
+            return
         if status == "partial":  # the estimate a full pass scored first
             with self._lock:
                 new = self._results.lookup(job, read_disk=False) is None
@@ -355,20 +364,35 @@ class EvalService:
             return
         outcome = payload if status == "ok" else JobError(payload)
         with self._lock:
-            w.job, w.preempting, self._deaths_in_a_row = None, False, 0  # done before it saw a preemption
+            self._release(w, job)  # done before it saw a preemption, if it was asked to hand back
             if status != "ok":
                 w.loaded.discard(job.model)  # a failed load is retried with the spec next time
             self._finish(job, outcome)
         self._store(job, outcome)
 
-    def _handed_back(self, w: Worker, job: EvalJob, resume: Resume) -> None:
-        """A preempted pass: back in the queue with its counts so far; the worker is free for live work."""
+    def _handed_back(self, w: Worker, job: EvalJob, resume: Resume, preempted: bool = True) -> None:
+        """A pass handed back (``preempted``: for live work, or to be shared) or a share of one scored: its
+        counts join the entry's, which goes back in the queue to resume from them, or is complete."""
         with self._lock:
-            w.job, w.preempting, self._deaths_in_a_row = None, False, 0
-            self._preemptions += 1
-            entry = self._queue.get(job)
-            if entry is not None:
-                entry.in_flight, entry.resume = False, resume
+            self._preemptions += preempted and job not in self._splitting  # sharing a pass preempts nothing
+            entry = self._release(w, job)
+            if entry is None:
+                return
+            entry.resume = entry.resume.merged(resume) if entry.resume else resume
+            figure = entry.resume.accuracy()
+            if figure is not None:
+                self._finish(job, figure)
+        if figure is not None:
+            self._store(job, figure)
+
+    def _release(self, w: Worker, job: EvalJob) -> Entry | None:
+        """``w`` is done with ``job`` (call with the lock held); returns the job's entry if still queued."""
+        w.job, w.preempting, w.chunks_left, self._deaths_in_a_row = None, False, None, 0
+        self._splitting.discard(job)
+        entry = self._queue.get(job)
+        if entry is not None:
+            entry.in_flight = max(0, entry.in_flight - 1)
+        return entry
 
     def _crashed(self, w: Worker) -> None:
         w.process.join(1)
@@ -386,8 +410,9 @@ class EvalService:
             i = self._workers.index(w)
             job, self._workers[i] = w.job, self._spawn_remote() if w.remote else self._spawn()
             entry = self._queue.get(job)
+            self._splitting.discard(job)
             if entry is not None:
-                entry.in_flight = False
+                entry.in_flight = max(0, entry.in_flight - 1)
                 entry.attempts += 1
                 if entry.attempts >= MAX_ATTEMPTS:
                     self._finish(job, JobError(f"the evaluation worker died {entry.attempts} times (exit code {code})"))
@@ -402,7 +427,7 @@ class EvalService:
             for w in slots:
                 entry = self._queue.get(w.job)
                 if entry is not None:
-                    entry.in_flight = False
+                    entry.in_flight = max(0, entry.in_flight - 1)
                 w.conn.close()
             self._workers = [w for w in self._workers if not w.remote]
             missing = max(1, os.cpu_count() or 1) - len(self._workers)
@@ -420,16 +445,60 @@ class EvalService:
 
     def _dispatch(self) -> None:
         """Give idle workers the best queued jobs; background work never takes the last idle worker,
-        so a live request finds one free and a core stays with the web server."""
+        so a live request finds one free and a core stays with the web server. Idle workers with nothing
+        live to do share a live full pass (see ``_share``) before they take background work."""
         with self._lock:
             for w in self._workers:
-                if w.job is not None or not w.process.is_alive():
+                if not self._idle(w):
                     continue
                 entry = self._queue.best(lambda job, w=w: self._accepts(w, job) and not self._covered(job))
-                if entry is None or (entry.background and not self._background_slot()):
+                if entry is None or (entry.background and (self._share() or not self._background_slot())):
                     continue
-                self._send(w, self._superset(w, entry))
+                self._start(w, self._superset(w, entry))
+            self._share()
             self._preempt()
+
+    def _idle(self, w: Worker) -> bool:
+        return w.job is None and w.process.is_alive()
+
+    def _start(self, w: Worker, entry: Entry) -> None:
+        """Send ``entry`` to ``w``; a live full pass whose chunks are known goes to every idle local worker
+        that takes it, each scoring an even share of the chunks left (their counts add up in ``_handed_back``)."""
+        resume = entry.resume
+        shareable = not (w.remote or entry.background or resume is None or not resume.chunks)
+        crew = [w] + [
+            v for v in self._workers if shareable and v is not w and self._idle(v) and self._shares(v, entry.job)
+        ]
+        if len(crew) == 1:
+            self._send(w, entry, resume)
+            return
+        for v, part in zip(crew, resume.share(len(crew)), strict=False):
+            self._send(v, entry, part)
+
+    def _shares(self, w: Worker, job: EvalJob) -> bool:
+        return not w.remote and self._accepts(w, job)
+
+    def _share(self) -> bool:
+        """An idle local worker with nothing live to do, and a live full pass on another that has chunks to
+        go: ask that pass to hand back after its current chunk (the estimate's chunk always comes first), so
+        that ``_start`` shares what is left between the two. One pass at a time; a share of one chunk stays.
+        True while a pass is asked to hand back: the idle workers wait for it rather than take background work."""
+        if self._splitting:
+            return True
+        for v in self._workers:
+            entry = self._queue.get(v.job)
+            if v.preempting or not self._preemptible(v) or entry.background:
+                continue
+            if v.chunks_left is not None and v.chunks_left < 2:
+                continue
+            if not any(self._idle(w) and self._shares(w, v.job) for w in self._workers):
+                return False
+            with contextlib.suppress(OSError, ValueError):  # a dying worker: its sentinel reports it
+                v.conn.send(("preempt", v.job))
+                v.preempting = True
+                self._splitting.add(v.job)
+            return bool(self._splitting)
+        return False
 
     def _preempt(self) -> None:
         """Live work waiting and no worker free: ask full passes of less urgent work (background, or a full
@@ -481,15 +550,17 @@ class EvalService:
         busy = sum(1 for w in self._workers if w.job is not None and w.background)
         return busy < max(1, len(self._workers) - 1)
 
-    def _send(self, w: Worker, entry: Entry) -> None:
+    def _send(self, w: Worker, entry: Entry, resume: Resume | None = None) -> None:
         job = entry.job
         spec = None if job.model in w.loaded else self._specs.get(job.model)
         if job.model not in w.loaded and spec is None:
             self._finish(job, JobError(f"model {job.model!r} is not registered with the evaluation service"))
             return
         try:
-            w.conn.send((job, spec, entry.resume))
+            w.conn.send((job, spec, resume))
         except (OSError, ValueError):
             return  # the worker is dying: its sentinel brings it back, the entry stays queued
         w.loaded.add(job.model)
-        w.job, w.background, entry.in_flight = job, entry.background, True
+        w.job, w.background = job, entry.background
+        w.chunks_left = None if resume is None or not resume.chunks else len(resume.todo or resume.remaining())
+        entry.in_flight += 1

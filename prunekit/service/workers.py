@@ -25,6 +25,7 @@ class Worker:
     background: bool = False  # the job in hand is background work
     preempting: bool = False  # asked to hand its job back for live work
     remote: bool = False  # a slot of a remote pool (Ray): accuracy jobs only
+    chunks_left: int | None = None  # chunks of a full pass it was sent to score (None: not known yet)
 
 
 def runs_remotely(job: EvalJob) -> bool:
