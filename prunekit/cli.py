@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from prunekit.core.allocate import NORMALISATIONS, SCOPES, PruneConfig, check_sparsity
+from prunekit.core.allocations import ALLOCATIONS, allocation_of, get_allocation
 from prunekit.core.evaluate import Accuracy, interval_label
 from prunekit.core.importance import CRITERIA, STRUCTURES
 from prunekit.core.lab import Lab, PruneResult
@@ -91,12 +92,16 @@ def _add_prune_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_recipe(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scope", choices=SCOPES, default="global")
+    p.add_argument(
+        "--allocation",
+        choices=list(ALLOCATIONS),
+        default=None,
+        help="how much to prune where (README: 'How much to prune where'); default global",
+    )
+    p.add_argument("--scope", choices=SCOPES, default=None, help="the older spelling: --scope global|local|erk")
     p.add_argument("--criterion", choices=list(CRITERIA), default="magnitude")
     p.add_argument("--structure", choices=STRUCTURES, default="unstructured")
-    p.add_argument(
-        "--normalise", choices=list(NORMALISATIONS), default="none", help="score normalisation for global scope"
-    )
+    p.add_argument("--normalise", choices=list(NORMALISATIONS), default=None, help="score normalisation (default none)")
     p.add_argument("--keep-first-last", action="store_true", help="keep the first and last layer dense")
 
 
@@ -198,8 +203,31 @@ def _add_sensitivity(sub) -> None:
     _add_fan_out(sens)
 
 
+def _resolve_allocation(args) -> None:
+    """Spell the recipe as (scope, normalise) whichever way it was given; --allocation must agree with both."""
+    if not hasattr(args, "scope"):
+        return
+    if args.allocation is None:
+        args.scope, args.normalise = args.scope or "global", args.normalise or "none"
+        return
+    method = get_allocation(args.allocation)
+    clash = [
+        f"--{flag} {given}"
+        for flag, given, meant in (("scope", args.scope, method.scope), ("normalise", args.normalise, method.normalise))
+        if given not in (None, meant)
+    ]
+    if clash:
+        raise InvalidArgumentError(
+            f"--allocation {method.name} is scope {method.scope!r} on {method.normalise!r} scores: "
+            f"it does not go with {' and '.join(clash)}"
+        )
+    args.scope, args.normalise = method.scope, method.normalise
+
+
 def _result_json(result: PruneResult) -> dict:
     out = result.to_json()
+    method = allocation_of(result.scope, result.normalise)
+    out["allocation"] = method.name if method else None
     out["layers"] = [
         {k: row[k] for k in ("name", "type", "params", "macs", "sparsity", "effective_sparsity")}
         for row in out["layers"]
@@ -482,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "app":
             return run_app(args, extra)
+        _resolve_allocation(args)
         data, text = COMMANDS[args.command](args)
     except PrunekitError as exc:
         print(f"error: {exc}", file=sys.stderr)

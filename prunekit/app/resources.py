@@ -17,7 +17,7 @@ import streamlit as st
 import torch
 
 from prunekit.app.pacing import Pacing
-from prunekit.core.allocate import SCOPES, PruneConfig
+from prunekit.core.allocate import COMPARED_SCOPES, PruneConfig
 from prunekit.core.evaluate import interval_label
 from prunekit.core.lab import Lab
 from prunekit.core.shared import SingleFlight
@@ -87,7 +87,7 @@ def service() -> EvalService:
     default = shared_lab(defaults()["model"])
     register(svc, default)
     if curve_fill_enabled():
-        svc.fill_curve(template(default, defaults()), SCOPES)  # warm before most people ask for it
+        svc.fill_curve(template(default, defaults()), COMPARED_SCOPES)  # warm before most people ask for it
     return svc
 
 

@@ -15,7 +15,7 @@ from prunekit.app import plots
 from prunekit.app.resources import bundles, curve_fill_enabled, estimate_size, model_key, register, service, template
 from prunekit.app.state import cfg, config, error_text, session_id, settings
 from prunekit.core import analysis
-from prunekit.core.allocate import SCOPES
+from prunekit.core.allocate import COMPARED_SCOPES
 from prunekit.core.lab import Lab, PruneResult
 from prunekit.deploy.export import Bundle, build_bundle
 from prunekit.deploy.recover import Recipe, Recovery, has_training_split, training_images
@@ -47,7 +47,7 @@ def prune_both(current: Lab) -> dict[str, PruneResult]:
     test is left to an evaluation worker, so the move stays instant: see ``paths_panel``."""
     inline = current.paths_inline or current.probe_unavailable is not None
     with st.spinner("Scoring once for this criterion; every later slider move is a lookup..."):
-        results = {scope: current.result(*settings(), config(scope), paths=inline) for scope in SCOPES}
+        results = {scope: current.result(*settings(), config(scope), paths=inline) for scope in COMPARED_SCOPES}
     if inline:
         return results
     svc = service()
@@ -82,18 +82,20 @@ def point_view(current: Lab, ask: bool = True) -> readings.PointView:
     svc = service()
     register(svc, current)
     job = dataclasses.replace(template(current, cfg()), sparsity=cfg()["sparsity"])
-    return readings.read_point(svc, job, SCOPES, estimate_size(current), session_id(), ask)
+    return readings.read_point(svc, job, COMPARED_SCOPES, estimate_size(current), session_id(), ask)
 
 
 def fill_curve(current: Lab) -> None:
     """Queue the on-screen configuration's accuracy curve (both scopes) as background work."""
     if curve_fill_enabled():
-        service().fill_curve(template(current, cfg()), SCOPES)
+        service().fill_curve(template(current, cfg()), COMPARED_SCOPES)
 
 
 def curve_view(current: Lab) -> CurveView:
     svc = service()
-    return CurveView(readings.read_curves(svc, template(current, cfg()), SCOPES), readings.curve_points(), svc.status())
+    return CurveView(
+        readings.read_curves(svc, template(current, cfg()), COMPARED_SCOPES), readings.curve_points(), svc.status()
+    )
 
 
 def tradeoff_points(current: Lab, recipes: list[tuple[str, str, str]], sparsities, estimate: bool) -> dict:

@@ -13,15 +13,18 @@ from dataclasses import dataclass, field
 
 import torch
 
+from prunekit.core.allocations import erk_counts, lamp_scores
 from prunekit.core.importance import FILTER, Scores
 from prunekit.core.structure import Cluster
 from prunekit.errors import InvalidArgumentError, UnknownNameError
 
-SCOPES = ("global", "local")
+SCOPES = ("global", "local", "erk")  # erk: per-layer densities from the layers' shapes (allocations.py)
+COMPARED_SCOPES = ("global", "local")  # the two extremes the pages set side by side
 NORMALISATIONS = {
     # Global scope compares scores across layers; these say how each set's scores are made comparable.
     "none": "raw scores (as torch.nn.utils.prune.global_unstructured): layers with small weights go first",
     "mean": "each layer's scores divided by their mean: every layer competes on relative importance",
+    "lamp": "LAMP (Lee et al. 2021): a score's square over the sum of the squares at or above it in its layer",
 }
 
 
@@ -65,6 +68,8 @@ def _normalised(t: torch.Tensor, how: str) -> torch.Tensor:
     if how == "mean":
         mean = t.mean()
         return t / mean if mean > 0 else t
+    if how == "lamp":
+        return lamp_scores(t)
     return t
 
 
@@ -86,7 +91,9 @@ def build_table(scores: Scores, structure: str, criterion: str, normalise: str =
         return ScoreTable(criterion, structure, normalise, sets)
     sets, kept, unscored = [], [], []
     for cluster in clusters:
-        channel = _cluster_scores(cluster, scores, normalise)
+        # LAMP ranks a cluster's channels on their summed raw scores: its squares are of the channel's score.
+        channel = _cluster_scores(cluster, scores, "none" if normalise == "lamp" else normalise)
+        channel = lamp_scores(channel) if normalise == "lamp" and channel is not None else channel
         if channel is None:
             unscored.append(cluster.root)
             continue
@@ -156,14 +163,29 @@ def allocate(table: ScoreTable, config: PruneConfig, first_last: frozenset[str] 
         if s.name in config.overrides and s.name not in dense:
             counts[s.name] = round(config.overrides[s.name] * s.size)
     pool = [s for s in table.sets if s.name not in dense and s.name not in config.overrides]
-    threshold = None
-    if config.scope == "local":
-        counts.update({s.name: round(config.sparsity * s.size) for s in pool})
-    else:
-        k = round(config.sparsity * sum(s.size for s in pool))
-        pooled, threshold = global_counts(pool, k)
-        counts.update(pooled)
+    if config.scope == "erk" and table.structure == FILTER:
+        raise InvalidArgumentError("ERK sets per-layer weight densities: it allocates unstructured pruning only")
+    pooled, threshold = _POOL_COUNTS[config.scope](pool, config.sparsity)
+    counts.update(pooled)
     return Allocation(counts, {s.name: s.size for s in table.sets}, dense, threshold)
+
+
+def _local_counts(pool: list[UnitSet], sparsity: float) -> tuple[dict[str, int], None]:
+    return {s.name: round(sparsity * s.size) for s in pool}, None
+
+
+def _global_counts(pool: list[UnitSet], sparsity: float) -> tuple[dict[str, int], float | None]:
+    return global_counts(pool, round(sparsity * sum(s.size for s in pool)))
+
+
+def _erk_counts(pool: list[UnitSet], sparsity: float) -> tuple[dict[str, int], None]:
+    """ERK's removal per layer (from each weight's shape, which ``rank`` has), the criterion's lowest go."""
+    removed = round(sparsity * sum(s.size for s in pool))
+    return erk_counts({s.name: tuple(s.rank.shape) for s in pool}, removed), None
+
+
+# How each scope turns the pool's target sparsity into removal counts (and a global threshold).
+_POOL_COUNTS = {"local": _local_counts, "global": _global_counts, "erk": _erk_counts}
 
 
 def _bits(x: float) -> int:
