@@ -151,6 +151,16 @@ def _synflow(ctx: ScoreContext) -> Scores:
     return scores
 
 
+def _fpgm(ctx: ScoreContext) -> Scores:
+    """He et al. 2019: a filter's summed Euclidean distance to its layer's other filters. The filter nearest
+    the geometric median has the smallest sum: the others can stand in for it, so it scores lowest."""
+    out = {}
+    for n, m in ctx.prunable().items():
+        flat = m.weight.detach().reshape(m.weight.shape[0], -1).double()
+        out[n] = torch.cdist(flat[None], flat[None])[0].sum(1)
+    return out
+
+
 # --- data-driven -------------------------------------------------------------------------------
 
 
@@ -161,6 +171,26 @@ def _taylor_weights(ctx: ScoreContext) -> Scores:
     for images, labels in ctx.batches():
         loss_fn(twin(images), labels).backward()
     return {n: (m.weight * m.weight.grad).abs() for n, m in twin.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+
+
+def _obd_weights(ctx: ScoreContext) -> Scores:
+    """Optimal Brain Damage (LeCun et al. 1989): 1/2 * H_ii * w_i², the loss increase a second-order expansion
+    predicts for removing w_i alone. H_ii is estimated as Torch-Pruning's Hessian importance does: the mean
+    over calibration images of the squared per-image loss gradient (the empirical Fisher's diagonal), one
+    backward pass per image."""
+    twin = _grad_copy(ctx.model)
+    modules = {n: m for n, m in twin.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+    fisher = {n: torch.zeros_like(m.weight) for n, m in modules.items()}
+    loss_fn, count = nn.CrossEntropyLoss(), 0
+    for images, labels in ctx.batches():
+        for image, label in zip(images, labels, strict=True):
+            twin.zero_grad(set_to_none=False)
+            loss_fn(twin(image[None]), label[None]).backward()
+            for n, m in modules.items():
+                if m.weight.grad is not None:
+                    fisher[n] += m.weight.grad.detach() ** 2
+            count += 1
+    return {n: 0.5 * (fisher[n] / count) * m.weight.detach() ** 2 for n, m in modules.items()}
 
 
 def _taylor_filters(ctx: ScoreContext) -> Scores:
@@ -261,6 +291,27 @@ register(
         "captum LayerGradientXActivation towards the true class, per filter, from calibration batches.",
         True,
         filter=_captum_filters,
+    )
+)
+register(
+    Criterion(
+        "fpgm",
+        "FPGM (geometric median)",
+        "He et al. 2019: filters nearest their layer's geometric median are the most replaceable and go first "
+        "(score: summed distance to the layer's other filters).",
+        False,
+        filter=_fpgm,
+    )
+)
+register(
+    Criterion(
+        "obd",
+        "Second order (OBD)",
+        "Optimal Brain Damage: 1/2 x H_ii x w_i², H_ii the mean squared per-image gradient over the calibration "
+        "images (as Torch-Pruning's Hessian importance); per filter, summed.",
+        True,
+        weight=_obd_weights,
+        filter=lambda c: per_filter(_obd_weights(c)),
     )
 )
 register(
