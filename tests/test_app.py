@@ -103,6 +103,19 @@ def test_slider_changes_layer_sparsities_and_accuracy():
     assert "90%" in next(m.label for m in at.metric if m.label.startswith("Global at"))
 
 
+def test_a_two_four_pattern_fixes_the_slider_and_says_why_there_is_no_speedup():
+    at = settle(open_page("views/prune.py", {"structure": "2:4", "sparsity": "0.8"}))
+    slider = at.slider(key="w_sparsity")
+    assert slider.value == pytest.approx(0.5) and slider.proto.disabled
+    note = next(i.value for i in at.info if i.value.startswith("**2:4:**"))
+    assert "2 best" in note and "#111339" in note and "50%" in note
+    bars = _layer_bars(at)
+    assert bars["global"] == bars["local"]  # the pattern, not the scope, decides
+    assert set(bars["global"]) <= {0.0, 50.0} and 50.0 in bars["global"]  # features.0 (1 input channel) stays dense
+    assert any("No curve: the pattern fixes the sparsity." in c.value for c in at.caption)
+    assert metric(at, "Global at 50%") == metric(at, "Local at 50%")
+
+
 def test_collapse_preset_shows_the_warning():
     at = open_page("views/prune.py")
     at.button[0].click().run()

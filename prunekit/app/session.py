@@ -17,6 +17,7 @@ from prunekit.app.state import cfg, config, error_text, session_id, settings
 from prunekit.core import analysis
 from prunekit.core.allocate import COMPARED_SCOPES
 from prunekit.core.lab import Lab, PruneResult
+from prunekit.core.nm import pattern_of
 from prunekit.deploy.export import Bundle, build_bundle
 from prunekit.deploy.recover import Recipe, Recovery, has_training_split, training_images
 from prunekit.service import readings
@@ -85,17 +86,23 @@ def point_view(current: Lab, ask: bool = True) -> readings.PointView:
     return readings.read_point(svc, job, COMPARED_SCOPES, estimate_size(current), session_id(), ask)
 
 
+def has_curve() -> bool:
+    """False for an N:M pattern: the pattern, not a slider, sets its sparsity, so there is one point."""
+    return pattern_of(cfg()["structure"]) is None
+
+
 def fill_curve(current: Lab) -> None:
     """Queue the on-screen configuration's accuracy curve (both scopes) as background work."""
-    if curve_fill_enabled():
+    if curve_fill_enabled() and has_curve():
         service().fill_curve(template(current, cfg()), COMPARED_SCOPES)
 
 
 def curve_view(current: Lab) -> CurveView:
     svc = service()
-    return CurveView(
-        readings.read_curves(svc, template(current, cfg()), COMPARED_SCOPES), readings.curve_points(), svc.status()
-    )
+    if not has_curve():
+        return CurveView({scope: {} for scope in COMPARED_SCOPES}, 0, svc.status())
+    curves = readings.read_curves(svc, template(current, cfg()), COMPARED_SCOPES)
+    return CurveView(curves, readings.curve_points(), svc.status())
 
 
 def tradeoff_points(current: Lab, recipes: list[tuple[str, str, str]], sparsities, estimate: bool) -> dict:

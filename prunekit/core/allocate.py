@@ -15,6 +15,7 @@ import torch
 
 from prunekit.core.allocations import erk_counts, lamp_scores
 from prunekit.core.importance import FILTER, Scores
+from prunekit.core.nm import group_ranks, pattern_of, pattern_sparsity
 from prunekit.core.structure import Cluster
 from prunekit.errors import InvalidArgumentError, UnknownNameError
 
@@ -58,7 +59,8 @@ class ScoreTable:
     normalise: str
     sets: tuple[UnitSet, ...]
     clusters: tuple[Cluster, ...] = ()  # filter structure only, aligned with ``sets``
-    unscored: tuple[str, ...] = ()  # clusters the criterion could not score (left dense)
+    unscored: tuple[str, ...] = ()  # clusters the criterion could not score, layers an N:M pattern does not fit (dense)
+    pattern: tuple[int, int] | None = None  # N:M: each set's scores are its weights' ranks within their groups
 
     def by_name(self) -> dict[str, UnitSet]:
         return {s.name: s for s in self.sets}
@@ -86,6 +88,8 @@ def build_table(scores: Scores, structure: str, criterion: str, normalise: str =
     score being the sum over the cluster's producing layers (each normalised first)."""
     if normalise not in NORMALISATIONS:
         raise UnknownNameError("normalisation", normalise, list(NORMALISATIONS))
+    if pattern_of(structure) is not None:
+        return _pattern_table(scores, structure, criterion, normalise)
     if structure != FILTER:
         sets = tuple(_unit_set(n, _normalised(s, normalise), frozenset([n])) for n, s in scores.items())
         return ScoreTable(criterion, structure, normalise, sets)
@@ -100,6 +104,21 @@ def build_table(scores: Scores, structure: str, criterion: str, normalise: str =
         sets.append(_unit_set(cluster.root, channel, frozenset(cluster.layers())))
         kept.append(cluster)
     return ScoreTable(criterion, structure, normalise, tuple(sets), tuple(kept), tuple(unscored))
+
+
+def _pattern_table(scores: Scores, structure: str, criterion: str, normalise: str) -> ScoreTable:
+    """N:M: a layer's units ordered by their rank within their group, so that removing the ``(M - N) / M``
+    lowest-ranked units of the layer removes exactly the M - N worst of every group (normalising a layer's
+    scores changes no rank within it, so ``normalise`` is only a label here)."""
+    pattern = pattern_of(structure)
+    sets, unfit = [], []
+    for name, layer_scores in scores.items():
+        ranks = group_ranks(layer_scores, pattern[1])
+        if ranks is None:
+            unfit.append(name)
+            continue
+        sets.append(_unit_set(name, ranks.float(), frozenset([name])))
+    return ScoreTable(criterion, structure, normalise, tuple(sets), unscored=tuple(unfit), pattern=pattern)
 
 
 def _cluster_scores(cluster: Cluster, scores: Scores, normalise: str) -> torch.Tensor | None:
@@ -158,6 +177,8 @@ def allocate(table: ScoreTable, config: PruneConfig, first_last: frozenset[str] 
     if unknown:
         raise UnknownNameError("layer", sorted(unknown)[0], [s.name for s in table.sets])
     dense = frozenset(s.name for s in table.sets if config.keep_first_last and s.layers & first_last)
+    if table.pattern is not None:
+        return _pattern_allocation(table, config, dense)
     counts = {s.name: 0 for s in table.sets}
     for s in table.sets:
         if s.name in config.overrides and s.name not in dense:
@@ -168,6 +189,20 @@ def allocate(table: ScoreTable, config: PruneConfig, first_last: frozenset[str] 
     pooled, threshold = _POOL_COUNTS[config.scope](pool, config.sparsity)
     counts.update(pooled)
     return Allocation(counts, {s.name: s.size for s in table.sets}, dense, threshold)
+
+
+def _pattern_allocation(table: ScoreTable, config: PruneConfig, dense: frozenset[str]) -> Allocation:
+    """N:M: M - N of every group of M in each layer the pattern fits (the pattern, not a slider, sets it)."""
+    fraction = pattern_sparsity(table.pattern)
+    if config.sparsity not in (0.0, fraction) or config.overrides:
+        raise InvalidArgumentError(
+            f"the {table.structure} pattern removes {table.pattern[1] - table.pattern[0]} of every "
+            f"{table.pattern[1]} weights: its sparsity is {fraction} (or 0 for the dense model), with no "
+            f"per-layer overrides; got sparsity {config.sparsity}"
+        )
+    removing = config.sparsity > 0
+    counts = {s.name: round(fraction * s.size) if removing and s.name not in dense else 0 for s in table.sets}
+    return Allocation(counts, {s.name: s.size for s in table.sets}, dense, None)
 
 
 def _local_counts(pool: list[UnitSet], sparsity: float) -> tuple[dict[str, int], None]:

@@ -15,11 +15,12 @@ import torch
 from torch import nn
 
 from prunekit.core.connectivity import PathProbe
+from prunekit.core.nm import PATTERNS
 from prunekit.core.profile import PRUNABLE_TYPES
 from prunekit.errors import InvalidArgumentError, ProbeUnsupportedError, UnknownNameError
 
 UNSTRUCTURED, FILTER = "unstructured", "filter"
-STRUCTURES = (UNSTRUCTURED, FILTER)
+STRUCTURES = (UNSTRUCTURED, FILTER, *PATTERNS)  # N:M patterns rank per-weight scores within their groups
 Scores = dict[str, torch.Tensor]  # module name -> per-weight (weight shape) or per-channel (out,) scores
 
 
@@ -63,11 +64,14 @@ class Criterion:
 
     @property
     def structures(self) -> tuple[str, ...]:
-        return tuple(s for s, fn in ((UNSTRUCTURED, self.weight), (FILTER, self.filter)) if fn is not None)
+        return tuple(s for s in STRUCTURES if self._scorer(s) is not None)
+
+    def _scorer(self, structure: str) -> Callable[[ScoreContext], Scores] | None:
+        return self.filter if structure == FILTER else self.weight
 
     def score(self, ctx: ScoreContext, structure: str) -> Scores:
-        """Scores for ``structure``; raises if the criterion does not support it."""
-        fn = {UNSTRUCTURED: self.weight, FILTER: self.filter}.get(structure)
+        """Scores for ``structure`` (per weight for unstructured and N:M); raises if it is not supported."""
+        fn = self._scorer(structure)
         if structure not in STRUCTURES:
             raise UnknownNameError("structure", structure, list(STRUCTURES))
         if fn is None:

@@ -6,6 +6,7 @@ from prunekit.app.live import live
 from prunekit.core.allocate import NORMALISATIONS
 from prunekit.core.importance import CRITERIA, STRUCTURES
 from prunekit.core.lab import CALIBRATION_IMAGES
+from prunekit.core.nm import pattern_of, pattern_sparsity
 from prunekit.deploy.export import FILES
 from prunekit.deploy.recover import CURVE_IMAGES, Recipe
 from prunekit.service.scheduler import CURVE_GRIDS, JobError
@@ -33,6 +34,12 @@ PRESETS = {
         criterion="l1", structure="filter", sparsity=0.5, keep=False, normalise="mean"
     ),
 }
+NM_NOTE = (
+    "**{structure}:** in every group of {m} consecutive input weights the {n} best by the criterion stay, so "
+    "every layer the pattern fits loses exactly {share:.0%}; a layer whose input width is not a multiple of {m} stays "
+    "dense. No speedup on this CPU: sparse tensor cores need recent NVIDIA GPUs and large half-precision "
+    'matrices (PyTorch #111339 measured a 0.11x "speedup" at batch 1).'
+)
 cols = st.columns(len(PRESETS))
 for col, (label, values) in zip(cols, PRESETS.items(), strict=True):
     col.button(label, on_click=state.apply_preset, kwargs=values, width="stretch")
@@ -49,8 +56,11 @@ structure = state.bind(
     label="Structure",
     options=list(STRUCTURES),
     horizontal=True,
-    format_func={"unstructured": "weights", "filter": "filters"}.get,
+    format_func=lambda s: {"unstructured": "weights", "filter": "filters"}.get(s, f"{s} pattern"),
 )
+pattern = pattern_of(structure)
+if pattern is not None and c["sparsity"] != pattern_sparsity(pattern):
+    state.apply_preset(sparsity=pattern_sparsity(pattern))  # the pattern, not the slider, sets the sparsity
 criteria = [n for n, crit in CRITERIA.items() if structure in crit.structures]
 if c["criterion"] not in criteria:
     state.apply_preset(criterion=criteria[0])
@@ -70,7 +80,10 @@ sparsity = state.bind(
     min_value=0.0,
     max_value=SPARSITY_MAX,
     step=SPARSITY_STEP,
+    disabled=pattern is not None,
 )
+if pattern is not None:
+    st.info(NM_NOTE.format(structure=structure, n=pattern[0], m=pattern[1], share=pattern_sparsity(pattern)))
 st.caption(
     CRITERIA[c["criterion"]].description
     + (
@@ -264,10 +277,15 @@ def curve_panel() -> bool:
     fig = resources.figure("curve", key, lambda: plots.accuracy_curve(view.curves, sparsity, marks, point.dense.best))
     st.plotly_chart(fig, width="stretch")
     s = view.status
+    curve = (
+        f"Curve: {sum(map(len, view.curves.values()))} of {2 * view.points} points, filled in the background every "
+        f"{', then '.join(f'{g:g}' for g in CURVE_GRIDS)}."
+        if view.points
+        else "No curve: the pattern fixes the sparsity."
+    )
     st.caption(
         f"Top-1 on all {len(data):,} images ({data.description}); an estimate first reads a fixed stratified subset of "
-        f"{resources.ESTIMATE_IMAGES:,}. Curve: {sum(map(len, view.curves.values()))} of {2 * view.points} points, "
-        f"filled in the background every {', then '.join(f'{g:g}' for g in CURVE_GRIDS)}. Workers: {s.busy} of "
+        f"{resources.ESTIMATE_IMAGES:,}. {curve} Workers: {s.busy} of "
         f"{s.alive} busy, {s.queued_live} live and {s.queued_background} background jobs queued."
     )
     return view.pending

@@ -3,6 +3,7 @@ import streamlit as st
 from prunekit.app import plots, resources, session, state
 from prunekit.app.live import live
 from prunekit.core.importance import CRITERIA
+from prunekit.core.nm import pattern_of
 
 st.title("Accuracy against sparsity and speed-up")
 with st.expander("What am I looking at?"):
@@ -19,6 +20,7 @@ options = [
     f"{n} / {scope} / {structure}"
     for n, crit in CRITERIA.items()
     for structure in crit.structures
+    if pattern_of(structure) is None  # a pattern fixes its sparsity: nothing to trade off along
     for scope in ("global", "local")
 ]
 chosen = st.multiselect(
