@@ -116,6 +116,39 @@ def test_a_two_four_pattern_fixes_the_slider_and_says_why_there_is_no_speedup():
     assert metric(at, "Global at 50%") == metric(at, "Local at 50%")
 
 
+def test_the_five_allocations_overlay_on_fmnist_vgg_at_70_percent():
+    from prunekit.core.allocate import PruneConfig
+    from prunekit.core.allocations import ALLOCATIONS
+    from prunekit.core.lab import Lab
+    from prunekit.models import zoo
+
+    at = open_page("views/prune.py", {"model": "fmnist-vgg", "sparsity": "0.7"})
+    picker = at.multiselect(key="overlay:unstructured")
+    assert picker.value == ["global", "local"]  # the page's own pair unless asked for more
+    picker.set_value(list(ALLOCATIONS)).run()
+    assert not at.exception, at.exception
+    bars = _layer_bars(at)
+    assert list(bars) == list(ALLOCATIONS)
+    lab = Lab(zoo.load("fmnist-vgg"))
+    for name, method in ALLOCATIONS.items():
+        result = lab.pruner("magnitude", "unstructured", method.normalise).prune(PruneConfig(0.7, method.scope))
+        assert bars[name] == pytest.approx([100 * row.sparsity for row in result.layers]), name
+    assert bars["lamp"] != bars["global"] and bars["erk"] != bars["local"]
+
+
+def test_an_overlaid_allocations_accuracy_is_its_pruned_models():
+    from prunekit.core.allocate import PruneConfig
+    from prunekit.core.lab import Lab
+    from prunekit.models import zoo
+
+    at = open_page("views/prune.py", {"sparsity": "0.9"})
+    at.multiselect(key="overlay:unstructured").set_value(["global", "local", "lamp"]).run()
+    settle(at)
+    pruner = Lab(zoo.load("fmnist-cnn")).pruner("magnitude", "unstructured", "lamp")
+    pruner.apply_(PruneConfig(0.9, "global"))
+    assert metric(at, "LAMP at 90%") == f"{pruner.evaluate().top1:.2%}"
+
+
 def test_collapse_preset_shows_the_warning():
     at = open_page("views/prune.py")
     at.button[0].click().run()

@@ -69,6 +69,7 @@ APP_ORDER = [
     "resources",
     "state",
     "session",
+    "overlay",
     "sidebar",
     "views",
     "main",

@@ -11,7 +11,14 @@ from prunekit.core.evaluate import Accuracy
 from prunekit.core.lab import PruneResult
 from prunekit.core.profile import Profile
 
-COLORS = {"global": "#d62728", "local": "#1f77b4", "dense": "#7f7f7f"}
+COLORS = {
+    "global": "#d62728",
+    "local": "#1f77b4",
+    "global-mean": "#2ca02c",
+    "lamp": "#9467bd",
+    "erk": "#ff7f0e",
+    "dense": "#7f7f7f",
+}
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 
@@ -43,7 +50,7 @@ def params_vs_compute(profile: Profile, conv_only: bool = False, flops: bool = F
 
 
 def layer_sparsity_bars(results: dict[str, PruneResult]) -> go.Figure:
-    """Per-layer achieved sparsity for each scope side by side."""
+    """Per-layer achieved sparsity for each scope (or allocation, by name) side by side."""
     fig = go.Figure()
     for scope, r in results.items():
         fig.add_bar(

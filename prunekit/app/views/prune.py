@@ -1,9 +1,10 @@
 import streamlit as st
 
-from prunekit.app import plots, resources, session, state
+from prunekit.app import overlay, plots, resources, session, state
 from prunekit.app.links import SPARSITY_MAX, SPARSITY_STEP
 from prunekit.app.live import live
 from prunekit.core.allocate import NORMALISATIONS
+from prunekit.core.allocations import ALLOCATIONS
 from prunekit.core.importance import CRITERIA, STRUCTURES
 from prunekit.core.lab import CALIBRATION_IMAGES
 from prunekit.core.nm import pattern_of, pattern_sparsity
@@ -115,12 +116,28 @@ if structure == "filter":
         "Filter sparsity counts channels; each removed channel also removes the next layer's input kernels, so the weight sparsity below is higher."
     )
 
-st.plotly_chart(
-    resources.figure(
-        "bars", (resources.model_key(lab), *state.cfg().values()), lambda: plots.layer_sparsity_bars(results)
-    ),
-    width="stretch",
-)
+offered = overlay.choices()
+overlaid = list(overlay.pair_names().values())
+if offered:
+    overlaid = st.multiselect(
+        "Allocations on the chart and the curve",
+        offered,
+        default=[n for n in overlaid if n in offered],
+        format_func=lambda n: ALLOCATIONS[n].title,
+        help="; ".join(f"{a.title}: {a.description}" for a in ALLOCATIONS.values() if a.name in offered),
+        key=f"overlay:{structure}",
+    )
+try:
+    shown = overlay.results(lab, results, overlaid)
+except Exception as exc:
+    st.error(f"Could not allocate: {state.error_text(exc)}")
+    shown = {}
+if shown:
+    bars_key = (resources.model_key(lab), *state.cfg().values(), tuple(shown))
+    st.plotly_chart(
+        resources.figure("bars", bars_key, lambda: plots.layer_sparsity_bars(shown)),
+        width="stretch",
+    )
 
 cols = st.columns(2)
 for col, (scope, r) in zip(cols, results.items(), strict=True):
@@ -267,18 +284,24 @@ def point_panel() -> bool:
     _metric(slots[0], "Dense", view.dense)
     for slot, (scope, reading) in zip(slots[1:], view.scopes.items(), strict=True):
         _metric(slot, f"{scope.title()} at {sparsity:.0%}", reading, view.dense)
-    return view.pending
+    more = overlay.points(lab, overlaid)
+    for slot, (name, reading) in zip(st.columns(max(3, len(more))), more.items(), strict=False):
+        _metric(slot, f"{ALLOCATIONS[name].title} at {sparsity:.0%}", reading, view.dense)
+    return view.pending or any(r.pending for r in more.values())
 
 
 def curve_panel() -> bool:
     view, point = session.curve_view(lab), session.point_view(lab, ask=False)
     marks = {s: r.best for s, r in point.scopes.items()}
-    key = (repr(view.curves), sparsity, repr(marks), repr(point.dense.best))
-    fig = resources.figure("curve", key, lambda: plots.accuracy_curve(view.curves, sparsity, marks, point.dense.best))
+    more = overlay.curves(lab, overlaid) if view.points else {}
+    marks |= {n: r.best for n, r in overlay.points(lab, overlaid, ask=False).items()} if more else {}
+    drawn = view.curves | more
+    key = (repr(drawn), sparsity, repr(marks), repr(point.dense.best))
+    fig = resources.figure("curve", key, lambda: plots.accuracy_curve(drawn, sparsity, marks, point.dense.best))
     st.plotly_chart(fig, width="stretch")
     s = view.status
     curve = (
-        f"Curve: {sum(map(len, view.curves.values()))} of {2 * view.points} points, filled in the background every "
+        f"Curve: {sum(map(len, drawn.values()))} of {len(drawn) * view.points} points, filled in the background every "
         f"{', then '.join(f'{g:g}' for g in CURVE_GRIDS)}."
         if view.points
         else "No curve: the pattern fixes the sparsity."
@@ -288,12 +311,22 @@ def curve_panel() -> bool:
         f"{resources.ESTIMATE_IMAGES:,}. {curve} Workers: {s.busy} of "
         f"{s.alive} busy, {s.queued_live} live and {s.queued_background} background jobs queued."
     )
-    return view.pending
+    return view.pending or overlay.curves_pending(more)
 
 
 session.fill_curve(lab)
-live("point", point_panel, resources.pace(state.session_id(), POINT_POLL), session.point_view(lab).pending)
-live("curve", curve_panel, CURVE_POLL, session.curve_view(lab).pending)
+overlay.fill_curves(lab, overlaid)
+extra_pending = any(r.pending for r in overlay.points(lab, overlaid, ask=False).values())
+live(
+    "point",
+    point_panel,
+    resources.pace(state.session_id(), POINT_POLL),
+    session.point_view(lab).pending or extra_pending,
+)
+curve_pending = session.curve_view(lab).pending or (
+    session.has_curve() and overlay.curves_pending(overlay.curves(lab, overlaid))
+)
+live("curve", curve_panel, CURVE_POLL, curve_pending)
 
 st.subheader("Recover accuracy")
 why = session.recovery_unavailable(lab)
