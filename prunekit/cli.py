@@ -16,6 +16,7 @@ from pathlib import Path
 
 from prunekit.core.allocate import NORMALISATIONS, SCOPES, PruneConfig, check_sparsity
 from prunekit.core.allocations import ALLOCATIONS, allocation_of, get_allocation
+from prunekit.core.budget import TARGETS, Costs, Target, plan
 from prunekit.core.evaluate import Accuracy, interval_label
 from prunekit.core.importance import CRITERIA, STRUCTURES
 from prunekit.core.lab import Lab, PruneResult
@@ -23,8 +24,16 @@ from prunekit.deploy.export import build_bundle, export_report, report_lines, wr
 from prunekit.deploy.recover import SCHEDULES, Recipe, recover
 from prunekit.errors import InvalidArgumentError, PrunekitError, UntrainedModelError
 from prunekit.models import custom, zoo
-from prunekit.service.fanout import Backend, run_jobs, run_sharded, sensitivity_jobs, sensitivity_rows, sweep_jobs
-from prunekit.service.jobs import EvalJob
+from prunekit.service.fanout import (
+    Backend,
+    plan_job,
+    run_jobs,
+    run_sharded,
+    sensitivity_jobs,
+    sensitivity_rows,
+    sweep_jobs,
+)
+from prunekit.service.jobs import ESTIMATE_IMAGES, EvalJob
 from prunekit.service.scheduler import RAY_ENV, JobError
 from prunekit.service.store import ResultStore
 
@@ -132,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list the models").add_argument("--json", action="store_true")
     _add_app(sub)
     _add_model(sub.add_parser("profile", help="per-layer params and MACs"))
-    for add in (_add_prune, _add_sweep, _add_export, _add_recover, _add_sensitivity):
+    for add in (_add_prune, _add_sweep, _add_export, _add_recover, _add_sensitivity, _add_plan):
         add(sub)
     return parser
 
@@ -201,6 +210,26 @@ def _add_sensitivity(sub) -> None:
     sens.add_argument("--structure", choices=STRUCTURES, default="unstructured")
     sens.add_argument("--sparsities", type=_sparsity_list, default=[0.3, 0.6, 0.9])
     _add_fan_out(sens)
+
+
+def _add_plan(sub) -> None:
+    p = sub.add_parser("plan", help="per-layer sparsities that meet a budget with the least predicted drop")
+    _add_model(p)
+    p.add_argument(
+        "--target",
+        required=True,
+        metavar="KIND=X",
+        help="; ".join(f"{k}=X: {v}" for k, v in TARGETS.items()),
+    )
+    p.add_argument("--criterion", choices=[n for n, c in CRITERIA.items() if c.weight], default="magnitude")
+    p.add_argument(
+        "--sparsities",
+        type=_sparsity_list,
+        default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95],
+        help="the scan's grid per layer (dense is always an option)",
+    )
+    _add_fan_out(p)
+    p.set_defaults(eval_limit=ESTIMATE_IMAGES)
 
 
 def _resolve_allocation(args) -> None:
@@ -438,6 +467,59 @@ def cmd_sensitivity(args) -> tuple[object, str]:
     return {"model": lab.loaded.name, "results": rows}, "\n".join(lines)
 
 
+def cmd_plan(args) -> tuple[object, str]:
+    lab = _load(args)
+    _require_trained(lab.loaded)
+    target = Target.parse(args.target)
+    template = EvalJob(lab.loaded.name, args.criterion, "unstructured", subset=args.eval_limit)
+    jobs = sensitivity_jobs(lab, template, args.sparsities)
+    scan = _fan_out(lab, jobs, args)
+    rows = sensitivity_rows(jobs, [scan[job] for job in jobs])
+    chosen = plan(Costs.of(lab.profile, lab.loaded.model), rows, target)
+    dense, planned = EvalJob(lab.loaded.name), plan_job(template, chosen.sparsities)
+    measured = _fan_out(lab, [dense, planned], args)
+    result = lab.pruner(args.criterion, "unstructured").prune(planned.config(), paths=False)
+    data = _plan_json(lab, target, chosen, result, measured[dense], measured[planned], rows[0])
+    return data, "\n".join(_plan_lines(data))
+
+
+def _plan_json(lab: Lab, target: Target, chosen, result: PruneResult, dense: Accuracy, pruned: Accuracy, row) -> dict:
+    """The plan as measured on the pruned tensors and the full split; the prediction as the scan gives it."""
+    macs_ratio, params_ratio = result.remaining_macs / result.total_macs, result.nonzero_params / result.total_params
+    return {
+        "model": lab.loaded.name,
+        "target": target.text(),
+        "met": target.met_by(macs_ratio, params_ratio, dense.top1 - pruned.top1),
+        "plan": chosen.sparsities,
+        "pruning_ratio_dict": {name: s for name, s in chosen.sparsities.items() if s > 0},
+        "macs_ratio": macs_ratio,
+        "params_ratio": params_ratio,
+        "accuracy": {
+            "dense": dense.top1,
+            "predicted": dense.top1 - chosen.predicted_drop,
+            "measured": pruned.top1,
+            "measured_interval": pruned.interval(),
+            "images": pruned.n,
+        },
+        "scan": {"images": row.images, "estimate": row.estimate, "predicted_drop": chosen.predicted_drop},
+        "solver": "exact multiple-choice knapsack over Pareto frontiers; drops added up, negative ones as 0",
+    }
+
+
+def _plan_lines(d: dict) -> list[str]:
+    acc, scan = d["accuracy"], d["scan"]
+    lines = [f"{name:40} sparsity {s:.2f}" for name, s in d["plan"].items()]
+    lines.append(
+        f"target {d['target']} {'met' if d['met'] else 'NOT met'}: MACs left {d['macs_ratio']:.1%}, "
+        f"parameters left {d['params_ratio']:.1%}"
+    )
+    lines.append(
+        f"accuracy: dense {acc['dense']:.2%}, predicted {acc['predicted']:.2%} (dense less the scan's drops, added up; "
+        f"scan on {scan['images']:,} images), measured {acc['measured']:.2%} ({interval_label(acc['measured'], acc['images'])})"
+    )
+    return lines
+
+
 def cmd_export(args) -> tuple[object, str]:
     lab = _load(args)
     pruner = lab.pruner(args.criterion, args.structure, args.normalise)
@@ -484,6 +566,7 @@ COMMANDS: dict[str, Callable] = {
     "prune": cmd_prune,
     "sweep": cmd_sweep,
     "sensitivity": cmd_sensitivity,
+    "plan": cmd_plan,
 }
 
 

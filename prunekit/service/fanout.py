@@ -57,6 +57,12 @@ def sensitivity_jobs(lab: Lab, template: EvalJob, sparsities: Iterable[float]) -
     return [EvalJob(template.model, subset=template.subset), *points]
 
 
+def plan_job(template: EvalJob, sparsities: dict[str, float]) -> EvalJob:
+    """The job that measures a plan: every layer at its own sparsity (the others dense), full split."""
+    chosen = tuple(sorted((name, s) for name, s in sparsities.items() if s > 0))
+    return dataclasses.replace(template, sparsity=0.0, scope="local", overrides=chosen, subset=None)
+
+
 def sensitivity_rows(jobs: list[EvalJob], outcomes: list[Outcome | None]) -> list[SensitivityRow]:
     """Rows for the points measured so far of :func:`sensitivity_jobs`' ``jobs`` (none before the dense one)."""
     dense = outcomes[0]
