@@ -289,6 +289,20 @@ def test_sensitivity_scan_runs_as_service_jobs_and_shows_what_they_measured():
     assert f"**`{worst.layer}`** (drop {100 * worst.drop:.1f} points)" in text
     assert f"Least sensitive: **`{best.layer}`** (drop {100 * best.drop:.1f} points)" in text
     assert any("stratified subset of" in c.value for c in at.caption)
+    # The budget plan under the scan: solved from the same rows, measured by the workers on the full split.
+    from prunekit.core.budget import Costs, Target, plan
+    from prunekit.service.fanout import plan_job
+
+    wait_until(lambda: metric(at.run(), "Measured top-1") != "computing...", what="the plan's measured accuracy")
+    expected = plan(
+        Costs.of(lab.profile, lab.loaded.model), sensitivity_rows(jobs, [got[j] for j in jobs]), Target("macs", 0.5)
+    )
+    shown = {row["layer"]: row["sparsity"] for row in at.dataframe[0].value.to_dict("records")}
+    assert shown == expected.sparsities
+    job = plan_job(EvalJob("fmnist-cnn", "magnitude"), expected.sparsities)
+    measured = run_jobs([job], ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",)), lab.fingerprint, Backend())[job]
+    assert metric(at, "Measured top-1") == f"{measured.top1:.2%}"
+    assert float(metric(at, "MACs left").rstrip("%")) <= 50.0
 
 
 def test_effective_sparsity_measured_apart_arrives_on_the_page(monkeypatch):

@@ -70,6 +70,7 @@ APP_ORDER = [
     "state",
     "session",
     "overlay",
+    "planning",
     "sidebar",
     "views",
     "main",

@@ -1,7 +1,8 @@
 import streamlit as st
 
-from prunekit.app import plots, resources, session, state
+from prunekit.app import planning, plots, resources, session, state
 from prunekit.app.live import live
+from prunekit.core.budget import TARGETS, Target
 from prunekit.core.evaluate import interval_label
 from prunekit.core.importance import CRITERIA
 
@@ -64,3 +65,56 @@ def scan_panel() -> bool:
 
 
 live("sensitivity", scan_panel, 0.5, None if "live:sensitivity" in st.session_state else True)
+
+scanned = session.sensitivity(lab, criterion, scan[2], estimate)
+if not scanned.complete or not scanned.rows:
+    st.stop()
+st.subheader("A plan for a budget")
+st.caption(
+    "One sparsity per layer from the scan's grid (or dense) that meets the budget with the smallest predicted drop, "
+    "the layers' drops added up (a negative drop counts as none); an exact multiple-choice knapsack. Then the plan "
+    "is measured: whether the drops add up is what predicted against measured shows."
+)
+k1, k2 = st.columns(2)
+kind = k1.radio(
+    "Budget",
+    list(TARGETS),
+    horizontal=True,
+    format_func=lambda k: f"{k} (at most)",
+    help="; ".join(f"{k}: {v}" for k, v in TARGETS.items()),
+)
+value = k2.slider(
+    "Fraction", 0.0, 1.0, 0.5 if kind != "drop" else 0.01, step=0.005 if kind == "drop" else 0.05, key=f"plan_{kind}"
+)
+
+
+def plan_panel() -> bool:
+    try:
+        view = planning.plan_view(lab, criterion, scanned.rows, Target(kind, value))
+    except Exception as exc:  # a grid that cannot meet the budget: said, never a traceback
+        st.warning(state.error_text(exc))
+        return False
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric("MACs left", f"{view.macs_ratio:.1%}", help="Measured on the pruned tensors.")
+    m2.metric("Parameters left", f"{view.params_ratio:.1%}", help="Measured on the pruned tensors.")
+    dense = view.dense.best
+    m3.metric(
+        "Predicted top-1",
+        f"{dense.top1 - view.plan.predicted_drop:.2%}" if dense else "...",
+        help="Dense less the scan's drops, added up.",
+    )
+    if view.measured.error:
+        m4.error(f"The plan could not be measured: {view.measured.error}")
+    elif view.measured.best is None:
+        m4.metric("Measured top-1", "computing...")
+    else:
+        m4.metric("Measured top-1", f"{view.measured.best.top1:.2%}")
+        m4.caption(view.measured.best.interval_label())
+    st.dataframe([{"layer": k, "sparsity": v} for k, v in view.plan.sparsities.items()], hide_index=True)
+    st.download_button(
+        "pruning_ratio_dict.json (Torch-Pruning)", view.ratio_dict_json(), file_name="pruning_ratio_dict.json"
+    )
+    return view.pending
+
+
+live("plan", plan_panel, 0.5, planning.pending(lab, criterion, scanned.rows, Target(kind, value)))

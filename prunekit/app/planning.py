@@ -1,0 +1,64 @@
+"""The Sensitivity page's budget plan: solved from the scan on screen, measured by the evaluation workers."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from prunekit.app.resources import model_key, register, service
+from prunekit.app.state import session_id
+from prunekit.core.budget import Costs, Plan, Target, plan
+from prunekit.core.lab import Lab, PruneResult
+from prunekit.core.sensitivity import SensitivityRow
+from prunekit.errors import InvalidArgumentError
+from prunekit.service import readings
+from prunekit.service.fanout import plan_job
+from prunekit.service.jobs import EvalJob
+from prunekit.service.scheduler import LIVE_FULL
+
+
+@dataclass(frozen=True)
+class PlanView:
+    """A plan, what its pruned tensors leave, and its accuracy as measured (or on its way)."""
+
+    plan: Plan
+    result: PruneResult
+    dense: readings.Reading
+    measured: readings.Reading
+
+    @property
+    def pending(self) -> bool:
+        return self.dense.pending or self.measured.pending
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.result.remaining_macs / self.result.total_macs
+
+    @property
+    def params_ratio(self) -> float:
+        return self.result.nonzero_params / self.result.total_params
+
+    def ratio_dict_json(self) -> str:
+        """Torch-Pruning's ``pruning_ratio_dict``, keyed by dotted module names."""
+        return json.dumps({name: s for name, s in self.plan.sparsities.items() if s > 0}, indent=1)
+
+
+def plan_view(current: Lab, criterion: str, rows: list[SensitivityRow], target: Target) -> PlanView:
+    """Solve ``target`` on the scan's ``rows``; measure the plan (full split) as this session's plan request.
+    Raises InvalidArgumentError when the scan's grid cannot meet the target."""
+    chosen = plan(Costs.of(current.profile, current.loaded.model), rows, target)
+    template = EvalJob(model_key(current), criterion, "unstructured")
+    job, dense = plan_job(template, chosen.sparsities), EvalJob(model_key(current))
+    result = current.result(criterion, "unstructured", "none", job.config(), paths=False)
+    svc = service()
+    register(svc, current)
+    known = svc.request([(dense, LIVE_FULL), (job, LIVE_FULL)], f"{session_id()}/plan")
+    return PlanView(chosen, result, readings.reading(known[dense]), readings.reading(known[job.canonical()]))
+
+
+def pending(current: Lab, criterion: str, rows: list[SensitivityRow], target: Target) -> bool:
+    """Whether the plan for ``target`` is still being measured (False when the grid cannot meet it)."""
+    try:
+        return plan_view(current, criterion, rows, target).pending
+    except InvalidArgumentError:
+        return False
