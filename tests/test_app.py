@@ -2,10 +2,12 @@
 
 import time
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from prunekit.app.links import decode_overrides
 from tests.helpers import wait_until
 
 APP = str(Path(__file__).resolve().parent.parent / "prunekit" / "app" / "main.py")
@@ -303,6 +305,23 @@ def test_sensitivity_scan_runs_as_service_jobs_and_shows_what_they_measured():
     measured = run_jobs([job], ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",)), lab.fingerprint, Backend())[job]
     assert metric(at, "Measured top-1") == f"{measured.top1:.2%}"
     assert float(metric(at, "MACs left").rstrip("%")) <= 50.0
+    link = next(m.value for m in at.markdown if "Open this plan on the Prune page" in m.value)
+    query = parse_qs(link[link.index("prune?") + len("prune?") : link.rindex(")")])
+    assert query["sparsity"] == ["0.0"] and query["structure"] == ["unstructured"]
+    assert decode_overrides(query["overrides"][0]) == {k: v for k, v in expected.sparsities.items() if v > 0}
+
+
+def test_a_plans_share_link_opens_the_prune_page_with_its_per_layer_sparsities():
+    query = {"sparsity": "0.0", "overrides": "features.3:0.6,classifier.1:0.9,no.such.layer:0.5,bad"}
+    at = open_page("views/prune.py", query)
+    assert any("`no.such.layer`: not layers of this model" in w.value for w in at.warning)
+    bars = _layer_bars(at)
+    expected = [0.0, 60.0, 90.0, 0.0]  # features.0, features.3, classifier.1, classifier.3
+    assert bars["global"] == pytest.approx(expected, abs=0.01) and bars["local"] == pytest.approx(expected, abs=0.01)
+    note = next(i.value for i in at.info if "Per-layer sparsities from the link" in i.value)
+    assert "`features.3` 60%" in note and "`classifier.1` 90%" in note
+    next(b for b in at.button if b.label == "Clear the per-layer sparsities").click().run()
+    assert all(v == 0.0 for v in _layer_bars(at)["global"])
 
 
 def test_effective_sparsity_measured_apart_arrives_on_the_page(monkeypatch):

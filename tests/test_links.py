@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from prunekit.app.links import LinkSchema, parse_link, shown
+from prunekit.app.links import LinkSchema, decode_overrides, encode_overrides, parse_link, shown
 from tests.test_app import PAGES, app
 
 DEFAULTS = {"model": "m1", "criterion": "c1", "structure": "s1", "sparsity": 0.5, "keep": False, "normalise": "none"}
@@ -134,3 +134,20 @@ def test_random_links_never_raise_on_any_page(page, link):
     rejected = [n for n, raw in link.items() if not _app_accepted(n, raw)]
     assert len(notices) == len(rejected), (link, notices)
     assert not any("<b>" in n or "<i>" in n for n in notices)
+
+
+@pytest.mark.parametrize(
+    ("raw", "kept", "ignored"),
+    [
+        ("features.3:0.6,classifier.1:0.9", {"classifier.1": 0.9, "features.3": 0.6}, 0),
+        ("a:0.5,b:1.5,c:nan,:0.3,d", {"a": 0.5}, 4),
+        ("x<script>:0.2,layer.0:0.25", {"layer.0": 0.25}, 1),
+        ("", {}, 0),
+    ],
+)
+def test_per_layer_overrides_keep_only_layer_names_with_allowed_sparsities(raw, kept, ignored):
+    schema = LinkSchema({**DEFAULTS, "overrides": ""}, CHOICES)
+    got, notices = parse_link({"overrides": raw}, schema)
+    assert decode_overrides(got["overrides"]) == kept
+    assert len(notices) == (1 if ignored else 0) and (not ignored or f"Ignored {ignored} per-layer" in notices[0])
+    assert decode_overrides(encode_overrides(kept)) == kept

@@ -67,7 +67,36 @@ def _choice(name: str) -> Callable[[str, object, Sequence[str]], Parsed]:
     return parse
 
 
-PARSERS: dict[str, Callable[[str, object, Sequence[str]], Parsed]] = {"sparsity": _sparsity, "keep": _flag}
+def encode_overrides(overrides: Mapping[str, float]) -> str:
+    """Per-layer sparsities as a link spells them: ``layer:0.3,other.layer:0.9`` (sorted, dense ones left out)."""
+    return ",".join(f"{name}:{s:g}" for name, s in sorted(overrides.items()) if s > 0)
+
+
+def decode_overrides(text: str) -> dict[str, float]:
+    """The inverse of :func:`encode_overrides` for a string that :func:`parse_link` has checked."""
+    return {name: float(s) for name, _, s in (item.rpartition(":") for item in text.split(",") if item)}
+
+
+def _overrides(raw: str, default: object, _choices: Sequence[str]) -> Parsed:
+    """``layer:sparsity`` items; one that is not a layer name and an allowed sparsity is dropped, with a notice
+    (whether the names are layers of the model is checked on the page, which knows the model)."""
+    kept, bad = {}, []
+    for item in (part for part in raw.split(",") if part):
+        name, _, value = item.rpartition(":")
+        sparsity, why = _sparsity(value, None, ())
+        if not re.fullmatch(r"[A-Za-z_][\w.]*", name) or why or sparsity is None:
+            bad.append(item)
+            continue
+        kept[name] = sparsity
+    notice = f"Ignored {len(bad)} per-layer override(s) from the link: {shown(','.join(bad))}." if bad else None
+    return encode_overrides(kept), notice
+
+
+PARSERS: dict[str, Callable[[str, object, Sequence[str]], Parsed]] = {
+    "sparsity": _sparsity,
+    "keep": _flag,
+    "overrides": _overrides,
+}
 
 
 def parse_link(params: Mapping[str, str], schema: LinkSchema) -> tuple[dict, list[str]]:

@@ -7,7 +7,7 @@ import dataclasses
 
 from prunekit.app.resources import curve_fill_enabled, estimate_size, register, service, template
 from prunekit.app.state import cfg, session_id
-from prunekit.core.allocate import PruneConfig
+from prunekit.app.state import config as state_config
 from prunekit.core.allocations import ALLOCATIONS, AllocationMethod, allocation_of
 from prunekit.core.importance import FILTER
 from prunekit.core.lab import Lab, PruneResult
@@ -42,7 +42,7 @@ def results(current: Lab, pair: dict[str, PruneResult], chosen: list[str]) -> di
     out = {names[scope]: r for scope, r in pair.items() if names[scope] in chosen}
     c = cfg()
     for method in extras(chosen):
-        config = PruneConfig(c["sparsity"], method.scope, c["keep"])
+        config = state_config(method.scope)
         out[method.name] = current.result(c["criterion"], c["structure"], method.normalise, config, paths=False)
     return {name: out[name] for name in chosen if name in out}
 

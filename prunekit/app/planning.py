@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
+from prunekit.app import links
 from prunekit.app.resources import model_key, register, service
 from prunekit.app.state import session_id
 from prunekit.core.budget import Costs, Plan, Target, plan
@@ -37,6 +39,17 @@ class PlanView:
     @property
     def params_ratio(self) -> float:
         return self.result.nonzero_params / self.result.total_params
+
+    def share_query(self, criterion: str, model: str) -> str:
+        """The Prune page's query string that opens this plan: each layer at its sparsity, the slider at 0."""
+        settings = {
+            "model": model,
+            "criterion": criterion,
+            "structure": "unstructured",
+            "sparsity": "0.0",
+            "overrides": links.encode_overrides(self.plan.sparsities),
+        }
+        return urlencode(settings)
 
     def ratio_dict_json(self) -> str:
         """Torch-Pruning's ``pruning_ratio_dict``, keyed by dotted module names."""

@@ -16,6 +16,7 @@ from pathlib import Path
 import streamlit as st
 import torch
 
+from prunekit.app import links
 from prunekit.app.pacing import Pacing
 from prunekit.core.allocate import COMPARED_SCOPES, PruneConfig
 from prunekit.core.evaluate import interval_label
@@ -37,6 +38,7 @@ DEFAULTS = {
     "sparsity": 0.5,
     "keep": False,
     "normalise": "none",
+    "overrides": "",  # per-layer sparsities from a plan's link (links.encode_overrides): the slider sets the rest
 }
 
 
@@ -166,7 +168,15 @@ def register(svc: EvalService, current: Lab) -> None:
 
 
 def template(current: Lab, c: dict) -> EvalJob:
-    return EvalJob(model_key(current), c["criterion"], c["structure"], c["normalise"], keep_first_last=c["keep"])
+    overrides = tuple(sorted(links.decode_overrides(c["overrides"]).items()))
+    return EvalJob(
+        model_key(current),
+        c["criterion"],
+        c["structure"],
+        c["normalise"],
+        keep_first_last=c["keep"],
+        overrides=overrides,
+    )
 
 
 def estimate_size(current: Lab) -> int | None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import streamlit as st
 import torch
 
-from prunekit.app import plots
+from prunekit.app import links, plots
 from prunekit.app.resources import bundles, curve_fill_enabled, estimate_size, model_key, register, service, template
 from prunekit.app.state import cfg, config, error_text, session_id, settings
 from prunekit.core import analysis
@@ -126,6 +126,7 @@ def _job(current: Lab, scope: str) -> dict:
         sparsity=c["sparsity"],
         scope=scope,
         keep_first_last=c["keep"],
+        overrides=tuple(sorted(links.decode_overrides(c["overrides"]).items())),
     )
 
 

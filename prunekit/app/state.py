@@ -39,7 +39,9 @@ def cfg() -> dict:
 
 def sync_query() -> None:
     c = cfg()
-    st.query_params.from_dict({k: ("1" if v is True else "0" if v is False else str(v)) for k, v in c.items()})
+    st.query_params.from_dict(
+        {k: ("1" if v is True else "0" if v is False else str(v)) for k, v in c.items() if v != ""}
+    )
 
 
 def error_text(error: object) -> str:
@@ -78,7 +80,17 @@ def lab() -> Lab:
 
 
 def config(scope: str) -> PruneConfig:
-    return PruneConfig(cfg()["sparsity"], scope, cfg()["keep"])
+    return PruneConfig(cfg()["sparsity"], scope, cfg()["keep"], links.decode_overrides(cfg()["overrides"]))
+
+
+def unknown_overrides(current: Lab) -> list[str]:
+    """Drop the link's per-layer overrides that name no layer (or cluster) of the model on screen; their names."""
+    known = {s.name for s in current.table(*settings()).sets}
+    given = links.decode_overrides(cfg()["overrides"])
+    unknown = sorted(set(given) - known)
+    if unknown:
+        apply_preset(overrides=links.encode_overrides({k: v for k, v in given.items() if k in known}))
+    return unknown
 
 
 def settings() -> tuple[str, str, str]:

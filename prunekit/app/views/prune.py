@@ -1,6 +1,6 @@
 import streamlit as st
 
-from prunekit.app import overlay, plots, resources, session, state
+from prunekit.app import links, overlay, plots, resources, session, state
 from prunekit.app.links import SPARSITY_MAX, SPARSITY_STEP
 from prunekit.app.live import live
 from prunekit.core.allocate import NORMALISATIONS
@@ -93,6 +93,18 @@ st.caption(
         else ""
     )
 )
+
+dropped = state.unknown_overrides(lab)
+if dropped:
+    st.warning(f"Ignored per-layer sparsities for {', '.join(f'`{n}`' for n in dropped)}: not layers of this model.")
+if c["overrides"]:
+    layers = links.decode_overrides(c["overrides"])
+    st.info(
+        f"**Per-layer sparsities from the link** for {len(layers)} layers (a plan's): "
+        + ", ".join(f"`{n}` {s:.0%}" for n, s in layers.items())
+        + ". The slider sets every other layer."
+    )
+    st.button("Clear the per-layer sparsities", on_click=state.apply_preset, kwargs={"overrides": ""})
 
 try:
     results = session.prune_both(lab)

@@ -111,9 +111,11 @@ def plan_panel() -> bool:
         m4.metric("Measured top-1", f"{view.measured.best.top1:.2%}")
         m4.caption(view.measured.best.interval_label())
     st.dataframe([{"layer": k, "sparsity": v} for k, v in view.plan.sparsities.items()], hide_index=True)
-    st.download_button(
+    left, right = st.columns(2)
+    left.download_button(
         "pruning_ratio_dict.json (Torch-Pruning)", view.ratio_dict_json(), file_name="pruning_ratio_dict.json"
     )
+    right.markdown(f"[Open this plan on the Prune page](prune?{view.share_query(criterion, lab.loaded.name)})")
     return view.pending
 
 
