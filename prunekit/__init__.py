@@ -4,6 +4,8 @@
     lab = prunekit.Lab.from_model(model, example_input, eval_data=(images, labels))
     pruner = lab.pruner("magnitude", "unstructured")         # criterion, structure[, normalise]
     result = pruner.prune(prunekit.PruneConfig(0.7, "global"))  # per-layer sparsity, collapse, MACs...
+    lamp = prunekit.ALLOCATIONS["lamp"]                        # or global-mean, local, erk: (scope, normalise)
+    lab.pruner("magnitude", "unstructured", lamp.normalise).prune(prunekit.PruneConfig(0.7, lamp.scope))
     accuracy = pruner.evaluate()                               # .top1 on eval_data
     app = prunekit.launch(model, example_input, eval_data=(images, labels))  # the browser lab on it
     app.wait_ready(); print(app.url); app.stop()
@@ -17,6 +19,7 @@ __version__ = "0.1.0"
 
 from prunekit.app.launch import App, launch
 from prunekit.core.allocate import PruneConfig
+from prunekit.core.allocations import ALLOCATIONS
 from prunekit.core.evaluate import Accuracy
 from prunekit.core.importance import CRITERIA, STRUCTURES
 from prunekit.core.lab import Lab, LayerResult, Pruner, PruneResult
@@ -24,6 +27,7 @@ from prunekit.core.loaded import InputSpec, Loaded
 from prunekit.errors import InvalidArgumentError, PrunekitError
 
 __all__ = [
+    "ALLOCATIONS",
     "App",
     "CRITERIA",
     "STRUCTURES",

@@ -18,7 +18,7 @@ from prunekit.core.allocate import NORMALISATIONS, SCOPES, PruneConfig, check_sp
 from prunekit.core.allocations import ALLOCATIONS, allocation_of, get_allocation
 from prunekit.core.budget import TARGETS, Costs, Target, plan
 from prunekit.core.evaluate import Accuracy, interval_label
-from prunekit.core.importance import CRITERIA, STRUCTURES
+from prunekit.core.importance import CRITERIA, FILTER, STRUCTURES, UNSTRUCTURED
 from prunekit.core.lab import Lab, PruneResult
 from prunekit.deploy.export import build_bundle, export_report, report_lines, write_bundle
 from prunekit.deploy.recover import SCHEDULES, Recipe, recover
@@ -207,7 +207,7 @@ def _add_sensitivity(sub) -> None:
     sens = sub.add_parser("sensitivity", help="prune one layer at a time")
     _add_model(sens)
     sens.add_argument("--criterion", choices=list(CRITERIA), default="magnitude")
-    sens.add_argument("--structure", choices=STRUCTURES, default="unstructured")
+    sens.add_argument("--structure", choices=(UNSTRUCTURED, FILTER), default="unstructured")  # a pattern has no knob
     sens.add_argument("--sparsities", type=_sparsity_list, default=[0.3, 0.6, 0.9])
     _add_fan_out(sens)
 

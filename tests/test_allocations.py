@@ -67,6 +67,29 @@ def test_lamp_allocation_removes_the_lowest_lamp_scores_of_the_whole_model(model
         assert got == expected
 
 
+def _lamp_by_suffix_sums(w: torch.Tensor) -> list[float]:
+    """The same formula for big layers: one pass from the largest square down keeps the running tail sum."""
+    squares = [float(x) ** 2 for x in w.reshape(-1).tolist()]
+    order = sorted(range(len(squares)), key=lambda i: (squares[i], i))
+    scores, tail = [0.0] * len(squares), 0.0
+    for i in reversed(order):
+        tail += squares[i]
+        scores[i] = squares[i] / tail if tail > 0 else 0.0
+    return scores
+
+
+def test_lamp_on_a_bundled_model_removes_the_lowest_lamp_scores_of_the_whole_model():
+    lab = Lab(zoo.load("fmnist-cnn"))
+    modules = dict(lab.loaded.model.named_modules())
+    scores = {
+        n: torch.tensor(_lamp_by_suffix_sums(modules[n].weight.detach()), dtype=torch.float32).tolist()
+        for n in [x.name for x in lab.profile.prunable()]
+    }
+    result = lab.pruner("magnitude", "unstructured", "lamp").prune(PruneConfig(0.7, "global"))
+    got = {row.name: round(row.sparsity * row.params) for row in result.layers}
+    assert got == _global_removal(scores, 0.7)
+
+
 def test_lamp_keeps_every_layers_best_weight_even_at_99_percent():
     lab = Lab(zoo.load("fmnist-cnn"))
     pruner = lab.pruner("magnitude", "unstructured", "lamp")
