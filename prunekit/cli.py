@@ -18,6 +18,7 @@ from prunekit.core.allocate import NORMALISATIONS, SCOPES, PruneConfig, check_sp
 from prunekit.core.allocations import ALLOCATIONS, allocation_of, get_allocation
 from prunekit.core.budget import TARGETS, Costs, Target, plan
 from prunekit.core.evaluate import Accuracy, interval_label
+from prunekit.core.forget import compare
 from prunekit.core.importance import CRITERIA, FILTER, STRUCTURES, UNSTRUCTURED
 from prunekit.core.lab import Lab, PruneResult
 from prunekit.deploy.export import build_bundle, export_report, report_lines, write_bundle
@@ -33,7 +34,7 @@ from prunekit.service.fanout import (
     sensitivity_rows,
     sweep_jobs,
 )
-from prunekit.service.jobs import ESTIMATE_IMAGES, EvalJob
+from prunekit.service.jobs import ESTIMATE_IMAGES, EvalJob, PredictJob
 from prunekit.service.scheduler import RAY_ENV, JobError
 from prunekit.service.store import ResultStore
 
@@ -118,6 +119,10 @@ def _add_fan_out(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--eval-limit", type=int, default=None, help="score a stratified subset of about N eval images (an estimate)"
     )
+    _add_backend(p)
+
+
+def _add_backend(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ray",
         default=os.environ.get(RAY_ENV) or None,
@@ -141,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list the models").add_argument("--json", action="store_true")
     _add_app(sub)
     _add_model(sub.add_parser("profile", help="per-layer params and MACs"))
-    for add in (_add_prune, _add_sweep, _add_export, _add_recover, _add_sensitivity, _add_plan):
+    for add in (_add_prune, _add_sweep, _add_export, _add_recover, _add_sensitivity, _add_plan, _add_forget):
         add(sub)
     return parser
 
@@ -210,6 +215,15 @@ def _add_sensitivity(sub) -> None:
     sens.add_argument("--structure", choices=(UNSTRUCTURED, FILTER), default="unstructured")  # a pattern has no knob
     sens.add_argument("--sparsities", type=_sparsity_list, default=[0.3, 0.6, 0.9])
     _add_fan_out(sens)
+
+
+def _add_forget(sub) -> None:
+    p = sub.add_parser("forget", help="per-class damage, flipped images and McNemar's test, dense against pruned")
+    _add_model(p)
+    p.add_argument("--sparsity", type=_sparsity, required=True)
+    _add_recipe(p)
+    _add_backend(p)
+    p.set_defaults(eval_limit=None)  # the whole evaluation set, always
 
 
 def _add_plan(sub) -> None:
@@ -520,6 +534,31 @@ def _plan_lines(d: dict) -> list[str]:
     return lines
 
 
+def cmd_forget(args) -> tuple[object, str]:
+    lab = _load(args)
+    _require_trained(lab.loaded)
+    if lab.loaded.eval_folder is not None:
+        raise InvalidArgumentError("forget compares every image's prediction in memory: not on --eval-folder yet")
+    dense = PredictJob(lab.loaded.name)
+    pruned = PredictJob(**{**asdict(_template(lab, args)), "sparsity": args.sparsity, "subset": None})
+    got = _fan_out(lab, [dense, pruned], args)
+    labels = lab.loaded.eval_data().labels
+    report = compare(labels, got[dense].tensor(), got[pruned].tensor(), lab.loaded.classes)
+    data = {"model": lab.loaded.name, "sparsity": args.sparsity, "scope": args.scope, **report.to_json()}
+    return data, "\n".join(_forget_lines(report))
+
+
+def _forget_lines(report) -> list[str]:
+    lines = [
+        f"{report.classes[k]:24} {report.dense_per_class[k]:7.2%} -> {report.pruned_per_class[k]:7.2%} "
+        f"({100 * report.change[k]:+.2f} points)"
+        for k in report.worst_first()
+    ]
+    t = report.test
+    lines.append(f"flipped: {t.b} lost (dense right, pruned wrong), {t.c} gained; McNemar's exact test p = {t.p:.3g}")
+    return lines
+
+
 def cmd_export(args) -> tuple[object, str]:
     lab = _load(args)
     pruner = lab.pruner(args.criterion, args.structure, args.normalise)
@@ -567,6 +606,7 @@ COMMANDS: dict[str, Callable] = {
     "sweep": cmd_sweep,
     "sensitivity": cmd_sensitivity,
     "plan": cmd_plan,
+    "forget": cmd_forget,
 }
 
 

@@ -5,6 +5,7 @@ requests from many sessions are the same job, and a job is the key of its result
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from collections import OrderedDict
@@ -16,7 +17,16 @@ import torch
 from prunekit.core.allocate import PruneConfig, check_sparsity
 from prunekit.core.connectivity import Connectivity
 from prunekit.core.data import EvalData
-from prunekit.core.evaluate import Accuracy, Counts, accuracy_of, count_correct, from_counts, stratified_indices
+from prunekit.core.evaluate import (
+    Accuracy,
+    Counts,
+    accuracy_of,
+    count_correct,
+    from_counts,
+    predict_logits,
+    stratified_indices,
+)
+from prunekit.core.forget import prediction_dtype
 from prunekit.core.importance import FILTER
 from prunekit.core.lab import Lab, Pruner
 from prunekit.core.loaded import ModelSpec
@@ -121,6 +131,34 @@ class CollapseJob(EvalJob):
 
 
 @dataclass(frozen=True)
+class PredictJob(EvalJob):
+    """The predicted class of every image of the evaluation set (file order), for what pruning forgets."""
+
+    def canonical(self) -> PredictJob:
+        return self
+
+    def key(self) -> list:
+        return ["predict", *super().key()]
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """A :class:`PredictJob`'s outcome, compact: one byte per image up to 256 classes (``dtype``)."""
+
+    data: bytes
+    dtype: str  # a torch dtype's name: "uint8" or "int32"
+
+    @classmethod
+    def of(cls, classes: torch.Tensor, n_classes: int) -> Predictions:
+        dtype = prediction_dtype(n_classes)
+        return cls(classes.to(dtype).contiguous().numpy().tobytes(), str(dtype).removeprefix("torch."))
+
+    def tensor(self) -> torch.Tensor:
+        """(N,) int64 predicted classes."""
+        return torch.frombuffer(bytearray(self.data), dtype=getattr(torch, self.dtype)).long()
+
+
+@dataclass(frozen=True)
 class Collapse:
     """A :class:`CollapseJob`'s outcome: the collapse point, or None when the scope never collapses."""
 
@@ -199,8 +237,10 @@ class Control:
     resume: Resume | None = None  # where an earlier, preempted run of this job stopped
 
 
-def encode(outcome: Accuracy | Latency | Recovery | Connectivity | Collapse) -> dict | None:
+def encode(outcome: Accuracy | Latency | Recovery | Connectivity | Collapse | Predictions) -> dict | None:
     """A JSON-friendly form for the result store; None for what must not be stored (a stopped run)."""
+    if isinstance(outcome, Predictions):
+        return {"data": base64.b64encode(outcome.data).decode("ascii"), "dtype": outcome.dtype}
     if isinstance(outcome, Latency):
         return outcome.to_json()
     if isinstance(outcome, Recovery):
@@ -214,8 +254,10 @@ def encode(outcome: Accuracy | Latency | Recovery | Connectivity | Collapse) -> 
     return asdict(outcome)
 
 
-def decode(job: EvalJob, value: dict) -> Accuracy | Latency | Recovery | Connectivity | Collapse:
+def decode(job: EvalJob, value: dict) -> Accuracy | Latency | Recovery | Connectivity | Collapse | Predictions:
     """The inverse of :func:`encode` for ``job``'s kind; TypeError/KeyError when written by another version."""
+    if isinstance(job, PredictJob):
+        return Predictions(base64.b64decode(value["data"]), value["dtype"])
     if isinstance(job, PathJob):
         return Connectivity(**value)
     if isinstance(job, CollapseJob):
@@ -281,6 +323,8 @@ class JobRunner:
             return self._paths(lab, job)
         if isinstance(job, CollapseJob):
             return Collapse(self._pruner(lab, job).collapse_point(job.config()))
+        if isinstance(job, PredictJob):
+            return self._predict(lab, job)
         if isinstance(job, RecoverJob):
             out = recover(lab, (job.criterion, job.structure, job.normalise), job.config(), job.recipe, control.report)
             return replace(out, model=None)
@@ -391,6 +435,14 @@ class JobRunner:
         pruner = self._pruner(lab, job)
         pruner.apply_(job.config())
         return pruner.model
+
+    def _predict(self, lab: Lab, job: PredictJob) -> Predictions:
+        """Every image's predicted class, on the model an accuracy of ``job`` is measured on."""
+        model = lab.loaded.model if job.is_dense else self._scored(lab, job)
+        data, images = self._whole(job.model, lab)
+        with torch.no_grad():
+            classes = predict_logits(model, images, EVAL_BATCH).argmax(1)
+        return Predictions.of(classes, len(data.classes))
 
     def _paths(self, lab: Lab, job: PathJob) -> Connectivity:
         conn = self._pruner(lab, job).paths(job.config())

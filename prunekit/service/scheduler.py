@@ -31,7 +31,7 @@ from prunekit.deploy.latency import Latency
 from prunekit.deploy.recover import Recovery
 from prunekit.errors import ClusterUnavailableError, InvalidArgumentError
 from prunekit.service.cache import ResultCache
-from prunekit.service.jobs import ESTIMATE_IMAGES, Collapse, EvalJob, Resume
+from prunekit.service.jobs import ESTIMATE_IMAGES, Collapse, EvalJob, Predictions, Resume
 from prunekit.service.queue import CURVE, LIVE_ESTIMATE, LIVE_FULL, STALE, Entry, JobQueue
 from prunekit.service.store import ResultStore
 from prunekit.service.workers import RemotePool, Worker, runs_remotely, spawn_local
@@ -85,7 +85,7 @@ class JobError:
     message: str
 
 
-Outcome = Accuracy | Latency | Recovery | Connectivity | Collapse | JobError
+Outcome = Accuracy | Latency | Recovery | Connectivity | Collapse | Predictions | JobError
 
 
 def curve_grid() -> list[tuple[int, float]]:

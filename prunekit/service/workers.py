@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from prunekit.service.jobs import CollapseJob, EvalJob, PathJob, worker_main
+from prunekit.service.jobs import CollapseJob, EvalJob, PathJob, PredictJob, worker_main
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Worker:
 def runs_remotely(job: EvalJob) -> bool:
     """Accuracy and path-test jobs may run on a remote pool; latency (bound to this machine) and recovery
     (stoppable, with progress) stay on local workers."""
-    return type(job) in (EvalJob, PathJob, CollapseJob)
+    return type(job) in (EvalJob, PathJob, CollapseJob, PredictJob)
 
 
 class RemotePool(Protocol):
