@@ -18,6 +18,7 @@ PAGES = [
     "views/importance.py",
     "views/sensitivity.py",
     "views/tradeoffs.py",
+    "views/forget.py",
 ]
 TIMEOUT = 240
 
@@ -149,6 +150,42 @@ def test_an_overlaid_allocations_accuracy_is_its_pruned_models():
     pruner = Lab(zoo.load("fmnist-cnn")).pruner("magnitude", "unstructured", "lamp")
     pruner.apply_(PruneConfig(0.9, "global"))
     assert metric(at, "LAMP at 90%") == f"{pruner.evaluate().top1:.2%}"
+
+
+def test_the_forgetting_page_shows_which_classes_lost_most_and_the_flipped_images():
+    import json
+
+    import torch
+
+    from prunekit.core.allocate import PruneConfig
+    from prunekit.core.lab import Lab
+    from prunekit.models import zoo
+
+    at = open_page("views/forget.py", {"sparsity": "0.9"})
+    wait_until(lambda: any("exact test" in m.value for m in at.run().markdown), what="the forgetting panel")
+    assert not at.exception, at.exception
+    lab = Lab(zoo.load("fmnist-cnn"))
+    data = lab.loaded.eval_data()
+    pruner = lab.pruner("magnitude", "unstructured")
+    pruner.apply_(PruneConfig(0.9, "global"))
+    with torch.no_grad():
+        dense, pruned = lab.loaded.model(data.images).argmax(1), pruner.model(data.images).argmax(1)
+    y = data.labels
+    change = {
+        data.classes[k]: 100
+        * (int((pruned[y == k] == k).sum()) - int((dense[y == k] == k).sum()))
+        / int((y == k).sum())
+        for k in range(len(data.classes))
+    }
+    chart = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if "Per-class" in c.proto.spec)
+    bars = next(t for t in chart["data"] if t["name"] == "global")
+    assert bars["x"][0] == min(change, key=change.get) == "Sneaker"  # worst class first
+    assert bars["y"] == pytest.approx([change[name] for name in bars["x"]])
+    lost = int(((dense == y) & (pruned != y)).sum())
+    gained = int(((dense != y) & (pruned == y)).sum())
+    text = next(m.value for m in at.markdown if "exact test" in m.value)
+    assert f"**{lost:,}** images lost, **{gained:,}** gained" in text
+    assert len(at.get("image")[0].proto.imgs) == min(24, lost)
 
 
 def test_collapse_preset_shows_the_warning():

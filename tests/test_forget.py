@@ -54,6 +54,8 @@ def test_per_class_accuracy_and_flips_equal_a_plain_loop():
         assert got.pruned_per_class[k] == sum(p[i] == k for i in mine) / len(mine)
     assert list(got.lost) == [i for i in range(500) if d[i] == y[i] and p[i] != y[i]]
     assert list(got.gained) == [i for i in range(500) if d[i] != y[i] and p[i] == y[i]]
+    assert list(got.lost_as) == [p[i] for i in got.lost] and list(got.gained_from) == [d[i] for i in got.gained]
+    assert got.correct == (sum(d[i] == y[i] for i in range(500)), sum(p[i] == y[i] for i in range(500)))
     assert sum(got.moved.values()) == len(got.lost)
     assert got.moved == {
         (t, q): sum(1 for i in got.lost if (y[i], p[i]) == (t, q))

@@ -71,6 +71,7 @@ APP_ORDER = [
     "session",
     "overlay",
     "planning",
+    "forgetting",
     "sidebar",
     "views",
     "main",

@@ -12,6 +12,7 @@ pages = [
     st.Page("views/importance.py", title="Filter importance", icon="🌡️", url_path="importance"),
     st.Page("views/sensitivity.py", title="Sensitivity", icon="📉", url_path="sensitivity"),
     st.Page("views/tradeoffs.py", title="Trade-offs", icon="⚖️", url_path="tradeoffs"),
+    st.Page("views/forget.py", title="Forgetting", icon="🧩", url_path="forget"),
 ]
 page = st.navigation(pages)
 sidebar.show_notices()

@@ -37,14 +37,20 @@ def params_vs_compute(profile: Profile, conv_only: bool = False, flops: bool = F
     fig.add_bar(name="parameters", x=names, y=[100 * x.params / p_total for x in rows], marker_color="#9467bd")
     fig.add_bar(name=unit, x=names, y=[100 * x.macs / m_total for x in rows], marker_color="#ff7f0e")
     scope = "conv layers only" if conv_only else "conv + linear layers"
+    return _grouped(fig, f"Share of parameters vs {unit} per layer ({scope})", "% of total", 420)
+
+
+def _grouped(fig: go.Figure, title: str, yaxis_title: str, height: int, **layout) -> go.Figure:
+    """The layout every grouped bar chart here shares: bars side by side per layer or class, names slanted."""
     fig.update_layout(
         barmode="group",
-        title=f"Share of parameters vs {unit} per layer ({scope})",
-        yaxis_title="% of total",
+        title=title,
+        yaxis_title=yaxis_title,
         xaxis_tickangle=-45,
         legend_orientation="h",
-        height=420,
+        height=height,
         margin=dict(t=50, b=10),
+        **layout,
     )
     return fig
 
@@ -61,17 +67,8 @@ def layer_sparsity_bars(results: dict[str, PruneResult]) -> go.Figure:
             hovertemplate="%{x}: %{y:.1f}% pruned<extra>" + scope + "</extra>",
         )
     fig.add_hline(y=100, line_dash="dot", line_color="black", annotation_text="100% = layer gone")
-    fig.update_layout(
-        barmode="group",
-        title="Per-layer sparsity (% of each layer's weights that are zero)",
-        yaxis_title="% pruned",
-        yaxis_range=[0, 105],
-        xaxis_tickangle=-45,
-        legend_orientation="h",
-        height=400,
-        margin=dict(t=50, b=10),
-    )
-    return fig
+    title = "Per-layer sparsity (% of each layer's weights that are zero)"
+    return _grouped(fig, title, "% pruned", 400, yaxis_range=[0, 105])
 
 
 def importance_heatmap(
@@ -333,3 +330,21 @@ def recovery_curve(curves: dict[str, list], baselines: dict[str, float | None]) 
         legend={"orientation": "h", "y": 1.12},
     )
     return fig
+
+
+def class_change_bars(reports: dict) -> go.Figure:
+    """Per class, accuracy change against dense (points) for each scope; classes ordered by the first
+    scope's damage, worst first. ``reports``: scope -> ``prunekit.core.forget.Forgetting``."""
+    first = next(iter(reports.values()))
+    order = first.worst_first()
+    fig = go.Figure()
+    for scope, report in reports.items():
+        fig.add_bar(
+            name=scope,
+            x=[report.classes[k] for k in order],
+            y=[100 * report.change[k] for k in order],
+            marker_color=COLORS.get(scope),
+            hovertemplate="%{x}: %{y:+.1f} points<extra>" + scope + "</extra>",
+        )
+    fig.add_hline(y=0, line_color="black", line_width=1)
+    return _grouped(fig, "Per-class accuracy change against the dense model (worst class first)", "points", 380)

@@ -53,8 +53,11 @@ class Forgetting:
     images_per_class: tuple[int, ...]
     lost: tuple[int, ...]  # image indices the dense model gets right and the pruned one wrong
     gained: tuple[int, ...]  # the reverse
+    lost_as: tuple[int, ...]  # what the pruned model calls each lost image
+    gained_from: tuple[int, ...]  # what the dense model called each gained image
     moved: dict[tuple[int, int], int]  # (true class, pruned prediction) -> lost images
     test: McNemar
+    correct: tuple[int, int]  # images right, dense and pruned
 
     @property
     def change(self) -> tuple[float, ...]:
@@ -71,7 +74,12 @@ class Forgetting:
             "images_per_class": list(self.images_per_class),
             "dense": {"per_class": list(self.dense_per_class)},
             "pruned": {"per_class": list(self.pruned_per_class)},
-            "flipped": {"lost": list(self.lost), "gained": list(self.gained)},
+            "flipped": {
+                "lost": list(self.lost),
+                "gained": list(self.gained),
+                "lost_as": list(self.lost_as),
+                "gained_from": list(self.gained_from),
+            },
             "moved": [{"true": t, "now": p, "images": n} for (t, p), n in sorted(self.moved.items())],
             "mcnemar": {"b": self.test.b, "c": self.test.c, "p": self.test.p},
         }
@@ -99,8 +107,11 @@ def compare(labels: torch.Tensor, dense: torch.Tensor, pruned: torch.Tensor, cla
         tuple(counts),
         tuple(lost.tolist()),
         tuple(gained.tolist()),
+        tuple(pruned[lost].tolist()),
+        tuple(dense[gained].tolist()),
         moved,
         mcnemar(len(lost), len(gained)),
+        (int(right_before.sum()), int(right_after.sum())),
     )
 
 

@@ -1,0 +1,74 @@
+"""The Forgetting page's readings: both scopes' per-image predictions at the slider, from the evaluation
+workers, compared with the dense model's (never evaluated in the page's thread)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from prunekit.app.resources import model_key, register, service, template
+from prunekit.app.state import cfg, session_id
+from prunekit.core.allocate import COMPARED_SCOPES
+from prunekit.core.evaluate import Accuracy, Counts, from_counts
+from prunekit.core.forget import Forgetting, compare
+from prunekit.core.lab import Lab
+from prunekit.service.jobs import Predictions, PredictJob
+from prunekit.service.scheduler import LIVE_FULL, JobError
+
+GALLERY = 24  # flipped images shown at once
+
+
+@dataclass(frozen=True)
+class ForgetView:
+    """Per scope: what its pruned model forgets (None while on its way), or why it could not be measured."""
+
+    reports: dict[str, Forgetting | None]
+    errors: dict[str, str]
+
+    @property
+    def pending(self) -> bool:
+        return any(r is None and s not in self.errors for s, r in self.reports.items())
+
+
+def forget_view(current: Lab) -> ForgetView:
+    """Ask for the dense model's and each scope's predictions at the slider; compare those that are there."""
+    svc = service()
+    register(svc, current)
+    base = dataclasses.replace(template(current, cfg()), sparsity=cfg()["sparsity"])
+    jobs = {"dense": PredictJob(model_key(current))} | {
+        scope: PredictJob(**{**dataclasses.asdict(base), "scope": scope}) for scope in COMPARED_SCOPES
+    }
+    known = svc.request([(job, LIVE_FULL) for job in jobs.values()], f"{session_id()}/forget")
+    got = {name: known[job] for name, job in jobs.items()}
+    errors = {name: v.message for name, v in got.items() if isinstance(v, JobError)}
+    data = current.loaded.eval_data()
+    reports: dict[str, Forgetting | None] = {}
+    for scope in COMPARED_SCOPES:
+        dense, pruned = got["dense"], got[scope]
+        ready = isinstance(dense, Predictions) and isinstance(pruned, Predictions)
+        reports[scope] = compare(data.labels, dense.tensor(), pruned.tensor(), data.classes) if ready else None
+        if "dense" in errors:
+            errors.setdefault(scope, errors["dense"])
+    return ForgetView(reports, {s: e for s, e in errors.items() if s != "dense"})
+
+
+def accuracies(report: Forgetting) -> tuple[Accuracy, Accuracy]:
+    """Dense and pruned top-1 on the whole set, from the same predictions (the intervals beside the test)."""
+    n = sum(report.images_per_class)
+    return tuple(from_counts([Counts(c, None, n, 0.0)], n) for c in report.correct)
+
+
+def flipped_images(current: Lab, report: Forgetting, lost: bool) -> list[tuple[torch.Tensor, str]]:
+    """Up to GALLERY flipped images as displayable (H, W[, 3]) tensors in [0, 1], each captioned with its true
+    class and the wrong one (the pruned model's for a lost image, the dense model's for a gained one)."""
+    data, spec = current.loaded.eval_data(), current.loaded.input_spec
+    indices, wrong = (report.lost, report.lost_as) if lost else (report.gained, report.gained_from)
+    mean, std = torch.tensor(spec.mean).view(-1, 1, 1), torch.tensor(spec.std).view(-1, 1, 1)
+    out = []
+    for i, w in list(zip(indices, wrong, strict=True))[:GALLERY]:
+        image = (data.images[i] * std + mean).clamp(0, 1)
+        shown = image[0] if image.shape[0] == 1 else image.permute(1, 2, 0)
+        out.append((shown, f"#{i}: {data.classes[int(data.labels[i])]}, {'now' if lost else 'was'} {data.classes[w]}"))
+    return out
