@@ -137,6 +137,13 @@ def test_the_five_allocations_overlay_on_fmnist_vgg_at_70_percent():
         result = lab.pruner("magnitude", "unstructured", method.normalise).prune(PruneConfig(0.7, method.scope))
         assert bars[name] == pytest.approx([100 * row.sparsity for row in result.layers]), name
     assert bars["lamp"] != bars["global"] and bars["erk"] != bars["local"]
+    at.multiselect(key="overlay:unstructured").set_value(["global", "local"]).run()
+    from prunekit.app.resources import service
+
+    waiting = [e for e in service()._queue if e.job.model == "fmnist-vgg" and e.job.normalise == "lamp"]
+    assert all(e.background for e in waiting)  # off the chart: their live requests stepped back
+    at.slider(key="w_sparsity").set_value(0.0).run()  # and the pair's, for the tests after this one
+    assert not at.exception, at.exception
 
 
 def test_an_overlaid_allocations_accuracy_is_its_pruned_models():

@@ -74,7 +74,9 @@ def points(current: Lab, chosen: list[str], ask: bool = True) -> dict[str, readi
     """Per extra allocation its reading at the slider (each its own live request beside the page's pair)."""
     svc = service()
     register(svc, current)
-    out = {}
+    out, shown = {}, {m.name for m in extras(chosen)}
+    for name in ALLOCATIONS.keys() - shown if ask else ():  # taken off the chart: its request is demoted
+        svc.request([], f"{session_id()}/overlay/{name}")
     for method in extras(chosen):
         job = dataclasses.replace(_template(current, method), sparsity=cfg()["sparsity"])
         view = readings.read_point(
