@@ -195,6 +195,51 @@ def test_the_forgetting_page_shows_which_classes_lost_most_and_the_flipped_image
     assert len(at.get("image")[0].proto.imgs) == min(24, lost)
 
 
+def test_tradeoffs_says_whether_one_recipe_really_beats_the_other():
+    import torch
+
+    from prunekit.core.allocate import PruneConfig
+    from prunekit.core.lab import Lab
+    from prunekit.models import zoo
+
+    at = open_page("views/tradeoffs.py")
+    wait_until(lambda: any("exact test at 70%" in m.value for m in at.run().markdown), what="the paired test")
+    lab = Lab(zoo.load("fmnist-cnn"))
+    data = lab.loaded.eval_data()
+    predictions = {}
+    for scope in ("global", "local"):
+        pruner = lab.pruner("magnitude", "unstructured")
+        pruner.apply_(PruneConfig(0.7, scope))
+        with torch.no_grad():
+            predictions[scope] = pruner.model(data.images).argmax(1) == data.labels
+    only_a = int((predictions["global"] & ~predictions["local"]).sum())
+    only_b = int((~predictions["global"] & predictions["local"]).sum())
+    text = next(m.value for m in at.markdown if "exact test at 70%" in m.value)
+    assert f"**{only_a:,}** images only A gets right, **{only_b:,}** only B" in text
+
+
+def test_choosing_a_layer_shows_what_is_pruned_with_it():
+    from prunekit.core.lab import Lab
+    from prunekit.models import zoo
+
+    lab = Lab(zoo.load("fmnist-resnet"))
+    tied = next(c for c in lab.clusters if len(c.producers()) > 1)
+    at = open_page("views/model.py", {"model": "fmnist-resnet"})
+    at.toggle[-1].set_value(True).run()
+    at.selectbox(key="model_coupled").set_value(tied.root).run()
+    assert not at.exception, at.exception
+    assert {row["layer"] for row in at.dataframe[-1].value.to_dict("records")} == tied.layers()
+    assert any("go together" in m.value for m in at.markdown)
+    at = open_page("views/prune.py", {"model": "fmnist-resnet", "structure": "filter", "criterion": "l1"})
+    at.selectbox(key="prune_coupled").set_value(tied.root).run()
+    import json
+
+    chart = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if "Per-layer sparsity" in c.proto.spec)
+    bars = chart["data"][0]
+    outlined = {x for x, w in zip(bars["x"], bars["marker"]["line"]["width"], strict=True) if w}
+    assert outlined == {layer for layer in tied.layers() if layer in bars["x"]} and len(outlined) > 1
+
+
 def test_collapse_preset_shows_the_warning():
     at = open_page("views/prune.py")
     at.button[0].click().run()

@@ -54,6 +54,36 @@ def forget_view(current: Lab) -> ForgetView:
     return ForgetView(reports, {s: e for s, e in errors.items() if s != "dense"})
 
 
+@dataclass(frozen=True)
+class PairedView:
+    """Two recipes on the same images: A as 'dense', B as 'pruned' of a :class:`Forgetting` (None: on its way)."""
+
+    report: Forgetting | None
+    error: str | None
+
+
+def paired_view(current: Lab, a: tuple[str, str, str], b: tuple[str, str, str], sparsity: float) -> PairedView:
+    """Recipes ``a`` and ``b`` (criterion, scope, structure) at one sparsity, every image scored by each (the
+    workers' predictions): McNemar's test of A against B, b counting images A gets right and B wrong."""
+    svc = service()
+    register(svc, current)
+    base = dataclasses.replace(template(current, cfg()), sparsity=sparsity)
+
+    def job(recipe: tuple[str, str, str]) -> PredictJob:
+        criterion, scope, structure = recipe
+        same = dataclasses.asdict(base) | {"criterion": criterion, "scope": scope, "structure": structure}
+        return PredictJob(**same)
+
+    jobs = (job(a), job(b))
+    known = svc.request([(j, LIVE_FULL) for j in jobs], f"{session_id()}/paired")
+    got = [known[j.canonical()] for j in jobs]
+    errors = [v.message for v in got if isinstance(v, JobError)]
+    if errors or not all(isinstance(v, Predictions) for v in got):
+        return PairedView(None, errors[0] if errors else None)
+    data = current.loaded.eval_data()
+    return PairedView(compare(data.labels, got[0].tensor(), got[1].tensor(), data.classes), None)
+
+
 def accuracies(report: Forgetting) -> tuple[Accuracy, Accuracy]:
     """Dense and pruned top-1 on the whole set, from the same predictions (the intervals beside the test)."""
     n = sum(report.images_per_class)

@@ -55,8 +55,9 @@ def _grouped(fig: go.Figure, title: str, yaxis_title: str, height: int, **layout
     return fig
 
 
-def layer_sparsity_bars(results: dict[str, PruneResult]) -> go.Figure:
-    """Per-layer achieved sparsity for each scope (or allocation, by name) side by side."""
+def layer_sparsity_bars(results: dict[str, PruneResult], highlight: frozenset[str] = frozenset()) -> go.Figure:
+    """Per-layer achieved sparsity for each scope (or allocation, by name) side by side; the ``highlight``
+    layers (those pruned together with a chosen one) outlined."""
     fig = go.Figure()
     for scope, r in results.items():
         fig.add_bar(
@@ -64,6 +65,8 @@ def layer_sparsity_bars(results: dict[str, PruneResult]) -> go.Figure:
             x=[x.name for x in r.layers],
             y=[100 * x.sparsity for x in r.layers],
             marker_color=COLORS.get(scope),
+            marker_line_width=[3 if x.name in highlight else 0 for x in r.layers],
+            marker_line_color="black",
             hovertemplate="%{x}: %{y:.1f}% pruned<extra>" + scope + "</extra>",
         )
     fig.add_hline(y=100, line_dash="dot", line_color="black", annotation_text="100% = layer gone")

@@ -14,12 +14,14 @@ import torch
 from prunekit.app import links, plots
 from prunekit.app.resources import bundles, curve_fill_enabled, estimate_size, model_key, register, service, template
 from prunekit.app.state import cfg, config, error_text, session_id, settings
-from prunekit.core import analysis
+from prunekit.core import analysis, structure
 from prunekit.core.allocate import COMPARED_SCOPES
 from prunekit.core.lab import Lab, PruneResult
 from prunekit.core.nm import pattern_of
+from prunekit.core.structure import Coupling
 from prunekit.deploy.export import Bundle, build_bundle
 from prunekit.deploy.recover import Recipe, Recovery, has_training_split, training_images
+from prunekit.errors import InvalidArgumentError
 from prunekit.service import readings
 from prunekit.service.jobs import EvalJob, RecoverJob, SpeedJob
 from prunekit.service.scheduler import LIVE_FULL, Outcome, ServiceStatus
@@ -27,6 +29,42 @@ from prunekit.service.scheduler import LIVE_FULL, Outcome, ServiceStatus
 EFFECTIVE_HELP = (
     "Weights that are zero or lie on no surviving input-output path (all-ones path test on a linearised twin)."
 )
+
+
+def coupling(current: Lab, layer: str) -> Coupling | None:
+    """What is pruned together with ``layer``'s filters (the clusters filter pruning and compaction use);
+    raises InvalidArgumentError where filter pruning is not supported (attention, an untraceable model)."""
+    return structure.coupling(current.clusters, layer)
+
+
+def coupling_panel(current: Lab, key: str) -> frozenset[str]:
+    """A layer picker and what is pruned with its filters; returns the coupled layers (to highlight)."""
+    names = [x.name for x in current.profile.prunable()]
+    layer = st.selectbox("What is pruned together with the filters of", names, key=key)
+    try:
+        found = coupling(current, layer)
+    except InvalidArgumentError as exc:
+        st.caption(error_text(exc))
+        return frozenset()
+    if found is None:
+        st.caption(
+            f"`{layer}`'s outputs are never pruned (they are the model's outputs), so nothing is coupled to them."
+        )
+        return frozenset()
+    producers = found.producers()
+    how = (
+        f"the filters of {', '.join(f'`{p}`' for p in producers)} go together (a residual add, a concatenation "
+        "or a depthwise convolution ties their channels)"
+        if len(producers) > 1
+        else f"`{layer}`'s filters"
+    )
+    st.markdown(
+        f"Removing one of its {found.cluster.size} channels removes {how}, with every part below: they are pruned "
+        "together."
+    )
+    modules = dict(current.loaded.model.named_modules())
+    st.dataframe(found.rows(modules), hide_index=True, width="stretch")
+    return frozenset(found.cluster.layers())
 
 
 def untrained_banner(current: Lab) -> bool:

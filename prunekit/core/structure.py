@@ -117,3 +117,39 @@ def _cluster_from_group(group, names: dict[nn.Module, str]) -> Cluster | None:
         size=n,
         members=tuple(Member(layer, role, tuple(tuple(s) for s in slots)) for (layer, role), slots in members.items()),
     )
+
+
+ROLE_WORDS = {OUT: "filters", IN: "input kernels"}
+
+
+@dataclass(frozen=True)
+class Coupling:
+    """What goes with one layer's filters: the cluster they belong to, each member with its part in it."""
+
+    layer: str
+    cluster: Cluster
+
+    def rows(self, modules: dict[str, nn.Module]) -> list[dict[str, str]]:
+        """One row per member: its layer, type and part (filters, BatchNorm entries or input kernels)."""
+        return [
+            {
+                "layer": m.layer,
+                "type": type(modules[m.layer]).__name__,
+                "part": "BatchNorm entries"
+                if isinstance(modules[m.layer], nn.modules.batchnorm._BatchNorm)
+                else ROLE_WORDS[m.role],
+            }
+            for m in self.cluster.members
+        ]
+
+    def producers(self) -> list[str]:
+        """Layers whose filters go together (more than one: a residual add or a depthwise conv couples them)."""
+        return [m.layer for m in self.cluster.producers()]
+
+
+def coupling(clusters: list[Cluster] | tuple[Cluster, ...], layer: str) -> Coupling | None:
+    """The cluster ``layer``'s filters are pruned in (None: its outputs are never pruned, e.g. the classifier)."""
+    for cluster in clusters:
+        if any(m.layer == layer and m.role == OUT for m in cluster.members):
+            return Coupling(layer, cluster)
+    return None

@@ -77,5 +77,15 @@ st.dataframe(
         "compute %": st.column_config.NumberColumn(format="%.2f"),
     },
 )
+st.subheader("Coupled channels")
+st.caption(
+    "Filter pruning removes channels, and some channels are tied: a residual add sums two layers' outputs channel by "
+    "channel, a concatenation joins them, a depthwise convolution has one filter per input channel. Choose a layer to "
+    "see everything removing one of its channels removes."
+)
+if st.toggle(
+    "Show coupled channels", value=False, help="Traces the model's channel dependencies once (seconds on big models)."
+):
+    session.coupling_panel(lab, "model_coupled")
 with st.expander("Model card"):
     st.json(card)

@@ -144,10 +144,11 @@ try:
 except Exception as exc:
     st.error(f"Could not allocate: {state.error_text(exc)}")
     shown = {}
+coupled = session.coupling_panel(lab, "prune_coupled") if structure == "filter" else frozenset()
 if shown:
-    bars_key = (resources.model_key(lab), *state.cfg().values(), tuple(shown))
+    bars_key = (resources.model_key(lab), *state.cfg().values(), tuple(shown), tuple(sorted(coupled)))
     st.plotly_chart(
-        resources.figure("bars", bars_key, lambda: plots.layer_sparsity_bars(shown)),
+        resources.figure("bars", bars_key, lambda: plots.layer_sparsity_bars(shown, coupled)),
         width="stretch",
     )
 

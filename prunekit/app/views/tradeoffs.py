@@ -1,6 +1,6 @@
 import streamlit as st
 
-from prunekit.app import plots, resources, session, state
+from prunekit.app import forgetting, plots, resources, session, state
 from prunekit.app.live import live
 from prunekit.core.importance import CRITERIA
 from prunekit.core.nm import pattern_of
@@ -73,6 +73,52 @@ def curves_panel() -> bool:
 
 
 live("tradeoffs", curves_panel, 0.5, _missing(_curves()) > 0)
+
+st.subheader("Is one recipe really better than the other here?")
+st.caption(
+    "Both recipes are scored on every image of the evaluation set; McNemar's exact test looks at the images only one "
+    "of them gets right, which is what decides whether the difference is more than chance."
+)
+p1, p2, p3 = st.columns(3)
+first = p1.selectbox("Recipe A", chosen, key="paired_a") if chosen else None
+second = p2.selectbox("Recipe B", chosen, index=min(1, len(chosen) - 1), key="paired_b") if chosen else None
+at = p3.selectbox("At sparsity", [s for s in sparsities if s > 0], index=2, key="paired_at")
+
+
+def _pair():
+    """The two recipes' comparison, or None until two different recipes are chosen."""
+    if first is None or first == second:
+        return None
+    return forgetting.paired_view(lab, tuple(first.split(" / ")), tuple(second.split(" / ")), at)
+
+
+def paired_panel() -> bool:
+    view = _pair()
+    if view is None:
+        st.caption("Choose two different recipes above.")
+        return False
+    if view.error:
+        st.error(f"The recipes could not be compared: {state.error_text(view.error)}")
+        return False
+    if view.report is None:
+        st.caption("Scoring every image with both recipes in the evaluation workers...")
+        return True
+    acc_a, acc_b = forgetting.accuracies(view.report)
+    m1, m2 = st.columns(2)
+    m1.metric(f"A: {first}", f"{acc_a.top1:.2%}")
+    m1.caption(acc_a.interval_label())
+    m2.metric(f"B: {second}", f"{acc_b.top1:.2%}", f"{100 * (acc_b.top1 - acc_a.top1):+.2f} points")
+    m2.caption(acc_b.interval_label())
+    t = view.report.test
+    st.markdown(
+        f"McNemar's exact test at {at:.0%}: **{t.b:,}** images only A gets right, **{t.c:,}** only B, "
+        f"p = **{t.p:.3g}**" + (" (unlikely to be chance)" if t.p < 0.05 else " (could well be chance)")
+    )
+    return False
+
+
+pair = _pair()
+live("paired", paired_panel, 0.5, pair is not None and pair.report is None and pair.error is None)
 
 st.subheader("One-shot, iterative and AGP pruning at the same final sparsity")
 c = state.cfg()

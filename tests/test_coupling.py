@@ -1,0 +1,60 @@
+"""Coupled channel groups as the pages show them, against Torch-Pruning's dependency graph built here."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from prunekit.core.lab import Lab
+from prunekit.core.structure import coupling
+from prunekit.models import zoo
+
+
+def _groups_by_torch_pruning(model: nn.Module, input_shape) -> set[frozenset[str]]:
+    """Each group of the dependency graph as the set of its Conv, Linear and BatchNorm modules' names."""
+    traced = copy.deepcopy(model).eval()
+    for p in traced.parameters():
+        p.requires_grad_(True)
+    names = {m: n for n, m in traced.named_modules()}
+    graph = tp.DependencyGraph().build_dependency(traced, example_inputs=torch.zeros(1, *input_shape))
+    last = [m for m in traced.modules() if isinstance(m, nn.Linear)][-1:]
+    kinds = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d)
+    return {
+        frozenset(names[dep.target.module] for dep, _ in group.items if isinstance(dep.target.module, kinds))
+        for group in graph.get_all_groups(ignored_layers=last, root_module_types=[nn.Conv2d, nn.Linear])
+    }
+
+
+def test_the_groups_of_fmnist_resnet_are_torch_prunings():
+    loaded = zoo.load("fmnist-resnet")
+    lab = Lab(loaded)
+    ours = {frozenset(c.layers()) for c in lab.clusters}
+    assert ours == _groups_by_torch_pruning(loaded.model, loaded.input_spec.shape)
+    assert any(len(c.producers()) > 1 for c in lab.clusters)  # a residual add ties two layers' filters
+
+
+def test_a_layer_names_its_own_group_and_the_classifier_none():
+    lab = Lab(zoo.load("fmnist-resnet"))
+    tied = next(c for c in lab.clusters if len(c.producers()) > 1)
+    for member in tied.producers():
+        found = coupling(lab.clusters, member.layer)
+        assert found is not None and found.cluster == tied
+    classifier = [x.name for x in lab.profile.prunable()][-1]
+    assert coupling(lab.clusters, classifier) is None
+    modules = dict(lab.loaded.model.named_modules())
+    parts = {row["layer"]: row["part"] for row in coupling(lab.clusters, tied.root).rows(modules)}
+    assert set(parts) == tied.layers() and "filters" in parts.values()
+    assert all(
+        (p == "BatchNorm entries") == isinstance(modules[n], nn.modules.batchnorm._BatchNorm) for n, p in parts.items()
+    )
+
+
+@pytest.mark.parametrize("name", ["fmnist-cnn", "fmnist-mobilenet"])
+def test_other_bundled_models_group_as_torch_pruning_does(name):
+    loaded = zoo.load(name)
+    ours = {frozenset(c.layers()) for c in Lab(loaded).clusters}
+    assert ours == _groups_by_torch_pruning(loaded.model, loaded.input_spec.shape)
