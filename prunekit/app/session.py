@@ -37,6 +37,12 @@ def coupling(current: Lab, layer: str) -> Coupling | None:
     return structure.coupling(current.clusters, layer)
 
 
+def coupling_rows(current: Lab, layer: str) -> list[dict[str, str]] | None:
+    """The members of ``layer``'s group (layer, type, part), or None when its outputs are never pruned."""
+    found = coupling(current, layer)
+    return None if found is None else found.rows(dict(current.loaded.model.named_modules()))
+
+
 def coupling_panel(current: Lab, key: str) -> frozenset[str]:
     """A layer picker and what is pruned with its filters; returns the coupled layers (to highlight)."""
     names = [x.name for x in current.profile.prunable()]
@@ -62,8 +68,7 @@ def coupling_panel(current: Lab, key: str) -> frozenset[str]:
         f"Removing one of its {found.cluster.size} channels removes {how}, with every part below: they are pruned "
         "together."
     )
-    modules = dict(current.loaded.model.named_modules())
-    st.dataframe(found.rows(modules), hide_index=True, width="stretch")
+    st.dataframe(coupling_rows(current, layer), hide_index=True, width="stretch")
     return frozenset(found.cluster.layers())
 
 

@@ -46,6 +46,11 @@ except Exception as exc:
     st.error(f"Could not score with {criterion!r}: {state.error_text(exc)}")
     st.stop()
 st.plotly_chart(plots.importance_heatmap(view.layers, view.scores, view.removed, sort), width="stretch")
+st.caption(
+    "Each row is one group of coupled channels, named by its first layer: a residual add, a concatenation or a "
+    "depthwise convolution ties several layers' channels, and a channel's score adds up its producing layers'. "
+    "Below, one group up close with every layer it cuts across."
+)
 
 st.subheader("Do the criteria agree?")
 chosen = st.multiselect("Criteria to compare", filter_criteria, default=["l1", "l2", "random", "synflow"])
@@ -64,10 +69,13 @@ if len(chosen) >= 2:
     except Exception as exc:
         st.error(f"Could not compare: {state.error_text(exc)}")
 
-st.subheader("One layer up close")
-layer = st.selectbox("Layer", view.layers)
+st.subheader("One group up close")
+layer = st.selectbox("Group (by its first layer)", view.layers)
 i = view.layers.index(layer)
 st.plotly_chart(plots.scores_bar(view.scores[i], view.removed[i], layer), width="stretch")
+members = session.coupling_rows(lab, layer)
+if members:
+    st.caption("Its channels cut across: " + ", ".join(f"`{r['layer']}` ({r['part']})" for r in members) + ".")
 kernels = session.first_conv_kernels(lab)
 if kernels is not None:
     st.plotly_chart(plots.kernel_grid(kernels[1], f"First layer ({kernels[0]}) kernels"), width="stretch")
