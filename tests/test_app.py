@@ -1,6 +1,5 @@
 """Streamlit AppTest for every page on the default model."""
 
-import time
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -42,14 +41,17 @@ def metric(at: AppTest, label_start: str) -> str:
     return next(m.value for m in at.metric if m.label.startswith(label_start))
 
 
-def settle(at: AppTest, timeout: float = 600) -> AppTest:
+def rerun(at: AppTest) -> AppTest:
+    """One more run of the page, which must not raise."""
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def settle(at: AppTest) -> AppTest:
     """Rerun until every accuracy on the page is a full-split figure (the service works meanwhile)."""
-    deadline = time.time() + timeout
-    while any(m.value == "computing..." or "estimate" in m.label for m in at.metric):
-        assert time.time() < deadline, [(m.label, m.value) for m in at.metric]
-        time.sleep(0.2)
-        at.run()
-        assert not at.exception, at.exception
+    pending = lambda: any(m.value == "computing..." or "estimate" in m.label for m in at.metric)  # noqa: E731
+    wait_until(lambda: not pending(), step=lambda: rerun(at), what="every accuracy a full-split figure")
     return at
 
 
@@ -345,11 +347,8 @@ def _curve_points(at: AppTest) -> dict[str, dict[float, float]]:
 def test_accuracy_curve_fills_in_with_true_numbers(monkeypatch):
     monkeypatch.setenv("PRUNEKIT_CURVE_FILL", "1")
     at = settle(open_page("views/prune.py", {"sparsity": "0.5"}))
-    deadline = time.time() + 600  # a hang guard, not a speed limit
-    while not all({0.0, 0.3, 0.9} <= set(c) for c in _curve_points(at).values()):  # the 0.1 grid comes first
-        assert time.time() < deadline, _curve_points(at)
-        time.sleep(0.5)
-        at.run()
+    coarse = lambda: all({0.0, 0.3, 0.9} <= set(c) for c in _curve_points(at).values())  # noqa: E731 - 0.1 grid first
+    wait_until(coarse, step=lambda: rerun(at), what="the coarse curve")
     curves = _curve_points(at)
     for scope in ("global", "local"):
         assert {0.0, 0.3, 0.9} <= set(curves[scope]), curves
@@ -366,11 +365,7 @@ def test_sensitivity_scan_runs_as_service_jobs_and_shows_what_they_measured():
     at = open_page("views/sensitivity.py")
     at.multiselect[0].set_value([0.5, 0.9]).run()
     at.button[0].click().run()
-    deadline = time.time() + 600  # a hang guard, not a speed limit
-    while not any("Most sensitive" in m.value for m in at.markdown):
-        assert time.time() < deadline and not at.exception, (at.exception, [p.proto.text for p in at.get("progress")])
-        time.sleep(0.3)
-        at.run()
+    wait_until(lambda: any("Most sensitive" in m.value for m in at.markdown), step=lambda: rerun(at), what="the scan")
     lab = Lab(load("fmnist-cnn"))
     jobs = sensitivity_jobs(lab, EvalJob("fmnist-cnn", "magnitude", subset=1000), [0.5, 0.9])
     got = run_jobs(jobs, ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",)), lab.fingerprint, Backend())

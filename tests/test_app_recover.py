@@ -1,23 +1,18 @@
 """AppTest: measured speed, export downloads and recovery on the Prune page."""
 
 import re
-import time
 
 import pytest
 
-from tests.test_app import metric, open_page
+from tests.helpers import wait_until
+from tests.test_app import metric, open_page, rerun
 
 FILTERS = {"model": "fmnist-vgg", "structure": "filter", "criterion": "l1", "sparsity": "0.5", "normalise": "mean"}
 pytestmark = pytest.mark.xdist_group("app-recover")
 
 
-def _rerun_until(at, done, timeout: float = 600):
-    deadline = time.time() + timeout
-    while not done(at):
-        assert time.time() < deadline, [(m.label, m.value) for m in at.metric]
-        time.sleep(0.3)
-        at.run()
-        assert not at.exception, at.exception
+def _rerun_until(at, done):
+    wait_until(lambda: done(at), step=lambda: rerun(at), what=str(done))
     return at
 
 
@@ -54,7 +49,7 @@ def test_recovery_runs_in_the_workers_and_shows_every_stage():
     at = open_page("views/prune.py", FILTERS | {"model": "fmnist-resnet"})
     at.number_input[1].set_value(0.5).run()  # half an epoch of 10,000 images: ~40 steps
     next(b for b in at.button if b.label == "Start recovery").click().run()
-    at = _rerun_until(at, lambda a: any(m.label == "Fine-tuned" and m.value != "..." for m in a.metric), timeout=600)
+    at = _rerun_until(at, lambda a: any(m.label == "Fine-tuned" and m.value != "..." for m in a.metric))
     values = {
         label: float(metric(at, label).rstrip("%")) for label in ("Dense", "Pruned", "BN-recalibrated", "Fine-tuned")
     }
@@ -66,7 +61,7 @@ def test_tradeoffs_compares_one_shot_iterative_and_agp_at_one_budget():
     at = open_page("views/tradeoffs.py", query)
     at.number_input[0].set_value(0.5).run()
     next(b for b in at.button if b.label == "Compare the schedules").click().run()
-    at = _rerun_until(at, lambda a: list(a.dataframe[-1].value["status"]) == ["done"] * 3, timeout=600)
+    at = _rerun_until(at, lambda a: list(a.dataframe[-1].value["status"]) == ["done"] * 3)
     rows = at.dataframe[-1].value
     assert list(rows["schedule"]) == ["one-shot (1 step)", "iterative (3 steps)", "agp (3 steps)"]
     assert all(re.fullmatch(r"\d+\.\d\d% \(95% interval .+ on 10,000 images\)", v) for v in rows["fine-tuned top-1"])

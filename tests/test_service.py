@@ -19,20 +19,21 @@ from prunekit.errors import InvalidArgumentError
 from prunekit.service.jobs import EvalJob
 from prunekit.service.scheduler import CURVE, LIVE_FULL, EvalService, JobError, curve_grid
 from prunekit.service.store import ResultStore
-from tests.helpers import TinyResNet, tiny_loaded
+from tests.helpers import TinyResNet, tiny_loaded, wait_until
 
 pytestmark = pytest.mark.xdist_group("service")  # worker processes: keep these on one xdist worker
 TINY = ModelSpec("tests.helpers:load_tiny", ("TinyResNet",))
 
 
-def wait_for(service: EvalService, jobs, session: str = "t", timeout: float = 600.0) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        known = service.request([(j, LIVE_FULL) for j in jobs], session)
-        if all(v is not None for v in known.values()):
-            return known
-        time.sleep(0.02)
-    raise AssertionError(f"jobs not done in {timeout} s: {service.status()}")
+def wait_for(service: EvalService, jobs, session: str = "t") -> dict:
+    known: dict = {}
+
+    def done() -> bool:
+        known.update(service.request([(j, LIVE_FULL) for j in jobs], session))
+        return all(v is not None for v in known.values())
+
+    wait_until(done, what=f"jobs {jobs}")
+    return known
 
 
 @pytest.fixture
@@ -182,9 +183,7 @@ def test_curve_is_filled_coarse_to_fine_for_both_scopes(service):
         levels = {e.priority()[0] for e in service._queue}
     assert levels <= {CURVE, CURVE + 1, CURVE + 2}
     coarse = [EvalJob("tiny", "magnitude", sparsity=s, scope=sc) for s in (0.1, 0.5, 0.9) for sc in ("global", "local")]
-    deadline = time.time() + 600  # a hang guard, not a speed limit
-    while any(service.lookup(j) is None for j in coarse) and time.time() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: all(service.lookup(j) is not None for j in coarse), what="the coarse curve points")
     assert all(isinstance(service.lookup(j), Accuracy) for j in coarse)
 
 
@@ -280,14 +279,16 @@ def test_an_uploaded_state_dict_is_evaluated_by_the_workers_from_its_bytes(tmp_p
 
 def test_background_work_leaves_one_worker_free_for_live_requests(service):
     service.fill_curve(EvalJob("tiny", "l2", "filter"), ["global", "local"])
-    deadline = time.time() + 600  # a hang guard, not a speed limit
-    seen_busy = 0
-    while time.time() < deadline and service.status().queued_background:
+    seen_busy = []
+
+    def look() -> bool:
         status = service.status()
-        seen_busy = max(seen_busy, status.busy)
+        seen_busy.append(status.busy)
         assert status.busy <= 1, status  # two workers: background work may hold one of them
-        time.sleep(0.005)
-    assert seen_busy == 1
+        return not status.queued_background
+
+    wait_until(look, what="the background curve")
+    assert max(seen_busy) == 1
 
 
 def test_readings_prefer_the_full_figure_and_surface_errors(service):
@@ -301,10 +302,8 @@ def test_readings_prefer_the_full_figure_and_surface_errors(service):
     template = EvalJob("tiny", "magnitude", sparsity=0.4)
     assert read_point(service, template, ["global"], 20, "r", ask=False).pending  # reading asks for nothing
     assert service.status().queued_live == 0
-    deadline = time.time() + 600  # a hang guard, not a speed limit
-    while (view := read_point(service, template, ["global", "local"], 20, "r")).pending:
-        assert time.time() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: not read_point(service, template, ["global", "local"], 20, "r").pending, what="both scopes")
+    view = read_point(service, template, ["global", "local"], 20, "r")
     for got, job in (
         (view.scopes["local"].full, dataclasses.replace(template, scope="local")),
         (view.dense.full, EvalJob("tiny")),

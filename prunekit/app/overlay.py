@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import streamlit as st
+
 from prunekit.app.resources import curve_fill_enabled, estimate_size, register, service, template
 from prunekit.app.state import cfg, session_id
 from prunekit.app.state import config as state_config
@@ -65,6 +67,15 @@ def curves(current: Lab, chosen: list[str]) -> dict[str, dict[float, float]]:
     return {m.name: readings.read_curves(svc, _template(current, m), [m.scope])[m.scope] for m in extras(chosen)}
 
 
+def _step_back(svc, shown: set[str]) -> None:
+    """Allocations taken off the chart since the last ask: their live requests become background work
+    (once, when they leave: not on every poll)."""
+    asked = st.session_state.setdefault("overlay_asked", set())
+    for name in asked - shown:
+        svc.request([], f"{session_id()}/overlay/{name}")
+    st.session_state["overlay_asked"] = set(shown)
+
+
 def curves_pending(drawn: dict[str, dict[float, float]]) -> bool:
     """True while an extra allocation's curve is still filling."""
     return curve_fill_enabled() and any(len(c) < readings.curve_points() for c in drawn.values())
@@ -74,9 +85,9 @@ def points(current: Lab, chosen: list[str], ask: bool = True) -> dict[str, readi
     """Per extra allocation its reading at the slider (each its own live request beside the page's pair)."""
     svc = service()
     register(svc, current)
-    out, shown = {}, {m.name for m in extras(chosen)}
-    for name in ALLOCATIONS.keys() - shown if ask else ():  # taken off the chart: its request is demoted
-        svc.request([], f"{session_id()}/overlay/{name}")
+    if ask:
+        _step_back(svc, {m.name for m in extras(chosen)})
+    out = {}
     for method in extras(chosen):
         job = dataclasses.replace(_template(current, method), sparsity=cfg()["sparsity"])
         view = readings.read_point(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import streamlit as st
 import torch
 
-from prunekit.app import links, plots
+from prunekit.app import plots
 from prunekit.app.resources import bundles, curve_fill_enabled, estimate_size, model_key, register, service, template
 from prunekit.app.state import cfg, config, error_text, session_id, settings
 from prunekit.core import analysis, structure
@@ -160,17 +160,8 @@ def dense_reading(current: Lab, estimate: bool) -> readings.Reading:
 
 
 def _job(current: Lab, scope: str) -> dict:
-    c = cfg()
-    return dict(
-        model=model_key(current),
-        criterion=c["criterion"],
-        structure=c["structure"],
-        normalise=c["normalise"],
-        sparsity=c["sparsity"],
-        scope=scope,
-        keep_first_last=c["keep"],
-        overrides=tuple(sorted(links.decode_overrides(c["overrides"]).items())),
-    )
+    """The fields of the on-screen configuration's job at the slider, for ``scope`` (speed, recovery, export)."""
+    return dataclasses.asdict(template(current, cfg())) | {"sparsity": cfg()["sparsity"], "scope": scope}
 
 
 def speed(current: Lab, scope: str, measure: bool) -> Outcome | None:
