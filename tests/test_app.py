@@ -118,6 +118,7 @@ def test_a_two_four_pattern_fixes_the_slider_and_says_why_there_is_no_speedup():
     assert bars["global"] == bars["local"]  # the pattern, not the scope, decides
     assert set(bars["global"]) <= {0.0, 50.0} and 50.0 in bars["global"]  # features.0 (1 input channel) stays dense
     assert any("No curve: the pattern fixes the sparsity." in c.value for c in at.caption)
+    assert any(c.value == "Dense here (the pattern does not fit them): `features.0`." for c in at.caption)
     assert metric(at, "Global at 50%") == metric(at, "Local at 50%")
 
 
@@ -404,6 +405,7 @@ def test_a_plans_share_link_opens_the_prune_page_with_its_per_layer_sparsities()
     assert bars["global"] == pytest.approx(expected, abs=0.01) and bars["local"] == pytest.approx(expected, abs=0.01)
     note = next(i.value for i in at.info if "Per-layer sparsities from the link" in i.value)
     assert "`features.3` 60%" in note and "`classifier.1` 90%" in note
+    assert any(m.label.startswith("Global at 0% + the link's layers") for m in at.metric)  # not "0%" alone
     next(b for b in at.button if b.label == "Clear the per-layer sparsities").click().run()
     assert all(v == 0.0 for v in _layer_bars(at)["global"])
 

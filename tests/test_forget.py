@@ -102,3 +102,12 @@ def test_cli_forget_prints_the_same_numbers_as_an_independent_evaluation(capsys)
     lost = ((dense == y) & (pruned != y)).nonzero().flatten().tolist()
     assert data["flipped"]["lost"] == lost and data["mcnemar"]["b"] == len(lost)
     assert data["mcnemar"]["c"] == len(data["flipped"]["gained"]) and data["mcnemar"]["p"] < 1e-10
+
+
+def test_a_p_value_below_floats_range_is_said_as_such_not_as_zero():
+    from prunekit.app.forgetting import verdict
+    from prunekit.core.forget import McNemar
+
+    assert verdict(mcnemar(7188, 22)) == "p < **1e-300** (unlikely to be chance)"
+    assert verdict(mcnemar(10, 2)) == f"p = **{mcnemar(10, 2).p:.3g}** (unlikely to be chance)"
+    assert verdict(McNemar(3, 3, 1.0)) == "p = **1** (could well be chance)"

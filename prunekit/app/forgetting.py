@@ -12,7 +12,7 @@ from prunekit.app.resources import model_key, register, service, template
 from prunekit.app.state import cfg, session_id
 from prunekit.core.allocate import COMPARED_SCOPES
 from prunekit.core.evaluate import Accuracy, Counts, from_counts
-from prunekit.core.forget import Forgetting, compare
+from prunekit.core.forget import Forgetting, McNemar, compare
 from prunekit.core.lab import Lab
 from prunekit.service.jobs import Predictions, PredictJob
 from prunekit.service.scheduler import LIVE_FULL, JobError
@@ -82,6 +82,12 @@ def paired_view(current: Lab, a: tuple[str, str, str], b: tuple[str, str, str], 
         return PairedView(None, errors[0] if errors else None)
     data = current.loaded.eval_data()
     return PairedView(compare(data.labels, got[0].tensor(), got[1].tensor(), data.classes), None)
+
+
+def verdict(test: McNemar) -> str:
+    """McNemar's p as a page says it: below float's range it is 'p < 1e-300', not 0; then what it means."""
+    p = f"p = **{test.p:.3g}**" if test.p > 1e-300 else "p < **1e-300**"
+    return p + (" (unlikely to be chance)" if test.p < 0.05 else " (could well be chance)")
 
 
 def accuracies(report: Forgetting) -> tuple[Accuracy, Accuracy]:

@@ -47,7 +47,7 @@ def _grouped(fig: go.Figure, title: str, yaxis_title: str, height: int, **layout
         title=title,
         yaxis_title=yaxis_title,
         xaxis_tickangle=-45,
-        legend_orientation="h",
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),  # clear of slanted names
         height=height,
         margin=dict(t=50, b=10),
         **layout,

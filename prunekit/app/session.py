@@ -129,6 +129,11 @@ def point_view(current: Lab, ask: bool = True) -> readings.PointView:
     return readings.read_point(svc, job, COMPARED_SCOPES, estimate_size(current), session_id(), ask)
 
 
+def pattern_unfit(current: Lab) -> tuple[str, ...]:
+    """The layers an N:M pattern on screen leaves dense (their input width is not a multiple of M)."""
+    return current.table(*settings()).unscored
+
+
 def has_curve() -> bool:
     """False for an N:M pattern: the pattern, not a slider, sets its sparsity, so there is one point."""
     return pattern_of(cfg()["structure"]) is None

@@ -50,10 +50,7 @@ def scope_summary(scope: str, report) -> None:
     )
     m2.caption(pruned.interval_label())
     t = report.test
-    st.markdown(
-        f"McNemar's exact test: **{t.b:,}** images lost, **{t.c:,}** gained, p = **{t.p:.3g}**"
-        + (" (unlikely to be chance)" if t.p < 0.05 else " (could well be chance)")
-    )
+    st.markdown(f"McNemar's exact test: **{t.b:,}** images lost, **{t.c:,}** gained, {forgetting.verdict(t)}")
     moved = sorted(report.moved.items(), key=lambda kv: -kv[1])[:8]
     if moved:
         rows = [{"class": report.classes[a], "now called": report.classes[b], "images": n} for (a, b), n in moved]

@@ -35,6 +35,7 @@ PRESETS = {
         criterion="l1", structure="filter", sparsity=0.5, keep=False, normalise="mean"
     ),
 }
+PER_LAYER = " + the link's layers"  # the slider's sparsity is not the whole story when a plan sets some layers
 NM_NOTE = (
     "**{structure}:** in every group of {m} consecutive input weights the {n} best by the criterion stay, so "
     "every layer the pattern fits loses exactly {share:.0%}; a layer whose input width is not a multiple of {m} stays "
@@ -85,6 +86,9 @@ sparsity = state.bind(
 )
 if pattern is not None:
     st.info(NM_NOTE.format(structure=structure, n=pattern[0], m=pattern[1], share=pattern_sparsity(pattern)))
+    unfit = session.pattern_unfit(lab)
+    if unfit:
+        st.caption(f"Dense here (the pattern does not fit them): {', '.join(f'`{n}`' for n in unfit)}.")
 st.caption(
     CRITERIA[c["criterion"]].description
     + (
@@ -296,10 +300,15 @@ def point_panel() -> bool:
     slots = st.columns(3)
     _metric(slots[0], "Dense", view.dense)
     for slot, (scope, reading) in zip(slots[1:], view.scopes.items(), strict=True):
-        _metric(slot, f"{scope.title()} at {sparsity:.0%}", reading, view.dense)
+        _metric(slot, f"{scope.title()} at {sparsity:.0%}{PER_LAYER if c['overrides'] else ''}", reading, view.dense)
     more = overlay.points(lab, overlaid)
     for slot, (name, reading) in zip(st.columns(max(3, len(more))), more.items(), strict=False):
-        _metric(slot, f"{ALLOCATIONS[name].title} at {sparsity:.0%}", reading, view.dense)
+        _metric(
+            slot,
+            f"{ALLOCATIONS[name].title} at {sparsity:.0%}{PER_LAYER if c['overrides'] else ''}",
+            reading,
+            view.dense,
+        )
     return view.pending or any(r.pending for r in more.values())
 
 

@@ -112,7 +112,7 @@ def paired_panel() -> bool:
     t = view.report.test
     st.markdown(
         f"McNemar's exact test at {at:.0%}: **{t.b:,}** images only A gets right, **{t.c:,}** only B, "
-        f"p = **{t.p:.3g}**" + (" (unlikely to be chance)" if t.p < 0.05 else " (could well be chance)")
+        + forgetting.verdict(t)
     )
     return False
 
