@@ -45,7 +45,7 @@ def test_speed_job_times_dense_masked_and_compact_and_is_stored(service, tmp_pat
 def test_speed_job_explains_unstructured_and_collapse(service):
     flat = SpeedJob("tiny", "magnitude", "unstructured", sparsity=0.5)
     cut = SpeedJob("fmnist-cnn", "l1", "filter", sparsity=0.3)  # raw global L1 empties features.0
-    got = wait_for(service, [flat, cut], timeout=120)
+    got = wait_for(service, [flat, cut])
     assert got[flat].note == UNSTRUCTURED_NOTE and "compact" not in got[flat].ms
     assert "layer collapse at 'features.0'" in got[cut].note and "compact" not in got[cut].ms
 
@@ -70,7 +70,7 @@ def test_recover_job_reports_progress_and_can_be_stopped(service):
         and seen.total_steps == 20 * math.ceil(seen.train_images / 128)
     )
     service.stop(job)
-    got = wait_for(service, [job], session="s:recover", timeout=60)[job]
+    got = wait_for(service, [job], session="s:recover")[job]
     assert isinstance(got, Recovery) and got.stopped and 3 <= got.step < got.total_steps
     assert got.accuracy["finetuned"].n == 10_000 and got.model is None
     service.forget(job)
