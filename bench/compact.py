@@ -22,9 +22,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from prunekit.core.allocate import PruneConfig  # noqa: E402
 from prunekit.core.lab import Lab  # noqa: E402
 from prunekit.core.profile import profile_model  # noqa: E402
+from prunekit.core.spec import PruneConfig, PruneSpec  # noqa: E402
 from prunekit.deploy.latency import LatencyConfig, machine_name, measure  # noqa: E402
 from prunekit.models import zoo  # noqa: E402
 
@@ -54,7 +54,7 @@ def torch_pruning_compact(model: nn.Module, shape: tuple[int, ...], ratio: float
 
 def row(lab: Lab, ratio: float, latency: LatencyConfig) -> dict:
     shape, dense = lab.loaded.input_spec.shape, lab.loaded.model
-    ours = lab.pruner("l1", "filter").compact(PruneConfig(ratio, "local")).model
+    ours = lab.pruner(PruneSpec("l1", "filter")).compact(PruneConfig(ratio, "local")).model
     peer = torch_pruning_compact(dense, shape, ratio)
     macs = {name: profile_model(m, shape).total_macs for name, m in (("dense", dense), ("ours", ours), ("tp", peer))}
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in (("ours", ours), ("tp", peer))}

@@ -24,10 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from prunekit.core.lab import Lab  # noqa: E402
+from prunekit.core.loaded import ModelSpec  # noqa: E402
+from prunekit.core.spec import Allocation, PruneSpec  # noqa: E402
 from prunekit.deploy.latency import machine_name  # noqa: E402
 from prunekit.models import zoo  # noqa: E402
 from prunekit.service.fanout import Backend, collect, run_jobs, sweep_jobs  # noqa: E402
-from prunekit.service.jobs import EvalJob, ModelSpec  # noqa: E402
+from prunekit.service.jobs import EvalJob  # noqa: E402
 from prunekit.service.scheduler import EvalService  # noqa: E402
 from prunekit.service.store import ResultStore  # noqa: E402
 
@@ -35,7 +37,7 @@ IDLE_S = 10.0
 
 
 def jobs_for(model: str, points: int) -> list[EvalJob]:
-    template = EvalJob(model, "magnitude", "unstructured", scope="global")
+    template = EvalJob(model, PruneSpec("magnitude", "unstructured", allocation=Allocation("global")))
     return sweep_jobs(template, [round(0.95 * k / (points - 1), 4) for k in range(1, points)])
 
 

@@ -26,10 +26,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from prunekit.core.allocate import PruneConfig  # noqa: E402
 from prunekit.core.evaluate import DEFAULT_BATCH  # noqa: E402
 from prunekit.core.lab import Lab  # noqa: E402
 from prunekit.core.loaded import InputSpec, Loaded  # noqa: E402
+from prunekit.core.spec import PruneConfig, PruneSpec  # noqa: E402
 from prunekit.deploy.latency import machine_name  # noqa: E402
 from prunekit.models import zoo  # noqa: E402
 
@@ -57,7 +57,7 @@ def slider_row(name: str, peer_runs: int) -> dict:
     loaded = Loaded(name, model, InputSpec((3, 224, 224), (0.5,) * 3, (0.5,) * 3), lambda: None, (), {}, False, "bench")
     lab = Lab(loaded)
     setup_ms = _timed(lambda: lab.table("magnitude", "unstructured"))
-    pruner = lab.pruner("magnitude", "unstructured")
+    pruner = lab.pruner(PruneSpec("magnitude", "unstructured"))
     pruner.apply_(PruneConfig(0.1))  # first touch of the working copy's pages
     masks = [_timed(lambda s=s: pruner.apply_(PruneConfig(s))) for s in SPARSITIES for _ in range(3)]
     lab.result("magnitude", "unstructured", "none", PruneConfig(0.1), paths=False)  # the pool's copy
@@ -88,7 +88,7 @@ def _move(lab: Lab, sparsity: float, paths: bool) -> None:
 def eval_row(name: str) -> dict:
     loaded = zoo.load(name)
     data = loaded.eval_data()
-    pruner = Lab(loaded).pruner("magnitude", "unstructured")
+    pruner = Lab(loaded).pruner(PruneSpec("magnitude", "unstructured"))
     pruner.apply_(PruneConfig(0.5))
 
     @torch.inference_mode()

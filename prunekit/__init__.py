@@ -1,46 +1,89 @@
 """prunekit: an honest, fast engine for exploring neural-network pruning, on the zoo's models or your own.
 
     import prunekit
-    lab = prunekit.Lab.from_model(model, example_input, eval_data=(images, labels))
-    pruner = lab.pruner("magnitude", "unstructured")         # criterion, structure[, normalise]
-    result = pruner.prune(prunekit.PruneConfig(0.7, "global"))  # per-layer sparsity, collapse, MACs...
-    lamp = prunekit.ALLOCATIONS["lamp"]                        # or global-mean, local, erk: (scope, normalise)
-    lab.pruner("magnitude", "unstructured", lamp.normalise).prune(prunekit.PruneConfig(0.7, lamp.scope))
-    accuracy = pruner.evaluate()                               # .top1 on eval_data
-    app = prunekit.launch(model, example_input, eval_data=(images, labels))  # the browser lab on it
-    app.wait_ready(); print(app.url); app.stop()
+    lab = prunekit.load("fmnist-cnn")                  # or prunekit.Lab.from_model(model, example_input, eval_data=...)
+    spec = prunekit.PruneSpec("magnitude", allocation="lamp", sparsity=0.7)   # unstructured by default
+    result = lab.prune(spec)                           # per-layer sparsity, collapse, MACs... measured
+    rows = lab.sensitivity(sparsities=(0.5, 0.9), images=1000)   # each layer alone, accuracy beside dense
+    plan = lab.plan("macs=0.6")                        # per-layer sparsities for a budget, measured
+    files = lab.export(prunekit.PruneSpec("l1", prunekit.Structure.FILTER, sparsity=0.3), out="export/")
+    app = prunekit.launch(model, example_input, eval_data=(images, labels))  # the browser lab on your own model
 
-Layers, each importing only those before it: ``core`` (the engine), ``models`` (zoo, data, training),
-``deploy`` (latency, export, recovery), ``service`` (evaluation workers, store, Ray), ``app`` (the
-Streamlit lab, the only part that imports streamlit) and ``cli``.
+``lab.recover(spec, prunekit.Recipe(epochs=1))`` fine-tunes, ``lab.forget(spec)`` shows what pruning forgets,
+``lab.sweep(spec)`` traces accuracy against sparsity; ``prunekit.RunOptions`` sends their evaluations to worker
+processes or Ray. Layers, each importing only those before it: ``core`` (the engine), ``models`` (zoo, data,
+training), ``deploy`` (latency, export, recovery), ``service`` (evaluation workers, store, Ray), ``tasks``
+(the use cases above), ``app`` (the Streamlit lab, the only part that imports streamlit) and ``cli``.
 """
 
 __version__ = "0.1.0"
 
 from prunekit.app.launch import App, launch
-from prunekit.core.allocate import PruneConfig
-from prunekit.core.allocations import ALLOCATIONS
+from prunekit.core.budget import Target
 from prunekit.core.evaluate import Accuracy
-from prunekit.core.importance import CRITERIA, STRUCTURES
-from prunekit.core.lab import Lab, LayerResult, Pruner, PruneResult
+from prunekit.core.importance import CRITERIA
+from prunekit.core.lab import LayerResult, Pruner, PruneResult
 from prunekit.core.loaded import InputSpec, Loaded
-from prunekit.errors import InvalidArgumentError, PrunekitError
+from prunekit.core.spec import (
+    ALLOCATIONS,
+    STRUCTURES,
+    Allocation,
+    Normalisation,
+    PruneConfig,
+    PruneSpec,
+    Scope,
+    Structure,
+)
+from prunekit.deploy.recover import Recipe
+from prunekit.errors import (
+    CheckpointError,
+    ClusterUnavailableError,
+    CompactionError,
+    DataNotFoundError,
+    InvalidArgumentError,
+    LayerCollapseError,
+    ProbeUnsupportedError,
+    PrunekitError,
+    UnknownNameError,
+    UntrainedModelError,
+)
+from prunekit.service.fanout import Backend
+from prunekit.tasks import Lab, RunOptions, list_models, load
 
 __all__ = [
     "ALLOCATIONS",
-    "App",
     "CRITERIA",
     "STRUCTURES",
     "Accuracy",
+    "Allocation",
+    "App",
+    "Backend",
+    "CheckpointError",
+    "ClusterUnavailableError",
+    "CompactionError",
+    "DataNotFoundError",
     "InputSpec",
     "InvalidArgumentError",
     "Lab",
+    "LayerCollapseError",
     "LayerResult",
     "Loaded",
+    "Normalisation",
+    "ProbeUnsupportedError",
     "PruneConfig",
     "PruneResult",
-    "Pruner",
+    "PruneSpec",
     "PrunekitError",
-    "__version__",
+    "Pruner",
+    "Recipe",
+    "RunOptions",
+    "Scope",
+    "Structure",
+    "Target",
+    "UnknownNameError",
+    "UntrainedModelError",
     "launch",
+    "list_models",
+    "load",
+    "__version__",
 ]

@@ -14,28 +14,35 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-from prunekit.core.allocate import NORMALISATIONS, SCOPES, PruneConfig, check_sparsity
-from prunekit.core.allocations import ALLOCATIONS, allocation_of, get_allocation
-from prunekit.core.budget import TARGETS, Costs, Target, plan
+from prunekit import tasks
+from prunekit.core.budget import TARGETS, Target
 from prunekit.core.evaluate import Accuracy, interval_label
-from prunekit.core.forget import compare
-from prunekit.core.importance import CRITERIA, FILTER, STRUCTURES, UNSTRUCTURED
+from prunekit.core.importance import CRITERIA
 from prunekit.core.lab import Lab, PruneResult
-from prunekit.deploy.export import build_bundle, export_report, report_lines, write_bundle
-from prunekit.deploy.recover import SCHEDULES, Recipe, recover
+from prunekit.core.spec import (
+    ALLOCATIONS,
+    KNOB_STRUCTURES,
+    NORMALISATIONS,
+    SCOPES,
+    STRUCTURES,
+    Allocation,
+    Normalisation,
+    PruneSpec,
+    Scope,
+    Structure,
+    allocation_of,
+    check_sparsity,
+    get_allocation,
+)
+from prunekit.deploy.export import report_lines
+from prunekit.deploy.recover import SCHEDULES, Recipe
 from prunekit.errors import InvalidArgumentError, PrunekitError, UntrainedModelError
 from prunekit.models import custom, zoo
 from prunekit.service.fanout import (
     Backend,
-    plan_job,
-    run_jobs,
-    run_sharded,
-    sensitivity_jobs,
-    sensitivity_rows,
-    sweep_jobs,
 )
-from prunekit.service.jobs import ESTIMATE_IMAGES, EvalJob, PredictJob
-from prunekit.service.scheduler import RAY_ENV, JobError
+from prunekit.service.jobs import ESTIMATE_IMAGES
+from prunekit.service.scheduler import RAY_ENV
 from prunekit.service.store import ResultStore
 
 
@@ -106,11 +113,11 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
         "--allocation",
         choices=list(ALLOCATIONS),
         default=None,
-        help="how much to prune where (README: 'How much to prune where'); default global",
+        help="how much to prune where (docs/methods.md); default global",
     )
     p.add_argument("--scope", choices=SCOPES, default=None, help="the older spelling: --scope global|local|erk")
     p.add_argument("--criterion", choices=list(CRITERIA), default="magnitude")
-    p.add_argument("--structure", choices=STRUCTURES, default="unstructured")
+    p.add_argument("--structure", choices=STRUCTURES, type=Structure, default=Structure.UNSTRUCTURED)
     p.add_argument("--normalise", choices=list(NORMALISATIONS), default=None, help="score normalisation (default none)")
     p.add_argument("--keep-first-last", action="store_true", help="keep the first and last layer dense")
 
@@ -190,7 +197,7 @@ def _add_export(sub) -> None:
     export = sub.add_parser("export", help="compact, time and write masks, ratios, snippet, safetensors, ONNX")
     _add_model(export)
     _add_prune_options(export)
-    export.set_defaults(structure="filter", criterion="l1")
+    export.set_defaults(structure=Structure.FILTER, criterion="l1")
     export.add_argument("--sparsity", type=_sparsity, required=True)
     export.add_argument("--out", type=Path, required=True, help="folder to write the files into")
 
@@ -212,7 +219,7 @@ def _add_sensitivity(sub) -> None:
     sens = sub.add_parser("sensitivity", help="prune one layer at a time")
     _add_model(sens)
     sens.add_argument("--criterion", choices=list(CRITERIA), default="magnitude")
-    sens.add_argument("--structure", choices=(UNSTRUCTURED, FILTER), default="unstructured")  # a pattern has no knob
+    sens.add_argument("--structure", choices=KNOB_STRUCTURES, type=Structure, default=Structure.UNSTRUCTURED)
     sens.add_argument("--sparsities", type=_sparsity_list, default=[0.3, 0.6, 0.9])
     _add_fan_out(sens)
 
@@ -261,7 +268,7 @@ def _resolve_allocation(args) -> None:
     ]
     if clash:
         raise InvalidArgumentError(
-            f"--allocation {method.name} is scope {method.scope!r} on {method.normalise!r} scores: "
+            f"--allocation {method.name} is scope '{method.scope}' on '{method.normalise}' scores: "
             f"it does not go with {' and '.join(clash)}"
         )
     args.scope, args.normalise = method.scope, method.normalise
@@ -327,8 +334,9 @@ def cmd_profile(args) -> tuple[object, str]:
 
 
 def _prune_one(lab: Lab, args, sparsity: float, with_eval: bool) -> dict:
-    pruner = lab.pruner(args.criterion, args.structure, args.normalise)
-    result = pruner.prune(PruneConfig(sparsity, args.scope, args.keep_first_last))
+    spec = _spec(args, sparsity)
+    pruner = lab.pruner(spec)
+    result = pruner.prune(spec)
     if with_eval:
         result.accuracy = _accuracy_fields(zoo_accuracy(lab, args.eval_limit), pruner.evaluate(limit=args.eval_limit))
     return _result_json(result)
@@ -382,12 +390,12 @@ def cmd_prune(args) -> tuple[object, str]:
     return data, "\n".join([*lines, _summary(data)])
 
 
-def _load(args) -> Lab:
+def _load(args) -> tasks.Lab:
     """The zoo's MODEL, or your own (--model-def), evaluated on --eval-folder when given."""
     if args.eval_folder is not None and getattr(args, "eval_limit", None) is not None:
         raise InvalidArgumentError("--eval-limit and --eval-folder do not go together: a folder is scored whole")
     if args.model_def is not None:
-        return Lab(custom.from_definition(_definition(args)))
+        return tasks.Lab(custom.from_definition(_definition(args)))
     own = [
         f"--{k.replace('_', '-')}" for k in ("weights", "input_shape", "input_mean", "input_std") if getattr(args, k)
     ]
@@ -395,9 +403,7 @@ def _load(args) -> Lab:
         raise InvalidArgumentError(
             f"{', '.join(own)} go with --model-def" if own and args.model else "name a MODEL or give --model-def"
         )
-    if args.eval_folder is None:
-        return Lab(zoo.load(args.model, download=args.download))
-    return Lab(zoo.load_on_folder(args.model, str(args.eval_folder), args.download))
+    return tasks.load(args.model, args.download, args.eval_folder)
 
 
 def _definition(args) -> custom.Definition:
@@ -414,55 +420,33 @@ def _definition(args) -> custom.Definition:
     return custom.Definition(args.model_def, args.input_shape, str(args.eval_folder), weights, norm, os.getcwd())
 
 
-def _fan_out(lab: Lab, jobs: list[EvalJob], args) -> dict[EvalJob, Accuracy]:
-    """Measure ``jobs`` where ``--ray``/``--workers`` say (an ImageFolder in shards), with a progress bar."""
+def _run(args) -> tasks.RunOptions:
+    """Where ``--ray``/``--workers`` say the points run (an ImageFolder in shards), with a progress bar."""
     backend = Backend(args.ray, args.workers, ResultStore() if args.ray or args.workers else None)
-    spec, folder = lab.loaded.spec, lab.loaded.eval_folder
-    if folder is None:
-        outcomes = run_jobs(jobs, spec, lab.fingerprint, backend, _progress_bar)
-    else:
-
-        def run(parts: list[EvalJob]) -> dict:
-            return run_jobs(parts, spec, lab.fingerprint, backend, _progress_bar)
-
-        outcomes = run_sharded(jobs, len(folder), args.shard_size, run)
-    print(file=sys.stderr)
-    failed = [o.message for o in outcomes.values() if isinstance(o, JobError)]
-    if failed:
-        raise PrunekitError(f"{len(failed)} of {len(jobs)} points failed; the first: {failed[0]}")
-    return outcomes
+    return tasks.RunOptions(backend, args.shard_size, _progress_bar)
 
 
 def _progress_bar(done: int, total: int) -> None:
     filled = round(30 * done / max(total, 1))
-    print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} points", end="", file=sys.stderr, flush=True)
+    end = "\n" if done == total else ""
+    print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} points", end=end, file=sys.stderr, flush=True)
 
 
-def _template(lab: Lab, args) -> EvalJob:
-    return EvalJob(
-        lab.loaded.name,
-        args.criterion,
-        args.structure,
-        getattr(args, "normalise", "none"),
-        scope=getattr(args, "scope", "global"),
-        keep_first_last=getattr(args, "keep_first_last", False),
-        subset=args.eval_limit,
-    )
+def _spec(args, sparsity: float = 0.0) -> PruneSpec:
+    """The spec the options give (a command without --scope or --normalise prunes globally on raw scores)."""
+    allocation = Allocation(getattr(args, "scope", Scope.GLOBAL), getattr(args, "normalise", Normalisation.NONE))
+    return PruneSpec(args.criterion, args.structure, allocation, sparsity, getattr(args, "keep_first_last", False))
 
 
 def cmd_sweep(args) -> tuple[object, str]:
     lab = _load(args)
     _require_trained(lab.loaded)
-    jobs = sweep_jobs(_template(lab, args), args.sparsities)
-    acc = _fan_out(lab, jobs, args)
-    pruner = lab.pruner(args.criterion, args.structure, args.normalise)
+    report = lab.sweep(_spec(args), args.sparsities, args.eval_limit, _run(args))
     rows = []
-    for job in jobs[1:]:
-        result = pruner.prune(job.config())
-        result.accuracy = _accuracy_fields(acc[jobs[0]], acc[job])
+    for result, (dense, pruned) in zip(report.results, report.accuracies, strict=True):
+        result.accuracy = _accuracy_fields(dense, pruned)
         rows.append(_result_json(result))
-    point = pruner.collapse_point(PruneConfig(0.0, args.scope, args.keep_first_last))
-    note = lab.probe_unavailable
+    point, note = report.collapse_point, report.probe_note
     data = {"model": lab.loaded.name, "collapse_point": point, "probe_note": note, "results": rows}
     return data, "\n".join([_summary(r) for r in rows] + [note or f"collapse first at sparsity {point}"])
 
@@ -470,9 +454,8 @@ def cmd_sweep(args) -> tuple[object, str]:
 def cmd_sensitivity(args) -> tuple[object, str]:
     lab = _load(args)
     _require_trained(lab.loaded)
-    jobs = sensitivity_jobs(lab, _template(lab, args), args.sparsities)
-    acc = _fan_out(lab, jobs, args)
-    rows = [{**row.__dict__, "drop": row.drop} for row in sensitivity_rows(jobs, [acc[job] for job in jobs])]
+    scan = lab.sensitivity(args.criterion, args.structure, args.sparsities, args.eval_limit, _run(args))
+    rows = [{**row.__dict__, "drop": row.drop} for row in scan]
     lines = [
         f"{r['layer']:40} {r['sparsity']:.2f} accuracy {r['accuracy']:.2%} (drop {r['drop']:+.2%}; "
         f"{interval_label(r['accuracy'], r['images'])})"
@@ -484,40 +467,9 @@ def cmd_sensitivity(args) -> tuple[object, str]:
 def cmd_plan(args) -> tuple[object, str]:
     lab = _load(args)
     _require_trained(lab.loaded)
-    target = Target.parse(args.target)
-    template = EvalJob(lab.loaded.name, args.criterion, "unstructured", subset=args.eval_limit)
-    jobs = sensitivity_jobs(lab, template, args.sparsities)
-    scan = _fan_out(lab, jobs, args)
-    rows = sensitivity_rows(jobs, [scan[job] for job in jobs])
-    chosen = plan(Costs.of(lab.profile, lab.loaded.model), rows, target)
-    dense, planned = EvalJob(lab.loaded.name), plan_job(template, chosen.sparsities)
-    measured = _fan_out(lab, [dense, planned], args)
-    result = lab.pruner(args.criterion, "unstructured").prune(planned.config(), paths=False)
-    data = _plan_json(lab, target, chosen, result, measured[dense], measured[planned], rows[0])
+    report = lab.plan(Target.parse(args.target), args.criterion, args.sparsities, args.eval_limit, _run(args))
+    data = report.to_json()
     return data, "\n".join(_plan_lines(data))
-
-
-def _plan_json(lab: Lab, target: Target, chosen, result: PruneResult, dense: Accuracy, pruned: Accuracy, row) -> dict:
-    """The plan as measured on the pruned tensors and the full split; the prediction as the scan gives it."""
-    macs_ratio, params_ratio = result.remaining_macs / result.total_macs, result.nonzero_params / result.total_params
-    return {
-        "model": lab.loaded.name,
-        "target": target.text(),
-        "met": target.met_by(macs_ratio, params_ratio, dense.top1 - pruned.top1),
-        "plan": chosen.sparsities,
-        "pruning_ratio_dict": {name: s for name, s in chosen.sparsities.items() if s > 0},
-        "macs_ratio": macs_ratio,
-        "params_ratio": params_ratio,
-        "accuracy": {
-            "dense": dense.top1,
-            "predicted": dense.top1 - chosen.predicted_drop,
-            "measured": pruned.top1,
-            "measured_interval": pruned.interval(),
-            "images": pruned.n,
-        },
-        "scan": {"images": row.images, "estimate": row.estimate, "predicted_drop": chosen.predicted_drop},
-        "solver": "exact multiple-choice knapsack over Pareto frontiers; drops added up, negative ones as 0",
-    }
 
 
 def _plan_lines(d: dict) -> list[str]:
@@ -537,13 +489,7 @@ def _plan_lines(d: dict) -> list[str]:
 def cmd_forget(args) -> tuple[object, str]:
     lab = _load(args)
     _require_trained(lab.loaded)
-    if lab.loaded.eval_folder is not None:
-        raise InvalidArgumentError("forget compares every image's prediction in memory: not on --eval-folder yet")
-    dense = PredictJob(lab.loaded.name)
-    pruned = PredictJob(**{**asdict(_template(lab, args)), "sparsity": args.sparsity, "subset": None})
-    got = _fan_out(lab, [dense, pruned], args)
-    labels = lab.loaded.eval_data().labels
-    report = compare(labels, got[dense].tensor(), got[pruned].tensor(), lab.loaded.classes)
+    report = lab.forget(_spec(args, args.sparsity), _run(args))
     data = {"model": lab.loaded.name, "sparsity": args.sparsity, "scope": args.scope, **report.to_json()}
     return data, "\n".join(_forget_lines(report))
 
@@ -561,11 +507,8 @@ def _forget_lines(report) -> list[str]:
 
 def cmd_export(args) -> tuple[object, str]:
     lab = _load(args)
-    pruner = lab.pruner(args.criterion, args.structure, args.normalise)
-    config = PruneConfig(args.sparsity, args.scope, args.keep_first_last)
-    bundle = build_bundle(pruner, config)
-    paths = write_bundle(bundle, args.out)
-    report = export_report(lab, pruner, bundle)
+    exported = lab.export(_spec(args, args.sparsity), args.out)
+    report, paths = exported.report, exported.files
     data = {**report, "files": {name: str(path) for name, path in paths.items()}}
     return data, "\n".join(report_lines(report) + [f"wrote {', '.join(paths)} to {args.out}"])
 
@@ -581,8 +524,7 @@ def cmd_recover(args) -> tuple[object, str]:
         steps=args.steps,
         lr=args.lr,
     )
-    config = PruneConfig(args.sparsity, args.scope, args.keep_first_last)
-    result = recover(lab, (args.criterion, args.structure, args.normalise), config, recipe, _progress_line)
+    result = lab.recover(_spec(args, args.sparsity), recipe, _progress_line)
     print(file=sys.stderr)
     data = {"model": lab.loaded.name, "sparsity": args.sparsity, "recipe": asdict(recipe), **result.to_json()}
     data["intervals"] = {k: v.interval() for k, v in result.accuracy.items() if v}

@@ -10,6 +10,7 @@ from torch import nn
 
 from prunekit.core.data import EvalData
 from prunekit.core.loaded import InputSpec, Loaded
+from prunekit.core.spec import Allocation, PruneConfig, PruneSpec
 
 
 class TinyCNN(nn.Module):
@@ -129,3 +130,9 @@ def wait_until(condition: Callable[[], bool], step: Callable[[], None] | None = 
         time.sleep(0.02)
         if step is not None:
             step()
+
+
+def spec_of(criterion: str, structure: str, normalise: str, config: PruneConfig) -> PruneSpec:
+    """The spec of a score table's (criterion, structure, normalisation) and an allocation ``config``."""
+    allocation = Allocation(config.scope, normalise)
+    return PruneSpec(criterion, structure, allocation, config.sparsity, config.keep_first_last, config.overrides)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from prunekit.core.evaluate import Accuracy
 from prunekit.core.loaded import ModelSpec
+from prunekit.core.spec import PruneSpec
 from prunekit.service.jobs import EvalJob
 from prunekit.service.raypool import RayPool
 from prunekit.service.scheduler import EvalService
@@ -34,7 +35,7 @@ def main(port: int) -> dict:
         for pid in head_pids(port):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        later = [EvalJob("fmnist-cnn", "magnitude", sparsity=s / 10, subset=300) for s in range(1, 5)]
+        later = [EvalJob("fmnist-cnn", PruneSpec("magnitude", sparsity=s / 10), subset=300) for s in range(1, 5)]
         assert svc.wait(later, timeout=120)
         after = {"notice": svc.notice, "backend": svc.status().backend}
         return {"before": before, "after": after, "measured": [isinstance(svc.lookup(j), Accuracy) for j in later]}

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from prunekit.cli import main
-from prunekit.core.allocate import PruneConfig
-from prunekit.core.allocations import ALLOCATIONS, erk_counts, erk_densities, lamp_scores
+from prunekit.core.allocate import erk_counts, erk_densities, lamp_scores
 from prunekit.core.lab import Lab
+from prunekit.core.spec import ALLOCATIONS, Allocation, PruneConfig, PruneSpec
 from prunekit.errors import InvalidArgumentError
 from prunekit.models import zoo
 from tests.helpers import TinyCNN, TinyResNet, tiny_loaded
@@ -61,7 +61,9 @@ def test_lamp_allocation_removes_the_lowest_lamp_scores_of_the_whole_model(model
         n: [float(torch.tensor(s, dtype=torch.float32)) for s in _lamp_by_the_formula(w)] for n, w in weights.items()
     }
     for sparsity in (0.3, 0.7, 0.95):
-        result = lab.pruner("magnitude", "unstructured", "lamp").prune(PruneConfig(sparsity, "global"))
+        result = lab.pruner(PruneSpec("magnitude", "unstructured", allocation=Allocation(normalise="lamp"))).prune(
+            PruneConfig(sparsity, "global")
+        )
         expected = _global_removal(scores, sparsity)
         got = {row.name: round(row.sparsity * row.params) for row in result.layers if row.name in expected}
         assert got == expected
@@ -85,14 +87,16 @@ def test_lamp_on_a_bundled_model_removes_the_lowest_lamp_scores_of_the_whole_mod
         n: torch.tensor(_lamp_by_suffix_sums(modules[n].weight.detach()), dtype=torch.float32).tolist()
         for n in [x.name for x in lab.profile.prunable()]
     }
-    result = lab.pruner("magnitude", "unstructured", "lamp").prune(PruneConfig(0.7, "global"))
+    result = lab.pruner(PruneSpec("magnitude", "unstructured", allocation=Allocation(normalise="lamp"))).prune(
+        PruneConfig(0.7, "global")
+    )
     got = {row.name: round(row.sparsity * row.params) for row in result.layers}
     assert got == _global_removal(scores, 0.7)
 
 
 def test_lamp_keeps_every_layers_best_weight_even_at_99_percent():
     lab = Lab(zoo.load("fmnist-cnn"))
-    pruner = lab.pruner("magnitude", "unstructured", "lamp")
+    pruner = lab.pruner(PruneSpec("magnitude", "unstructured", allocation=Allocation(normalise="lamp")))
     pruner.apply_(PruneConfig(0.99, "global"))
     for name, module in pruner.model.named_modules():
         if name in _prunable(lab):
@@ -149,7 +153,7 @@ def test_erk_on_a_bundled_model_gives_each_layer_its_erk_density(name):
     modules = dict(lab.loaded.model.named_modules())
     shapes = {n: tuple(modules[n].weight.shape) for n in _prunable(lab)}
     densities = _erk_by_bisection(shapes, 0.3)
-    result = lab.pruner("magnitude", "unstructured").prune(PruneConfig(0.7, "erk"))
+    result = lab.pruner(PruneSpec("magnitude", "unstructured")).prune(PruneConfig(0.7, "erk"))
     for row in result.layers:
         if row.name in shapes:
             assert abs((1 - row.sparsity) - densities[row.name]) <= 1.0 / row.params + 1e-9, row.name
@@ -159,12 +163,12 @@ def test_erk_on_a_bundled_model_gives_each_layer_its_erk_density(name):
 def test_erk_refuses_filters_in_words():
     lab = Lab(tiny_loaded(TinyCNN))
     with pytest.raises(InvalidArgumentError, match="unstructured pruning only"):
-        lab.pruner("l1", "filter").prune(PruneConfig(0.5, "erk"))
+        lab.pruner(PruneSpec("l1", "filter")).prune(PruneConfig(0.5, "erk"))
 
 
 def test_lamp_on_filters_keeps_a_channel_of_every_cluster():
     lab = Lab(tiny_loaded(TinyResNet))
-    pruner = lab.pruner("l2", "filter", "lamp")
+    pruner = lab.pruner(PruneSpec("l2", "filter", allocation=Allocation(normalise="lamp")))
     sets = pruner.table.sets
     total = sum(s.size for s in sets)
     most = (total - len(sets)) / total  # the highest target that leaves one channel per cluster
@@ -203,7 +207,7 @@ def test_cli_allocation_that_contradicts_scope_is_one_line_error(capsys):
     assert code == 2 and "--allocation lamp is scope 'global' on 'lamp' scores" in err and "--scope local" in err
 
 
-def test_readme_explains_each_allocation_in_one_line():
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+def test_docs_explain_each_allocation_in_one_line():
+    readme = (Path(__file__).parent.parent / "docs" / "methods.md").read_text()
     for method in ALLOCATIONS.values():
         assert f"- `{method.name}`: {method.description}." in readme, method.name

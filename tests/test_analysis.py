@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from prunekit.core import analysis
-from prunekit.core.allocate import PruneConfig
 from prunekit.core.lab import Lab
+from prunekit.core.spec import PruneConfig
 from tests.helpers import TinyResNet, tiny_loaded
 
 

@@ -7,6 +7,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from prunekit.app.links import decode_overrides
+from prunekit.core.spec import Allocation, PruneSpec
 from tests.helpers import wait_until
 
 APP = str(Path(__file__).resolve().parent.parent / "prunekit" / "app" / "main.py")
@@ -123,9 +124,8 @@ def test_a_two_four_pattern_fixes_the_slider_and_says_why_there_is_no_speedup():
 
 
 def test_the_five_allocations_overlay_on_fmnist_vgg_at_70_percent():
-    from prunekit.core.allocate import PruneConfig
-    from prunekit.core.allocations import ALLOCATIONS
     from prunekit.core.lab import Lab
+    from prunekit.core.spec import ALLOCATIONS, PruneConfig
     from prunekit.models import zoo
 
     at = open_page("views/prune.py", {"model": "fmnist-vgg", "sparsity": "0.7"})
@@ -137,27 +137,31 @@ def test_the_five_allocations_overlay_on_fmnist_vgg_at_70_percent():
     assert list(bars) == list(ALLOCATIONS)
     lab = Lab(zoo.load("fmnist-vgg"))
     for name, method in ALLOCATIONS.items():
-        result = lab.pruner("magnitude", "unstructured", method.normalise).prune(PruneConfig(0.7, method.scope))
+        result = lab.pruner(
+            PruneSpec("magnitude", "unstructured", allocation=Allocation(normalise=method.normalise))
+        ).prune(PruneConfig(0.7, method.scope))
         assert bars[name] == pytest.approx([100 * row.sparsity for row in result.layers]), name
     assert bars["lamp"] != bars["global"] and bars["erk"] != bars["local"]
     at.multiselect(key="overlay:unstructured").set_value(["global", "local"]).run()
     from prunekit.app.resources import service
 
-    waiting = [e for e in service()._queue if e.job.model == "fmnist-vgg" and e.job.normalise == "lamp"]
+    waiting = [e for e in service()._queue if e.job.model == "fmnist-vgg" and e.job.spec.normalise == "lamp"]
     assert all(e.background for e in waiting)  # off the chart: their live requests stepped back
     at.slider(key="w_sparsity").set_value(0.0).run()  # and the pair's, for the tests after this one
     assert not at.exception, at.exception
 
 
 def test_an_overlaid_allocations_accuracy_is_its_pruned_models():
-    from prunekit.core.allocate import PruneConfig
     from prunekit.core.lab import Lab
+    from prunekit.core.spec import PruneConfig
     from prunekit.models import zoo
 
     at = open_page("views/prune.py", {"sparsity": "0.9"})
     at.multiselect(key="overlay:unstructured").set_value(["global", "local", "lamp"]).run()
     settle(at)
-    pruner = Lab(zoo.load("fmnist-cnn")).pruner("magnitude", "unstructured", "lamp")
+    pruner = Lab(zoo.load("fmnist-cnn")).pruner(
+        PruneSpec("magnitude", "unstructured", allocation=Allocation(normalise="lamp"))
+    )
     pruner.apply_(PruneConfig(0.9, "global"))
     assert metric(at, "LAMP at 90%") == f"{pruner.evaluate().top1:.2%}"
 
@@ -167,8 +171,8 @@ def test_the_forgetting_page_shows_which_classes_lost_most_and_the_flipped_image
 
     import torch
 
-    from prunekit.core.allocate import PruneConfig
     from prunekit.core.lab import Lab
+    from prunekit.core.spec import PruneConfig
     from prunekit.models import zoo
 
     at = open_page("views/forget.py", {"sparsity": "0.9"})
@@ -176,7 +180,7 @@ def test_the_forgetting_page_shows_which_classes_lost_most_and_the_flipped_image
     assert not at.exception, at.exception
     lab = Lab(zoo.load("fmnist-cnn"))
     data = lab.loaded.eval_data()
-    pruner = lab.pruner("magnitude", "unstructured")
+    pruner = lab.pruner(PruneSpec("magnitude", "unstructured"))
     pruner.apply_(PruneConfig(0.9, "global"))
     with torch.no_grad():
         dense, pruned = lab.loaded.model(data.images).argmax(1), pruner.model(data.images).argmax(1)
@@ -201,8 +205,8 @@ def test_the_forgetting_page_shows_which_classes_lost_most_and_the_flipped_image
 def test_tradeoffs_says_whether_one_recipe_really_beats_the_other():
     import torch
 
-    from prunekit.core.allocate import PruneConfig
     from prunekit.core.lab import Lab
+    from prunekit.core.spec import PruneConfig
     from prunekit.models import zoo
 
     at = open_page("views/tradeoffs.py")
@@ -211,7 +215,7 @@ def test_tradeoffs_says_whether_one_recipe_really_beats_the_other():
     data = lab.loaded.eval_data()
     predictions = {}
     for scope in ("global", "local"):
-        pruner = lab.pruner("magnitude", "unstructured")
+        pruner = lab.pruner(PruneSpec("magnitude", "unstructured"))
         pruner.apply_(PruneConfig(0.7, scope))
         with torch.no_grad():
             predictions[scope] = pruner.model(data.images).argmax(1) == data.labels
@@ -310,11 +314,11 @@ def test_upload_panel_says_which_mode_the_server_is_in(monkeypatch, trusted):
 
 
 def _in_process_top1(sparsity: float, scope: str) -> float:
-    from prunekit.core.allocate import PruneConfig
     from prunekit.core.lab import Lab
+    from prunekit.core.spec import PruneConfig
     from prunekit.models import zoo
 
-    pruner = Lab(zoo.load("fmnist-cnn")).pruner("magnitude", "unstructured")
+    pruner = Lab(zoo.load("fmnist-cnn")).pruner(PruneSpec("magnitude", "unstructured"))
     pruner.apply_(PruneConfig(sparsity, scope))
     return pruner.evaluate().top1
 
@@ -368,7 +372,7 @@ def test_sensitivity_scan_runs_as_service_jobs_and_shows_what_they_measured():
     at.button[0].click().run()
     wait_until(lambda: any("Most sensitive" in m.value for m in at.markdown), step=lambda: rerun(at), what="the scan")
     lab = Lab(load("fmnist-cnn"))
-    jobs = sensitivity_jobs(lab, EvalJob("fmnist-cnn", "magnitude", subset=1000), [0.5, 0.9])
+    jobs = sensitivity_jobs(lab, EvalJob("fmnist-cnn", PruneSpec("magnitude"), subset=1000), [0.5, 0.9])
     got = run_jobs(jobs, ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",)), lab.fingerprint, Backend())
     rows = [r for r in sensitivity_rows(jobs, [got[j] for j in jobs]) if r.sparsity == 0.9]
     worst, best = max(rows, key=lambda r: r.drop), min(rows, key=lambda r: r.drop)
@@ -386,7 +390,7 @@ def test_sensitivity_scan_runs_as_service_jobs_and_shows_what_they_measured():
     )
     shown = {row["layer"]: row["sparsity"] for row in at.dataframe[0].value.to_dict("records")}
     assert shown == expected.sparsities
-    job = plan_job(EvalJob("fmnist-cnn", "magnitude"), expected.sparsities)
+    job = plan_job(EvalJob("fmnist-cnn", PruneSpec("magnitude")), expected.sparsities)
     measured = run_jobs([job], ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",)), lab.fingerprint, Backend())[job]
     assert metric(at, "Measured top-1") == f"{measured.top1:.2%}"
     assert float(metric(at, "MACs left").rstrip("%")) <= 50.0
@@ -414,7 +418,6 @@ def test_effective_sparsity_measured_apart_arrives_on_the_page(monkeypatch):
     """As on a big model: the slider move leaves the path test to an evaluation worker, the page says it
     is measuring and then shows the engine's figure."""
     from prunekit.app.resources import DEFAULTS
-    from prunekit.core.allocate import PruneConfig
     from prunekit.core.lab import Lab
     from prunekit.models import zoo
 
@@ -424,10 +427,6 @@ def test_effective_sparsity_measured_apart_arrives_on_the_page(monkeypatch):
     wait_until(lambda: all(m.value != "measuring..." for m in at.metric), at.run, "the path test lands")
     assert not at.exception, at.exception
     shown = [m.value for m in at.metric if m.label == "Effective sparsity"]
-    lab = Lab(zoo.load(DEFAULTS["model"]))
-    c = DEFAULTS
-    want = [
-        f"{lab.result(c['criterion'], c['structure'], c['normalise'], PruneConfig(0.83, s, c['keep'])).effective_sparsity:.1%}"
-        for s in ("global", "local")
-    ]
+    lab = Lab(zoo.load(DEFAULTS.model))
+    want = [f"{lab.result(DEFAULTS.spec(s, 0.83)).effective_sparsity:.1%}" for s in ("global", "local")]
     assert shown == want

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from prunekit.core.allocate import PruneConfig
 from prunekit.core.importance import CRITERIA
 from prunekit.core.lab import Lab
+from prunekit.core.spec import PruneConfig, PruneSpec
 from prunekit.errors import InvalidArgumentError
 from prunekit.models import zoo
 
@@ -29,10 +29,10 @@ def test_every_criterion_runs_on_every_bundled_model(labs, model, criterion, str
     lab = _lab(labs, model)
     if criterion == "bn-scale" and not any(isinstance(m, torch.nn.BatchNorm2d) for m in lab.loaded.model.modules()):
         with pytest.raises(InvalidArgumentError, match="BatchNorm"):
-            lab.pruner(criterion, structure)
+            lab.pruner(PruneSpec(criterion, structure))
         return
     before = {k: v.clone() for k, v in lab.loaded.model.state_dict().items()}
-    pruner = lab.pruner(criterion, structure)
+    pruner = lab.pruner(PruneSpec(criterion, structure))
     for scope in ("global", "local"):
         result = pruner.prune(PruneConfig(0.5, scope))
         assert result.units_removed > 0 and result.nonzero_params < result.total_params
@@ -44,7 +44,7 @@ def test_pruning_hurts_more_at_higher_sparsity_and_magnitude_beats_random():
     lab = Lab(zoo.load("fmnist-vgg"))
     accs = {}
     for criterion in ("magnitude", "random"):
-        pruner = lab.pruner(criterion, "unstructured")
+        pruner = lab.pruner(PruneSpec(criterion, "unstructured"))
         for s in (0.3, 0.8):
             pruner.apply_(PruneConfig(s, "global"))
             accs[criterion, s] = pruner.evaluate(limit=2000).top1

@@ -6,9 +6,9 @@ import dataclasses
 import pytest
 import torch
 
-from prunekit.core.allocate import PruneConfig
 from prunekit.core.lab import Lab
 from prunekit.core.profile import profile_model
+from prunekit.core.spec import Allocation, PruneConfig, PruneSpec
 from prunekit.errors import InvalidArgumentError, LayerCollapseError
 from prunekit.models import zoo
 from tests.helpers import TinyResNet, tiny_loaded
@@ -33,7 +33,7 @@ def _without_exact_zeros(loaded: zoo.Loaded) -> zoo.Loaded:
 
 
 def _check(lab: Lab, scope: str, normalise: str, sparsity: float) -> None:
-    pruner = lab.pruner("l1", "filter", normalise)
+    pruner = lab.pruner(PruneSpec("l1", "filter", allocation=Allocation(normalise=normalise)))
     result = pruner.prune(PruneConfig(sparsity, scope))
     compacted = pruner.compact(PruneConfig(sparsity, scope))
     assert compacted.params_compact == result.nonzero_params == compacted.params_masked_nonzero
@@ -59,7 +59,7 @@ def test_compacted_torchvision_structure_equals_masked(name):
 
 def test_compaction_leaves_the_masked_and_base_models_alone():
     lab = Lab(tiny_loaded(TinyResNet))
-    pruner = lab.pruner("l1", "filter")
+    pruner = lab.pruner(PruneSpec("l1", "filter"))
     before = {k: v.clone() for k, v in lab.loaded.model.state_dict().items()}
     masked = pruner.prune(PruneConfig(0.5, "local"))
     work = {k: v.clone() for k, v in pruner.model.state_dict().items()}
@@ -73,12 +73,12 @@ def test_compaction_leaves_the_masked_and_base_models_alone():
 
 def test_a_cluster_pruned_to_zero_channels_is_refused_as_layer_collapse():
     # Raw global L1 ranks the first conv's 9-weight filters below everything else: at 30% they all go.
-    pruner = Lab(zoo.load("fmnist-cnn")).pruner("l1", "filter", "none")
+    pruner = Lab(zoo.load("fmnist-cnn")).pruner(PruneSpec("l1", "filter", allocation=Allocation(normalise="none")))
     with pytest.raises(LayerCollapseError, match=r"layer collapse at 'features.0' \(all 16 of its coupled channels"):
         pruner.compact(PruneConfig(0.3, "global"))
 
 
 def test_unstructured_masks_cannot_be_compacted():
-    pruner = Lab(tiny_loaded(TinyResNet)).pruner("magnitude", "unstructured")
+    pruner = Lab(tiny_loaded(TinyResNet)).pruner(PruneSpec("magnitude", "unstructured"))
     with pytest.raises(InvalidArgumentError, match="compaction needs a filter allocation"):
         pruner.compact(PruneConfig(0.5, "global"))

@@ -4,12 +4,13 @@ exactly, on every bundled model's full test split; where compaction is refused, 
 import pytest
 import torch
 
-from prunekit.core.allocate import PruneConfig
 from prunekit.core.evaluate import accuracy_of
 from prunekit.core.loaded import ModelSpec
+from prunekit.core.spec import Allocation, PruneConfig, PruneSpec
 from prunekit.errors import CompactionError
 from prunekit.models import zoo
-from prunekit.service.jobs import EVAL_BATCH, EvalJob, JobRunner
+from prunekit.service.jobs import EVAL_BATCH, EvalJob
+from prunekit.service.runner import JobRunner
 
 CONFIGS = [(0.3, "local"), (0.6, "global")]
 
@@ -26,7 +27,7 @@ def test_the_compacted_model_scores_exactly_as_the_masked_one(name):
     data, images = runner._whole(name, lab)
     compacted = 0
     for sparsity, scope in CONFIGS:
-        job = EvalJob(name, "l1", "filter", sparsity=sparsity, scope=scope)
+        job = EvalJob(name, PruneSpec("l1", "filter", allocation=Allocation(scope), sparsity=sparsity))
         scored = runner._scored(lab, job)
         masked = runner._pruned(lab, job)
         compacted += scored is not masked
@@ -43,7 +44,7 @@ def test_a_configuration_compaction_refuses_is_scored_on_the_masked_model(monkey
     runner = JobRunner()
     runner.load("fmnist-cnn", ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",)))
     lab = runner.labs["fmnist-cnn"]
-    job = EvalJob("fmnist-cnn", "l1", "filter", sparsity=0.5, scope="local")
+    job = EvalJob("fmnist-cnn", PruneSpec("l1", "filter", allocation=Allocation("local"), sparsity=0.5))
 
     def refuse(self, config: PruneConfig):
         raise CompactionError("cannot compact: refused for this test")

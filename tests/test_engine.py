@@ -5,11 +5,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prunekit.core.allocate import PruneConfig
-from prunekit.core.importance import CRITERIA, FILTER, UNSTRUCTURED
+from prunekit.core.importance import CRITERIA
 from prunekit.core.lab import Lab
+from prunekit.core.spec import PruneConfig, PruneSpec, Structure
 from prunekit.errors import InvalidArgumentError, UnknownNameError
 from tests.helpers import TinyCNN, TinyResNet, state_of, tiny_loaded
+
+FILTER, UNSTRUCTURED = Structure.FILTER, Structure.UNSTRUCTURED
 
 MODELS = [TinyCNN, TinyResNet]
 
@@ -26,7 +28,7 @@ def weights(model):
 @pytest.mark.parametrize("scope", ["global", "local"])
 @pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.37, 0.5, 0.9, 0.99])
 def test_unstructured_achieved_equals_requested_within_one_weight(lab, scope, sparsity):
-    pruner = lab.pruner("magnitude", UNSTRUCTURED)
+    pruner = lab.pruner(PruneSpec("magnitude", UNSTRUCTURED))
     result = pruner.prune(PruneConfig(sparsity, scope))
     total = sum(w.numel() for w in weights(pruner.model).values())
     zeros = sum(int((w == 0).sum()) for w in weights(pruner.model).values())
@@ -39,14 +41,14 @@ def test_unstructured_achieved_equals_requested_within_one_weight(lab, scope, sp
 
 @pytest.mark.parametrize("sparsity", [0.25, 0.5, 0.75])
 def test_local_gives_every_layer_its_sparsity(lab, sparsity):
-    pruner = lab.pruner("magnitude", UNSTRUCTURED)
+    pruner = lab.pruner(PruneSpec("magnitude", UNSTRUCTURED))
     pruner.prune(PruneConfig(sparsity, "local"))
     for name, w in weights(pruner.model).items():
         assert abs(int((w == 0).sum()) - sparsity * w.numel()) <= 0.5 + 1e-9, name
 
 
 def test_global_uses_one_threshold(lab):
-    pruner = lab.pruner("magnitude", UNSTRUCTURED)
+    pruner = lab.pruner(PruneSpec("magnitude", UNSTRUCTURED))
     pruner.prune(PruneConfig(0.6, "global"))
     base = weights(lab.loaded.model)
     removed, kept = [], []
@@ -57,7 +59,7 @@ def test_global_uses_one_threshold(lab):
 
 
 def test_global_differs_from_local_on_unequal_layers(lab):
-    pruner = lab.pruner("magnitude", UNSTRUCTURED)
+    pruner = lab.pruner(PruneSpec("magnitude", UNSTRUCTURED))
     g = pruner.prune(PruneConfig(0.6, "global")).layer_sparsities()
     values = list(g.values())
     assert max(values) - min(values) > 0.05  # one threshold does not give uniform layers
@@ -67,7 +69,7 @@ def test_global_differs_from_local_on_unequal_layers(lab):
 @pytest.mark.parametrize("scope", ["global", "local"])
 def test_base_model_is_never_modified(lab, structure, scope):
     before = state_of(lab.loaded.model)
-    pruner = lab.pruner("random", structure)
+    pruner = lab.pruner(PruneSpec("random", structure))
     for s in (0.3, 0.8, 0.1):
         pruner.prune(PruneConfig(s, scope))
         pruner.evaluate()
@@ -78,7 +80,7 @@ def test_base_model_is_never_modified(lab, structure, scope):
 
 def test_working_copy_is_reused_and_restored():
     lab = Lab(tiny_loaded(TinyCNN))
-    pruner = lab.pruner("magnitude", UNSTRUCTURED)
+    pruner = lab.pruner(PruneSpec("magnitude", UNSTRUCTURED))
     model = pruner.model
     pruner.prune(PruneConfig(0.9, "global"))
     pruner.prune(PruneConfig(0.0, "global"))
@@ -91,7 +93,7 @@ def test_working_copy_is_reused_and_restored():
 
 def test_structured_masks_remove_whole_coupled_groups():
     lab = Lab(tiny_loaded(TinyResNet))
-    pruner = lab.pruner("l1", FILTER)
+    pruner = lab.pruner(PruneSpec("l1", FILTER))
     result = pruner.prune(PruneConfig(0.5, "local"))
     m = pruner.model
     # residual add: conv2 filter j, shortcut filter j and both BNs' entries j go together
@@ -115,7 +117,7 @@ def test_structured_masks_remove_whole_coupled_groups():
 
 def test_structured_counts_the_next_layers_kernels_as_removed():
     lab = Lab(tiny_loaded(TinyCNN))
-    pruner = lab.pruner("l2", FILTER)
+    pruner = lab.pruner(PruneSpec("l2", FILTER))
     result = pruner.prune(PruneConfig(0.5, "local"))
     m = pruner.model
     nonzero = sum(int(torch.count_nonzero(p)) for p in m.parameters())
@@ -126,7 +128,7 @@ def test_structured_counts_the_next_layers_kernels_as_removed():
 
 def test_constructed_network_collapses_and_is_reported():
     lab = Lab(tiny_loaded(TinyCNN))
-    pruner = lab.pruner("magnitude", UNSTRUCTURED)
+    pruner = lab.pruner(PruneSpec("magnitude", UNSTRUCTURED))
     result = pruner.prune(PruneConfig(0.0, "local", overrides={"conv2": 0.99}))
     assert not result.collapse
     with torch.no_grad():
@@ -137,7 +139,7 @@ def test_constructed_network_collapses_and_is_reported():
     assert conn.collapsed and conn.effective_sparsity == 1.0
     # and through the API: a layer pruned at 100% is named, and the network collapses
     lab2 = Lab(tiny_loaded(TinyCNN))
-    p2 = lab2.pruner("magnitude", UNSTRUCTURED)
+    p2 = lab2.pruner(PruneSpec("magnitude", UNSTRUCTURED))
     point = p2.collapse_point(PruneConfig(0.5, "global"))
     assert point is not None and 0 < point < 1
     total = sum(s.size for s in p2.table.sets)
@@ -149,7 +151,7 @@ def test_constructed_network_collapses_and_is_reported():
 
 def test_effective_sparsity_finds_disconnected_weights():
     lab = Lab(tiny_loaded(TinyCNN))
-    pruner = lab.pruner("magnitude", UNSTRUCTURED)
+    pruner = lab.pruner(PruneSpec("magnitude", UNSTRUCTURED))
     pruner.prune(PruneConfig(0.0, "local"))
     with torch.no_grad():  # filter 0 of conv1 feeds nothing once conv2's input kernels 0 are gone
         pruner.model.conv2.weight[:, 0] = 0
@@ -170,7 +172,7 @@ def test_effective_sparsity_finds_disconnected_weights():
 )
 def test_property_invariants(sparsity, scope, structure, model, keep):
     lab = _labs(model)
-    pruner = lab.pruner("random" if structure == FILTER else "magnitude", structure)
+    pruner = lab.pruner(PruneSpec("random" if structure == FILTER else "magnitude", structure))
     result = pruner.prune(PruneConfig(sparsity, scope, keep_first_last=keep))
     assert result.effective_sparsity >= result.achieved_sparsity - 1e-9
     assert result.nonzero_params <= result.total_params
@@ -194,7 +196,7 @@ def _labs(model):
 
 def test_metrics_are_independent_recounts():
     lab = Lab(tiny_loaded(TinyCNN))
-    pruner = lab.pruner("magnitude", UNSTRUCTURED)
+    pruner = lab.pruner(PruneSpec("magnitude", UNSTRUCTURED))
     r = pruner.prune(PruneConfig(0.5, "local"))
     total = sum(p.numel() for p in lab.loaded.model.parameters())
     nonzero = sum(int((p != 0).sum()) for p in pruner.model.parameters())
@@ -211,7 +213,7 @@ def test_metrics_are_independent_recounts():
 
 def test_overrides_and_bad_input():
     lab = Lab(tiny_loaded(TinyCNN))
-    pruner = lab.pruner("magnitude", UNSTRUCTURED)
+    pruner = lab.pruner(PruneSpec("magnitude", UNSTRUCTURED))
     r = pruner.prune(PruneConfig(0.5, "global", overrides={"fc": 0.25}))
     assert r.layer_sparsities()["fc"] == pytest.approx(round(0.25 * 288) / 288)
     with pytest.raises(InvalidArgumentError, match="1.0"):
@@ -221,7 +223,7 @@ def test_overrides_and_bad_input():
     with pytest.raises(UnknownNameError, match="nope"):
         pruner.prune(PruneConfig(0.5, overrides={"nope": 0.1}))
     with pytest.raises(InvalidArgumentError, match="does not support structure 'unstructured'"):
-        lab.pruner("l1", UNSTRUCTURED)
+        lab.pruner(PruneSpec("l1", UNSTRUCTURED))
 
 
 @pytest.mark.parametrize("name", list(CRITERIA))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from prunekit.core.allocate import PruneConfig
 from prunekit.core.lab import Lab
+from prunekit.core.spec import Allocation, PruneSpec
 from prunekit.deploy.export import FILES, build_bundle, write_bundle
 from prunekit.models import zoo
 
@@ -22,11 +22,11 @@ CASES = [("fmnist-resnet", "l1", "filter", "local", 0.5), ("fmnist-cnn", "magnit
 def exported(request, tmp_path_factory):
     name, criterion, structure, scope, sparsity = request.param
     lab = Lab(zoo.load(name))
-    config = PruneConfig(sparsity, scope)
-    bundle = build_bundle(lab.pruner(criterion, structure, "mean"), config)
+    spec = PruneSpec(criterion, structure, Allocation(scope, "mean"), sparsity)
+    bundle = build_bundle(lab.pruner(spec), spec)
     out = tmp_path_factory.mktemp(name)
     write_bundle(bundle, out)
-    return lab, (criterion, structure, "mean"), config, bundle, out
+    return lab, spec, bundle, out
 
 
 def test_every_file_is_written(exported):
@@ -35,9 +35,9 @@ def test_every_file_is_written(exported):
 
 
 def test_reapplied_masks_reproduce_the_prune_result(exported):
-    lab, table, config, bundle, out = exported
+    lab, spec, bundle, out = exported
     masks = torch.load(out / "masks.pt", weights_only=True)
-    again = lab.pruner(*table).prune_from_masks(masks, config)  # a fresh working copy
+    again = lab.pruner(spec).prune_from_masks(masks, spec)  # a fresh working copy
     assert again.to_json() == bundle.result.to_json()
 
 

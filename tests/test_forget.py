@@ -9,13 +9,15 @@ import pytest
 import torch
 
 from prunekit.cli import main
-from prunekit.core.allocate import PruneConfig
 from prunekit.core.forget import compare, mcnemar, prediction_dtype
 from prunekit.core.lab import Lab
 from prunekit.core.loaded import ModelSpec
+from prunekit.core.spec import PruneConfig, PruneSpec
 from prunekit.errors import InvalidArgumentError
 from prunekit.models import zoo
-from prunekit.service.jobs import JobRunner, Predictions, PredictJob, decode, encode
+from prunekit.service.codec import decode, encode
+from prunekit.service.jobs import Predictions, PredictJob
+from prunekit.service.runner import JobRunner
 
 
 def _binomial_two_sided(b: int, c: int) -> float:
@@ -71,16 +73,16 @@ def test_predictions_are_one_byte_per_image_and_survive_the_store():
     assert prediction_dtype(10) == torch.uint8 and prediction_dtype(1000) == torch.int32
     runner = JobRunner()
     runner.load("fmnist-cnn", ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",)))
-    job = PredictJob("fmnist-cnn", "magnitude", sparsity=0.8)
+    job = PredictJob("fmnist-cnn", PruneSpec("magnitude", sparsity=0.8))
     got = runner.run(job)
     assert isinstance(got, Predictions) and len(got.data) == 10_000
     lab = Lab(zoo.load("fmnist-cnn"))
-    pruner = lab.pruner("magnitude", "unstructured")
+    pruner = lab.pruner(PruneSpec("magnitude", "unstructured"))
     pruner.apply_(PruneConfig(0.8))
     with torch.no_grad():
         expected = pruner.model(lab.loaded.eval_data().images).argmax(1)
     assert torch.equal(got.tensor(), expected)
-    assert decode(job, json.loads(json.dumps(encode(got)))) == got
+    assert decode(job, json.loads(json.dumps(encode(job, got)))) == got
 
 
 def test_cli_forget_prints_the_same_numbers_as_an_independent_evaluation(capsys):
@@ -88,7 +90,7 @@ def test_cli_forget_prints_the_same_numbers_as_an_independent_evaluation(capsys)
     data = json.loads(capsys.readouterr().out)
     lab = Lab(zoo.load("fmnist-cnn"))
     data_set = lab.loaded.eval_data()
-    pruner = lab.pruner("magnitude", "unstructured")
+    pruner = lab.pruner(PruneSpec("magnitude", "unstructured"))
     pruner.apply_(PruneConfig(0.9, "global"))
     with torch.no_grad():
         dense = lab.loaded.model(data_set.images).argmax(1)

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from prunekit.core.loaded import ModelSpec
+from prunekit.core.spec import Allocation, PruneSpec
 from prunekit.deploy.latency import UNSTRUCTURED_NOTE, Latency
 from prunekit.deploy.recover import Recipe, Recovery
 from prunekit.service.jobs import RecoverJob, SpeedJob
@@ -29,7 +30,7 @@ def service(tmp_path):
 
 
 def test_speed_job_times_dense_masked_and_compact_and_is_stored(service, tmp_path):
-    job = SpeedJob("tiny", "l1", "filter", sparsity=0.5, scope="local")
+    job = SpeedJob("tiny", PruneSpec("l1", "filter", allocation=Allocation("local"), sparsity=0.5))
     got = wait_for(service, [job])[job]
     assert isinstance(got, Latency), got
     assert set(got.ms) == {"dense", "masked", "compact"} and set(got.runs) == {1, 64}
@@ -43,8 +44,8 @@ def test_speed_job_times_dense_masked_and_compact_and_is_stored(service, tmp_pat
 
 
 def test_speed_job_explains_unstructured_and_collapse(service):
-    flat = SpeedJob("tiny", "magnitude", "unstructured", sparsity=0.5)
-    cut = SpeedJob("fmnist-cnn", "l1", "filter", sparsity=0.3)  # raw global L1 empties features.0
+    flat = SpeedJob("tiny", PruneSpec("magnitude", "unstructured", sparsity=0.5))
+    cut = SpeedJob("fmnist-cnn", PruneSpec("l1", "filter", sparsity=0.3))  # raw global L1 empties features.0
     got = wait_for(service, [flat, cut])
     assert got[flat].note == UNSTRUCTURED_NOTE and "compact" not in got[flat].ms
     assert "layer collapse at 'features.0'" in got[cut].note and "compact" not in got[cut].ms
@@ -53,10 +54,7 @@ def test_speed_job_explains_unstructured_and_collapse(service):
 def test_recover_job_reports_progress_and_can_be_stopped(service):
     job = RecoverJob(
         "fmnist-cnn",
-        "l1",
-        "filter",
-        sparsity=0.5,
-        scope="local",
+        PruneSpec("l1", "filter", allocation=Allocation("local"), sparsity=0.5),
         recipe=Recipe(bn_images=256, epochs=20, train_images=2048),
     )
     service.request([(job, 1)], "s:recover")
@@ -78,6 +76,6 @@ def test_recover_job_reports_progress_and_can_be_stopped(service):
 
 
 def test_recover_job_errors_name_the_missing_training_data(service):
-    job = RecoverJob("tiny", "l1", "filter", sparsity=0.5, recipe=Recipe(epochs=1))
+    job = RecoverJob("tiny", PruneSpec("l1", "filter", sparsity=0.5), recipe=Recipe(epochs=1))
     got = wait_for(service, [job])[job]
     assert isinstance(got, JobError) and "recovery needs TinyResNet's training data" in got.message

@@ -14,6 +14,7 @@ from torch.nn.utils import prune
 
 import prunekit
 from prunekit.core import own
+from prunekit.core.spec import Allocation, PruneSpec
 from prunekit.models import custom
 from prunekit.service.fanout import Backend, run_jobs, sweep_jobs
 from prunekit.service.jobs import EvalJob
@@ -95,7 +96,9 @@ def test_local_workers_and_a_local_ray_instance_give_the_same_numbers(mine, tmp_
     model, images, labels = mine
     lab = prunekit.Lab.from_model(model, images[0], (images, labels), name=NAME)
     spec = custom.portable(lab.loaded).spec
-    jobs = sweep_jobs(EvalJob(NAME, "magnitude", "unstructured", scope="global"), [0.5, 0.9])
+    jobs = sweep_jobs(
+        EvalJob(NAME, PruneSpec("magnitude", "unstructured", allocation=Allocation("global"))), [0.5, 0.9]
+    )
     local = run_jobs(jobs, spec, lab.fingerprint, Backend(workers=1))
     ray = run_jobs(jobs, spec, lab.fingerprint, Backend(ray="local"))
     for job, sparsity in zip(jobs, (0.0, 0.5, 0.9), strict=True):

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from prunekit.cli import main
-from prunekit.core.allocate import PruneConfig
 from prunekit.core.importance import ScoreContext, get_criterion
 from prunekit.core.lab import Lab
+from prunekit.core.spec import PruneConfig, PruneSpec
 from prunekit.errors import InvalidArgumentError
 from prunekit.models import zoo
 from tests.helpers import TinyCNN, TinyResNet, tiny_loaded
@@ -24,7 +24,7 @@ def _groups(t: torch.Tensor, m: int) -> list[torch.Tensor]:
 
 
 def _check_pattern(lab: Lab, structure: str, n: int, m: int, criterion: str = "magnitude") -> None:
-    pruner = lab.pruner(criterion, structure)
+    pruner = lab.pruner(PruneSpec(criterion, structure))
     alloc = pruner.apply_(PruneConfig((m - n) / m))
     masks = pruner.work.keep_masks(alloc)
     scores = get_criterion(criterion).score(
@@ -54,15 +54,15 @@ def test_two_four_on_a_bundled_model_by_a_data_driven_criterion():
 
 def test_layers_the_pattern_does_not_fit_stay_dense_and_are_named():
     lab = Lab(tiny_loaded(TinyCNN))  # conv1 has 1 input channel, conv2 4, fc 96
-    assert lab.pruner("magnitude", "2:4").table.unscored == ("conv1",)
-    assert set(lab.pruner("magnitude", "4:8").table.unscored) == {"conv1", "conv2"}
-    result = lab.pruner("magnitude", "2:4").prune(PruneConfig(0.5))
+    assert lab.pruner(PruneSpec("magnitude", "2:4")).table.unscored == ("conv1",)
+    assert set(lab.pruner(PruneSpec("magnitude", "4:8")).table.unscored) == {"conv1", "conv2"}
+    result = lab.pruner(PruneSpec("magnitude", "2:4")).prune(PruneConfig(0.5))
     sparsity = {row.name: row.sparsity for row in result.layers}
     assert sparsity["conv1"] == 0.0 and sparsity["conv2"] == sparsity["fc"] == 0.5
 
 
 def test_the_pattern_sets_the_sparsity_not_a_slider():
-    pruner = Lab(tiny_loaded(TinyCNN)).pruner("magnitude", "2:4")
+    pruner = Lab(tiny_loaded(TinyCNN)).pruner(PruneSpec("magnitude", "2:4"))
     with pytest.raises(InvalidArgumentError, match="2:4 pattern removes 2 of every 4 weights: its sparsity is 0.5"):
         pruner.prune(PruneConfig(0.7))
     assert pruner.prune(PruneConfig(0.0)).achieved_sparsity == 0.0

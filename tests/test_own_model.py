@@ -11,8 +11,10 @@ from torch.nn.utils import prune
 from torch.utils.data import DataLoader, TensorDataset
 
 import prunekit
+from prunekit.core.spec import PruneSpec
 from prunekit.deploy.recover import Recipe, recover
 from prunekit.errors import CompactionError
+from tests.helpers import spec_of
 
 
 class Residual(nn.Module):
@@ -64,7 +66,7 @@ def _reference_masks(model: nn.Module, sparsity: float, scope: str) -> dict[str,
 def test_masks_equal_torch_prune_and_accuracy_equals_an_independent_loop(sparsity, scope):
     model, images, labels = _model_and_data()
     lab = prunekit.Lab.from_model(model, images[0], eval_data=(images, labels))
-    pruner = lab.pruner("magnitude", "unstructured")
+    pruner = lab.pruner(PruneSpec("magnitude", "unstructured"))
     result = pruner.prune(prunekit.PruneConfig(sparsity, scope))
     reference = _reference_masks(model, sparsity, scope)
     for name in PRUNABLE:
@@ -89,8 +91,8 @@ def test_the_callers_model_is_never_changed():
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     lab = prunekit.Lab.from_model(model, images[:1], eval_data=(images, labels))
-    lab.pruner("l1", "filter").prune(prunekit.PruneConfig(0.5, "global"))
-    lab.pruner("magnitude", "unstructured").prune(prunekit.PruneConfig(0.9, "local"))
+    lab.pruner(PruneSpec("l1", "filter")).prune(prunekit.PruneConfig(0.5, "global"))
+    lab.pruner(PruneSpec("magnitude", "unstructured")).prune(prunekit.PruneConfig(0.9, "local"))
     assert model.training and all(p.requires_grad for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -106,14 +108,14 @@ def test_filters_of_coupled_channels_are_pruned_together_and_compact_to_the_mask
     torch.manual_seed(1)
     model = Depthwise().eval()
     lab = prunekit.Lab.from_model(model, images[0], eval_data=(images, labels))
-    pruner = lab.pruner("l1", "filter")
+    pruner = lab.pruner(PruneSpec("l1", "filter"))
     result = pruner.prune(prunekit.PruneConfig(0.5, "local"))
     stem = pruner.model.stem.weight.abs().sum((1, 2, 3)) != 0
     grouped = pruner.model.grouped.weight.abs().sum((1, 2, 3)) != 0
     assert torch.equal(stem, grouped)  # the residual add: one channel set, pruned together
     with torch.no_grad():
         masked_out = pruner.model(images)
-    compacted = lab.pruner("l1", "filter").compact(prunekit.PruneConfig(0.5, "local")).model
+    compacted = lab.pruner(PruneSpec("l1", "filter")).compact(prunekit.PruneConfig(0.5, "local")).model
     assert compacted.stem.out_channels == compacted.grouped.groups == int(stem.sum()) < 16
     with torch.no_grad():
         assert torch.allclose(compacted(images), masked_out, atol=1e-5)
@@ -123,13 +125,13 @@ def test_filters_of_coupled_channels_are_pruned_together_and_compact_to_the_mask
 def test_a_grouped_convolution_losing_channels_unevenly_is_not_compacted_and_says_why():
     model, images, labels = _model_and_data()
     lab = prunekit.Lab.from_model(model, images[0], eval_data=(images, labels))
-    pruner = lab.pruner("l1", "filter")
+    pruner = lab.pruner(PruneSpec("l1", "filter"))
     pruner.prune(prunekit.PruneConfig(0.5, "local"))
     kept = (pruner.model.grouped.weight.abs().sum((1, 2, 3)) != 0).reshape(4, 4).sum(1).tolist()
     assert len(set(kept)) > 1  # this model and seed remove unevenly across the 4 groups
     removed = [4 - k for k in kept]
     with pytest.raises(CompactionError) as info:
-        lab.pruner("l1", "filter").compact(prunekit.PruneConfig(0.5, "local"))
+        lab.pruner(PruneSpec("l1", "filter")).compact(prunekit.PruneConfig(0.5, "local"))
     assert f"'grouped' is a grouped convolution (4 groups) and this allocation removes {removed}" in str(info.value)
 
 
@@ -197,7 +199,7 @@ def test_recovery_fine_tunes_on_the_callers_train_data():
         model, images[0], eval_data=(images[:96], labels[:96]), train_data=(images[96:], labels[96:])
     )
     recipe = Recipe(bn_images=64, epochs=2, batch_size=16, lr=1e-2)
-    result = recover(lab, ("magnitude", "unstructured", "none"), prunekit.PruneConfig(0.8, "global"), recipe)
+    result = recover(lab, spec_of("magnitude", "unstructured", "none", prunekit.PruneConfig(0.8, "global")), recipe)
     assert result.train_images == 64
     assert set(result.accuracy) >= {"dense", "pruned"} and result.accuracy["dense"].n == 96
 
@@ -212,7 +214,7 @@ def test_export_of_your_model_says_why_it_is_masked_and_its_snippet_asks_for_you
 
     model, images, labels = _model_and_data()
     lab = prunekit.Lab.from_model(model, images[0], eval_data=(images, labels), name="residual")
-    pruner = lab.pruner("l1", "filter")
+    pruner = lab.pruner(PruneSpec("l1", "filter"))
     bundle = build_bundle(pruner, prunekit.PruneConfig(0.5, "local"))
     assert bundle.compacted is None and "'grouped' is a grouped convolution" in bundle.note
     report = export_report(

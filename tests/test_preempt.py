@@ -10,17 +10,11 @@ import pytest
 
 from prunekit.core.evaluate import Accuracy, Counts, from_counts
 from prunekit.core.loaded import ModelSpec
+from prunekit.core.spec import Allocation, PruneSpec
 from prunekit.service import workers
-from prunekit.service.jobs import (
-    CHUNK_IMAGES,
-    ESTIMATE_IMAGES,
-    Control,
-    EvalJob,
-    JobRunner,
-    Resume,
-    answer,
-    jobs_from,
-)
+from prunekit.service.chunks import Control, Resume
+from prunekit.service.jobs import CHUNK_IMAGES, ESTIMATE_IMAGES, EvalJob
+from prunekit.service.runner import JobRunner, answer, jobs_from
 from prunekit.service.scheduler import CURVE, LIVE_ESTIMATE, LIVE_FULL, EvalService, JobError
 from prunekit.service.threadproc import ThreadProcess
 from tests.helpers import wait_until
@@ -40,7 +34,7 @@ def runner() -> JobRunner:
 
 
 def test_a_preempted_pass_resumes_from_its_counts_to_the_same_figure(runner):
-    job = EvalJob("fmnist-cnn", "magnitude", sparsity=0.7)
+    job = EvalJob("fmnist-cnn", PruneSpec("magnitude", sparsity=0.7))
     straight = runner.run(job)
     asked, partials = [0], []
 
@@ -59,7 +53,7 @@ def test_a_preempted_pass_resumes_from_its_counts_to_the_same_figure(runner):
 
 
 def test_a_pass_preempted_at_once_still_scores_and_reports_its_estimate_first(runner):
-    job = EvalJob("fmnist-cnn", "magnitude", sparsity=0.2)
+    job = EvalJob("fmnist-cnn", PruneSpec("magnitude", sparsity=0.2))
     partials = []
     control = Control(partial=lambda *got: partials.append(got), preempted=lambda: True)
     status, _, resume = answer(runner, job, None, control)
@@ -69,8 +63,8 @@ def test_a_pass_preempted_at_once_still_scores_and_reports_its_estimate_first(ru
 
 # --- the scheduler, with a stand-in worker thread that follows a script --------------------------------------
 
-BACKGROUND = EvalJob("m", "magnitude", sparsity=0.5)
-LIVE = EvalJob("m", "magnitude", sparsity=0.9)
+BACKGROUND = EvalJob("m", PruneSpec("magnitude", sparsity=0.5))
+LIVE = EvalJob("m", PruneSpec("magnitude", sparsity=0.9))
 HEAD = Counts(correct=600, correct5=None, n=1000, seconds=0.1)
 HANDED_BACK = Resume(((0, HEAD),), chunks=2, images=2000)
 
@@ -172,7 +166,7 @@ def test_an_estimate_its_own_full_pass_is_scoring_preempts_nothing(scripted):
 
 
 def test_shares_of_a_pass_scored_apart_add_up_to_the_same_figure(runner):
-    job = EvalJob("fmnist-cnn", "magnitude", scope="local", sparsity=0.8)
+    job = EvalJob("fmnist-cnn", PruneSpec("magnitude", allocation=Allocation("local"), sparsity=0.8))
     status, _, head = answer(runner, job, None, Control(preempted=lambda: True))  # the estimate's chunk only
     shares = head.share(2)
     assert [s.todo for s in shares] == [(1, 2, 3, 4), (5, 6, 7, 8, 9)]  # consecutive, as even as they go
@@ -187,7 +181,7 @@ def _counts(i: int) -> Counts:
     return Counts(correct=500 + 100 * i, correct5=None, n=1000, seconds=0.1)
 
 
-SHARED = EvalJob("m", "magnitude", sparsity=0.6)
+SHARED = EvalJob("m", PruneSpec("magnitude", sparsity=0.6))
 STARTED = Resume(((0, _counts(0)),), chunks=4, images=4000)
 
 
@@ -219,7 +213,9 @@ def two_sharing(monkeypatch):
     looked, original = [], EvalService._share
 
     def share(self):
-        looked.append(self._queue.get(EvalJob("m", "magnitude", sparsity=0.1)) is None)  # True once `other` is done
+        looked.append(
+            self._queue.get(EvalJob("m", PruneSpec("magnitude", sparsity=0.1))) is None
+        )  # True once `other` is done
         return original(self)
 
     monkeypatch.setattr(EvalService, "_spawn", spawn)
@@ -242,7 +238,7 @@ def test_an_idle_worker_shares_a_live_full_pass_and_the_counts_add_up(two_sharin
 
 def test_a_background_pass_is_not_shared(two_sharing):
     svc, sent, looked = two_sharing
-    other = EvalJob("m", "magnitude", sparsity=0.1)
+    other = EvalJob("m", PruneSpec("magnitude", sparsity=0.1))
     svc.request([(SHARED, CURVE)])
     wait_until(lambda: sent)
     svc.request([(other, LIVE_FULL)], "a session")  # the idle worker takes live work, never a background share

@@ -6,7 +6,10 @@ import torch
 
 from prunekit.core.evaluate import accuracy_of
 from prunekit.core.loaded import ModelSpec
-from prunekit.service.jobs import ESTIMATE_IMAGES, EVAL_BATCH, Control, EvalJob, JobRunner
+from prunekit.core.spec import PruneSpec
+from prunekit.service.chunks import Control
+from prunekit.service.jobs import ESTIMATE_IMAGES, EVAL_BATCH, EvalJob
+from prunekit.service.runner import JobRunner
 from prunekit.service.scheduler import LIVE_ESTIMATE, LIVE_FULL, EvalService
 from tests.helpers import wait_until
 
@@ -30,7 +33,7 @@ def test_one_pass_reports_the_estimate_and_ends_on_todays_full_figure(name):
     jobs = [
         EvalJob(name)
         if criterion is None
-        else EvalJob(name, criterion, "filter" if criterion == "l1" else "unstructured", sparsity=s)
+        else EvalJob(name, PruneSpec(criterion, "filter" if criterion == "l1" else "unstructured", sparsity=s))
         for criterion, s in CASES[name]
     ]
     for job in jobs:
@@ -57,7 +60,7 @@ def test_a_live_full_request_scores_its_estimate_on_the_way(tmp_path, monkeypatc
     svc = EvalService(workers=1)
     try:
         svc.register("fmnist-cnn", ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",)))
-        full = EvalJob("fmnist-cnn", "magnitude", sparsity=0.6)
+        full = EvalJob("fmnist-cnn", PruneSpec("magnitude", sparsity=0.6))
         estimate = full.with_subset(ESTIMATE_IMAGES)
         svc.request([(full, LIVE_FULL), (estimate, LIVE_ESTIMATE)], "s")
         wait_until(lambda: all(svc.lookup(j) is not None for j in (full, estimate)))

@@ -1,11 +1,12 @@
 """The evaluation queue on its own, without processes: priorities, latest-wins, dedup, promotion."""
 
+from prunekit.core.spec import Allocation, PruneSpec
 from prunekit.service.jobs import EvalJob
 from prunekit.service.queue import CURVE, LIVE_ESTIMATE, LIVE_FULL, STALE, JobQueue
 
 
 def job(s: float, scope: str = "global") -> EvalJob:
-    return EvalJob("m", "magnitude", sparsity=s, scope=scope)
+    return EvalJob("m", PruneSpec("magnitude", allocation=Allocation(scope), sparsity=s))
 
 
 def ask(q: JobQueue, session: str, jobs: list[tuple[EvalJob, int]]) -> None:
@@ -74,5 +75,5 @@ def test_counts_of_waiting_work_and_a_filter_on_who_may_run_what():
     assert q.queued() == (2, 1) and q.live_waiting() == 2
     q.get(job(0.2)).in_flight = True
     assert q.queued() == (1, 1) and q.live_waiting() == 1
-    assert q.best(lambda j: j.scope == "global").job == job(0.7)  # the only global one not running
+    assert q.best(lambda j: j.spec.scope == "global").job == job(0.7)  # the only global one not running
     assert q.remove(job(0.7)).job == job(0.7) and job(0.7) not in q

@@ -17,6 +17,7 @@ from prunekit.cli import main
 from prunekit.core.evaluate import Accuracy
 from prunekit.core.lab import Lab
 from prunekit.core.loaded import ModelSpec
+from prunekit.core.spec import Allocation, PruneSpec
 from prunekit.models.zoo import load
 from prunekit.service.fanout import Backend, run_jobs, sensitivity_jobs, sweep_jobs
 from prunekit.service.jobs import EvalJob
@@ -50,7 +51,7 @@ def lab():
 
 
 def test_ray_sweep_and_sensitivity_equal_local_workers_exactly(lab, tmp_path):
-    template = EvalJob("fmnist-cnn", "magnitude", "unstructured", scope="global")
+    template = EvalJob("fmnist-cnn", PruneSpec("magnitude", "unstructured", allocation=Allocation("global")))
     jobs = sweep_jobs(template, [0.3, 0.6, 0.9]) + sensitivity_jobs(lab, template.with_subset(500), [0.5, 0.9])[1:]
     local = run_jobs(jobs, SPEC, lab.fingerprint, Backend(workers=2, store=ResultStore(tmp_path / "local.sqlite3")))
     seen = []
@@ -71,7 +72,7 @@ def test_model_reaches_the_object_store_once(tmp_path):
     svc = EvalService(workers=0, remote=pool)
     try:
         svc.register("fmnist-cnn", SPEC)
-        jobs = [EvalJob("fmnist-cnn", "magnitude", sparsity=s / 10, subset=300) for s in range(8)]
+        jobs = [EvalJob("fmnist-cnn", PruneSpec("magnitude", sparsity=s / 10), subset=300) for s in range(8)]
         assert svc.wait(jobs, timeout=120)
         assert pool.puts == 1  # eight tasks over two slots, one payload
         assert svc.status().backend == "a private Ray instance on this machine (2 CPUs)"
@@ -93,7 +94,7 @@ def test_a_worker_killed_mid_sweep_loses_no_point(tmp_path):
     svc = EvalService(workers=0, remote=RayPool("local", cpus=2), store=ResultStore(tmp_path / "r.sqlite3"))
     try:
         svc.register("fmnist-resnet", ModelSpec("prunekit.models.zoo:load", ("fmnist-resnet",)))
-        jobs = [EvalJob("fmnist-resnet", "magnitude", sparsity=s / 20) for s in range(3)]
+        jobs = [EvalJob("fmnist-resnet", PruneSpec("magnitude", sparsity=s / 20)) for s in range(3)]
         svc.request([(job, 1) for job in jobs])
         deadline = time.monotonic() + 60
         while not (svc.status().done >= 1 and _ray_task_pids()) and time.monotonic() < deadline:
@@ -268,7 +269,7 @@ def test_a_sweep_through_sparsity_zero_counts_the_dense_point_once(tmp_path):
     svc = EvalService(workers=1)
     try:
         svc.register("fmnist-cnn", SPEC)
-        jobs = sweep_jobs(EvalJob("fmnist-cnn", "magnitude", subset=200), [0.0, 0.5])  # 0.0 is the dense job
+        jobs = sweep_jobs(EvalJob("fmnist-cnn", PruneSpec("magnitude"), subset=200), [0.0, 0.5])  # 0.0 is the dense job
         seen = []
         got = collect(svc, jobs, lambda done, total: seen.append((done, total)))
         assert seen[-1] == (2, 2) and got[jobs[0]] == got[jobs[1]]

@@ -1,4 +1,4 @@
-"""README's "Use it on your own model", run as written: the module, the notebook (launch included) and the
+"""docs/own-model.md's "Use it on your own model", run as written: the module, the notebook (launch included) and the
 command lines, in a fresh directory."""
 
 import json
@@ -16,7 +16,7 @@ BIN = Path(sys.executable).parent
 
 
 def _section() -> str:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "own-model.md").read_text()
     return text.split("## Use it on your own model\n", 1)[1].split("\n## ", 1)[0]
 
 

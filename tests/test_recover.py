@@ -5,14 +5,14 @@ import copy
 import pytest
 import torch
 
-from prunekit.core.allocate import PruneConfig
 from prunekit.core.data import EvalData
 from prunekit.core.evaluate import accuracy_of, stratified_indices
 from prunekit.core.lab import Lab
+from prunekit.core.spec import PruneConfig, PruneSpec
 from prunekit.deploy.recover import CURVE_IMAGES, Recipe, recalibrate_bn_, recover
 from prunekit.errors import DataNotFoundError, InvalidArgumentError, UnknownNameError
 from prunekit.models import zoo
-from tests.helpers import TinyResNet, seeded, tiny_loaded
+from tests.helpers import TinyResNet, seeded, spec_of, tiny_loaded
 
 
 def _train(n: int = 96) -> EvalData:
@@ -65,10 +65,10 @@ def test_bn_recalibration_sets_running_stats_to_the_batch_statistics():
 def test_fine_tune_keeps_pruned_units_pruned_on_every_schedule():
     lab = Lab(tiny_loaded(TinyResNet))
     config = PruneConfig(0.5, "local")
-    oneshot = lab.pruner("l1", "filter").prune(config)
+    oneshot = lab.pruner(PruneSpec("l1", "filter")).prune(config)
     for schedule, steps in [("one-shot", 1), ("iterative", 3), ("agp", 2)]:
         recipe = Recipe(bn_images=32, epochs=2, schedule=schedule, steps=steps, batch_size=32)
-        out = recover(lab, ("l1", "filter", "none"), config, recipe, train=_train())
+        out = recover(lab, spec_of("l1", "filter", "none", config), recipe, train=_train())
         assert out.step == out.total_steps == 6 and not out.stopped
         zeros = sum(int((p == 0).sum()) for p in out.model.parameters())
         assert zeros == oneshot.total_params - oneshot.nonzero_params, schedule
@@ -84,20 +84,20 @@ def test_a_report_returning_false_stops_the_fine_tune_with_the_model_as_it_was()
         return r.step < 2
 
     recipe = Recipe(bn_images=0, epochs=10, batch_size=32)
-    out = recover(lab, ("magnitude", "unstructured", "none"), PruneConfig(0.5), recipe, report, train=_train())
+    out = recover(lab, spec_of("magnitude", "unstructured", "none", PruneConfig(0.5)), recipe, report, train=_train())
     assert out.stopped and out.step == 2 < out.total_steps == 30
     assert out.accuracy["recalibrated"] is None and out.accuracy["finetuned"] is not None
 
 
 def test_recovery_refuses_a_model_without_training_data():
     with pytest.raises(DataNotFoundError, match="recovery needs TinyResNet's training data"):
-        recover(Lab(tiny_loaded(TinyResNet)), ("l1", "filter", "none"), PruneConfig(0.5), Recipe())
+        recover(Lab(tiny_loaded(TinyResNet)), spec_of("l1", "filter", "none", PruneConfig(0.5)), Recipe())
 
 
 def test_recovery_on_a_bundled_model_recalibrates_then_fine_tunes_upwards():
     lab = Lab(zoo.load("fmnist-resnet"))
     recipe = Recipe(bn_images=512, epochs=1, train_images=2048)
-    out = recover(lab, ("l1", "filter", "none"), PruneConfig(0.5, "local"), recipe)
+    out = recover(lab, spec_of("l1", "filter", "none", PruneConfig(0.5, "local")), recipe)
     acc = {k: v.top1 for k, v in out.accuracy.items()}
     assert acc["dense"] == pytest.approx(zoo.bundled_card("fmnist-resnet")["test_accuracy"], abs=1e-4)
     assert acc["pruned"] < acc["recalibrated"] < acc["finetuned"] < acc["dense"]

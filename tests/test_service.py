@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 import threading
 import time
@@ -10,16 +9,16 @@ import time
 import pytest
 import torch
 
-from prunekit.core.allocate import PruneConfig
 from prunekit.core.evaluate import Accuracy, accuracy_of, stratified_indices, wilson
 from prunekit.core.lab import POOL_SIZE, Lab
 from prunekit.core.loaded import ModelSpec
 from prunekit.core.shared import Pool, SingleFlight
+from prunekit.core.spec import Allocation, PruneConfig, PruneSpec
 from prunekit.errors import InvalidArgumentError
 from prunekit.service.jobs import EvalJob
 from prunekit.service.scheduler import CURVE, LIVE_FULL, EvalService, JobError, curve_grid
 from prunekit.service.store import ResultStore
-from tests.helpers import TinyResNet, tiny_loaded, wait_until
+from tests.helpers import TinyResNet, spec_of, tiny_loaded, wait_until
 
 pytestmark = pytest.mark.xdist_group("service")  # worker processes: keep these on one xdist worker
 TINY = ModelSpec("tests.helpers:load_tiny", ("TinyResNet",))
@@ -113,13 +112,13 @@ def test_pool_never_makes_more_than_its_size():
 def test_lab_result_is_shared_and_equals_a_private_pruner():
     lab = Lab(tiny_loaded(TinyResNet))
     config = PruneConfig(0.5, "global")
-    shared = lab.result("l1", "filter", "none", config)
-    assert lab.result("l1", "filter", "none", PruneConfig(0.5, "global")) is shared
-    private = lab.pruner("l1", "filter").prune(config)
+    shared = lab.result(spec_of("l1", "filter", "none", config))
+    assert lab.result(spec_of("l1", "filter", "none", PruneConfig(0.5, "global"))) is shared
+    private = lab.pruner(PruneSpec("l1", "filter")).prune(config)
     assert shared.layer_sparsities() == private.layer_sparsities()
     assert shared.nonzero_params == private.nonzero_params
     for s in (0.1, 0.2, 0.3, 0.4):
-        lab.result("l1", "filter", "none", PruneConfig(s, "local"))
+        lab.result(spec_of("l1", "filter", "none", PruneConfig(s, "local")))
     assert lab.working_copies() <= POOL_SIZE
 
 
@@ -132,7 +131,7 @@ def _in_process(job: EvalJob, subset: int | None = None) -> Accuracy:
     data = loaded.eval_data()
     model = loaded.model
     if not job.is_dense:
-        pruner = lab.pruner(job.criterion, job.structure)
+        pruner = lab.pruner(job.spec)
         pruner.apply_(job.config())
         model = pruner.model
     idx = stratified_indices(data.labels, subset) if subset else torch.arange(len(data))
@@ -142,9 +141,9 @@ def _in_process(job: EvalJob, subset: int | None = None) -> Accuracy:
 def test_worker_results_equal_in_process_evaluation(service):
     jobs = [
         EvalJob("tiny"),
-        EvalJob("tiny", "l1", "filter", sparsity=0.5, scope="global"),
-        EvalJob("tiny", "magnitude", sparsity=0.7, scope="local"),
-        EvalJob("tiny", "magnitude", sparsity=0.7, scope="local", subset=20),
+        EvalJob("tiny", PruneSpec("l1", "filter", allocation=Allocation("global"), sparsity=0.5)),
+        EvalJob("tiny", PruneSpec("magnitude", allocation=Allocation("local"), sparsity=0.7)),
+        EvalJob("tiny", PruneSpec("magnitude", allocation=Allocation("local"), sparsity=0.7), subset=20),
     ]
     known = wait_for(service, jobs)
     for job in jobs:
@@ -155,19 +154,21 @@ def test_worker_results_equal_in_process_evaluation(service):
 
 
 def test_identical_requests_are_one_job_and_zero_sparsity_is_the_dense_job(service):
-    job = EvalJob("tiny", "magnitude", sparsity=0.3)
+    job = EvalJob("tiny", PruneSpec("magnitude", sparsity=0.3))
     wait_for(service, [job], session="a")
     done = service.status().done
-    wait_for(service, [EvalJob("tiny", "magnitude", sparsity=0.3)], session="b")
+    wait_for(service, [EvalJob("tiny", PruneSpec("magnitude", sparsity=0.3))], session="b")
     assert service.status().done == done
     dense = wait_for(service, [EvalJob("tiny")])
-    zero = service.request([(EvalJob("tiny", "l2", "filter", sparsity=0.0, scope="local"), LIVE_FULL)])
+    zero = service.request(
+        [(EvalJob("tiny", PruneSpec("l2", "filter", allocation=Allocation("local"), sparsity=0.0)), LIVE_FULL)]
+    )
     assert list(zero.values()) == list(dense.values())
 
 
 def test_a_superseded_request_is_still_computed(service):
-    old = EvalJob("tiny", "magnitude", sparsity=0.11)
-    new = EvalJob("tiny", "magnitude", sparsity=0.12)
+    old = EvalJob("tiny", PruneSpec("magnitude", sparsity=0.11))
+    new = EvalJob("tiny", PruneSpec("magnitude", sparsity=0.12))
     service.request([(old, LIVE_FULL)], "s")
     service.request([(new, LIVE_FULL)], "s")  # the slider moved on: old is demoted (tests/test_queue.py)
     known = wait_for(service, [new, old], session="other")
@@ -178,18 +179,22 @@ def test_curve_is_filled_coarse_to_fine_for_both_scopes(service):
     grid = curve_grid()
     assert [s for level, s in grid if level == 0] == [round(0.1 * k, 2) for k in range(10)]
     assert len({s for _, s in grid}) == 100 and [lv for lv, _ in grid] == sorted(lv for lv, _ in grid)
-    service.fill_curve(EvalJob("tiny", "magnitude"), ["global", "local"])
+    service.fill_curve(EvalJob("tiny", PruneSpec("magnitude")), ["global", "local"])
     with service._lock:
         levels = {e.priority()[0] for e in service._queue}
     assert levels <= {CURVE, CURVE + 1, CURVE + 2}
-    coarse = [EvalJob("tiny", "magnitude", sparsity=s, scope=sc) for s in (0.1, 0.5, 0.9) for sc in ("global", "local")]
+    coarse = [
+        EvalJob("tiny", PruneSpec("magnitude", allocation=Allocation(sc), sparsity=s))
+        for s in (0.1, 0.5, 0.9)
+        for sc in ("global", "local")
+    ]
     wait_until(lambda: all(service.lookup(j) is not None for j in coarse), what="the coarse curve points")
     assert all(isinstance(service.lookup(j), Accuracy) for j in coarse)
 
 
 def test_results_survive_a_restart_and_a_corrupt_row_is_ignored(tmp_path):
     path = tmp_path / "r.sqlite3"
-    job = EvalJob("tiny", "l1", "filter", sparsity=0.25)
+    job = EvalJob("tiny", PruneSpec("l1", "filter", sparsity=0.25))
     first = EvalService(workers=1, store=ResultStore(path))
     first.register("tiny", TINY, fingerprint="tiny-seed0")
     acc = wait_for(first, [job])[job]
@@ -227,7 +232,7 @@ def test_a_crashed_worker_is_restarted_and_its_job_retried(tmp_path):
     svc.register("doomed", ModelSpec("tests.helpers:load_crashing", (str(flag.with_name("always")), False)))
     flag.with_name("always").touch()
     try:
-        job = EvalJob("crashy", "magnitude", sparsity=0.5)
+        job = EvalJob("crashy", PruneSpec("magnitude", sparsity=0.5))
         got = wait_for(svc, [job])[job]
         assert isinstance(got, Accuracy) and svc.status().restarts == 1 and not flag.exists()
         doomed = EvalJob("doomed")
@@ -242,10 +247,10 @@ def test_unregistered_model_and_bad_jobs_give_clear_errors(service):
     missing = EvalJob("nosuchmodel")
     assert "not registered" in wait_for(service, [missing])[missing].message
     with pytest.raises(InvalidArgumentError, match="sparsity"):
-        EvalJob("tiny", "magnitude", sparsity=1.0)
+        EvalJob("tiny", PruneSpec("magnitude", sparsity=1.0))
     with pytest.raises(InvalidArgumentError, match="subset"):
         EvalJob("tiny", subset=0)
-    bad = EvalJob("tiny", "nosuchcriterion", sparsity=0.5)
+    bad = EvalJob("tiny", PruneSpec("nosuchcriterion", sparsity=0.5))
     assert "nosuchcriterion" in wait_for(service, [bad])[bad].message
 
 
@@ -261,7 +266,7 @@ def test_an_uploaded_state_dict_is_evaluated_by_the_workers_from_its_bytes(tmp_p
     torch.save(state, buf)
     blob = buf.getvalue()
     local = Lab(checkpoints.load_checkpoint(blob, "fmnist-cnn", name="upload:mine.pt"))
-    pruner = local.pruner("magnitude")
+    pruner = local.pruner(PruneSpec("magnitude"))
     pruner.apply_(PruneConfig(0.6, "global"))
     want = pruner.evaluate()
     svc = EvalService(workers=1)
@@ -270,7 +275,7 @@ def test_an_uploaded_state_dict_is_evaluated_by_the_workers_from_its_bytes(tmp_p
         ModelSpec("prunekit.models.checkpoints:load_checkpoint", (blob, "fmnist-cnn", "upload:mine.pt")),
     )
     try:
-        job = EvalJob("upload:mine.pt#x", "magnitude", sparsity=0.6, scope="global")
+        job = EvalJob("upload:mine.pt#x", PruneSpec("magnitude", allocation=Allocation("global"), sparsity=0.6))
         got = wait_for(svc, [job])[job]
         assert isinstance(got, Accuracy) and (got.top1, got.n) == (want.top1, want.n)
     finally:
@@ -278,7 +283,7 @@ def test_an_uploaded_state_dict_is_evaluated_by_the_workers_from_its_bytes(tmp_p
 
 
 def test_background_work_leaves_one_worker_free_for_live_requests(service):
-    service.fill_curve(EvalJob("tiny", "l2", "filter"), ["global", "local"])
+    service.fill_curve(EvalJob("tiny", PruneSpec("l2", "filter")), ["global", "local"])
     seen_busy = []
 
     def look() -> bool:
@@ -299,13 +304,13 @@ def test_readings_prefer_the_full_figure_and_surface_errors(service):
     assert reading(full, est).best is full and not reading(full, est).pending
     failed = reading(JobError("boom"), est)
     assert failed.error == "boom" and failed.best is est and not failed.pending
-    template = EvalJob("tiny", "magnitude", sparsity=0.4)
+    template = EvalJob("tiny", PruneSpec("magnitude", sparsity=0.4))
     assert read_point(service, template, ["global"], 20, "r", ask=False).pending  # reading asks for nothing
     assert service.status().queued_live == 0
     wait_until(lambda: not read_point(service, template, ["global", "local"], 20, "r").pending, what="both scopes")
     view = read_point(service, template, ["global", "local"], 20, "r")
     for got, job in (
-        (view.scopes["local"].full, dataclasses.replace(template, scope="local")),
+        (view.scopes["local"].full, template.with_scope("local")),
         (view.dense.full, EvalJob("tiny")),
     ):
         want = _in_process(job)
@@ -336,7 +341,7 @@ def counting(tmp_path):
 
 def test_a_miss_reads_the_store_once_and_a_result_that_lands_is_seen(counting):
     svc, store = counting
-    job = EvalJob("tiny", "magnitude", sparsity=0.3)
+    job = EvalJob("tiny", PruneSpec("magnitude", sparsity=0.3))
     assert [svc.lookup(job) for _ in range(50)] == [None] * 50
     assert store.reads == 1  # a rerun or a poll asking again never reads SQLite
     acc = wait_for(svc, [job])[job]
@@ -345,29 +350,29 @@ def test_a_miss_reads_the_store_once_and_a_result_that_lands_is_seen(counting):
 
 def test_a_curve_asked_for_on_every_rerun_is_queued_once(counting):
     svc, store = counting
-    template = EvalJob("tiny", "magnitude")
+    template = EvalJob("tiny", PruneSpec("magnitude"))
     svc.fill_curve(template, ["global", "local"])
     first = store.reads
     assert first == 2 * len(curve_grid()) - 1  # each point read once; sparsity 0 is one dense job
     for sparsity in (0.3, 0.7):  # the slider moves: the same configuration's curve, asked again
-        svc.fill_curve(dataclasses.replace(template, sparsity=sparsity), ["global", "local"])
+        svc.fill_curve(template.at(sparsity), ["global", "local"])
     assert store.reads == first
-    svc.fill_curve(EvalJob("tiny", "l1"), ["global", "local"])  # another configuration is queued
+    svc.fill_curve(EvalJob("tiny", PruneSpec("l1")), ["global", "local"])  # another configuration is queued
     assert store.reads > first
 
 
 def test_a_curve_reads_the_store_once_and_then_follows_results_as_they_land(counting):
     svc, store = counting
-    template = EvalJob("tiny", "magnitude")
+    template = EvalJob("tiny", PruneSpec("magnitude"))
     assert svc.curve(template) == {}
     first = store.reads
     assert first == len(curve_grid())  # every grid point of the scope once (0 is the dense job)
     for _ in range(20):  # every later rerun or poll of every session: no store read
-        assert svc.curve(dataclasses.replace(template, sparsity=0.4)) == {}
+        assert svc.curve(template.at(0.4)) == {}
     assert store.reads == first
-    points = [dataclasses.replace(template, sparsity=s) for s in (0.0, 0.5)]
+    points = [template.at(s) for s in (0.0, 0.5)]
     done = wait_for(svc, points)
     curve = svc.curve(template)
     assert curve == {0.0: done[points[0].canonical()], 0.5: done[points[1]]}
     assert store.reads == first
-    assert svc.curve(dataclasses.replace(template, scope="local")) == {0.0: done[points[0].canonical()]}
+    assert svc.curve(template.with_scope("local")) == {0.0: done[points[0].canonical()]}

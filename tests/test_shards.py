@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 from prunekit.cli import main
-from prunekit.core.allocate import PruneConfig
 from prunekit.core.data import FolderSet
 from prunekit.core.evaluate import Accuracy, accuracy_of, combine
 from prunekit.core.lab import Lab
+from prunekit.core.spec import PruneConfig, PruneSpec
 from prunekit.models.datasets import fashion_mnist
 from prunekit.models.zoo import load, load_on_folder
 from prunekit.service.fanout import shard
@@ -34,12 +34,12 @@ def folder(tmp_path_factory):
 
 
 def test_shards_cover_the_set_once():
-    jobs = [EvalJob("m", "magnitude", sparsity=0.5), EvalJob("m")]
+    jobs = [EvalJob("m", PruneSpec("magnitude", sparsity=0.5)), EvalJob("m")]
     parts = shard(jobs, 230, 64)
     for job in jobs:
         bounds = [p.shard for p in parts[job]]
         assert bounds == [(0, 64), (64, 128), (128, 192), (192, 230)]
-        assert all(p.sparsity == job.sparsity and p.shard for p in parts[job])
+        assert all(p.spec.sparsity == job.spec.sparsity and p.shard for p in parts[job])
     assert len({p.key().__repr__() for group in parts.values() for p in group}) == 8  # distinct store keys
 
 
@@ -69,7 +69,7 @@ def test_a_sharded_sweep_equals_the_same_images_scored_in_memory(folder, where, 
     images, labels = test.images[:IMAGES], test.labels[:IMAGES]
     dense = accuracy_of(lab.loaded.model, images, labels, IMAGES)
     for row in rows:
-        pruner = lab.pruner("magnitude", "unstructured")
+        pruner = lab.pruner(PruneSpec("magnitude", "unstructured"))
         pruner.apply_(PruneConfig(row["sparsity"], "global"))
         pruned = accuracy_of(pruner.model, images, labels, IMAGES)
         assert row["accuracy"]["images"] == IMAGES and not row["accuracy"]["estimate"]

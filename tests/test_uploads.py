@@ -12,10 +12,11 @@ import pytest
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from prunekit.core.allocate import PruneConfig
 from prunekit.core.lab import Lab
+from prunekit.core.spec import PruneConfig
 from prunekit.errors import CheckpointError
 from prunekit.models import checkpoints, zoo
+from tests.helpers import spec_of
 
 
 class Evil:
@@ -170,8 +171,8 @@ def test_trusted_whole_model_prunes_like_the_zoo_model():
     assert loaded.card["architecture"].startswith("whole pickled model")
     config = PruneConfig(0.5, "global")
     mine, theirs = (
-        Lab(loaded).result("l1", "filter", "none", config),
-        Lab(zoo_model).result("l1", "filter", "none", config),
+        Lab(loaded).result(spec_of("l1", "filter", "none", config)),
+        Lab(zoo_model).result(spec_of("l1", "filter", "none", config)),
     )
     assert mine.nonzero_params == theirs.nonzero_params and mine.layer_sparsities() == theirs.layer_sparsities()
     assert mine.effective_sparsity == theirs.effective_sparsity
@@ -184,7 +185,7 @@ def test_trusted_torchscript_weights_go_into_the_architecture(tmp_path):
     loaded = checkpoints.load_checkpoint(path, "fmnist-cnn", trusted=True)
     x = torch.randn(2, 1, 28, 28)
     assert torch.allclose(loaded.model(x), model(x), atol=1e-5)
-    result = Lab(loaded).result("magnitude", "unstructured", "none", PruneConfig(0.5, "local"))
+    result = Lab(loaded).result(spec_of("magnitude", "unstructured", "none", PruneConfig(0.5, "local")))
     assert result.units_removed > 0  # hooks work: it is an ordinary module now
 
 

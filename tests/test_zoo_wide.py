@@ -19,12 +19,13 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from prunekit.core.allocate import PruneConfig
 from prunekit.core.connectivity import PathProbe, connectivity
 from prunekit.core.lab import Lab
 from prunekit.core.profile import profile_model
+from prunekit.core.spec import PruneConfig
 from prunekit.errors import ProbeUnsupportedError, PrunekitError
 from prunekit.models import zoo
+from tests.helpers import spec_of
 
 pytestmark = pytest.mark.slow
 ROWS = {row.name: row for row in zoo.list_models()}
@@ -74,7 +75,7 @@ def _dense_probe(loaded: zoo.Loaded, prunable: set[str], shape: tuple[int, ...],
 
 def _check_pruning(lab: Lab, structure: str, scope: str, paths: bool) -> None:
     try:
-        result = lab.result("magnitude", structure, "none", PruneConfig(0.5, scope), paths=paths)
+        result = lab.result(spec_of("magnitude", structure, "none", PruneConfig(0.5, scope)), paths=paths)
     except PrunekitError as exc:  # a clear refusal is allowed; a crash is not
         assert "not supported" in str(exc), str(exc)
         return

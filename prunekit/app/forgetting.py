@@ -3,17 +3,16 @@ workers, compared with the dense model's (never evaluated in the page's thread).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from prunekit.app.resources import model_key, register, service, template
 from prunekit.app.state import cfg, session_id
-from prunekit.core.allocate import COMPARED_SCOPES
 from prunekit.core.evaluate import Accuracy, Counts, from_counts
 from prunekit.core.forget import Forgetting, McNemar, compare
 from prunekit.core.lab import Lab
+from prunekit.core.spec import COMPARED_SCOPES, PruneSpec
 from prunekit.service.jobs import Predictions, PredictJob
 from prunekit.service.scheduler import LIVE_FULL, JobError
 
@@ -36,9 +35,9 @@ def forget_view(current: Lab) -> ForgetView:
     """Ask for the dense model's and each scope's predictions at the slider; compare those that are there."""
     svc = service()
     register(svc, current)
-    base = dataclasses.replace(template(current, cfg()), sparsity=cfg()["sparsity"])
+    base = template(current, cfg()).at(cfg().sparsity)
     jobs = {"dense": PredictJob(model_key(current))} | {
-        scope: PredictJob(**{**dataclasses.asdict(base), "scope": scope}) for scope in COMPARED_SCOPES
+        scope: PredictJob.like(base.with_scope(scope)) for scope in COMPARED_SCOPES
     }
     known = svc.request([(job, LIVE_FULL) for job in jobs.values()], f"{session_id()}/forget")
     got = {name: known[job] for name, job in jobs.items()}
@@ -62,19 +61,13 @@ class PairedView:
     error: str | None
 
 
-def paired_view(current: Lab, a: tuple[str, str, str], b: tuple[str, str, str], sparsity: float) -> PairedView:
-    """Recipes ``a`` and ``b`` (criterion, scope, structure) at one sparsity, every image scored by each (the
-    workers' predictions): McNemar's test of A against B, b counting images A gets right and B wrong."""
+def paired_view(current: Lab, a: PruneSpec, b: PruneSpec, sparsity: float) -> PairedView:
+    """Recipes ``a`` and ``b`` at one sparsity, every image scored by each (the workers' predictions):
+    McNemar's test of A against B, b counting images A gets right and B wrong."""
     svc = service()
     register(svc, current)
-    base = dataclasses.replace(template(current, cfg()), sparsity=sparsity)
-
-    def job(recipe: tuple[str, str, str]) -> PredictJob:
-        criterion, scope, structure = recipe
-        same = dataclasses.asdict(base) | {"criterion": criterion, "scope": scope, "structure": structure}
-        return PredictJob(**same)
-
-    jobs = (job(a), job(b))
+    base = template(current, cfg())
+    jobs = (PredictJob.like(base, spec=a.at(sparsity)), PredictJob.like(base, spec=b.at(sparsity)))
     known = svc.request([(j, LIVE_FULL) for j in jobs], f"{session_id()}/paired")
     got = [known[j.canonical()] for j in jobs]
     errors = [v.message for v in got if isinstance(v, JobError)]

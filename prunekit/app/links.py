@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from prunekit.app.settings import Settings
+
 SPARSITY_MAX = 0.99  # the sliders' range: [0, 0.99] in steps of 0.01
 SPARSITY_STEP = 0.01
 _SHOWN_CHARS = 40  # a notice quotes at most this much of a bad value
@@ -62,7 +64,7 @@ def _choice(name: str) -> Callable[[str, object, Sequence[str]], Parsed]:
     def parse(raw: str, default: object, choices: Sequence[str]) -> Parsed:
         if raw in choices:
             return raw, None
-        return default, f"Ignored {name}={shown(raw)} from the link (not a known {name}); using {default!r}."
+        return default, f"Ignored {name}={shown(raw)} from the link (not a known {name}); using '{default}'."
 
     return parse
 
@@ -112,3 +114,33 @@ def parse_link(params: Mapping[str, str], schema: LinkSchema) -> tuple[dict, lis
         if notice:
             notices.append(notice)
     return settings, notices
+
+
+def read_settings(
+    params: Mapping[str, str], defaults: Settings, choices: Mapping[str, Sequence[str]]
+) -> tuple[Settings, list[str]]:
+    """(settings, notices) from a share link's query string, as :func:`parse_link` reads it."""
+    raw = {name: getattr(defaults, name) for name in Settings.names()} | {
+        "overrides": encode_overrides(defaults.overrides)
+    }
+    values, notices = parse_link(params, LinkSchema(raw, choices))
+    return Settings(**(values | {"overrides": decode_overrides(values["overrides"])})), notices
+
+
+def to_query(settings: Settings) -> dict[str, str]:
+    """The query string that :func:`read_settings` reads back as ``settings`` (empty overrides left out)."""
+    out = {}
+    for name in Settings.names():
+        value = getattr(settings, name)
+        text = (
+            encode_overrides(value)
+            if name == "overrides"
+            else "1"
+            if value is True
+            else "0"
+            if value is False
+            else str(value)
+        )
+        if text:
+            out[name] = text
+    return out

@@ -3,32 +3,24 @@ pair (global on the chosen normalisation, and local): their shared results, curv
 
 from __future__ import annotations
 
-import dataclasses
-
 import streamlit as st
 
 from prunekit.app.resources import curve_fill_enabled, estimate_size, register, service, template
 from prunekit.app.state import cfg, session_id
-from prunekit.app.state import config as state_config
-from prunekit.core.allocations import ALLOCATIONS, AllocationMethod, allocation_of
-from prunekit.core.importance import FILTER
 from prunekit.core.lab import Lab, PruneResult
-from prunekit.core.nm import pattern_of
+from prunekit.core.spec import ALLOCATIONS, Allocation, AllocationMethod, Scope
 from prunekit.service import readings
 
 
-def pair_names() -> dict[str, str]:
+def pair_names() -> dict[Scope, str]:
     """The page's two scopes as allocation names: scope -> name (local ranks the same on any normalisation)."""
-    method = allocation_of("global", cfg()["normalise"])
-    return {"global": method.name if method else "global", "local": "local"}
+    method = Allocation(Scope.GLOBAL, cfg().normalise).method
+    return {Scope.GLOBAL: method.name if method else "global", Scope.LOCAL: "local"}
 
 
 def choices() -> list[str]:
     """The allocations that mean something for the configuration on screen (none for an N:M pattern)."""
-    structure = cfg()["structure"]
-    if pattern_of(structure) is not None:
-        return []
-    return [a.name for a in ALLOCATIONS.values() if not (a.unstructured_only and structure == FILTER)]
+    return [a.name for a in ALLOCATIONS.values() if a.fits(cfg().structure)]
 
 
 def extras(chosen: list[str]) -> list[AllocationMethod]:
@@ -42,15 +34,14 @@ def results(current: Lab, pair: dict[str, PruneResult], chosen: list[str]) -> di
     (measured without the path test: the chart needs the weights only)."""
     names = pair_names()
     out = {names[scope]: r for scope, r in pair.items() if names[scope] in chosen}
-    c = cfg()
     for method in extras(chosen):
-        config = state_config(method.scope)
-        out[method.name] = current.result(c["criterion"], c["structure"], method.normalise, config, paths=False)
+        out[method.name] = current.result(cfg().spec().with_allocation(method.allocation), paths=False)
     return {name: out[name] for name in chosen if name in out}
 
 
 def _template(current: Lab, method: AllocationMethod):
-    return dataclasses.replace(template(current, cfg()), normalise=method.normalise, scope=method.scope)
+    job = template(current, cfg())
+    return job.with_spec(allocation=method.allocation)
 
 
 def fill_curves(current: Lab, chosen: list[str]) -> None:
@@ -89,7 +80,7 @@ def points(current: Lab, chosen: list[str], ask: bool = True) -> dict[str, readi
         _step_back(svc, {m.name for m in extras(chosen)})
     out = {}
     for method in extras(chosen):
-        job = dataclasses.replace(_template(current, method), sparsity=cfg()["sparsity"])
+        job = _template(current, method).at(cfg().sparsity)
         view = readings.read_point(
             svc, job, [method.scope], estimate_size(current), f"{session_id()}/overlay/{method.name}", ask
         )

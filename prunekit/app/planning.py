@@ -12,6 +12,7 @@ from prunekit.app.state import session_id
 from prunekit.core.budget import Costs, Plan, Target, plan
 from prunekit.core.lab import Lab, PruneResult
 from prunekit.core.sensitivity import SensitivityRow
+from prunekit.core.spec import PruneSpec, Structure
 from prunekit.errors import InvalidArgumentError
 from prunekit.service import readings
 from prunekit.service.fanout import plan_job
@@ -45,7 +46,7 @@ class PlanView:
         settings = {
             "model": model,
             "criterion": criterion,
-            "structure": "unstructured",
+            "structure": Structure.UNSTRUCTURED.value,
             "sparsity": "0.0",
             "overrides": links.encode_overrides(self.plan.sparsities),
         }
@@ -60,9 +61,9 @@ def plan_view(current: Lab, criterion: str, rows: list[SensitivityRow], target: 
     """Solve ``target`` on the scan's ``rows``; measure the plan (full split) as this session's plan request.
     Raises InvalidArgumentError when the scan's grid cannot meet the target."""
     chosen = plan(Costs.of(current.profile, current.loaded.model), rows, target)
-    template = EvalJob(model_key(current), criterion, "unstructured")
+    template = EvalJob(model_key(current), PruneSpec(criterion))
     job, dense = plan_job(template, chosen.sparsities), EvalJob(model_key(current))
-    result = current.result(criterion, "unstructured", "none", job.config(), paths=False)
+    result = current.result(job.spec, paths=False)
     svc = service()
     register(svc, current)
     known = svc.request([(dense, LIVE_FULL), (job, LIVE_FULL)], f"{session_id()}/plan")

@@ -96,7 +96,7 @@ def importance_heatmap(
     )
     fig.update_layout(
         title="Filter importance (each layer scaled to its max" + ("; sorted" if sort else "") + ")",
-        xaxis_title="filter" + (" (rank within layer)" if sort else " index"),
+        xaxis_title="filter " + ("(rank within layer)" if sort else "index"),
         height=120 + 24 * len(layers),
         yaxis_autorange="reversed",
         margin=dict(t=50),
@@ -127,7 +127,7 @@ def scores_bar(scores: list[float], removed: list[bool], layer: str) -> go.Figur
     fig = go.Figure(go.Bar(x=list(range(len(scores))), y=scores, marker_color=colors))
     fig.update_layout(
         title=f"{layer}: score of each filter (red = removed at this sparsity)",
-        xaxis_title="filter",
+        xaxis_title="filter index",
         height=300,
         margin=dict(t=50),
     )

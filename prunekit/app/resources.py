@@ -16,12 +16,12 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from prunekit.app import links
 from prunekit.app.pacing import Pacing
-from prunekit.core.allocate import COMPARED_SCOPES, PruneConfig
+from prunekit.app.settings import Settings
 from prunekit.core.evaluate import interval_label
 from prunekit.core.lab import Lab
 from prunekit.core.shared import SingleFlight
+from prunekit.core.spec import COMPARED_SCOPES
 from prunekit.errors import InvalidArgumentError
 from prunekit.models import custom, zoo
 from prunekit.service.jobs import ESTIMATE_IMAGES, EvalJob
@@ -31,15 +31,7 @@ from prunekit.service.store import ResultStore
 torch.set_num_threads(int(os.environ.get("PRUNEKIT_THREADS", os.cpu_count() or 1)))  # tests: one per process
 
 
-DEFAULTS = {
-    "model": "fmnist-cnn",
-    "criterion": "magnitude",
-    "structure": "unstructured",
-    "sparsity": 0.5,
-    "keep": False,
-    "normalise": "none",
-    "overrides": "",  # per-layer sparsities from a plan's link (links.encode_overrides): the slider sets the rest
-}
+DEFAULTS = Settings()
 
 
 @st.cache_resource(show_spinner="Loading your model...")
@@ -49,10 +41,10 @@ def own_lab() -> Lab | None:
     return Lab(custom.read(path)) if path else None
 
 
-def defaults() -> dict:
-    """The settings a session starts from: on the launched model when there is one."""
+def defaults() -> Settings:
+    """The settings a session starts from (a fresh copy): on the launched model when there is one."""
     mine = own_lab()
-    return DEFAULTS | {"model": mine.loaded.name} if mine is not None else dict(DEFAULTS)
+    return DEFAULTS.copy(model=mine.loaded.name) if mine is not None else DEFAULTS.copy()
 
 
 def shared_lab(name: str) -> Lab:
@@ -86,7 +78,7 @@ def service() -> EvalService:
     ray = os.environ.get(RAY_ENV) or None
     workers = int(os.environ.get("PRUNEKIT_WORKERS", 0)) or (1 if ray else None)
     svc = open_service(ray, workers, ResultStore(), fall_back=True)
-    default = shared_lab(defaults()["model"])
+    default = shared_lab(defaults().model)
     register(svc, default)
     if curve_fill_enabled():
         svc.fill_curve(template(default, defaults()), COMPARED_SCOPES)  # warm before most people ask for it
@@ -101,9 +93,9 @@ def curve_fill_enabled() -> bool:
 def warm() -> None:
     """Before the server takes sessions (prunekit.app.serve): the default model, its profile, the service."""
     start = defaults()
-    current = shared_lab(start["model"])
+    current = shared_lab(start.model)
     current.profile  # noqa: B018 - computed now so that the first page does not wait for it
-    current.result(start["criterion"], start["structure"], start["normalise"], PruneConfig(start["sparsity"]))
+    current.result(start.spec())
     model_names()
     dense = EvalJob(model_key(current))
     service().wait([dense, dense.with_subset(ESTIMATE_IMAGES)], timeout=120)  # workers up, model loaded
@@ -167,16 +159,9 @@ def register(svc: EvalService, current: Lab) -> None:
     svc.register(model_key(current), current.loaded.spec, current.fingerprint)
 
 
-def template(current: Lab, c: dict) -> EvalJob:
-    overrides = tuple(sorted(links.decode_overrides(c["overrides"]).items()))
-    return EvalJob(
-        model_key(current),
-        c["criterion"],
-        c["structure"],
-        c["normalise"],
-        keep_first_last=c["keep"],
-        overrides=overrides,
-    )
+def template(current: Lab, c: Settings) -> EvalJob:
+    """The job of ``c``'s global scope at sparsity 0: what a page turns into the jobs it asks for."""
+    return EvalJob(model_key(current), c.spec(sparsity=0.0))
 
 
 def estimate_size(current: Lab) -> int | None:

@@ -13,11 +13,11 @@ import torch
 
 from prunekit.app import plots
 from prunekit.app.resources import bundles, curve_fill_enabled, estimate_size, model_key, register, service, template
-from prunekit.app.state import cfg, config, error_text, session_id, settings
+from prunekit.app.state import cfg, error_text, session_id, spec
 from prunekit.core import analysis, structure
-from prunekit.core.allocate import COMPARED_SCOPES
+from prunekit.core.importance import CRITERIA
 from prunekit.core.lab import Lab, PruneResult
-from prunekit.core.nm import pattern_of
+from prunekit.core.spec import COMPARED_SCOPES, PruneSpec, Structure
 from prunekit.core.structure import Coupling
 from prunekit.deploy.export import Bundle, build_bundle
 from prunekit.deploy.recover import Recipe, Recovery, has_training_split, training_images
@@ -91,12 +91,12 @@ def prune_both(current: Lab) -> dict[str, PruneResult]:
     test is left to an evaluation worker, so the move stays instant: see ``paths_panel``."""
     inline = current.paths_inline or current.probe_unavailable is not None
     with st.spinner("Scoring once for this criterion; every later slider move is a lookup..."):
-        results = {scope: current.result(*settings(), config(scope), paths=inline) for scope in COMPARED_SCOPES}
+        results = {scope: current.result(spec(scope), paths=inline) for scope in COMPARED_SCOPES}
     if inline:
         return results
     svc = service()
     register(svc, current)
-    job = dataclasses.replace(template(current, cfg()), sparsity=cfg()["sparsity"])
+    job = template(current, cfg()).at(cfg().sparsity)
     return readings.with_paths(svc, job, results, f"{session_id()}/paths")
 
 
@@ -125,18 +125,18 @@ def point_view(current: Lab, ask: bool = True) -> readings.PointView:
     """The accuracies at the slider. ``ask``: send them as this session's live request (latest wins)."""
     svc = service()
     register(svc, current)
-    job = dataclasses.replace(template(current, cfg()), sparsity=cfg()["sparsity"])
+    job = template(current, cfg()).at(cfg().sparsity)
     return readings.read_point(svc, job, COMPARED_SCOPES, estimate_size(current), session_id(), ask)
 
 
 def pattern_unfit(current: Lab) -> tuple[str, ...]:
     """The layers an N:M pattern on screen leaves dense (their input width is not a multiple of M)."""
-    return current.table(*settings()).unscored
+    return current.table(*spec().table_key).unscored
 
 
 def has_curve() -> bool:
     """False for an N:M pattern: the pattern, not a slider, sets its sparsity, so there is one point."""
-    return pattern_of(cfg()["structure"]) is None
+    return cfg().structure.pattern is None
 
 
 def fill_curve(current: Lab) -> None:
@@ -153,8 +153,26 @@ def curve_view(current: Lab) -> CurveView:
     return CurveView(curves, readings.curve_points(), svc.status())
 
 
-def tradeoff_points(current: Lab, recipes: list[tuple[str, str, str]], sparsities, estimate: bool) -> dict:
-    """Per recipe (criterion, scope, structure): sparsity, speedup and accuracy (None while pending)."""
+def recipe_label(spec: PruneSpec) -> str:
+    return f"{spec.criterion} / {spec.scope} / {spec.structure}"
+
+
+def tradeoff_recipes() -> dict[str, PruneSpec]:
+    """Every recipe the Trade-offs page offers, by label: each criterion, structure (a pattern fixes its sparsity:
+    nothing to trade off along) and scope, on the session's normalisation, first/last and per-layer settings."""
+    base = cfg().spec(sparsity=0.0)
+    recipes = (
+        dataclasses.replace(base.with_scope(scope), criterion=name, structure=structure)
+        for name, crit in CRITERIA.items()
+        for structure in crit.structures
+        if structure.pattern is None
+        for scope in COMPARED_SCOPES
+    )
+    return {recipe_label(r): r for r in recipes}
+
+
+def tradeoff_points(current: Lab, recipes: list[PruneSpec], sparsities, estimate: bool) -> dict[PruneSpec, dict]:
+    """Per recipe (a spec whose sparsity the curve varies): sparsity, speedup and accuracy (None while pending)."""
     job = dataclasses.replace(template(current, cfg()), subset=estimate_size(current) if estimate else None)
     return readings.tradeoff(service(), current, job, recipes, sparsities, session_id())
 
@@ -164,23 +182,23 @@ def dense_reading(current: Lab, estimate: bool) -> readings.Reading:
     return readings.reading(service().request([(job, LIVE_FULL)], "")[job])
 
 
-def _job(current: Lab, scope: str) -> dict:
-    """The fields of the on-screen configuration's job at the slider, for ``scope`` (speed, recovery, export)."""
-    return dataclasses.asdict(template(current, cfg())) | {"sparsity": cfg()["sparsity"], "scope": scope}
+def _job(current: Lab, scope: str) -> EvalJob:
+    """The on-screen configuration's job at the slider, for ``scope`` (speed, recovery, export)."""
+    return template(current, cfg()).at(cfg().sparsity).with_scope(scope)
 
 
 def speed(current: Lab, scope: str, measure: bool) -> Outcome | None:
     """Latency of dense, masked and compacted models at the slider (from the workers); ``measure``
     queues it, otherwise only a known (cached) result is returned."""
-    svc, job = service(), SpeedJob(**_job(current, scope))
+    svc, job = service(), SpeedJob.like(_job(current, scope))
     register(svc, current)
     if not measure:
         return svc.lookup(job)
     return svc.request([(job, LIVE_FULL)], f"{session_id()}:speed")[job]
 
 
-def speed_key(current: Lab, scope: str) -> tuple:
-    return tuple(_job(current, scope).values())
+def speed_key(current: Lab, scope: str) -> EvalJob:
+    return _job(current, scope)
 
 
 def speed_pending(current: Lab, scope: str) -> bool:
@@ -189,7 +207,7 @@ def speed_pending(current: Lab, scope: str) -> bool:
 
 
 def recover_job(current: Lab, scope: str, recipe: Recipe) -> RecoverJob:
-    return RecoverJob(**_job(current, scope), recipe=recipe)
+    return RecoverJob.like(_job(current, scope), recipe=recipe)
 
 
 TRAIN_SUBSET = 10_000  # the quicker choice offered beside the whole training split
@@ -252,9 +270,8 @@ def forget(job: EvalJob) -> None:
 
 def export_bundle(current: Lab, scope: str) -> Bundle:
     """The export files at the slider (built once per configuration, on a private pruner)."""
-    c = cfg()
-    key = (model_key(current), *settings(), scope, c["sparsity"], c["keep"])
-    return bundles().get(key, lambda: build_bundle(current.pruner(*settings()), config(scope)))
+    at = spec(scope)
+    return bundles().get((model_key(current), at), lambda: build_bundle(current.pruner(at), at))
 
 
 def _key(kind: str, current: Lab, *extra) -> tuple:
@@ -262,13 +279,13 @@ def _key(kind: str, current: Lab, *extra) -> tuple:
 
 
 def filter_view(current: Lab, criterion: str, scope: str) -> analysis.FilterView:
-    table = current.table(criterion, "filter", cfg()["normalise"])
-    return analysis.filter_view(table, config(scope), current.first_last)
+    table = current.table(criterion, Structure.FILTER, cfg().normalise)
+    return analysis.filter_view(table, spec(scope).config(), current.first_last)
 
 
 def agreement(current: Lab, criteria: list[str], scope: str):
-    tables = {name: current.table(name, "filter", cfg()["normalise"]) for name in criteria}
-    return analysis.agreement(tables, config(scope), current.first_last)
+    tables = {name: current.table(name, Structure.FILTER, cfg().normalise) for name in criteria}
+    return analysis.agreement(tables, spec(scope).config(), current.first_last)
 
 
 def sensitivity(
@@ -278,7 +295,7 @@ def sensitivity(
     svc = service()
     register(svc, current)
     subset = estimate_size(current) if estimate else None
-    template = EvalJob(model_key(current), criterion, "unstructured", subset=subset)
+    template = EvalJob(model_key(current), PruneSpec(criterion), subset=subset)
     return readings.read_sensitivity(svc, current, template, sparsities, session_id())
 
 
@@ -286,8 +303,8 @@ def attribution(current: Lab, index: int) -> tuple:
     data = current.loaded.eval_data()
     image, label = data.images[index], int(data.labels[index])
     dense = analysis.attribution_map(current.loaded.model, image, label)
-    with current.borrow(*settings()) as p:
-        p.apply_(config("global"))
+    with current.borrow(spec()) as p:
+        p.apply_(spec())
         pruned = analysis.attribution_map(p.model, image, label)
     return image.mean(0), dense, pruned, data.classes[label]
 

@@ -34,8 +34,8 @@ def show_notices() -> None:
 def sidebar() -> None:
     init_state()
     names = model_names() + list(st.session_state.user_labs)
-    if cfg()["model"] not in names:
-        cfg()["model"] = defaults()["model"]
+    if cfg().model not in names:
+        cfg().model = defaults().model
     with st.sidebar:
         st.markdown("### Model")
         bind(
@@ -54,7 +54,7 @@ def sidebar() -> None:
 
 def _folder_choice() -> None:
     """Offer the server's evaluation folder for a zoo model; say why when it does not fit the model."""
-    folder, name = eval_folder(), cfg()["model"]
+    folder, name = eval_folder(), cfg().model
     st.session_state.on_folder = None
     if folder is None or name in st.session_state.user_labs or name not in zoo_names():
         return
@@ -124,5 +124,5 @@ def _register_upload(blob: bytes, arch: str, name: str) -> None:
     upload = Lab(checkpoints.load_checkpoint(blob, arch, name=name))
     st.session_state.user_labs[name] = upload
     register(service(), upload)
-    cfg()["model"] = name
+    cfg().model = name
     st.session_state["w_model"] = name

@@ -9,9 +9,10 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from prunekit.app import links
 from prunekit.app.resources import defaults, folder_lab, model_names, shared_lab
-from prunekit.core.allocate import NORMALISATIONS, PruneConfig
-from prunekit.core.importance import CRITERIA, STRUCTURES
+from prunekit.app.settings import Settings
+from prunekit.core.importance import CRITERIA
 from prunekit.core.lab import Lab
+from prunekit.core.spec import NORMALISATIONS, STRUCTURES, PruneSpec, Scope
 from prunekit.errors import without_paths
 
 
@@ -19,29 +20,30 @@ def init_state() -> None:
     """Once per session: settings from the query string; bad or stale values fall back with a notice."""
     if "cfg" in st.session_state:
         return
-    cfg, notices = links.parse_link(st.query_params.to_dict(), _link_schema())
-    if not _supports(cfg["criterion"], cfg["structure"]):
-        notices.append(f"Criterion {cfg['criterion']!r} has no {cfg['structure']} mode; using 'magnitude'.")
-        cfg["criterion"] = "magnitude"
+    cfg, notices = links.read_settings(st.query_params.to_dict(), defaults(), _choices())
+    if not CRITERIA[cfg.criterion].supports(cfg.structure):
+        notices.append(f"Criterion '{cfg.criterion}' has no {cfg.structure} mode; using 'magnitude'.")
+        cfg.criterion = "magnitude"
     st.session_state.cfg = cfg
     st.session_state.notices = notices
     st.session_state.user_labs = {}
 
 
-def _link_schema() -> links.LinkSchema:
-    choices = {"model": model_names(), "criterion": list(CRITERIA), "structure": list(STRUCTURES)}
-    return links.LinkSchema(defaults(), choices | {"normalise": list(NORMALISATIONS)})
+def _choices() -> dict[str, list[str]]:
+    return {
+        "model": model_names(),
+        "criterion": list(CRITERIA),
+        "structure": list(STRUCTURES),
+        "normalise": list(NORMALISATIONS),
+    }
 
 
-def cfg() -> dict:
+def cfg() -> Settings:
     return st.session_state.cfg
 
 
 def sync_query() -> None:
-    c = cfg()
-    st.query_params.from_dict(
-        {k: ("1" if v is True else "0" if v is False else str(v)) for k, v in c.items() if v != ""}
-    )
+    st.query_params.from_dict(links.to_query(cfg()))
 
 
 def error_text(error: object) -> str:
@@ -49,29 +51,25 @@ def error_text(error: object) -> str:
     return without_paths(str(error))
 
 
-def _supports(criterion: str, structure: str) -> bool:
-    return structure in CRITERIA[criterion].structures
-
-
 def bind(widget: Callable, name: str, **kwargs):
     """Render a widget whose value persists in cfg across pages (widget state is dropped off-page)."""
     key = f"w_{name}"
     if key not in st.session_state:
-        st.session_state[key] = cfg()[name]
+        st.session_state[key] = getattr(cfg(), name)
     value = widget(key=key, **kwargs)
-    cfg()[name] = value
-    return value
+    setattr(cfg(), name, value)
+    return getattr(cfg(), name)
 
 
 def apply_preset(**values) -> None:
     """Callback for preset buttons: set cfg and the widgets before they are drawn."""
-    cfg().update(values)
     for name, value in values.items():
-        st.session_state[f"w_{name}"] = value
+        setattr(cfg(), name, value)
+        st.session_state[f"w_{name}"] = getattr(cfg(), name)
 
 
 def lab() -> Lab:
-    name = cfg()["model"]
+    name = cfg().model
     if name in st.session_state.user_labs:
         return st.session_state.user_labs[name]
     if st.session_state.get("on_folder") == name:  # chosen in the sidebar, and the folder fits this model
@@ -79,23 +77,19 @@ def lab() -> Lab:
     return shared_lab(name)
 
 
-def config(scope: str) -> PruneConfig:
-    return PruneConfig(cfg()["sparsity"], scope, cfg()["keep"], links.decode_overrides(cfg()["overrides"]))
+def spec(scope: Scope | str = Scope.GLOBAL) -> PruneSpec:
+    """The on-screen configuration for ``scope`` at the slider."""
+    return cfg().spec(scope)
 
 
 def unknown_overrides(current: Lab) -> list[str]:
     """Drop the link's per-layer overrides that name no layer (or cluster) of the model on screen; their names."""
-    known = {s.name for s in current.table(*settings()).sets}
-    given = links.decode_overrides(cfg()["overrides"])
+    known = {s.name for s in current.table(*spec().table_key).sets}
+    given = cfg().overrides
     unknown = sorted(set(given) - known)
     if unknown:
-        apply_preset(overrides=links.encode_overrides({k: v for k, v in given.items() if k in known}))
+        apply_preset(overrides={k: v for k, v in given.items() if k in known})
     return unknown
-
-
-def settings() -> tuple[str, str, str]:
-    c = cfg()
-    return c["criterion"], c["structure"], c["normalise"]
 
 
 def session_id() -> str:

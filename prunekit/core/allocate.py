@@ -3,37 +3,21 @@
 A *unit set* is one layer (unstructured: its weights are the units) or one cluster of coupled
 channels (filter: its channels are the units). ``ScoreTable`` holds each set's sorted scores and the
 rank of every unit; ``allocate`` turns a :class:`PruneConfig` into removal counts per set. Global scope
-finds one threshold by bisection over the float bit patterns (exact, O(sets x log n) per call).
+finds one threshold by bisection over the float bit patterns (exact, O(sets x log n) per call). LAMP's scores
+and ERK's densities, the two allocations with math of their own, are here too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from prunekit.core.allocations import erk_counts, lamp_scores
-from prunekit.core.importance import FILTER, Scores
-from prunekit.core.nm import group_ranks, pattern_of, pattern_sparsity
+from prunekit.core.importance import Scores
+from prunekit.core.nm import group_ranks, pattern_sparsity
+from prunekit.core.spec import Normalisation, PruneConfig, Scope, Structure
 from prunekit.core.structure import Cluster
 from prunekit.errors import InvalidArgumentError, UnknownNameError
-
-SCOPES = ("global", "local", "erk")  # erk: per-layer densities from the layers' shapes (allocations.py)
-COMPARED_SCOPES = ("global", "local")  # the two extremes the pages set side by side
-NORMALISATIONS = {
-    # Global scope compares scores across layers; these say how each set's scores are made comparable.
-    "none": "raw scores (as torch.nn.utils.prune.global_unstructured): layers with small weights go first",
-    "mean": "each layer's scores divided by their mean: every layer competes on relative importance",
-    "lamp": "LAMP (Lee et al. 2021): a score's square over the sum of the squares at or above it in its layer",
-}
-
-
-def check_sparsity(value: float, what: str = "sparsity") -> float:
-    """Validate a sparsity: the fraction removed, in [0, 1)."""
-    if not isinstance(value, (int, float)) or value != value or not 0.0 <= float(value) < 1.0:
-        raise InvalidArgumentError(f"{what} must be a number in [0, 1), got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -55,8 +39,8 @@ class ScoreTable:
     """Sorted scores of one (model, criterion, structure, normalisation). Shared: never mutated."""
 
     criterion: str
-    structure: str
-    normalise: str
+    structure: Structure
+    normalise: Normalisation
     sets: tuple[UnitSet, ...]
     clusters: tuple[Cluster, ...] = ()  # filter structure only, aligned with ``sets``
     unscored: tuple[str, ...] = ()  # clusters the criterion could not score, layers an N:M pattern does not fit (dense)
@@ -66,11 +50,11 @@ class ScoreTable:
         return {s.name: s for s in self.sets}
 
 
-def _normalised(t: torch.Tensor, how: str) -> torch.Tensor:
-    if how == "mean":
+def _normalised(t: torch.Tensor, how: Normalisation) -> torch.Tensor:
+    if how is Normalisation.MEAN:
         mean = t.mean()
         return t / mean if mean > 0 else t
-    if how == "lamp":
+    if how is Normalisation.LAMP:
         return lamp_scores(t)
     return t
 
@@ -83,21 +67,23 @@ def _unit_set(name: str, scores: torch.Tensor, layers: frozenset[str]) -> UnitSe
     return UnitSet(name, flat[order].contiguous(), rank.reshape(scores.shape), layers)
 
 
-def build_table(scores: Scores, structure: str, criterion: str, normalise: str = "none", clusters=()) -> ScoreTable:
+def build_table(
+    scores: Scores, structure: Structure | str, criterion: str, normalise: Normalisation | str = "none", clusters=()
+) -> ScoreTable:
     """Sort ``scores`` once. Unstructured: one set per layer. Filter: one set per cluster, a channel's
     score being the sum over the cluster's producing layers (each normalised first)."""
-    if normalise not in NORMALISATIONS:
-        raise UnknownNameError("normalisation", normalise, list(NORMALISATIONS))
-    if pattern_of(structure) is not None:
+    structure, normalise = Structure.parse(structure), Normalisation.parse(normalise)
+    if structure.pattern is not None:
         return _pattern_table(scores, structure, criterion, normalise)
-    if structure != FILTER:
+    if not structure.is_filter:
         sets = tuple(_unit_set(n, _normalised(s, normalise), frozenset([n])) for n, s in scores.items())
         return ScoreTable(criterion, structure, normalise, sets)
     sets, kept, unscored = [], [], []
     for cluster in clusters:
         # LAMP ranks a cluster's channels on their summed raw scores: its squares are of the channel's score.
-        channel = _cluster_scores(cluster, scores, "none" if normalise == "lamp" else normalise)
-        channel = lamp_scores(channel) if normalise == "lamp" and channel is not None else channel
+        lamp = normalise is Normalisation.LAMP
+        channel = _cluster_scores(cluster, scores, Normalisation.NONE if lamp else normalise)
+        channel = lamp_scores(channel) if lamp and channel is not None else channel
         if channel is None:
             unscored.append(cluster.root)
             continue
@@ -106,11 +92,11 @@ def build_table(scores: Scores, structure: str, criterion: str, normalise: str =
     return ScoreTable(criterion, structure, normalise, tuple(sets), tuple(kept), tuple(unscored))
 
 
-def _pattern_table(scores: Scores, structure: str, criterion: str, normalise: str) -> ScoreTable:
+def _pattern_table(scores: Scores, structure: Structure, criterion: str, normalise: Normalisation) -> ScoreTable:
     """N:M: a layer's units ordered by their rank within their group, so that removing the ``(M - N) / M``
     lowest-ranked units of the layer removes exactly the M - N worst of every group (normalising a layer's
     scores changes no rank within it, so ``normalise`` is only a label here)."""
-    pattern = pattern_of(structure)
+    pattern = structure.pattern
     sets, unfit = [], []
     for name, layer_scores in scores.items():
         ranks = group_ranks(layer_scores, pattern[1])
@@ -121,7 +107,7 @@ def _pattern_table(scores: Scores, structure: str, criterion: str, normalise: st
     return ScoreTable(criterion, structure, normalise, tuple(sets), unscored=tuple(unfit), pattern=pattern)
 
 
-def _cluster_scores(cluster: Cluster, scores: Scores, normalise: str) -> torch.Tensor | None:
+def _cluster_scores(cluster: Cluster, scores: Scores, normalise: Normalisation) -> torch.Tensor | None:
     total, found = torch.zeros(cluster.size), False
     for member in cluster.producers():
         if member.layer not in scores:
@@ -134,27 +120,7 @@ def _cluster_scores(cluster: Cluster, scores: Scores, normalise: str) -> torch.T
 
 
 @dataclass(frozen=True)
-class PruneConfig:
-    """How much to prune and where. ``sparsity`` is the fraction of units removed, in [0, 1)."""
-
-    sparsity: float
-    scope: str = "global"
-    keep_first_last: bool = False
-    overrides: Mapping[str, float] = field(default_factory=dict)  # set name -> its own sparsity
-
-    def __post_init__(self) -> None:
-        check_sparsity(self.sparsity)
-        if self.scope not in SCOPES:
-            raise UnknownNameError("scope", self.scope, list(SCOPES))
-        for name, value in self.overrides.items():
-            check_sparsity(value, f"override for {name!r}")
-
-    def key(self) -> tuple:
-        return (round(self.sparsity, 6), self.scope, self.keep_first_last, tuple(sorted(self.overrides.items())))
-
-
-@dataclass(frozen=True)
-class Allocation:
+class Removal:
     """Units removed per set (the lowest-ranked ``counts[name]`` of each)."""
 
     counts: dict[str, int]
@@ -171,7 +137,7 @@ class Allocation:
         return sum(self.sizes.values())
 
 
-def allocate(table: ScoreTable, config: PruneConfig, first_last: frozenset[str] = frozenset()) -> Allocation:
+def allocate(table: ScoreTable, config: PruneConfig, first_last: frozenset[str] = frozenset()) -> Removal:
     """Removal counts per set for ``config``. ``first_last`` names the first and last prunable layers."""
     unknown = set(config.overrides) - set(table.by_name())
     if unknown:
@@ -184,14 +150,14 @@ def allocate(table: ScoreTable, config: PruneConfig, first_last: frozenset[str] 
         if s.name in config.overrides and s.name not in dense:
             counts[s.name] = round(config.overrides[s.name] * s.size)
     pool = [s for s in table.sets if s.name not in dense and s.name not in config.overrides]
-    if config.scope == "erk" and table.structure == FILTER:
+    if config.scope is Scope.ERK and table.structure.is_filter:
         raise InvalidArgumentError("ERK sets per-layer weight densities: it allocates unstructured pruning only")
     pooled, threshold = _POOL_COUNTS[config.scope](pool, config.sparsity)
     counts.update(pooled)
-    return Allocation(counts, {s.name: s.size for s in table.sets}, dense, threshold)
+    return Removal(counts, {s.name: s.size for s in table.sets}, dense, threshold)
 
 
-def _pattern_allocation(table: ScoreTable, config: PruneConfig, dense: frozenset[str]) -> Allocation:
+def _pattern_allocation(table: ScoreTable, config: PruneConfig, dense: frozenset[str]) -> Removal:
     """N:M: M - N of every group of M in each layer the pattern fits (the pattern, not a slider, sets it)."""
     fraction = pattern_sparsity(table.pattern)
     if config.sparsity not in (0.0, fraction) or config.overrides:
@@ -202,7 +168,7 @@ def _pattern_allocation(table: ScoreTable, config: PruneConfig, dense: frozenset
         )
     removing = config.sparsity > 0
     counts = {s.name: round(fraction * s.size) if removing and s.name not in dense else 0 for s in table.sets}
-    return Allocation(counts, {s.name: s.size for s in table.sets}, dense, None)
+    return Removal(counts, {s.name: s.size for s in table.sets}, dense, None)
 
 
 def _local_counts(pool: list[UnitSet], sparsity: float) -> tuple[dict[str, int], None]:
@@ -220,7 +186,7 @@ def _erk_counts(pool: list[UnitSet], sparsity: float) -> tuple[dict[str, int], N
 
 
 # How each scope turns the pool's target sparsity into removal counts (and a global threshold).
-_POOL_COUNTS = {"local": _local_counts, "global": _global_counts, "erk": _erk_counts}
+_POOL_COUNTS = {Scope.LOCAL: _local_counts, Scope.GLOBAL: _global_counts, Scope.ERK: _erk_counts}
 
 
 def _bits(x: float) -> int:
@@ -263,3 +229,60 @@ def global_counts(sets: list[UnitSet], k: int) -> tuple[dict[str, int], float | 
         ties_left -= take
     assert sum(counts.values()) == k
     return counts, float(t)
+
+
+def lamp_scores(scores: torch.Tensor) -> torch.Tensor:
+    """LAMP scores of one layer's (or cluster's) scores, any shape -> the same shape: in ascending order of
+    s² (ties by position), s_i² divided by the sum of s_j² over the units j at or after i. Monotone in s, so
+    the layer's own ranking is kept; its best unit scores 1. Float64 sums: a suffix sum of 10⁶ squares."""
+    flat = scores.reshape(-1).double() ** 2
+    order = torch.argsort(flat, stable=True)
+    ascending = flat[order]
+    suffix = ascending.flip(0).cumsum(0).flip(0)
+    out = torch.zeros_like(flat)
+    out[order] = torch.where(suffix > 0, ascending / suffix.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+    return out.float().reshape(scores.shape)
+
+
+def erk_densities(shapes: dict[str, tuple[int, ...]], density: float) -> dict[str, float]:
+    """ERK layer densities for weight ``shapes`` (name -> (n_out, n_in, k_h, k_w) or (n_out, n_in)) whose kept
+    weights together are ``density`` of all: density_l = eps * sum(shape_l) / prod(shape_l), a layer that
+    would exceed 1 kept dense and eps solved again over the rest, until none does."""
+    sizes = {n: _numel(s) for n, s in shapes.items()}
+    raw = {n: sum(s) / sizes[n] for n, s in shapes.items()}
+    dense: set[str] = set()
+    while True:
+        budget = density * sum(sizes.values()) - sum(sizes[n] for n in dense)
+        free = [n for n in shapes if n not in dense]
+        weight = sum(raw[n] * sizes[n] for n in free)
+        eps = budget / weight if weight > 0 else 0.0
+        over = [n for n in free if eps * raw[n] > 1.0]
+        if not over:
+            return {n: 1.0 if n in dense else max(0.0, eps * raw[n]) for n in shapes}
+        dense.update(over)
+
+
+def erk_counts(shapes: dict[str, tuple[int, ...]], removed: int) -> dict[str, int]:
+    """Weights to remove per layer so that exactly ``removed`` go in all, in ERK's proportions (the
+    largest-remainder rounding of the removal each layer's ERK density gives)."""
+    sizes = {n: _numel(s) for n, s in shapes.items()}
+    total = sum(sizes.values())
+    if removed <= 0 or total == 0:
+        return {n: 0 for n in shapes}
+    densities = erk_densities(shapes, 1.0 - removed / total)
+    wanted = {n: (1.0 - densities[n]) * sizes[n] for n in shapes}
+    counts = {n: min(sizes[n], int(wanted[n])) for n in shapes}
+    by_remainder = sorted(shapes, key=lambda n: (-(wanted[n] - int(wanted[n])), n))
+    for n in by_remainder:
+        if sum(counts.values()) >= removed:
+            break
+        if counts[n] < sizes[n]:
+            counts[n] += 1
+    return counts
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    out = 1
+    for d in shape:
+        out *= d
+    return out

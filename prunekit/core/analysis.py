@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prunekit.core.allocate import PruneConfig, ScoreTable, allocate
+from prunekit.core.allocate import ScoreTable, allocate
+from prunekit.core.spec import PruneConfig
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prunekit.core.allocate import Allocation, ScoreTable
-from prunekit.core.importance import FILTER
+from prunekit.core.allocate import Removal, ScoreTable
 from prunekit.core.structure import OUT, Cluster
 from prunekit.errors import CompactionError, InvalidArgumentError, LayerCollapseError
 
@@ -39,15 +38,15 @@ class Compacted:
         return self.max_abs_diff / max(self.max_abs_output, 1e-12)
 
 
-def removed_channels(table: ScoreTable, alloc: Allocation) -> dict[str, list[int]]:
+def removed_channels(table: ScoreTable, alloc: Removal) -> dict[str, list[int]]:
     """Per cluster root: the root layer's output channels the allocation removes (sorted).
 
     Raises :class:`LayerCollapseError` when a cluster loses every channel: there is nothing left to
     compute that layer's output, the network is cut (layer collapse), and no compact model exists.
     """
-    if table.structure != FILTER:
+    if not table.structure.is_filter:
         raise InvalidArgumentError(
-            f"compaction needs a filter allocation, got structure {table.structure!r}: unstructured zeros sit "
+            f"compaction needs a filter allocation, got structure '{table.structure}': unstructured zeros sit "
             "inside dense kernels, so there is nothing whole to remove"
         )
     out: dict[str, list[int]] = {}
@@ -61,7 +60,7 @@ def removed_channels(table: ScoreTable, alloc: Allocation) -> dict[str, list[int
     return out
 
 
-def check_groups(model: nn.Module, table: ScoreTable, alloc: Allocation) -> None:
+def check_groups(model: nn.Module, table: ScoreTable, alloc: Removal) -> None:
     """Refuse an allocation a grouped convolution cannot follow: removing channels unevenly across its
     groups leaves groups of different widths, which ``nn.Conv2d`` cannot express (depthwise ones, one
     channel per group, drop whole groups and are fine)."""

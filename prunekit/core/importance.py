@@ -1,7 +1,7 @@
 """Importance criteria: a registry of scorers. Higher score = keep.
 
-Each criterion declares the structures it supports ('unstructured' scores every weight, 'filter'
-scores every output channel) and whether it needs data. Data-driven criteria read a fixed calibration
+Each criterion declares the structures it supports (a weight scorer serves unstructured and N:M, a filter
+scorer every output channel) and whether it needs data. Data-driven criteria read a fixed calibration
 batch (``ScoreContext.calib``); scoring always works on a private copy, never on the given model.
 """
 
@@ -15,12 +15,10 @@ import torch
 from torch import nn
 
 from prunekit.core.connectivity import PathProbe
-from prunekit.core.nm import PATTERNS
 from prunekit.core.profile import PRUNABLE_TYPES
+from prunekit.core.spec import STRUCTURES, Structure
 from prunekit.errors import InvalidArgumentError, ProbeUnsupportedError, UnknownNameError
 
-UNSTRUCTURED, FILTER = "unstructured", "filter"
-STRUCTURES = (UNSTRUCTURED, FILTER, *PATTERNS)  # N:M patterns rank per-weight scores within their groups
 Scores = dict[str, torch.Tensor]  # module name -> per-weight (weight shape) or per-channel (out,) scores
 
 
@@ -63,21 +61,23 @@ class Criterion:
     filter: Callable[[ScoreContext], Scores] | None = None
 
     @property
-    def structures(self) -> tuple[str, ...]:
+    def structures(self) -> tuple[Structure, ...]:
         return tuple(s for s in STRUCTURES if self._scorer(s) is not None)
 
-    def _scorer(self, structure: str) -> Callable[[ScoreContext], Scores] | None:
-        return self.filter if structure == FILTER else self.weight
+    def supports(self, structure: Structure | str) -> bool:
+        return Structure.parse(structure) in self.structures
 
-    def score(self, ctx: ScoreContext, structure: str) -> Scores:
+    def _scorer(self, structure: Structure) -> Callable[[ScoreContext], Scores] | None:
+        return self.filter if structure.is_filter else self.weight
+
+    def score(self, ctx: ScoreContext, structure: Structure | str) -> Scores:
         """Scores for ``structure`` (per weight for unstructured and N:M); raises if it is not supported."""
+        structure = Structure.parse(structure)
         fn = self._scorer(structure)
-        if structure not in STRUCTURES:
-            raise UnknownNameError("structure", structure, list(STRUCTURES))
         if fn is None:
             supported = ", ".join(self.structures)
             raise InvalidArgumentError(
-                f"criterion {self.name!r} does not support structure {structure!r} (supports: {supported})"
+                f"criterion {self.name!r} does not support structure '{structure}' (supports: {supported})"
             )
         scores = fn(ctx)
         bad = [n for n, s in scores.items() if not torch.isfinite(s).all()]

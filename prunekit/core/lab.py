@@ -3,7 +3,7 @@
 ``Lab`` holds what is expensive and never mutated (profile, clusters, sorted score tables) and serves
 every session: ``Lab.result`` computes each configuration's :class:`PruneResult` once (however many
 sessions ask at once) on a pruner borrowed from a small pool, so memory does not grow with sessions.
-A ``Pruner`` owns one working copy and one path probe, and turns a :class:`PruneConfig` into a
+A ``Pruner`` owns one working copy and one path probe, and turns a :class:`PruneSpec` into a
 :class:`PruneResult` whose every number is measured on the pruned tensors themselves.
 """
 
@@ -20,17 +20,18 @@ from functools import cached_property
 import torch
 
 from prunekit.core import own
-from prunekit.core.allocate import NORMALISATIONS, PruneConfig, ScoreTable, allocate, build_table
+from prunekit.core.allocate import Removal, ScoreTable, allocate, build_table
 from prunekit.core.compact import CHECK_IMAGES, Compacted, check_groups, compact, removed_channels
 from prunekit.core.connectivity import Connectivity, PathProbe, connectivity
 from prunekit.core.evaluate import Accuracy, Progress, accuracy
-from prunekit.core.importance import FILTER, STRUCTURES, ScoreContext, get_criterion
+from prunekit.core.importance import ScoreContext, get_criterion
 from prunekit.core.loaded import Loaded
 from prunekit.core.masks import WorkingCopy, apply_masks_, zero_count
 from prunekit.core.profile import Profile, profile_model
 from prunekit.core.shared import Pool, SingleFlight
+from prunekit.core.spec import Normalisation, PruneConfig, PruneSpec, Scope, Structure
 from prunekit.core.structure import Cluster, build_clusters
-from prunekit.errors import ProbeUnsupportedError, UnknownNameError
+from prunekit.errors import InvalidArgumentError, ProbeUnsupportedError
 
 INLINE_PATHS_MACS = 200_000_000  # up to this many MACs the path test runs inline (fmnist CNNs: ~1 ms)
 CALIBRATION_IMAGES = 256  # data-driven criteria read the LAST images of the eval split (stated in the UI)
@@ -54,9 +55,9 @@ class PruneResult:
 
     model: str
     criterion: str
-    structure: str
-    scope: str
-    normalise: str
+    structure: Structure
+    scope: Scope
+    normalise: Normalisation
     sparsity: float  # requested
     achieved_sparsity: float  # zeros among prunable weights, measured
     layers: list[LayerResult]
@@ -186,15 +187,17 @@ class Lab:
         device = self.loaded.device
         return data.images[-n:].to(device), data.labels[-n:].to(device)
 
-    def table(self, criterion: str, structure: str, normalise: str = "none") -> ScoreTable:
+    def table(
+        self,
+        criterion: str,
+        structure: Structure | str = Structure.UNSTRUCTURED,
+        normalise: Normalisation | str = "none",
+    ) -> ScoreTable:
         """Score and sort once per (criterion, structure, normalisation); later calls are lookups."""
-        return self._tables.get((criterion, structure, normalise), lambda: self._build(criterion, structure, normalise))
+        key = (criterion, Structure.parse(structure), Normalisation.parse(normalise))
+        return self._tables.get(key, lambda: self._build(*key))
 
-    def _build(self, criterion: str, structure: str, normalise: str) -> ScoreTable:
-        if structure not in STRUCTURES:
-            raise UnknownNameError("structure", structure, list(STRUCTURES))
-        if normalise not in NORMALISATIONS:
-            raise UnknownNameError("normalisation", normalise, list(NORMALISATIONS))
+    def _build(self, criterion: str, structure: Structure, normalise: Normalisation) -> ScoreTable:
         crit = get_criterion(criterion)
         ctx = ScoreContext(
             model=self.loaded.model,
@@ -203,23 +206,26 @@ class Lab:
             layers=frozenset(layer.name for layer in self.profile.prunable()),
         )
         scores = crit.score(ctx, structure)
-        clusters = self.clusters if structure == FILTER else ()
+        clusters = self.clusters if structure.is_filter else ()
         return build_table(scores, structure, criterion, normalise, clusters)
 
-    def pruner(self, criterion: str = "magnitude", structure: str = "unstructured", normalise: str = "none") -> Pruner:
-        """A private pruner (its own working copy): for scripts and sweeps that own it."""
-        return Pruner(self, self.table(criterion, structure, normalise))
+    def pruner(self, spec: PruneSpec | None = None) -> Pruner:
+        """A private pruner (its own working copy) on ``spec``'s score table: for scripts and sweeps that own it.
+        Its ``prune`` takes the spec at any sparsity and scope (``spec.at(0.8)``)."""
+        spec = PruneSpec() if spec is None else spec
+        return Pruner(self, self.table(*spec.table_key))
 
-    def result(
-        self, criterion: str, structure: str, normalise: str, config: PruneConfig, paths: bool = True
-    ) -> PruneResult:
-        """The shared :class:`PruneResult` of one configuration, computed once. Read-only: never mutate it.
+    def prune(self, spec: PruneSpec, paths: bool = True) -> PruneResult:
+        """``spec`` applied to a private working copy and measured (a fresh result; the lab is unchanged)."""
+        return self.pruner(spec).prune(spec, paths)
+
+    def result(self, spec: PruneSpec, paths: bool = True) -> PruneResult:
+        """The shared :class:`PruneResult` of ``spec``, computed once. Read-only: never mutate it.
 
         ``paths=False`` skips the path test (effective sparsity and collapse are None): the part of a
         slider move that costs a whole forward and backward; the app measures it apart on big models."""
-        key = ("result", criterion, structure, normalise, config.key(), paths)
         return self._results.get(
-            key, lambda: self._on_pooled(criterion, structure, normalise, lambda p: p.prune(config, paths))
+            ("result", spec.key(), paths), lambda: self._on_pooled(spec, lambda p: p.prune(spec, paths))
         )
 
     @cached_property
@@ -227,23 +233,22 @@ class Lab:
         """Whether the path test is cheap enough to run inside a slider move (see INLINE_PATHS_MACS)."""
         return self.profile.total_macs <= INLINE_PATHS_MACS
 
-    def collapse_point(self, criterion: str, structure: str, normalise: str, config: PruneConfig) -> float | None:
-        """Shared :meth:`Pruner.collapse_point` of ``config``'s scope, computed once per configuration."""
-        key = ("collapse", criterion, structure, normalise, config.key())
+    def collapse_point(self, spec: PruneSpec) -> float | None:
+        """Shared :meth:`Pruner.collapse_point` of ``spec``'s scope, computed once per configuration."""
         return self._results.get(
-            key, lambda: self._on_pooled(criterion, structure, normalise, lambda p: p.collapse_point(config))
+            ("collapse", spec.key()), lambda: self._on_pooled(spec, lambda p: p.collapse_point(spec))
         )
 
-    def _on_pooled(self, criterion: str, structure: str, normalise: str, work):
-        with self.borrow(criterion, structure, normalise) as pruner:
+    def _on_pooled(self, spec: PruneSpec, work):
+        with self.borrow(spec) as pruner:
             return work(pruner)
 
     @contextmanager
-    def borrow(self, criterion: str, structure: str, normalise: str = "none") -> Iterator[Pruner]:
-        """Lend a pooled pruner for (criterion, structure, normalise); give it back unchanged in kind."""
-        table = self.table(criterion, structure, normalise)
+    def borrow(self, spec: PruneSpec) -> Iterator[Pruner]:
+        """Lend a pooled pruner on ``spec``'s score table; give it back unchanged in kind."""
+        table = self.table(*spec.table_key)
         with self._lock:
-            key = (criterion, structure, normalise)
+            key = spec.table_key
             if key not in self._pools:
                 self._pools[key] = Pool(lambda: Pruner(self, table), POOL_SIZE)
             pool = self._pools[key]
@@ -297,22 +302,34 @@ class Pruner:
             self._probe = self.lab.new_probe()
         return self._probe
 
-    def allocation(self, config: PruneConfig):
-        """Units removed per set for ``config`` (no weights written)."""
-        return allocate(self.table, config, self.lab.first_last)
+    def _config(self, config: PruneConfig | PruneSpec) -> PruneConfig:
+        if isinstance(config, PruneConfig):
+            return config
+        table = (self.table.criterion, self.table.structure, self.table.normalise)
+        if config.table_key != table:
+            raise InvalidArgumentError(
+                f"this pruner sorts {'/'.join(table)} scores; the spec asks for {'/'.join(config.table_key)}: "
+                "get its own with lab.pruner(spec)"
+            )
+        return config.config()
 
-    def apply_(self, config: PruneConfig):
+    def allocation(self, config: PruneConfig | PruneSpec) -> Removal:
+        """Units removed per set for ``config`` (no weights written)."""
+        return allocate(self.table, self._config(config), self.lab.first_last)
+
+    def apply_(self, config: PruneConfig | PruneSpec) -> Removal:
         """Allocate and write the masked weights (the fast path behind a slider); returns the allocation."""
         alloc = self.allocation(config)
         self.work.apply_(alloc)
         return alloc
 
-    def prune(self, config: PruneConfig, paths: bool = True) -> PruneResult:
+    def prune(self, config: PruneConfig | PruneSpec, paths: bool = True) -> PruneResult:
         """Apply ``config`` and measure everything on the pruned tensors (``paths``: the path test too)."""
+        config = self._config(config)
         alloc = self.apply_(config)
         return self._measure(config, alloc, paths)
 
-    def paths(self, config: PruneConfig) -> Connectivity | None:
+    def paths(self, config: PruneConfig | PruneSpec) -> Connectivity | None:
         """Apply ``config`` and run the path test alone; None when the probe cannot represent the model."""
         self.apply_(config)
         return self._paths()
@@ -320,16 +337,17 @@ class Pruner:
     def _paths(self) -> Connectivity | None:
         return connectivity(self.probe, self.model) if self.probe is not None else None
 
-    def prune_from_masks(self, masks: dict[str, torch.Tensor], config: PruneConfig) -> PruneResult:
+    def prune_from_masks(self, masks: dict[str, torch.Tensor], config: PruneConfig | PruneSpec) -> PruneResult:
         """Re-apply exported keep masks (parameter name -> bool) to the dense weights and measure them.
 
         ``config`` only supplies the labels and the unit counts; every number is measured on the tensors."""
+        config = self._config(config)
         alloc = self.allocation(config)
         self.work.reset_()
         apply_masks_(self.model, masks)
         return self._measure(config, alloc)
 
-    def compact(self, config: PruneConfig) -> Compacted:
+    def compact(self, config: PruneConfig | PruneSpec) -> Compacted:
         """Apply a filter ``config`` and build the model without its removed channels (checked against
         the masked model on the first evaluation images). Raises ``CompactionError`` (``LayerCollapseError`` on
         collapse) when no compact model can be built."""
@@ -342,7 +360,7 @@ class Pruner:
     def evaluate(self, limit: int | None = None, progress: Progress | None = None) -> Accuracy:
         return accuracy(self.model, self.lab.loaded.eval_data(), limit=limit, progress=progress)
 
-    def _measure(self, config: PruneConfig, alloc, paths: bool = True) -> PruneResult:
+    def _measure(self, config: PruneConfig, alloc: Removal, paths: bool = True) -> PruneResult:
         rows, zeros, prunable = self._layer_rows()
         nonzero = prunable - zeros + sum(int(torch.count_nonzero(p)) for p in self._other_params)
         result = PruneResult(
@@ -386,13 +404,14 @@ class Pruner:
             prunable += w.numel()
         return rows, zeros, prunable
 
-    def collapse_point(self, config: PruneConfig) -> float | None:
+    def collapse_point(self, config: PruneConfig | PruneSpec) -> float | None:
         """Smallest sparsity (in units of 1/pool) at which ``config``'s scope collapses the network, or None.
 
         Pruned sets grow monotonically with sparsity, so collapse is monotone: bisect on the unit count.
         The working copy is left at ``config``'s sparsity afterwards. None also when the path probe is
         not available for this model (``Lab.probe_unavailable`` says why).
         """
+        config = self._config(config)
         if self.probe is None:
             return None
         total = sum(s.size for s in self.table.sets)

@@ -12,13 +12,12 @@ import copy
 import torch
 from torch import nn
 
-from prunekit.core.allocate import Allocation, ScoreTable
-from prunekit.core.importance import FILTER
+from prunekit.core.allocate import Removal, ScoreTable
 from prunekit.core.structure import OUT
 from prunekit.errors import InvalidArgumentError
 
 
-def _keep_vectors(table: ScoreTable, alloc: Allocation, modules: dict[str, nn.Module]):
+def _keep_vectors(table: ScoreTable, alloc: Removal, modules: dict[str, nn.Module]):
     """Filter structure: per layer, boolean keep vectors over output and input channels."""
     out_keep: dict[str, torch.Tensor] = {}
     in_keep: dict[str, torch.Tensor] = {}
@@ -75,9 +74,9 @@ class WorkingCopy:
         )
 
     @torch.no_grad()
-    def apply_(self, alloc: Allocation) -> nn.Module:
+    def apply_(self, alloc: Removal) -> nn.Module:
         """Write ``base * keep`` for every layer the table covers; returns the working model."""
-        if self.table.structure == FILTER:
+        if self.table.structure.is_filter:
             self._apply_filters(alloc)
         else:
             for s in self.table.sets:
@@ -94,10 +93,10 @@ class WorkingCopy:
                 p.copy_(getattr(self._base[name], pname))
         return self.model
 
-    def keep_masks(self, alloc: Allocation) -> dict[str, torch.Tensor]:
+    def keep_masks(self, alloc: Removal) -> dict[str, torch.Tensor]:
         """Boolean keep masks of ``alloc`` by parameter name (``'features.0.weight'``), one per pruned
         tensor (filter structure: also biases and BatchNorm entries); True = kept. Shapes = the parameters'."""
-        if self.table.structure != FILTER:
+        if not self.table.structure.is_filter:
             return {f"{s.name}.weight": (s.rank >= alloc.counts[s.name]).cpu() for s in self.table.sets}
         out_keep, in_keep = _keep_vectors(self.table, alloc, self._base)
         masks = {}
@@ -114,7 +113,7 @@ class WorkingCopy:
                 )
         return masks
 
-    def _apply_filters(self, alloc: Allocation) -> None:
+    def _apply_filters(self, alloc: Removal) -> None:
         for name, keep in self.keep_masks(alloc).items():
             base = self._base_params[name]
             torch.where(keep.to(base.device), base, torch.zeros((), dtype=base.dtype), out=self._work_params[name])

@@ -9,13 +9,6 @@ from __future__ import annotations
 
 import torch
 
-PATTERNS: dict[str, tuple[int, int]] = {"2:4": (2, 4), "4:8": (4, 8)}
-
-
-def pattern_of(structure: str) -> tuple[int, int] | None:
-    """(N, M) for an N:M structure name, None for any other structure."""
-    return PATTERNS.get(structure)
-
 
 def pattern_sparsity(pattern: tuple[int, int]) -> float:
     n, m = pattern

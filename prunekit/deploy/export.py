@@ -15,10 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prunekit.core.allocate import PruneConfig
 from prunekit.core.compact import Compacted
-from prunekit.core.importance import FILTER
 from prunekit.core.lab import Pruner, PruneResult
+from prunekit.core.spec import PruneConfig, PruneSpec
 from prunekit.deploy.latency import UNSTRUCTURED_NOTE, LatencyConfig, measure
 from prunekit.errors import CompactionError
 
@@ -42,7 +41,7 @@ class Bundle:
     note: str | None = None  # why the model is the masked one, when it is
 
 
-def build_bundle(pruner: Pruner, config: PruneConfig) -> Bundle:
+def build_bundle(pruner: Pruner, config: PruneConfig | PruneSpec) -> Bundle:
     """Every export file for ``config`` on ``pruner``'s model (its working copy ends at ``config``)."""
     compacted, note = _compacted(pruner, config)
     result = pruner.prune(config)
@@ -59,9 +58,9 @@ def build_bundle(pruner: Pruner, config: PruneConfig) -> Bundle:
     return Bundle(files, result, compacted, model, note)
 
 
-def _compacted(pruner: Pruner, config: PruneConfig) -> tuple[Compacted | None, str | None]:
+def _compacted(pruner: Pruner, config: PruneConfig | PruneSpec) -> tuple[Compacted | None, str | None]:
     """The compacted model of a filter ``config``, or None and the reason (unstructured, or refused)."""
-    if pruner.table.structure != FILTER:
+    if not pruner.table.structure.is_filter:
         return (
             None,
             "Unstructured masks: the exported model keeps its shapes with zeros inside (nothing whole to remove).",
@@ -93,7 +92,7 @@ def ratio_dict(pruner: Pruner, alloc, result: PruneResult) -> dict:
 
     Filter structure: the fraction of each cluster root's output channels removed (Torch-Pruning prunes a
     root's whole group by that ratio). Unstructured: the fraction of each layer's weights removed."""
-    if pruner.table.structure == FILTER:
+    if pruner.table.structure.is_filter:
         ratios = {s.name: alloc.counts[s.name] / s.size for s in pruner.table.sets}
     else:
         ratios = {layer.name: layer.sparsity for layer in result.layers}
@@ -220,7 +219,7 @@ def export_report(lab, pruner: Pruner, bundle: Bundle, config: LatencyConfig | N
         "theoretical_speedup": result.theoretical_speedup if result.remaining_macs else None,
         "measured_speedup": {str(b): latency.speedup(fastest, b) for b in latency.runs},
         "measured_of": fastest,
-        "note": UNSTRUCTURED_NOTE if result.structure != FILTER else bundle.note,
+        "note": UNSTRUCTURED_NOTE if not result.structure.is_filter else bundle.note,
     }
 
 

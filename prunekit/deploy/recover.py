@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from prunekit.core.allocate import PruneConfig
 from prunekit.core.data import EvalData
 from prunekit.core.evaluate import Accuracy, accuracy, accuracy_of, stratified_indices
 from prunekit.core.lab import Lab
 from prunekit.core.masks import apply_masks_
+from prunekit.core.spec import PruneSpec
 from prunekit.errors import DataNotFoundError, InvalidArgumentError, UnknownNameError
 from prunekit.models.datasets import FMNIST_CLASSES, fashion_mnist, fashion_mnist_size
 
@@ -165,8 +165,7 @@ class _Run:
     """State of one recovery as it goes."""
 
     lab: Lab
-    prune: tuple[str, str, str]  # criterion, structure, normalise
-    config: PruneConfig
+    spec: PruneSpec
     recipe: Recipe
     train: EvalData
     report: Report | None
@@ -181,13 +180,12 @@ class _Run:
 
 def recover(
     lab: Lab,
-    prune: tuple[str, str, str],
-    config: PruneConfig,
+    spec: PruneSpec,
     recipe: Recipe,
     report: Report | None = None,
     train: EvalData | None = None,
 ) -> Recovery:
-    """Prune ``lab``'s model by (criterion, structure, normalise) and ``config``, then recover by ``recipe``.
+    """Prune ``lab``'s model by ``spec``, then recover by ``recipe``.
 
     ``report`` sees the growing :class:`Recovery` (its curve, its step count) and may stop the fine-tune
     by returning False; the result then has ``stopped=True`` and the accuracy of the model as it was.
@@ -198,7 +196,7 @@ def recover(
         train = _first(train, recipe.train_images)
     test = lab.loaded.eval_data()
     idx = stratified_indices(test.labels, CURVE_IMAGES)
-    run = _Run(lab, prune, config, recipe, train, report, Recovery({}), (test.images[idx], test.labels[idx]))
+    run = _Run(lab, spec, recipe, train, report, Recovery({}), (test.images[idx], test.labels[idx]))
     run.result.train_images = len(train)
     run.result.accuracy["dense"] = accuracy(lab.loaded.model, test)
     model, masks = _one_shot_baselines(run, test)
@@ -227,7 +225,7 @@ def _trainable(model: nn.Module) -> nn.Module:
 
 def _one_shot_baselines(run: _Run, test: EvalData) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     """The pruned model (masks applied to the dense weights) and its BN-recalibrated twin's accuracies."""
-    model, masks = _pruned(run, run.lab.loaded.model, run.config, None)
+    model, masks = _pruned(run, run.lab.loaded.model, run.spec, None)
     run.result.accuracy["pruned"] = accuracy(model, test)
     if run.recipe.bn_images:
         recalibrate_bn_(model, run.train.images[: run.recipe.bn_images], run.recipe.batch_size)
@@ -239,9 +237,9 @@ def _one_shot_baselines(run: _Run, test: EvalData) -> tuple[nn.Module, dict[str,
 
 
 def _pruned(
-    run: _Run, model: nn.Module, config: PruneConfig, previous: dict[str, torch.Tensor] | None
+    run: _Run, model: nn.Module, spec: PruneSpec, previous: dict[str, torch.Tensor] | None
 ) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    """A trainable copy of ``model`` pruned by ``config``. Without ``previous`` masks, ``model`` is the
+    """A trainable copy of ``model`` pruned by ``spec``. Without ``previous`` masks, ``model`` is the
     dense base and its shared scores are used; otherwise ``model``'s current weights are scored, and the
     units ``previous`` removed stay removed."""
     lab = run.lab
@@ -250,8 +248,8 @@ def _pruned(
         for p in frozen.parameters():
             p.requires_grad_(False)
         lab = Lab(dataclasses.replace(run.lab.loaded, model=frozen))
-    pruner = lab.pruner(*run.prune)
-    masks = pruner.work.keep_masks(pruner.apply_(config))
+    pruner = lab.pruner(spec)
+    masks = pruner.work.keep_masks(pruner.apply_(spec))
     if previous is not None:
         masks = {k: v & previous[k] if k in previous else v for k, v in masks.items()}
     out = _trainable(model)
@@ -263,7 +261,7 @@ def _fine_tune_schedule(run: _Run, model: nn.Module, masks: dict[str, torch.Tens
     recipe = run.recipe
     per_epoch = math.ceil(len(run.train) / recipe.batch_size)
     run.result.total_steps = round(recipe.epochs * per_epoch)
-    targets = recipe.sparsities(run.config.sparsity)
+    targets = recipe.sparsities(run.spec.sparsity)
     bounds = [round(run.result.total_steps * (i + 1) / len(targets)) for i in range(len(targets))]
     opt = torch.optim.AdamW([p for p in model.parameters()], lr=recipe.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -272,7 +270,7 @@ def _fine_tune_schedule(run: _Run, model: nn.Module, masks: dict[str, torch.Tens
     gen = torch.Generator().manual_seed(recipe.seed)
     for target, end in zip(targets, bounds, strict=True):
         if recipe.schedule != "one-shot":  # one-shot arrives pruned and recalibrated
-            pruned, masks = _pruned(run, model, dataclasses.replace(run.config, sparsity=target), masks)
+            pruned, masks = _pruned(run, model, run.spec.at(target), masks)
             model.load_state_dict(pruned.state_dict())
             if recipe.bn_images:
                 recalibrate_bn_(model, run.train.images[: recipe.bn_images], recipe.batch_size)

@@ -14,7 +14,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from prunekit.core.evaluate import Accuracy
-from prunekit.service.jobs import EvalJob, decode, encode
+from prunekit.service.codec import decode, encode
+from prunekit.service.jobs import EvalJob
 from prunekit.service.store import ResultStore, digest
 
 MAX_OUTCOMES = 100_000
@@ -23,7 +24,7 @@ MAX_MISSES = 200_000
 
 def curve_key(job: EvalJob) -> EvalJob:
     """The configuration a grid point belongs to: the job at sparsity 0 on the full split."""
-    return dataclasses.replace(job, sparsity=0.0, subset=None, shard=None)
+    return dataclasses.replace(job.at(0.0), subset=None, shard=None)
 
 
 class ResultCache:
@@ -66,7 +67,7 @@ class ResultCache:
         """Write ``outcome`` to the store, if there is one and ``job``'s model has a fingerprint (a
         SQLite write: the scheduler calls it outside its lock)."""
         key = self._key(job)
-        value = encode(outcome) if key else None
+        value = encode(job, outcome) if key else None
         if value is not None:
             self.store.put(key, value)
 
@@ -82,7 +83,7 @@ class ResultCache:
             points = self._points.get(key) if key in self._points_read else None
         if points is None:
             for s in grid:  # lands in the snapshot through _keep
-                self.lookup(dataclasses.replace(template, sparsity=s, subset=None, shard=None).canonical())
+                self.lookup(dataclasses.replace(template.at(s), subset=None, shard=None).canonical())
             with self._lock:
                 self._points_read.add(key)
                 points = self._points.get(key, {})
@@ -100,7 +101,7 @@ class ResultCache:
         self._misses.discard(job)
         if type(job) is EvalJob and job.subset is None and job.shard is None and isinstance(outcome, Accuracy):
             key = curve_key(job)  # a new dict: readers keep the one they hold
-            self._points[key] = {**self._points.get(key, {}), job.sparsity: outcome}
+            self._points[key] = {**self._points.get(key, {}), job.spec.sparsity: outcome}
         while len(self._outcomes) > MAX_OUTCOMES:
             self._outcomes.popitem(last=False)
 

@@ -16,8 +16,11 @@ from prunekit.core.evaluate import Accuracy, combine
 from prunekit.core.lab import Lab
 from prunekit.core.loaded import ModelSpec
 from prunekit.core.sensitivity import SensitivityRow
+from prunekit.core.spec import Allocation, Scope
 from prunekit.errors import InvalidArgumentError
-from prunekit.service.jobs import EvalJob, JobRunner, answer
+from prunekit.service.jobs import EvalJob
+from prunekit.service.protocol import Status
+from prunekit.service.runner import JobRunner, answer
 from prunekit.service.scheduler import LIVE_FULL, EvalService, JobError, Outcome, open_service
 from prunekit.service.store import ResultStore
 
@@ -41,26 +44,27 @@ class Backend:
 
 def sweep_jobs(template: EvalJob, sparsities: Iterable[float]) -> list[EvalJob]:
     """The dense job, then ``template`` at each sparsity."""
-    return [EvalJob(template.model, subset=template.subset)] + [
-        dataclasses.replace(template, sparsity=s) for s in sparsities
-    ]
+    return [EvalJob(template.model, subset=template.subset)] + [template.at(s) for s in sparsities]
 
 
 def sensitivity_jobs(lab: Lab, template: EvalJob, sparsities: Iterable[float]) -> list[EvalJob]:
     """The dense job, then one job per (unit set, sparsity): that set pruned locally, everything else dense."""
-    sets = lab.table(template.criterion, template.structure, template.normalise).sets
-    points = [
-        dataclasses.replace(template, sparsity=0.0, scope="local", overrides=((unit_set.name, s),))
-        for unit_set in sets
-        for s in sparsities
-    ]
+    sets = lab.table(*template.spec.table_key).sets
+    points = [_alone(template, ((unit_set.name, s),)) for unit_set in sets for s in sparsities]
     return [EvalJob(template.model, subset=template.subset), *points]
+
+
+def _alone(template: EvalJob, overrides: tuple[tuple[str, float], ...]) -> EvalJob:
+    """``template`` pruning only the sets ``overrides`` names, each to its own sparsity (the rest dense)."""
+    return template.with_spec(
+        sparsity=0.0, allocation=Allocation(Scope.LOCAL, template.spec.normalise), overrides=overrides
+    )
 
 
 def plan_job(template: EvalJob, sparsities: dict[str, float]) -> EvalJob:
     """The job that measures a plan: every layer at its own sparsity (the others dense), full split."""
     chosen = tuple(sorted((name, s) for name, s in sparsities.items() if s > 0))
-    return dataclasses.replace(template, sparsity=0.0, scope="local", overrides=chosen, subset=None)
+    return dataclasses.replace(_alone(template, chosen), subset=None)
 
 
 def sensitivity_rows(jobs: list[EvalJob], outcomes: list[Outcome | None]) -> list[SensitivityRow]:
@@ -69,7 +73,7 @@ def sensitivity_rows(jobs: list[EvalJob], outcomes: list[Outcome | None]) -> lis
     if not isinstance(dense, Accuracy):
         return []
     return [
-        SensitivityRow(job.overrides[0][0], job.overrides[0][1], acc.top1, dense.top1, acc.n, acc.is_estimate)
+        SensitivityRow(*job.spec.overrides[0], acc.top1, dense.top1, acc.n, acc.is_estimate)
         for job, acc in zip(jobs[1:], outcomes[1:], strict=True)
         if isinstance(acc, Accuracy)
     ]
@@ -134,6 +138,6 @@ def _in_process(jobs: list[EvalJob], spec: ModelSpec, report: Progress) -> dict[
     report(0, len(jobs))
     for i, job in enumerate(jobs):
         status, _, value = answer(runner, job, spec)  # loads once
-        out[job] = value if status == "ok" else JobError(value)
+        out[job] = value if status == Status.OK else JobError(value)
         report(i + 1, len(jobs))
     return out

@@ -12,7 +12,8 @@ import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from prunekit.service.jobs import EvalJob, Resume
+from prunekit.service.chunks import Resume
+from prunekit.service.jobs import EvalJob
 
 LIVE_ESTIMATE, LIVE_FULL, CURVE, STALE = 0, 1, 10, 100  # lower runs first; curve levels add 0, 1, 2
 

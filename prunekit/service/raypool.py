@@ -29,7 +29,9 @@ import torch
 
 from prunekit.core.loaded import ModelSpec
 from prunekit.errors import ClusterUnavailableError, InvalidArgumentError
-from prunekit.service.jobs import EvalJob, JobRunner, answer, jobs_from
+from prunekit.service.jobs import EvalJob
+from prunekit.service.protocol import Status
+from prunekit.service.runner import JobRunner, answer, jobs_from
 from prunekit.service.threadproc import ThreadProcess
 
 log = logging.getLogger(__name__)
@@ -231,9 +233,9 @@ class RayPool:
                     return ray.get(task)
             return ("lost", job, self.lost)
         except ray.exceptions.RayError as exc:  # retries spent: the job's error, the cluster is fine
-            return ("error", job, f"the Ray task failed after {MAX_RETRIES} retries: {type(exc).__name__}")
+            return (Status.ERROR, job, f"the Ray task failed after {MAX_RETRIES} retries: {type(exc).__name__}")
         except Exception as exc:  # a payload that cannot be built: the job's error
-            return ("error", job, f"{type(exc).__name__}: {exc}")
+            return (Status.ERROR, job, f"{type(exc).__name__}: {exc}")
 
     def close(self) -> None:
         """Leave the cluster (stops a private instance); safe after the cluster is gone; idempotent."""

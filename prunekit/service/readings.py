@@ -9,11 +9,11 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from prunekit.core.allocate import PruneConfig
 from prunekit.core.connectivity import Connectivity
 from prunekit.core.evaluate import Accuracy
 from prunekit.core.lab import Lab, PruneResult
 from prunekit.core.sensitivity import SensitivityRow
+from prunekit.core.spec import PruneSpec
 from prunekit.deploy.recover import Recovery
 from prunekit.service.fanout import sensitivity_jobs, sensitivity_rows
 from prunekit.service.jobs import Collapse, CollapseJob, EvalJob, PathJob, RecoverJob
@@ -68,7 +68,7 @@ def read_point(
 
     ``ask=True`` sends them as this session's live request (replacing its previous one); ``ask=False``
     only reads what is known."""
-    points = {"dense": EvalJob(template.model)} | {s: dataclasses.replace(template, scope=s) for s in scopes}
+    points = {"dense": EvalJob(template.model)} | {s: template.with_scope(s) for s in scopes}
     asked = [(job, LIVE_FULL) for job in points.values()]
     asked += [(job.with_subset(estimate), LIVE_ESTIMATE) for job in points.values()] if estimate else []
     known = svc.request(asked, session) if ask else {job.canonical(): svc.lookup(job) for job, _ in asked}
@@ -84,8 +84,7 @@ def read_point(
 def with_paths(svc: EvalService, template: EvalJob, results: dict[str, PruneResult], session: str) -> dict:
     """Each scope's result (measured without the path test) with the path test an evaluation worker
     measures for it: as it is while the test runs (``paths_pending``), with ``probe_note`` if it failed."""
-    same = {f.name: getattr(template, f.name) for f in dataclasses.fields(EvalJob)}
-    jobs = {scope: PathJob(**{**same, "scope": scope, "subset": None, "shard": None}) for scope in results}
+    jobs = {scope: PathJob.like(template.with_scope(scope), subset=None, shard=None) for scope in results}
     known = svc.request([(job, LIVE_ESTIMATE) for job in jobs.values()], session)
     out = {}
     for scope, r in results.items():
@@ -102,8 +101,7 @@ def with_paths(svc: EvalService, template: EvalJob, results: dict[str, PruneResu
 def read_curves(svc: EvalService, template: EvalJob, scopes: Iterable[str]) -> dict[str, dict[float, float]]:
     """Per scope: sparsity -> full-split top-1 known so far on the slider's grid."""
     return {
-        scope: {s: acc.top1 for s, acc in sorted(svc.curve(dataclasses.replace(template, scope=scope)).items())}
-        for scope in scopes
+        scope: {s: acc.top1 for s, acc in sorted(svc.curve(template.with_scope(scope)).items())} for scope in scopes
     }
 
 
@@ -113,18 +111,12 @@ def curve_points() -> int:
 
 
 def tradeoff(
-    svc: EvalService, lab: Lab, template: EvalJob, recipes: list[tuple[str, str, str]], sparsities, session: str
-) -> dict:
-    """Per recipe (criterion, scope, structure): sparsity, theoretical speedup and top-1 (None while
-    pending) on ``template``'s subset, errors, and the scope's collapse point (``collapse_pending`` while an
-    evaluation worker bisects it, on models too big to do it in a rerun). Asks for what is missing."""
-    jobs = {
-        (recipe, s): dataclasses.replace(
-            template, criterion=recipe[0], scope=recipe[1], structure=recipe[2], sparsity=s
-        )
-        for recipe in recipes
-        for s in sparsities
-    }
+    svc: EvalService, lab: Lab, template: EvalJob, recipes: list[PruneSpec], sparsities, session: str
+) -> dict[PruneSpec, dict]:
+    """Per recipe (a spec whose sparsity the curve varies): sparsity, theoretical speedup and top-1 (None
+    while pending) on ``template``'s subset, errors, and the scope's collapse point (``collapse_pending`` while
+    an evaluation worker bisects it, on models too big to do it in a rerun). Asks for what is missing."""
+    jobs = {(recipe, s): dataclasses.replace(template, spec=recipe.at(s)) for recipe in recipes for s in sparsities}
     collapses = {} if lab.paths_inline or lab.probe_unavailable else {r: _collapse_job(template, r) for r in recipes}
     asked = [(job, LIVE_FULL) for job in jobs.values()] + [(job, LIVE_FULL) for job in collapses.values()]
     known = svc.request(asked, session)
@@ -137,37 +129,23 @@ def tradeoff(
     }
 
 
-def _collapse_job(template: EvalJob, recipe: tuple[str, str, str]) -> CollapseJob:
-    same = {f.name: getattr(template, f.name) for f in dataclasses.fields(EvalJob)}
-    criterion, scope, structure = recipe
-    return CollapseJob(
-        **{**same, "criterion": criterion, "scope": scope, "structure": structure, "sparsity": 0.0, "subset": None}
-    )
+def _collapse_job(template: EvalJob, recipe: PruneSpec) -> CollapseJob:
+    return CollapseJob.like(template, spec=recipe.at(0.0), subset=None)
 
 
-def _collapse(lab: Lab, template: EvalJob, recipe: tuple[str, str, str], outcome, apart: bool) -> dict:
+def _collapse(lab: Lab, template: EvalJob, recipe: PruneSpec, outcome, apart: bool) -> dict:
     """The recipe's collapse point: measured here on a small model, by a worker (``apart``) on a big one."""
-    criterion, scope, structure = recipe
     if not apart:
-        config = PruneConfig(0.0, scope, template.keep_first_last)
-        return {"collapse_point": lab.collapse_point(criterion, structure, template.normalise, config)}
+        return {"collapse_point": lab.collapse_point(recipe.at(0.0))}
     point = outcome.point if isinstance(outcome, Collapse) else None
     errors = [f"collapse point: {outcome.message}"] if isinstance(outcome, JobError) else []
     return {"collapse_point": point, "collapse_pending": outcome is None, "collapse_errors": errors}
 
 
-def _recipe_curve(lab: Lab, template: EvalJob, recipe: tuple[str, str, str], sparsities, outcomes: list) -> dict:
-    criterion, scope, structure = recipe
-
-    def config(s: float) -> PruneConfig:
-        return PruneConfig(s, scope, template.keep_first_last)
-
+def _recipe_curve(lab: Lab, template: EvalJob, recipe: PruneSpec, sparsities, outcomes: list) -> dict:
     return {
         "sparsity": list(sparsities),
-        "speedup": [
-            lab.result(criterion, structure, template.normalise, config(s), paths=False).theoretical_speedup
-            for s in sparsities
-        ],
+        "speedup": [lab.result(recipe.at(s), paths=False).theoretical_speedup for s in sparsities],
         "accuracy": [o.top1 if isinstance(o, Accuracy) else None for o in outcomes],
         "interval": [o.interval() if isinstance(o, Accuracy) else None for o in outcomes],  # 95% Wilson
         "errors": [o.message for o in outcomes if isinstance(o, JobError)],

@@ -31,7 +31,9 @@ from prunekit.deploy.latency import Latency
 from prunekit.deploy.recover import Recovery
 from prunekit.errors import ClusterUnavailableError, InvalidArgumentError
 from prunekit.service.cache import ResultCache
-from prunekit.service.jobs import ESTIMATE_IMAGES, Collapse, EvalJob, Predictions, Resume
+from prunekit.service.chunks import Resume
+from prunekit.service.jobs import ESTIMATE_IMAGES, Collapse, EvalJob, Predictions
+from prunekit.service.protocol import Order, Status
 from prunekit.service.queue import CURVE, LIVE_ESTIMATE, LIVE_FULL, STALE, Entry, JobQueue
 from prunekit.service.store import ResultStore
 from prunekit.service.workers import RemotePool, Worker, runs_remotely, spawn_local
@@ -195,13 +197,13 @@ class EvalService:
     def fill_curve(self, template: EvalJob, scopes: Iterable[str], session: str = "") -> None:
         """Queue the full-split accuracy of ``template`` for each scope on the slider's grid, coarse to fine
         (once per configuration: every later call, one per rerun of every session, is a set lookup)."""
-        key = (dataclasses.replace(template, sparsity=0.0, subset=None, shard=None), tuple(scopes), session)
+        key = (dataclasses.replace(template.at(0.0), subset=None, shard=None), tuple(scopes), session)
         with self._lock:
             if key in self._filled:
                 return
             self._filled.add(key)
         jobs = [
-            (dataclasses.replace(template, scope=scope, sparsity=s, subset=None), CURVE + level)
+            (dataclasses.replace(template.with_scope(scope).at(s), subset=None), CURVE + level)
             for level, s in curve_grid()
             for scope in scopes
         ]
@@ -231,7 +233,7 @@ class EvalService:
                 self._queue.remove(job)
                 return
         with contextlib.suppress(OSError, ValueError):  # a dying worker: its sentinel reports it
-            worker.conn.send(("stop", job))
+            worker.conn.send((Order.STOP, job))
 
     def forget(self, job: EvalJob) -> None:
         """Drop ``job``'s in-memory outcome (a stopped run or an error), so that asking again reruns it."""
@@ -341,20 +343,20 @@ class EvalService:
         except (EOFError, OSError):
             self._crashed(w)
             return
-        if status == "progress":
+        if status == Status.PROGRESS:
             with self._lock:
                 self._progress[job] = payload
             return
         if status == "lost":
             self._fall_back(payload)
             return
-        if status == "preempted":
+        if status == Status.PREEMPTED:
             self._handed_back(w, job, payload)
             return
-        if status == "part":
+        if status == Status.PART:
             self._handed_back(w, job, payload, preempted=False)
             return
-        if status == "partial":  # the estimate a full pass scored first
+        if status == Status.PARTIAL:  # the estimate a full pass scored first
             with self._lock:
                 new = self._results.lookup(job, read_disk=False) is None
                 if new:
@@ -362,10 +364,10 @@ class EvalService:
             if new:
                 self._store(job, payload)
             return
-        outcome = payload if status == "ok" else JobError(payload)
+        outcome = payload if status == Status.OK else JobError(payload)
         with self._lock:
             self._release(w, job)  # done before it saw a preemption, if it was asked to hand back
-            if status != "ok":
+            if status != Status.OK:
                 w.loaded.discard(job.model)  # a failed load is retried with the spec next time
             self._finish(job, outcome)
         self._store(job, outcome)
@@ -494,7 +496,7 @@ class EvalService:
             if not any(self._idle(w) and self._shares(w, v.job) for w in self._workers):
                 return False
             with contextlib.suppress(OSError, ValueError):  # a dying worker: its sentinel reports it
-                v.conn.send(("preempt", v.job))
+                v.conn.send((Order.PREEMPT, v.job))
                 v.preempting = True
                 self._splitting.add(v.job)
             return bool(self._splitting)
@@ -513,7 +515,7 @@ class EvalService:
             if self._urgency(w) <= prio:
                 return  # the rest wait for work at least as urgent as their own
             with contextlib.suppress(OSError, ValueError):  # a dying worker: its sentinel reports it
-                w.conn.send(("preempt", w.job))
+                w.conn.send((Order.PREEMPT, w.job))
                 w.preempting = True
 
     def _waiting_live(self, entry: Entry) -> bool:

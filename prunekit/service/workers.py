@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from prunekit.service.jobs import CollapseJob, EvalJob, PathJob, PredictJob, worker_main
+from prunekit.service.jobs import CollapseJob, EvalJob, PathJob, PredictJob
+from prunekit.service.runner import worker_main
 
 
 @dataclass

@@ -32,7 +32,7 @@ state.bind(
     step=SPARSITY_STEP,
 )
 st.caption(
-    f"{c['criterion']} / {c['structure']}, normalisation {c['normalise']} (set on the Prune page); every image of "
+    f"{c.criterion} / {c.structure}, normalisation {c.normalise} (set on the Prune page); every image of "
     f"the evaluation set, scored by the evaluation workers."
 )
 
@@ -44,7 +44,7 @@ def scope_summary(scope: str, report) -> None:
     m1.metric("Dense", f"{dense.top1:.2%}")
     m1.caption(dense.interval_label())
     m2.metric(
-        f"{scope.title()} at {c['sparsity']:.0%}",
+        f"{scope.title()} at {c.sparsity:.0%}",
         f"{pruned.top1:.2%}",
         f"{100 * (pruned.top1 - dense.top1):+.2f} points",
     )
@@ -65,7 +65,7 @@ def forget_panel() -> bool:
     if not ready:
         st.info("Scoring every image with the dense and the pruned models in the evaluation workers...")
         return view.pending
-    key = (resources.model_key(lab), *c.values(), tuple(ready))
+    key = (resources.model_key(lab), *c.key(), tuple(ready))
     st.plotly_chart(resources.figure("forget", key, lambda: plots.class_change_bars(ready)), width="stretch")
     for col, (scope, report) in zip(st.columns(len(ready)), ready.items(), strict=True):
         with col:

@@ -3,6 +3,7 @@ import streamlit as st
 from prunekit.app import plots, session, state
 from prunekit.app.links import SPARSITY_MAX, SPARSITY_STEP
 from prunekit.core.importance import CRITERIA
+from prunekit.core.spec import COMPARED_SCOPES, Structure
 
 st.title("Which filters does each criterion keep?")
 with st.expander("What am I looking at?"):
@@ -20,15 +21,15 @@ if session.untrained_banner(lab):
     )
     st.stop()
 c = state.cfg()
-filter_criteria = [n for n, crit in CRITERIA.items() if "filter" in crit.structures]
+filter_criteria = [n for n, crit in CRITERIA.items() if crit.supports(Structure.FILTER)]
 a, b, d = st.columns(3)
 criterion = a.selectbox(
     "Criterion",
     filter_criteria,
-    index=filter_criteria.index(c["criterion"]) if c["criterion"] in filter_criteria else 0,
+    index=filter_criteria.index(c.criterion) if c.criterion in filter_criteria else 0,
     format_func=lambda n: CRITERIA[n].title,
 )
-scope = b.radio("Scope", ["global", "local"], horizontal=True)
+scope = b.radio("Scope", list(COMPARED_SCOPES), horizontal=True)
 sort = d.toggle("Sort each row", value=False)
 state.bind(
     st.slider,
@@ -88,7 +89,7 @@ st.plotly_chart(
         image,
         dense,
         pruned,
-        f"Integrated Gradients towards the true class '{label}' (global, {state.cfg()['criterion']}, {state.cfg()['sparsity']:.0%})",
+        f"Integrated Gradients towards the true class '{label}' (global, {state.cfg().criterion}, {state.cfg().sparsity:.0%})",
     ),
     width="stretch",
 )

@@ -1,13 +1,12 @@
 import streamlit as st
 
-from prunekit.app import links, overlay, plots, resources, session, state
+from prunekit.app import overlay, plots, resources, session, state
 from prunekit.app.links import SPARSITY_MAX, SPARSITY_STEP
 from prunekit.app.live import live
-from prunekit.core.allocate import NORMALISATIONS
-from prunekit.core.allocations import ALLOCATIONS
-from prunekit.core.importance import CRITERIA, STRUCTURES
+from prunekit.core.importance import CRITERIA
 from prunekit.core.lab import CALIBRATION_IMAGES
-from prunekit.core.nm import pattern_of, pattern_sparsity
+from prunekit.core.nm import pattern_sparsity
+from prunekit.core.spec import ALLOCATIONS, COMPARED_SCOPES, NORMALISATIONS, STRUCTURES, Normalisation, Structure
 from prunekit.deploy.export import FILES
 from prunekit.deploy.recover import CURVE_IMAGES, Recipe
 from prunekit.service.scheduler import CURVE_GRIDS, JobError
@@ -26,13 +25,13 @@ with st.expander("What am I looking at?"):
 
 PRESETS = {
     "Watch global filter pruning collapse a layer": dict(
-        criterion="l1", structure="filter", sparsity=0.5, keep=False, normalise="none"
+        criterion="l1", structure=Structure.FILTER, sparsity=0.5, keep=False, normalise=Normalisation.NONE
     ),
     "Global vs local at 90%": dict(
-        criterion="magnitude", structure="unstructured", sparsity=0.9, keep=False, normalise="none"
+        criterion="magnitude", structure=Structure.UNSTRUCTURED, sparsity=0.9, keep=False, normalise=Normalisation.NONE
     ),
     "Normalised global scores avoid the collapse": dict(
-        criterion="l1", structure="filter", sparsity=0.5, keep=False, normalise="mean"
+        criterion="l1", structure=Structure.FILTER, sparsity=0.5, keep=False, normalise=Normalisation.MEAN
     ),
 }
 PER_LAYER = " + the link's layers"  # the slider's sparsity is not the whole story when a plan sets some layers
@@ -58,13 +57,13 @@ structure = state.bind(
     label="Structure",
     options=list(STRUCTURES),
     horizontal=True,
-    format_func=lambda s: {"unstructured": "weights", "filter": "filters"}.get(s, f"{s} pattern"),
+    format_func=lambda s: s.label,
 )
-pattern = pattern_of(structure)
-if pattern is not None and c["sparsity"] != pattern_sparsity(pattern):
+pattern = structure.pattern
+if pattern is not None and c.sparsity != pattern_sparsity(pattern):
     state.apply_preset(sparsity=pattern_sparsity(pattern))  # the pattern, not the slider, sets the sparsity
-criteria = [n for n, crit in CRITERIA.items() if structure in crit.structures]
-if c["criterion"] not in criteria:
+criteria = [n for n, crit in CRITERIA.items() if crit.supports(structure)]
+if c.criterion not in criteria:
     state.apply_preset(criterion=criteria[0])
 state.bind(b.selectbox, "criterion", label="Criterion", options=criteria, format_func=lambda n: CRITERIA[n].title)
 state.bind(
@@ -72,13 +71,13 @@ state.bind(
     "normalise",
     label="Global score normalisation",
     options=list(NORMALISATIONS),
-    help="; ".join(f"{k}: {v}" for k, v in NORMALISATIONS.items()),
+    help="; ".join(f"{k}: {k.description}" for k in NORMALISATIONS),
 )
 state.bind(e.checkbox, "keep", label="Keep first and last layer dense")
 sparsity = state.bind(
     st.slider,
     "sparsity",
-    label="Sparsity (fraction removed)" + (" of channels" if structure == "filter" else " of weights"),
+    label=f"Sparsity (fraction removed) of {structure.units}",
     min_value=0.0,
     max_value=SPARSITY_MAX,
     step=SPARSITY_STEP,
@@ -90,10 +89,10 @@ if pattern is not None:
     if unfit:
         st.caption(f"Dense here (the pattern does not fit them): {', '.join(f'`{n}`' for n in unfit)}.")
 st.caption(
-    CRITERIA[c["criterion"]].description
+    CRITERIA[c.criterion].description
     + (
         f" Calibration: the last {CALIBRATION_IMAGES} images of the evaluation set."
-        if CRITERIA[c["criterion"]].needs_data
+        if CRITERIA[c.criterion].needs_data
         else ""
     )
 )
@@ -101,14 +100,14 @@ st.caption(
 dropped = state.unknown_overrides(lab)
 if dropped:
     st.warning(f"Ignored per-layer sparsities for {', '.join(f'`{n}`' for n in dropped)}: not layers of this model.")
-if c["overrides"]:
-    layers = links.decode_overrides(c["overrides"])
+if c.overrides:
+    layers = c.overrides
     st.info(
         f"**Per-layer sparsities from the link** for {len(layers)} layers (a plan's): "
         + ", ".join(f"`{n}` {s:.0%}" for n, s in layers.items())
         + ". The slider sets every other layer."
     )
-    st.button("Clear the per-layer sparsities", on_click=state.apply_preset, kwargs={"overrides": ""})
+    st.button("Clear the per-layer sparsities", on_click=state.apply_preset, kwargs={"overrides": {}})
 
 try:
     results = session.prune_both(lab)
@@ -127,7 +126,7 @@ for scope, r in results.items():
             + ("No input-output path survives. " if r.collapse else "")
             + f"Fully pruned: {named}."
         )
-if structure == "filter":
+if structure.is_filter:
     st.caption(
         "Filter sparsity counts channels; each removed channel also removes the next layer's input kernels, so the weight sparsity below is higher."
     )
@@ -148,9 +147,9 @@ try:
 except Exception as exc:
     st.error(f"Could not allocate: {state.error_text(exc)}")
     shown = {}
-coupled = session.coupling_panel(lab, "prune_coupled") if structure == "filter" else frozenset()
+coupled = session.coupling_panel(lab, "prune_coupled") if structure.is_filter else frozenset()
 if shown:
-    bars_key = (resources.model_key(lab), *state.cfg().values(), tuple(shown), tuple(sorted(coupled)))
+    bars_key = (resources.model_key(lab), *state.cfg().key(), tuple(shown), tuple(sorted(coupled)))
     st.plotly_chart(
         resources.figure("bars", bars_key, lambda: plots.layer_sparsity_bars(shown, coupled)),
         width="stretch",
@@ -221,7 +220,7 @@ def recovery_metrics(r) -> None:
 
 st.subheader("Measured speed and export")
 action_scope = st.radio(
-    "Scope for speed, export and recovery", ["global", "local"], horizontal=True, key="action_scope"
+    "Scope for speed, export and recovery", list(COMPARED_SCOPES), horizontal=True, key="action_scope"
 )
 chosen = results[action_scope]
 SPEED_POLL = 0.5
@@ -300,12 +299,12 @@ def point_panel() -> bool:
     slots = st.columns(3)
     _metric(slots[0], "Dense", view.dense)
     for slot, (scope, reading) in zip(slots[1:], view.scopes.items(), strict=True):
-        _metric(slot, f"{scope.title()} at {sparsity:.0%}{PER_LAYER if c['overrides'] else ''}", reading, view.dense)
+        _metric(slot, f"{scope.title()} at {sparsity:.0%}{PER_LAYER if c.overrides else ''}", reading, view.dense)
     more = overlay.points(lab, overlaid)
     for slot, (name, reading) in zip(st.columns(max(3, len(more))), more.items(), strict=False):
         _metric(
             slot,
-            f"{ALLOCATIONS[name].title} at {sparsity:.0%}{PER_LAYER if c['overrides'] else ''}",
+            f"{ALLOCATIONS[name].title} at {sparsity:.0%}{PER_LAYER if c.overrides else ''}",
             reading,
             view.dense,
         )

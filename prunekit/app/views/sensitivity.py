@@ -5,6 +5,7 @@ from prunekit.app.live import live
 from prunekit.core.budget import TARGETS, Target
 from prunekit.core.evaluate import interval_label
 from prunekit.core.importance import CRITERIA
+from prunekit.core.spec import Structure
 
 st.title("Which layers can take the cut?")
 with st.expander("What am I looking at?"):
@@ -20,7 +21,7 @@ c = state.cfg()
 a, b = st.columns(2)
 criterion = a.selectbox(
     "Criterion",
-    [n for n, x in CRITERIA.items() if "unstructured" in x.structures],
+    [n for n, x in CRITERIA.items() if x.supports(Structure.UNSTRUCTURED)],
     format_func=lambda n: CRITERIA[n].title,
 )
 levels = b.multiselect("Sparsities", [0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99], default=[0.3, 0.5, 0.7, 0.9])

@@ -2,8 +2,7 @@ import streamlit as st
 
 from prunekit.app import forgetting, plots, resources, session, state
 from prunekit.app.live import live
-from prunekit.core.importance import CRITERIA
-from prunekit.core.nm import pattern_of
+from prunekit.core.spec import COMPARED_SCOPES
 
 st.title("Accuracy against sparsity and speed-up")
 with st.expander("What am I looking at?"):
@@ -16,21 +15,15 @@ with st.expander("What am I looking at?"):
 lab = state.lab()
 if session.untrained_banner(lab):
     st.stop()
-options = [
-    f"{n} / {scope} / {structure}"
-    for n, crit in CRITERIA.items()
-    for structure in crit.structures
-    if pattern_of(structure) is None  # a pattern fixes its sparsity: nothing to trade off along
-    for scope in ("global", "local")
-]
+options = session.tradeoff_recipes()
 chosen = st.multiselect(
     "Recipes (criterion / scope / structure)",
-    options,
+    list(options),
     default=["magnitude / global / unstructured", "magnitude / local / unstructured", "random / global / unstructured"],
 )
 sparsities = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 estimate = st.toggle(f"Fast estimate (a stratified {resources.ESTIMATE_IMAGES:,}-image subset)", value=False)
-recipes = [tuple(label.split(" / ")) for label in chosen]
+recipes = [options[label] for label in chosen]
 
 
 def _missing(curves: dict) -> int:
@@ -51,7 +44,7 @@ def _curves() -> dict:
 
 def curves_panel() -> bool:
     curves = _curves()
-    labelled = {" / ".join(r): c for r, c in curves.items()}
+    labelled = {session.recipe_label(r): c for r, c in curves.items()}
     for label, c in labelled.items():
         for message in (c["errors"] + c.get("collapse_errors", []))[:1]:
             st.error(f"{label}: {state.error_text(message)}")
@@ -89,7 +82,7 @@ def _pair():
     """The two recipes' comparison, or None until two different recipes are chosen."""
     if first is None or first == second:
         return None
-    return forgetting.paired_view(lab, tuple(first.split(" / ")), tuple(second.split(" / ")), at)
+    return forgetting.paired_view(lab, options[first], options[second], at)
 
 
 def paired_panel() -> bool:
@@ -127,7 +120,7 @@ if why:
     st.info(f"Schedules are not compared here: {why}.")
     st.stop()
 s1, s2, s3, s4 = st.columns(4)
-scope = s1.radio("Scope", ["global", "local"], horizontal=True, key="schedule_scope")
+scope = s1.radio("Scope", list(COMPARED_SCOPES), horizontal=True, key="schedule_scope")
 epochs = s2.number_input("Fine-tune budget (epochs, shared by the steps)", 0.5, 10.0, 1.0, step=0.5)
 steps = s3.number_input("Pruning steps (iterative, AGP)", 2, 10, 3)
 choices = session.training_choices(lab)
@@ -135,8 +128,8 @@ train = s4.selectbox(
     "Training images", choices, format_func=lambda n: session.train_label(n, choices), key="schedule_train"
 )
 st.caption(
-    f"Setting from the Prune page: {c['criterion']} / {c['structure']} at {c['sparsity']:.0%}"
-    f"{', normalised ' + c['normalise'] if c['normalise'] != 'none' else ''}. One-shot prunes once and fine-tunes; "
+    f"Setting from the Prune page: {c.criterion} / {c.structure} at {c.sparsity:.0%}"
+    f"{', normalised ' + c.normalise if c.normalise != 'none' else ''}. One-shot prunes once and fine-tunes; "
     "iterative prunes in equal steps; AGP (Zhu & Gupta) follows a cubic schedule that prunes most early. Each "
     "re-scores the fine-tuned weights before a step, recalibrates BatchNorm, and all three spend the same budget."
 )

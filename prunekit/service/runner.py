@@ -1,0 +1,341 @@
+"""A worker's side of the service: :class:`JobRunner` measures jobs on the models it has loaded, :func:`answer`
+turns a run into a protocol message, and :func:`worker_main` is a local worker process's loop."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import replace
+
+import torch
+
+from prunekit.core.connectivity import Connectivity
+from prunekit.core.data import EvalData
+from prunekit.core.evaluate import (
+    Accuracy,
+    accuracy_of,
+    count_correct,
+    from_counts,
+    predict_logits,
+    stratified_indices,
+)
+from prunekit.core.lab import Lab, Pruner
+from prunekit.core.loaded import ModelSpec
+from prunekit.deploy.latency import UNSTRUCTURED_NOTE, Latency, measure
+from prunekit.deploy.recover import Recovery, recover
+from prunekit.errors import CompactionError, InvalidArgumentError, ProbeUnsupportedError
+from prunekit.service.chunks import Control, Preempted, Resume
+from prunekit.service.jobs import (
+    CHUNK_IMAGES,
+    ESTIMATE_IMAGES,
+    EVAL_BATCH,
+    SPEED,
+    Collapse,
+    CollapseJob,
+    EvalJob,
+    PathJob,
+    Predictions,
+    PredictJob,
+    RecoverJob,
+    SpeedJob,
+)
+from prunekit.service.protocol import Order, Status
+
+
+class JobRunner:
+    """Worker-side state: loaded models and a bounded set of pruners (working copies) per process."""
+
+    def __init__(self, max_pruners: int = 4, channels_last: bool = True) -> None:
+        self.labs: dict[str, Lab] = {}
+        self.pruners: OrderedDict[tuple, Pruner] = OrderedDict()
+        self.max_pruners = max_pruners
+        self.channels_last = channels_last
+        self._images: dict[str, torch.Tensor] = {}
+        self._folder_data: dict[str, EvalData] = {}
+        self._compacted: OrderedDict[tuple, torch.nn.Module | None] = OrderedDict()
+        self._subsets: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def load(self, key: str, spec: ModelSpec) -> None:
+        """Load a model into this worker. Its copy and images go channels_last (bench/evalspeed.py:
+        2.7x on fmnist-cnn, same top-1); they belong to this process alone, so nothing shared changes."""
+        if key in self.labs:
+            return
+        lab = Lab(spec.load())
+        if lab.loaded.eval_folder is not None:  # read a shard at a time, by the job that needs it
+            if self.channels_last:
+                lab.loaded.model.to(memory_format=torch.channels_last)
+            self.labs[key] = lab
+            return
+        images = lab.loaded.eval_data().images
+        if self.channels_last and images.dim() == 4:
+            lab.loaded.model.to(memory_format=torch.channels_last)
+            images = images.contiguous(memory_format=torch.channels_last)
+        self._images[key] = images
+        self._warm(lab, images)
+        self.labs[key] = lab
+
+    @staticmethod
+    def _warm(lab: Lab, images: torch.Tensor) -> None:
+        """The first forward of a model is slow (allocator, kernels): pay it at load, not in a live job."""
+        few = images[:8]
+        accuracy_of(lab.loaded.model, few, torch.zeros(few.shape[0], dtype=torch.long), few.shape[0])
+
+    def run(self, job: EvalJob, control: Control | None = None) -> Accuracy | Latency | Recovery | Resume:
+        """Measure ``job``; ``control`` carries a recovery's progress, a full pass's estimate and preemption
+        (raises :class:`Preempted` between chunks when asked to), and the chunks of a shared pass to score
+        (then the answer is a :class:`Resume` with their counts unless they completed the pass)."""
+        control = control or Control()
+        lab = self.labs.get(job.model)
+        if lab is None:
+            raise InvalidArgumentError(f"model {job.model!r} was never loaded in this worker")
+        kind = _KINDS.get(type(job))
+        if kind is not None:
+            return kind(self, lab, job, control)
+        model = lab.loaded.model if job.is_dense else self._scored(lab, job)
+        if job.shard is not None:
+            return self._shard(lab, job, model)
+        data, images = self._whole(job.model, lab)
+        if job.subset is None and len(data) > ESTIMATE_IMAGES:
+            return self._progressive(job, model, self._chunks(job.model, images, data.labels), len(data), control)
+        if job.subset is None or job.subset >= len(data):
+            return accuracy_of(model, images, data.labels, len(data), EVAL_BATCH)
+        sub_images, sub_labels = self._subset(job.model, images, data.labels, job.subset)
+        return accuracy_of(model, sub_images, sub_labels, len(data), EVAL_BATCH)
+
+    def _progressive(self, job: EvalJob, model, chunks: list, total: int, control: Control) -> Accuracy | Resume:
+        """One pass over the set in chunks: the estimate's stratified images first (reported at once as the
+        estimate job's result, identical to running it), then the rest; the counts add up to the full figure.
+        After the first chunk (the estimate, always reported) the pass may be preempted between chunks,
+        handing back its counts so far to resume from. A run given some chunks only (``control.resume.todo``:
+        the service shares a live pass among idle workers) answers their counts; the service adds them up."""
+        start = control.resume or Resume()
+        counted, todo = dict(start.counted), start.todo if start.todo is not None else range(len(chunks))
+        for i in todo:
+            if i in counted:
+                continue
+            if counted and control.preempted():
+                raise Preempted(Resume(tuple(sorted(counted.items())), len(chunks), total))
+            counted[i] = count_correct(model, *chunks[i], EVAL_BATCH)
+            if i == 0 and control.partial is not None:
+                control.partial(job.with_subset(ESTIMATE_IMAGES), from_counts([counted[0]], total))
+        done = Resume(tuple(sorted(counted.items())), len(chunks), total)
+        figure = done.accuracy()
+        return done if figure is None else figure
+
+    def _chunks(
+        self, model: str, images: torch.Tensor, labels: torch.Tensor
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The pass order: the estimate's images, then the others in file order, in chunks of CHUNK_IMAGES."""
+        if (model, "chunks") not in self._subsets:
+            head = self._subset(model, images, labels, ESTIMATE_IMAGES)
+            keep = torch.ones(len(labels), dtype=torch.bool)
+            keep[stratified_indices(labels, ESTIMATE_IMAGES)] = False
+            rest = keep.nonzero().flatten()
+            chunks = [head] + [self._pick(images, labels, idx) for idx in rest.split(CHUNK_IMAGES)]
+            self._subsets[(model, "chunks")] = chunks
+        return self._subsets[(model, "chunks")]
+
+    @staticmethod
+    def _pick(images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``images[idx]`` in the layout ``images`` have (channels_last stays channels_last)."""
+        layout = (
+            torch.channels_last
+            if images.dim() == 4 and images.is_contiguous(memory_format=torch.channels_last)
+            else None
+        )
+        picked = images[idx].contiguous(memory_format=layout) if layout else images[idx]
+        return picked, labels[idx]
+
+    def _whole(self, key: str, lab: Lab) -> tuple[EvalData, torch.Tensor]:
+        """The whole evaluation set and its images as this worker keeps them (a folder is read once, by the
+        first job that is not a shard: the app asks for whole-set figures)."""
+        if lab.loaded.eval_folder is None:
+            return lab.loaded.eval_data(), self._images[key]
+        if key not in self._folder_data:
+            data = lab.loaded.eval_data()
+            images = data.images.contiguous(memory_format=torch.channels_last) if self.channels_last else data.images
+            self._folder_data[key], self._images[key] = data, images
+        return self._folder_data[key], self._images[key]
+
+    def _shard(self, lab: Lab, job: EvalJob, model: torch.nn.Module) -> Accuracy:
+        """Accuracy on images ``job.shard`` only (read from the folder, or cut from the images in memory)."""
+        start, stop = job.shard
+        if lab.loaded.eval_folder is not None:
+            part = lab.loaded.eval_folder.read(start, stop)
+            images, labels = part.images, part.labels
+        else:
+            images, labels = self._images[job.model][start:stop], lab.loaded.eval_data().labels[start:stop]
+        if self.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return accuracy_of(model, images, labels, len(labels), EVAL_BATCH)
+
+    def _pruner(self, lab: Lab, job: EvalJob) -> Pruner:
+        key = (job.model, *job.spec.table_key)
+        if key not in self.pruners:
+            self.pruners[key] = lab.pruner(job.spec)
+            while len(self.pruners) > self.max_pruners:
+                self.pruners.popitem(last=False)
+        self.pruners.move_to_end(key)
+        return self.pruners[key]
+
+    def _scored(self, lab: Lab, job: EvalJob) -> torch.nn.Module:
+        """The model ``job``'s accuracy is measured on: for filters the compacted one (the same outputs,
+        2-4x fewer multiply-adds), the masked one where compaction is refused (collapse, uneven groups)."""
+        if (
+            not job.spec.structure.is_filter or job.subset is not None
+        ):  # an estimate's few images do not pay for surgery
+            return self._pruned(lab, job)
+        key = (job.model, job.spec.criterion, job.spec.normalise, job.config().key())
+        if key not in self._compacted:
+            try:
+                model = self._pruner(lab, job).compact(job.config()).model
+                self._compacted[key] = model.to(memory_format=torch.channels_last) if self.channels_last else model
+            except CompactionError:
+                self._compacted[key] = None
+            while len(self._compacted) > 2:  # the shards of one job share it; keep little
+                self._compacted.popitem(last=False)
+        return self._compacted[key] or self._pruned(lab, job)
+
+    def _pruned(self, lab: Lab, job: EvalJob) -> torch.nn.Module:
+        pruner = self._pruner(lab, job)
+        pruner.apply_(job.config())
+        return pruner.model
+
+    def _predict(self, lab: Lab, job: PredictJob) -> Predictions:
+        """Every image's predicted class, on the model an accuracy of ``job`` is measured on."""
+        model = lab.loaded.model if job.is_dense else self._scored(lab, job)
+        data, images = self._whole(job.model, lab)
+        with torch.no_grad():
+            classes = predict_logits(model, images, EVAL_BATCH).argmax(1)
+        return Predictions.of(classes, len(data.classes))
+
+    def _paths(self, lab: Lab, job: PathJob) -> Connectivity:
+        conn = self._pruner(lab, job).paths(job.config())
+        if conn is None:
+            raise ProbeUnsupportedError(lab.probe_unavailable)
+        return conn
+
+    def _speed(self, lab: Lab, job: SpeedJob) -> Latency:
+        """Dense, masked and compacted latency, each in this worker's memory layout and thread count."""
+        pruner, note, compact = self._pruner(lab, job), UNSTRUCTURED_NOTE, {}
+        if job.spec.structure.is_filter:
+            try:
+                layout = torch.channels_last if self.channels_last else torch.contiguous_format
+                compact["compact"] = pruner.compact(job.config()).model.to(memory_format=layout)
+                note = None
+            except CompactionError as exc:
+                note = str(exc)
+        models = {"dense": lab.loaded.model, "masked": self._pruned(lab, job), **compact}
+        latency = measure(models, lab.loaded.input_spec.shape, SPEED)
+        latency.note = note
+        return latency
+
+    def _subset(
+        self, model: str, images: torch.Tensor, labels: torch.Tensor, n: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if (model, n) not in self._subsets:
+            self._subsets[(model, n)] = self._pick(images, labels, stratified_indices(labels, n))
+        return self._subsets[(model, n)]
+
+
+def _collapse(runner: JobRunner, lab: Lab, job: CollapseJob, control: Control) -> Collapse:
+    return Collapse(runner._pruner(lab, job).collapse_point(job.config()))
+
+
+def _recover(runner: JobRunner, lab: Lab, job: RecoverJob, control: Control) -> Recovery:
+    return replace(recover(lab, job.spec, job.recipe, control.report), model=None)
+
+
+# How each kind of job other than an accuracy is measured: (runner, lab, job, control) -> outcome.
+_KINDS = {
+    SpeedJob: lambda runner, lab, job, control: runner._speed(lab, job),
+    PathJob: lambda runner, lab, job, control: runner._paths(lab, job),
+    CollapseJob: _collapse,
+    PredictJob: lambda runner, lab, job, control: runner._predict(lab, job),
+    RecoverJob: _recover,
+}
+
+
+def worker_main(conn, threads: int, nice: int = 0) -> None:
+    """A worker process: receive ``(job, spec-or-None, resume-or-None)``, answer as :func:`answer` does
+    (ok, error, preempted or part); meanwhile send ``("partial", ...)`` and
+    ``("progress", ...)`` and heed ``("stop", job)`` and ``("preempt", job)``.
+
+    ``nice`` lowers the worker's CPU priority so that the web server (and a browser on the same
+    machine) stay responsive while the workers keep every core busy.
+    """
+    if nice:
+        os.nice(nice)
+    torch.set_num_threads(threads)
+    runner = JobRunner()
+    for job, spec, resume in jobs_from(conn):
+        try:
+            conn.send(answer(runner, job, spec, _control(conn, job, resume)))
+        except (BrokenPipeError, EOFError, OSError):
+            return  # the server went away
+
+
+def jobs_from(conn) -> Iterator[tuple[EvalJob, ModelSpec | None, Resume | None]]:
+    """The ``(job, spec, resume)`` messages a worker receives, until the service closes the pipe; a stop or
+    preempt read here is for a job that has already finished, and is dropped."""
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if not isinstance(message[0], str):
+            yield message
+
+
+PROGRESS_EVERY_S = 0.25
+
+
+class _Inbox:
+    """What the scheduler says about the running job while it runs: stop (a recovery), preempt (a full pass)."""
+
+    def __init__(self, conn, job: EvalJob) -> None:
+        self.conn, self.job = conn, job
+        self.stop = self.preempt = False
+
+    def read(self) -> None:
+        while self.conn.poll():
+            kind, target = self.conn.recv()
+            if target == self.job:
+                self.stop |= kind == Order.STOP
+                self.preempt |= kind == Order.PREEMPT
+
+
+def _control(conn, job: EvalJob, resume: Resume | None) -> Control:
+    """A worker's :class:`Control` over its pipe; a recovery's progress goes at most every PROGRESS_EVERY_S."""
+    inbox, last = _Inbox(conn, job), [0.0]
+
+    def report(progress: Recovery) -> bool:
+        inbox.read()
+        now = time.monotonic()
+        if inbox.stop or now - last[0] >= PROGRESS_EVERY_S:
+            last[0] = now
+            conn.send((Status.PROGRESS, job, replace(progress, model=None, curve=list(progress.curve))))
+        return not inbox.stop
+
+    def preempted() -> bool:
+        inbox.read()
+        return inbox.preempt
+
+    return Control(report, lambda estimate, acc: conn.send((Status.PARTIAL, estimate, acc)), preempted, resume)
+
+
+def answer(runner: JobRunner, job: EvalJob, spec: ModelSpec | None, control: Control | None = None) -> tuple:
+    """Load ``spec`` if given, then run ``job``: ``("ok", job, outcome)``, ``("error", job, text)``,
+    ``("preempted", job, Resume)`` when ``control`` asked the pass to hand its worker back, or
+    ``("part", job, Resume)`` when it was given some of a pass's chunks and has scored them."""
+    try:
+        if spec is not None:
+            runner.load(job.model, spec)
+        outcome = runner.run(job, control)
+        return (Status.PART, job, outcome) if isinstance(outcome, Resume) else (Status.OK, job, outcome)
+    except Preempted as stop:
+        return (Status.PREEMPTED, job, stop.resume)
+    except Exception as exc:  # reported on the page; the worker lives on
+        return (Status.ERROR, job, f"{type(exc).__name__}: {exc}")
