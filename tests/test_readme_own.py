@@ -49,7 +49,7 @@ def test_the_readme_section_runs_as_written(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-3000:]
     printed = run.stdout.strip().splitlines()
-    assert [line.split()[0] for line in printed] == ["global", "local"]
+    assert [line.split()[0] for line in printed] == ["global", "local", "lamp"]
     assert (tmp_path / "weights.safetensors").is_file()
 
     _images(tmp_path / "my_images")
