@@ -134,11 +134,11 @@ class PlanReport:
 
     @property
     def macs_ratio(self) -> float:
-        return self.result.remaining_macs / self.result.total_macs
+        return self.result.macs_ratio
 
     @property
     def params_ratio(self) -> float:
-        return self.result.nonzero_params / self.result.total_params
+        return self.result.params_ratio
 
     @property
     def ratio_dict(self) -> dict[str, float]:

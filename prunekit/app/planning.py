@@ -35,11 +35,11 @@ class PlanView:
 
     @property
     def macs_ratio(self) -> float:
-        return self.result.remaining_macs / self.result.total_macs
+        return self.result.macs_ratio
 
     @property
     def params_ratio(self) -> float:
-        return self.result.nonzero_params / self.result.total_params
+        return self.result.params_ratio
 
     def share_query(self, criterion: str, model: str) -> str:
         """The Prune page's query string that opens this plan: each layer at its sparsity, the slider at 0."""

@@ -87,6 +87,16 @@ class PruneResult:
         return self.total_params / max(self.nonzero_params, 1)
 
     @property
+    def macs_ratio(self) -> float:
+        """The fraction of the dense model's MACs left."""
+        return self.remaining_macs / self.total_macs
+
+    @property
+    def params_ratio(self) -> float:
+        """The fraction of the dense model's parameters left non-zero."""
+        return self.nonzero_params / self.total_params
+
+    @property
     def theoretical_speedup(self) -> float:
         return self.total_macs / self.remaining_macs if self.remaining_macs else float("inf")
 
