@@ -28,9 +28,9 @@ from prunekit.core.loaded import ModelSpec  # noqa: E402
 from prunekit.core.spec import Allocation, PruneSpec  # noqa: E402
 from prunekit.deploy.latency import machine_name  # noqa: E402
 from prunekit.models import zoo  # noqa: E402
+from prunekit.service.evaluation import EvalService  # noqa: E402
 from prunekit.service.fanout import Backend, collect, run_jobs, sweep_jobs  # noqa: E402
 from prunekit.service.jobs import EvalJob  # noqa: E402
-from prunekit.service.scheduler import EvalService  # noqa: E402
 from prunekit.service.store import ResultStore  # noqa: E402
 
 IDLE_S = 10.0

@@ -38,11 +38,11 @@ from prunekit.deploy.export import report_lines
 from prunekit.deploy.recover import SCHEDULES, Recipe
 from prunekit.errors import InvalidArgumentError, PrunekitError, UntrainedModelError
 from prunekit.models import custom, zoo
+from prunekit.service.evaluation import RAY_ENV
 from prunekit.service.fanout import (
     Backend,
 )
 from prunekit.service.jobs import ESTIMATE_IMAGES
-from prunekit.service.scheduler import RAY_ENV
 from prunekit.service.store import ResultStore
 
 

@@ -25,6 +25,7 @@ from prunekit.deploy.recover import Recipe, Recovery
 from prunekit.deploy.recover import recover as recover_model
 from prunekit.errors import InvalidArgumentError, PrunekitError, UntrainedModelError
 from prunekit.models import custom, zoo
+from prunekit.service.codec import Outcome
 from prunekit.service.fanout import (
     Backend,
     Progress,
@@ -35,8 +36,7 @@ from prunekit.service.fanout import (
     sensitivity_rows,
     sweep_jobs,
 )
-from prunekit.service.jobs import ESTIMATE_IMAGES, EvalJob, PredictJob
-from prunekit.service.scheduler import JobError, Outcome
+from prunekit.service.jobs import ESTIMATE_IMAGES, EvalJob, JobError, PredictJob
 
 SCAN_GRID = (0.3, 0.6, 0.9)  # a sensitivity scan's sparsities per layer
 PLAN_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)  # the plan's scan: dense is always an option

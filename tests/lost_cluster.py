@@ -11,9 +11,9 @@ from pathlib import Path
 from prunekit.core.evaluate import Accuracy
 from prunekit.core.loaded import ModelSpec
 from prunekit.core.spec import PruneSpec
+from prunekit.service.evaluation import EvalService
 from prunekit.service.jobs import EvalJob
 from prunekit.service.raypool import RayPool
-from prunekit.service.scheduler import EvalService
 
 
 def head_pids(port: int) -> list[int]:

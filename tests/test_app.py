@@ -145,7 +145,7 @@ def test_the_five_allocations_overlay_on_fmnist_vgg_at_70_percent():
     at.multiselect(key="overlay:unstructured").set_value(["global", "local"]).run()
     from prunekit.app.resources import service
 
-    waiting = [e for e in service()._queue if e.job.model == "fmnist-vgg" and e.job.spec.normalise == "lamp"]
+    waiting = [e for e in service()._sched.queue if e.job.model == "fmnist-vgg" and e.job.spec.normalise == "lamp"]
     assert all(e.background for e in waiting)  # off the chart: their live requests stepped back
     at.slider(key="w_sparsity").set_value(0.0).run()  # and the pair's, for the tests after this one
     assert not at.exception, at.exception

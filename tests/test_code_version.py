@@ -4,7 +4,7 @@ import shutil
 from pathlib import Path
 
 import prunekit
-from prunekit.service.scheduler import code_version
+from prunekit.service.cache import code_version
 
 ENGINE = Path(prunekit.__file__).parent
 
@@ -15,7 +15,9 @@ def test_editing_any_engine_file_changes_the_code_version(tmp_path):
     base = code_version(copy)
     assert base == code_version(ENGINE) == code_version()  # the copy is the package, byte for byte
     files = sorted(f for f in copy.rglob("*.py") if f.relative_to(copy).parts[0] != "app")
-    assert {"lab.py", "zoo.py", "data.py", "datasets.py", "checkpoints.py", "scheduler.py"} <= {f.name for f in files}
+    assert {"lab.py", "zoo.py", "data.py", "datasets.py", "checkpoints.py", "scheduler.py", "evaluation.py"} <= {
+        f.name for f in files
+    }
     seen = {base}
     for path in files:
         original = path.read_bytes()

@@ -11,8 +11,8 @@ from prunekit.core.loaded import ModelSpec
 from prunekit.core.spec import Allocation, PruneSpec
 from prunekit.deploy.latency import UNSTRUCTURED_NOTE, Latency
 from prunekit.deploy.recover import Recipe, Recovery
-from prunekit.service.jobs import RecoverJob, SpeedJob
-from prunekit.service.scheduler import EvalService, JobError
+from prunekit.service.evaluation import EvalService
+from prunekit.service.jobs import JobError, RecoverJob, SpeedJob
 from prunekit.service.store import ResultStore
 from tests.test_service import TINY, wait_for
 

@@ -89,8 +89,8 @@ def test_the_path_job_of_a_worker_equals_the_engines_path_test_and_survives_the_
 
 def test_the_collapse_point_of_a_worker_equals_the_engines_and_the_tradeoff_waits_for_it(monkeypatch):
     from prunekit.service import readings
+    from prunekit.service.evaluation import EvalService
     from prunekit.service.jobs import Collapse, CollapseJob, EvalJob
-    from prunekit.service.scheduler import EvalService
 
     spec = ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",))
     runner = JobRunner()

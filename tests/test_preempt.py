@@ -11,11 +11,12 @@ import pytest
 from prunekit.core.evaluate import Accuracy, Counts, from_counts
 from prunekit.core.loaded import ModelSpec
 from prunekit.core.spec import Allocation, PruneSpec
-from prunekit.service import workers
+from prunekit.service import policy, scheduler, workers
 from prunekit.service.chunks import Control, Resume
-from prunekit.service.jobs import CHUNK_IMAGES, ESTIMATE_IMAGES, EvalJob
+from prunekit.service.evaluation import EvalService
+from prunekit.service.jobs import CHUNK_IMAGES, ESTIMATE_IMAGES, EvalJob, JobError
+from prunekit.service.queue import CURVE, LIVE_ESTIMATE, LIVE_FULL
 from prunekit.service.runner import JobRunner, answer, jobs_from
-from prunekit.service.scheduler import CURVE, LIVE_ESTIMATE, LIVE_FULL, EvalService, JobError
 from prunekit.service.threadproc import ThreadProcess
 from tests.helpers import wait_until
 
@@ -94,22 +95,19 @@ def scripted(monkeypatch):
     """A one-worker service whose worker is the script above; yields (service, sent, release, preempt calls)."""
     sent, release, calls = [], threading.Event(), []
 
-    def spawn(self):
+    def spawn():
         parent, child = mp.Pipe()
         proc = ThreadProcess(lambda: _scripted(child, sent, release), name="scripted-worker")
         proc.start()
         return workers.Worker(proc, parent)
 
-    original = EvalService._preempt
-
-    def preempt(self):
-        entry = self._queue.get(LIVE)
+    def decide(queue, *args):
+        entry = queue.get(LIVE)
         calls.append(entry is not None and not entry.in_flight)
-        original(self)
+        return policy.decide(queue, *args)
 
-    monkeypatch.setattr(EvalService, "_spawn", spawn)
-    monkeypatch.setattr(EvalService, "_preempt", preempt)
-    svc = EvalService(workers=1)
+    monkeypatch.setattr(scheduler, "decide", decide)
+    svc = EvalService(workers=1, spawn=spawn)
     svc.register("m", FMNIST)
     yield svc, sent, release, calls
     release.set()
@@ -204,23 +202,22 @@ def _sharing(conn, sent: list) -> None:
 def two_sharing(monkeypatch):
     sent = []
 
-    def spawn(self):
+    def spawn():
         parent, child = mp.Pipe()
         proc = ThreadProcess(lambda: _sharing(child, sent), name="sharing-worker")
         proc.start()
         return workers.Worker(proc, parent)
 
-    looked, original = [], EvalService._share
+    looked = []
 
-    def share(self):
+    def decide(queue, *args):
         looked.append(
-            self._queue.get(EvalJob("m", PruneSpec("magnitude", sparsity=0.1))) is None
+            queue.get(EvalJob("m", PruneSpec("magnitude", sparsity=0.1))) is None
         )  # True once `other` is done
-        return original(self)
+        return policy.decide(queue, *args)
 
-    monkeypatch.setattr(EvalService, "_spawn", spawn)
-    monkeypatch.setattr(EvalService, "_share", share)
-    svc = EvalService(workers=2)
+    monkeypatch.setattr(scheduler, "decide", decide)
+    svc = EvalService(workers=2, spawn=spawn)
     svc.register("m", FMNIST)
     yield svc, sent, looked
     svc.close()
@@ -249,18 +246,17 @@ def test_a_background_pass_is_not_shared(two_sharing):
 
 
 def test_a_failing_scheduler_answers_every_request_with_its_error(monkeypatch):
-    def broken(self):
+    def broken(*args):
         raise RuntimeError("a bug in the scheduler")
 
-    def idle(self):
+    def idle():
         parent, child = mp.Pipe()
         proc = ThreadProcess(lambda: list(jobs_from(child)), name="idle-worker")
         proc.start()
         return workers.Worker(proc, parent)
 
-    monkeypatch.setattr(EvalService, "_spawn", idle)
-    monkeypatch.setattr(EvalService, "_dispatch", broken)
-    svc = EvalService(workers=1)
+    monkeypatch.setattr(scheduler, "decide", broken)
+    svc = EvalService(workers=1, spawn=idle)
     try:
         wait_until(lambda: svc.broken is not None)
         (answer_,) = svc.request([(LIVE, LIVE_FULL)], "a session").values()

@@ -8,9 +8,11 @@ from prunekit.core.evaluate import accuracy_of
 from prunekit.core.loaded import ModelSpec
 from prunekit.core.spec import PruneSpec
 from prunekit.service.chunks import Control
+from prunekit.service.evaluation import EvalService
 from prunekit.service.jobs import ESTIMATE_IMAGES, EVAL_BATCH, EvalJob
+from prunekit.service.queue import LIVE_ESTIMATE, LIVE_FULL
 from prunekit.service.runner import JobRunner
-from prunekit.service.scheduler import LIVE_ESTIMATE, LIVE_FULL, EvalService
+from prunekit.service.scheduler import Scheduler
 from tests.helpers import wait_until
 
 
@@ -49,14 +51,14 @@ def test_one_pass_reports_the_estimate_and_ends_on_todays_full_figure(name):
 
 
 def test_a_live_full_request_scores_its_estimate_on_the_way(tmp_path, monkeypatch):
-    sent, original = [], EvalService._send
+    sent, original = [], Scheduler._send
 
     def send(self, w, entry, resume=None):  # this service's dispatches only (others may run in this test process)
-        if self is svc:
+        if self is svc._sched:
             sent.append(entry.job)
         return original(self, w, entry, resume)
 
-    monkeypatch.setattr(EvalService, "_send", send)
+    monkeypatch.setattr(Scheduler, "_send", send)
     svc = EvalService(workers=1)
     try:
         svc.register("fmnist-cnn", ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",)))

@@ -19,10 +19,10 @@ from prunekit.core.lab import Lab
 from prunekit.core.loaded import ModelSpec
 from prunekit.core.spec import Allocation, PruneSpec
 from prunekit.models.zoo import load
+from prunekit.service.evaluation import EvalService
 from prunekit.service.fanout import Backend, run_jobs, sensitivity_jobs, sweep_jobs
 from prunekit.service.jobs import EvalJob
 from prunekit.service.raypool import RayPool
-from prunekit.service.scheduler import EvalService
 from prunekit.service.store import ResultStore
 from tests.lost_cluster import head_pids
 

@@ -15,8 +15,9 @@ from prunekit.core.loaded import ModelSpec
 from prunekit.core.shared import Pool, SingleFlight
 from prunekit.core.spec import Allocation, PruneConfig, PruneSpec
 from prunekit.errors import InvalidArgumentError
-from prunekit.service.jobs import EvalJob
-from prunekit.service.scheduler import CURVE, LIVE_FULL, EvalService, JobError, curve_grid
+from prunekit.service.evaluation import EvalService
+from prunekit.service.jobs import EvalJob, JobError
+from prunekit.service.queue import CURVE, LIVE_FULL, curve_grid
 from prunekit.service.store import ResultStore
 from tests.helpers import TinyResNet, spec_of, tiny_loaded, wait_until
 
@@ -180,8 +181,8 @@ def test_curve_is_filled_coarse_to_fine_for_both_scopes(service):
     assert [s for level, s in grid if level == 0] == [round(0.1 * k, 2) for k in range(10)]
     assert len({s for _, s in grid}) == 100 and [lv for lv, _ in grid] == sorted(lv for lv, _ in grid)
     service.fill_curve(EvalJob("tiny", PruneSpec("magnitude")), ["global", "local"])
-    with service._lock:
-        levels = {e.priority()[0] for e in service._queue}
+    with service._sched.lock:
+        levels = {e.priority()[0] for e in service._sched.queue}
     assert levels <= {CURVE, CURVE + 1, CURVE + 2}
     coarse = [
         EvalJob("tiny", PruneSpec("magnitude", allocation=Allocation(sc), sparsity=s))

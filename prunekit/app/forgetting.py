@@ -13,8 +13,8 @@ from prunekit.core.evaluate import Accuracy, Counts, from_counts
 from prunekit.core.forget import Forgetting, McNemar, compare
 from prunekit.core.lab import Lab
 from prunekit.core.spec import COMPARED_SCOPES, PruneSpec
-from prunekit.service.jobs import Predictions, PredictJob
-from prunekit.service.scheduler import LIVE_FULL, JobError
+from prunekit.service.jobs import JobError, Predictions, PredictJob
+from prunekit.service.queue import LIVE_FULL
 
 GALLERY = 24  # flipped images shown at once
 

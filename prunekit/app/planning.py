@@ -17,7 +17,7 @@ from prunekit.errors import InvalidArgumentError
 from prunekit.service import readings
 from prunekit.service.fanout import plan_job
 from prunekit.service.jobs import EvalJob
-from prunekit.service.scheduler import LIVE_FULL
+from prunekit.service.queue import LIVE_FULL
 
 
 @dataclass(frozen=True)

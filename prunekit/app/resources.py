@@ -24,8 +24,8 @@ from prunekit.core.shared import SingleFlight
 from prunekit.core.spec import COMPARED_SCOPES
 from prunekit.errors import InvalidArgumentError
 from prunekit.models import custom, zoo
+from prunekit.service.evaluation import RAY_ENV, EvalService, open_service
 from prunekit.service.jobs import ESTIMATE_IMAGES, EvalJob
-from prunekit.service.scheduler import RAY_ENV, EvalService, open_service
 from prunekit.service.store import ResultStore
 
 torch.set_num_threads(int(os.environ.get("PRUNEKIT_THREADS", os.cpu_count() or 1)))  # tests: one per process

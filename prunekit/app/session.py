@@ -23,8 +23,10 @@ from prunekit.deploy.export import Bundle, build_bundle
 from prunekit.deploy.recover import Recipe, Recovery, has_training_split, training_images
 from prunekit.errors import InvalidArgumentError
 from prunekit.service import readings
+from prunekit.service.codec import Outcome
+from prunekit.service.evaluation import ServiceStatus
 from prunekit.service.jobs import EvalJob, RecoverJob, SpeedJob
-from prunekit.service.scheduler import LIVE_FULL, Outcome, ServiceStatus
+from prunekit.service.queue import LIVE_FULL
 
 EFFECTIVE_HELP = (
     "Weights that are zero or lie on no surviving input-output path (all-ones path test on a linearised twin)."

@@ -9,9 +9,11 @@ a dict read. Thread-safe: pages read from their threads while the scheduler thre
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from prunekit.core.evaluate import Accuracy
 from prunekit.service.codec import decode, encode
@@ -20,6 +22,19 @@ from prunekit.service.store import ResultStore, digest
 
 MAX_OUTCOMES = 100_000
 MAX_MISSES = 200_000
+
+
+def code_version(root: Path | None = None) -> str:
+    """A digest of every Python file of the package (``root``, default prunekit/) except the app's:
+    editing any of them invalidates stored results. The whole package, not a hand-kept list, so that
+    no file a result depends on (how data is read, calibration, the zoo) can be forgotten; the app only
+    shows results, so restyling a page keeps them."""
+    root = root or Path(__file__).parent.parent
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*.py") if p.relative_to(root).parts[0] != "app"):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def curve_key(job: EvalJob) -> EvalJob:

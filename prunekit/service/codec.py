@@ -10,9 +10,20 @@ from prunekit.core.connectivity import Connectivity
 from prunekit.core.evaluate import Accuracy
 from prunekit.deploy.latency import Latency
 from prunekit.deploy.recover import CurvePoint, Recovery
-from prunekit.service.jobs import Collapse, CollapseJob, EvalJob, PathJob, Predictions, PredictJob, RecoverJob, SpeedJob
+from prunekit.service.jobs import (
+    Collapse,
+    CollapseJob,
+    EvalJob,
+    JobError,
+    PathJob,
+    Predictions,
+    PredictJob,
+    RecoverJob,
+    SpeedJob,
+)
 
-Outcome = Accuracy | Latency | Recovery | Connectivity | Collapse | Predictions
+Measurement = Accuracy | Latency | Recovery | Connectivity | Collapse | Predictions  # what the store holds
+Outcome = Measurement | JobError  # what a job ends with
 
 
 @dataclass(frozen=True)
@@ -53,11 +64,11 @@ CODECS: dict[type[EvalJob], Codec] = {
 }
 
 
-def encode(job: EvalJob, outcome: Outcome) -> dict | None:
+def encode(job: EvalJob, outcome: Measurement) -> dict | None:
     """``job``'s outcome in a JSON-friendly form for the result store; None for what must not be stored."""
     return CODECS[type(job)].encode(outcome)
 
 
-def decode(job: EvalJob, value: dict) -> Outcome:
+def decode(job: EvalJob, value: dict) -> Measurement:
     """The inverse of :func:`encode` for ``job``'s kind."""
     return CODECS[type(job)].decode(value)

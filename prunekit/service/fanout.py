@@ -18,10 +18,12 @@ from prunekit.core.loaded import ModelSpec
 from prunekit.core.sensitivity import SensitivityRow
 from prunekit.core.spec import Allocation, Scope
 from prunekit.errors import InvalidArgumentError
-from prunekit.service.jobs import EvalJob
+from prunekit.service.codec import Outcome
+from prunekit.service.evaluation import EvalService, open_service
+from prunekit.service.jobs import EvalJob, JobError
 from prunekit.service.protocol import Status
+from prunekit.service.queue import LIVE_FULL
 from prunekit.service.runner import JobRunner, answer
-from prunekit.service.scheduler import LIVE_FULL, EvalService, JobError, Outcome, open_service
 from prunekit.service.store import ResultStore
 
 Progress = Callable[[int, int], None]  # (points done, points in all)

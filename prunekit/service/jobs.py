@@ -156,6 +156,13 @@ class Predictions:
 
 
 @dataclass(frozen=True)
+class JobError:
+    """A job that could not be measured; ``message`` is shown on the page."""
+
+    message: str
+
+
+@dataclass(frozen=True)
 class Collapse:
     """A :class:`CollapseJob`'s outcome: the collapse point, or None when the scope never collapses."""
 

@@ -19,6 +19,7 @@ class Status(StrEnum):
     PART = "part"  # payload: the Resume of the chunks it was given, counted
     PARTIAL = "partial"  # (Status.PARTIAL, estimate job, Accuracy): the estimate a full pass scored first
     PROGRESS = "progress"  # payload: a recovery as far as it has gone
+    LOST = "lost"  # a remote slot: its pool is gone (payload: why); the service falls back to local workers
 
 
 class Order(StrEnum):

@@ -16,6 +16,19 @@ from prunekit.service.chunks import Resume
 from prunekit.service.jobs import EvalJob
 
 LIVE_ESTIMATE, LIVE_FULL, CURVE, STALE = 0, 1, 10, 100  # lower runs first; curve levels add 0, 1, 2
+CURVE_GRIDS = (0.1, 0.05, 0.01)  # the slider's accuracy curve fills in coarse to fine
+
+
+def curve_grid() -> list[tuple[int, float]]:
+    """(level, sparsity) for the slider grid, coarse to fine: every 0.1, then 0.05, then 0.01."""
+    seen, out = set(), []
+    for level, step in enumerate(CURVE_GRIDS):
+        for k in range(round(1 / step)):
+            s = round(k * step, 2)
+            if s not in seen and s < 1.0:
+                seen.add(s)
+                out.append((level, s))
+    return out
 
 
 @dataclass

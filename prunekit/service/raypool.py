@@ -224,14 +224,14 @@ class RayPool:
 
     def _run(self, job: EvalJob, spec: ModelSpec | None) -> tuple:
         if self.lost:
-            return ("lost", job, self.lost)
+            return (Status.LOST, job, self.lost)
         try:
             task = run_remote.remote(job, [self._ref(job.model, spec)], self.threads)
             while not self.lost:
                 ready, _ = ray.wait([task], timeout=PROBE_EVERY_S)
                 if ready:
                     return ray.get(task)
-            return ("lost", job, self.lost)
+            return (Status.LOST, job, self.lost)
         except ray.exceptions.RayError as exc:  # retries spent: the job's error, the cluster is fine
             return (Status.ERROR, job, f"the Ray task failed after {MAX_RETRIES} retries: {type(exc).__name__}")
         except Exception as exc:  # a payload that cannot be built: the job's error

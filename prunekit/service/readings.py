@@ -15,9 +15,11 @@ from prunekit.core.lab import Lab, PruneResult
 from prunekit.core.sensitivity import SensitivityRow
 from prunekit.core.spec import PruneSpec
 from prunekit.deploy.recover import Recovery
+from prunekit.service.codec import Outcome
+from prunekit.service.evaluation import EvalService
 from prunekit.service.fanout import sensitivity_jobs, sensitivity_rows
-from prunekit.service.jobs import Collapse, CollapseJob, EvalJob, PathJob, RecoverJob
-from prunekit.service.scheduler import LIVE_ESTIMATE, LIVE_FULL, EvalService, JobError, Outcome, curve_grid
+from prunekit.service.jobs import Collapse, CollapseJob, EvalJob, JobError, PathJob, RecoverJob
+from prunekit.service.queue import LIVE_ESTIMATE, LIVE_FULL, curve_grid
 
 
 @dataclass(frozen=True)

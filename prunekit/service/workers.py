@@ -1,9 +1,12 @@
-"""The evaluation service's workers: what one is, how a local one starts, and which jobs may leave the machine."""
+"""The evaluation service's workers: what one is, how a local one starts, and the pool the scheduler holds
+(local processes and a remote pool's slots; restarts after a crash, falls back to local ones)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing as mp
+import os
 import sys
 import threading
 import types
@@ -11,8 +14,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from prunekit.service.jobs import CollapseJob, EvalJob, PathJob, PredictJob
+from prunekit.service.jobs import EvalJob
+from prunekit.service.policy import Slot
 from prunekit.service.runner import worker_main
+
+log = logging.getLogger(__name__)
+MAX_DEATHS_IN_A_ROW = 6  # workers dying with no job finished in between: they cannot start, so stop trying
 
 
 @dataclass
@@ -28,11 +35,10 @@ class Worker:
     remote: bool = False  # a slot of a remote pool (Ray): accuracy jobs only
     chunks_left: int | None = None  # chunks of a full pass it was sent to score (None: not known yet)
 
-
-def runs_remotely(job: EvalJob) -> bool:
-    """Accuracy and path-test jobs may run on a remote pool; latency (bound to this machine) and recovery
-    (stoppable, with progress) stay on local workers."""
-    return type(job) in (EvalJob, PathJob, CollapseJob, PredictJob)
+    def slot(self) -> Slot:
+        """What the scheduling policy reads of this worker."""
+        alive = self.process.is_alive()
+        return Slot(self.job, self.remote, alive, self.background, self.preempting, self.chunks_left)
 
 
 class RemotePool(Protocol):
@@ -49,6 +55,75 @@ class RemotePool(Protocol):
     def spawn(self) -> tuple[object, object]: ...
 
     def close(self) -> None: ...
+
+
+class WorkerPool:
+    """The workers the scheduler holds: ``local`` processes (started by ``spawn``, default
+    :func:`spawn_local`) and one per slot of a ``remote`` pool. Not thread-safe: the scheduler calls it
+    with its lock held."""
+
+    def __init__(self, local: int, spawn: Callable[[], Worker], remote: RemotePool | None = None) -> None:
+        self._spawn, self.remote = spawn, remote
+        self.workers = [spawn() for _ in range(local)]
+        self.workers += [self._spawn_remote() for _ in range(remote.slots() if remote else 0)]
+        self.restarts = 0
+        self._deaths_in_a_row = 0
+
+    def __iter__(self) -> Iterator[Worker]:
+        return iter(self.workers)
+
+    def __len__(self) -> int:
+        return len(self.workers)
+
+    def waitables(self) -> list:
+        """Every worker's connection and process sentinel, for ``multiprocessing.connection.wait``."""
+        return [w.conn for w in self.workers] + [w.process.sentinel for w in self.workers]
+
+    def running(self, job: EvalJob) -> Worker | None:
+        return next((w for w in self.workers if w.job == job), None)
+
+    def finished_one(self) -> None:
+        """A job came back: the workers can start, whatever died before."""
+        self._deaths_in_a_row = 0
+
+    def replace(self, w: Worker) -> str | None:
+        """``w`` died: start another in its place; returns why to give up instead (they keep dying at start)."""
+        code = w.process.exitcode
+        self._deaths_in_a_row += 1
+        if self._deaths_in_a_row > MAX_DEATHS_IN_A_ROW:
+            return f"evaluation workers keep dying at start (last exit code {code})"
+        log.warning("evaluation worker %s died (exit code %s); restarting it", w.process.pid, code)
+        self.restarts += 1
+        self.workers[self.workers.index(w)] = self._spawn_remote() if w.remote else self._spawn()
+        return None
+
+    def drop_remote(self) -> tuple[RemotePool | None, list[Worker]]:
+        """The remote pool is lost: its slots leave the pool and local processes fill it up to one per core.
+        Returns the pool (to close) and the slots dropped (their jobs go back to the queue)."""
+        pool, self.remote = self.remote, None
+        if pool is None:
+            return None, []
+        slots = [w for w in self.workers if w.remote]
+        for w in slots:
+            w.conn.close()
+        self.workers = [w for w in self.workers if not w.remote]
+        self.workers += [self._spawn() for _ in range(max(1, os.cpu_count() or 1) - len(self.workers))]
+        return pool, slots
+
+    def describe(self) -> str:
+        return self.remote.describe() if self.remote else "local worker processes"
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.conn.close()
+            w.process.kill()
+            w.process.join(5)
+        if self.remote is not None:
+            self.remote.close()
+
+    def _spawn_remote(self) -> Worker:
+        proc, conn = self.remote.spawn()
+        return Worker(proc, conn, remote=True)
 
 
 def spawn_local(ctx, threads: int, nice: int) -> Worker:

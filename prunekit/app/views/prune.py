@@ -9,7 +9,8 @@ from prunekit.core.nm import pattern_sparsity
 from prunekit.core.spec import ALLOCATIONS, COMPARED_SCOPES, NORMALISATIONS, STRUCTURES, Normalisation, Structure
 from prunekit.deploy.export import FILES
 from prunekit.deploy.recover import CURVE_IMAGES, Recipe
-from prunekit.service.scheduler import CURVE_GRIDS, JobError
+from prunekit.service.jobs import JobError
+from prunekit.service.queue import CURVE_GRIDS
 from prunekit.units import compact
 
 st.title("Global against local pruning")
