@@ -1,0 +1,92 @@
+"""What the command line prints: a command's result as text lines (its JSON is the data itself), and progress
+on stderr."""
+
+from __future__ import annotations
+
+import sys
+
+from prunekit.core.evaluate import Accuracy, interval_label
+from prunekit.core.lab import PruneResult
+from prunekit.core.spec import allocation_of
+
+
+def result_json(result: PruneResult) -> dict:
+    out = result.to_json()
+    method = allocation_of(result.scope, result.normalise)
+    out["allocation"] = method.name if method else None
+    out["layers"] = [
+        {k: row[k] for k in ("name", "type", "params", "macs", "sparsity", "effective_sparsity")}
+        for row in out["layers"]
+    ]
+    return out
+
+
+def accuracy_fields(dense: Accuracy, pruned: Accuracy) -> dict:
+    return {
+        "dense": dense.top1,
+        "pruned": pruned.top1,
+        "images": pruned.n,
+        "estimate": pruned.is_estimate,
+        "dense_interval": dense.interval(),
+        "pruned_interval": pruned.interval(),
+    }
+
+
+def effective(d: dict) -> str:
+    return f"{d['effective_sparsity']:.3f}" if d["effective_sparsity"] is not None else f"n/a ({d['probe_note']})"
+
+
+def summary(d: dict) -> str:
+    acc = d.get("accuracy")
+    acc_text = ""
+    if acc:
+        acc_text = (
+            f"  accuracy {acc['dense']:.2%} -> {acc['pruned']:.2%}, {interval_label(acc['pruned'], acc['images'])}"
+        )
+        acc_text += (
+            f" (estimate from {acc['images']:,} images)" if acc["estimate"] else ""
+        )  # the interval names the count
+    return (
+        f"sparsity {d['sparsity']:.3f} ({d['scope']}, {d['criterion']}, {d['structure']}): "
+        f"achieved {d['achieved_sparsity']:.3f}, "
+        f"effective {effective(d)}, compression {d['compression_ratio']:.2f}x, "
+        f"speedup {d['theoretical_speedup'] or float('inf'):.2f}x, collapse {d['collapse']}{acc_text}"
+    )
+
+
+def plan_lines(d: dict) -> list[str]:
+    acc, scan = d["accuracy"], d["scan"]
+    lines = [f"{name:40} sparsity {s:.2f}" for name, s in d["plan"].items()]
+    lines.append(
+        f"target {d['target']} {'met' if d['met'] else 'NOT met'}: MACs left {d['macs_ratio']:.1%}, "
+        f"parameters left {d['params_ratio']:.1%}"
+    )
+    lines.append(
+        f"accuracy: dense {acc['dense']:.2%}, predicted {acc['predicted']:.2%} (dense less the scan's drops, added up; "
+        f"scan on {scan['images']:,} images), measured {acc['measured']:.2%} ({interval_label(acc['measured'], acc['images'])})"
+    )
+    return lines
+
+
+def forget_lines(report) -> list[str]:
+    lines = [
+        f"{report.classes[k]:24} {report.dense_per_class[k]:7.2%} -> {report.pruned_per_class[k]:7.2%} "
+        f"({100 * report.change[k]:+.2f} points)"
+        for k in report.worst_first()
+    ]
+    t = report.test
+    lines.append(f"flipped: {t.b} lost (dense right, pruned wrong), {t.c} gained; McNemar's exact test p = {t.p:.3g}")
+    return lines
+
+
+def progress_bar(done: int, total: int) -> None:
+    filled = round(30 * done / max(total, 1))
+    end = "\n" if done == total else ""
+    print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} points", end=end, file=sys.stderr, flush=True)
+
+
+def progress_line(r) -> bool:
+    if r.total_steps:
+        last = f", estimate {r.curve[-1].top1:.2%}" if r.curve else ""
+        print(f"\rfine-tune step {r.step}/{r.total_steps}{last}   ", end="", file=sys.stderr, flush=True)
+    return True
