@@ -143,7 +143,7 @@ def test_the_five_allocations_overlay_on_fmnist_vgg_at_70_percent():
         assert bars[name] == pytest.approx([100 * row.sparsity for row in result.layers]), name
     assert bars["lamp"] != bars["global"] and bars["erk"] != bars["local"]
     at.multiselect(key="overlay:unstructured").set_value(["global", "local"]).run()
-    from prunekit.app.resources import service
+    from prunekit.app.server_state import service
 
     waiting = [e for e in service()._sched.queue if e.job.model == "fmnist-vgg" and e.job.spec.normalise == "lamp"]
     assert all(e.background for e in waiting)  # off the chart: their live requests stepped back
@@ -417,7 +417,7 @@ def test_a_plans_share_link_opens_the_prune_page_with_its_per_layer_sparsities()
 def test_effective_sparsity_measured_apart_arrives_on_the_page(monkeypatch):
     """As on a big model: the slider move leaves the path test to an evaluation worker, the page says it
     is measuring and then shows the engine's figure."""
-    from prunekit.app.resources import DEFAULTS
+    from prunekit.app.server_state import DEFAULTS
     from prunekit.core.lab import Lab
     from prunekit.models import zoo
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from prunekit.app import resources
+from prunekit.app import server_state
 from prunekit.models import datasets, zoo
 from tests.test_app import metric, open_page, settle
 
@@ -23,10 +23,10 @@ def folder(tmp_path, monkeypatch):
         where.mkdir()
         for k, i in enumerate((data.labels == c).nonzero().flatten()[:PER_CLASS].tolist()):
             Image.fromarray(pixels[i, 0].round().to(torch.uint8).numpy(), mode="L").save(where / f"{k}.png")
-    monkeypatch.setenv(resources.EVAL_FOLDER_ENV, str(tmp_path))
-    resources.folder_lab.clear()
+    monkeypatch.setenv(server_state.EVAL_FOLDER_ENV, str(tmp_path))
+    server_state.folder_lab.clear()
     yield tmp_path
-    resources.folder_lab.clear()
+    server_state.folder_lab.clear()
 
 
 def _by_hand(root) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,7 +55,7 @@ def test_a_folder_that_does_not_fit_the_model_is_said_so_and_not_used(tmp_path, 
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         Image.new("L", (28, 28)).save(tmp_path / name / "x.png")
-    monkeypatch.setenv(resources.EVAL_FOLDER_ENV, str(tmp_path))
+    monkeypatch.setenv(server_state.EVAL_FOLDER_ENV, str(tmp_path))
     at = open_page("views/prune.py", {"model": "fmnist-cnn", "sparsity": "0.5"})
     at.toggle(key="w_folder").set_value(True).run()
     assert not at.exception

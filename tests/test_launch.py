@@ -62,15 +62,15 @@ def _independent_top1(model: nn.Module, images, labels, sparsity: float) -> floa
 @pytest.fixture
 def served(mine, tmp_path, monkeypatch):
     """The app's resources pointed at the launched model (what ``launch`` does for its server process)."""
-    from prunekit.app import resources
+    from prunekit.app import server_state
 
     model, images, labels = mine
     loaded = own.from_model(model, own.OwnModel(images[0], (images, labels), name=NAME))
     monkeypatch.setenv(custom.MODEL_FILE_ENV, str(custom.write(loaded, tmp_path / "model.pkl")))
-    resources.own_lab.clear()
+    server_state.own_lab.clear()
     yield
     monkeypatch.delenv(custom.MODEL_FILE_ENV)
-    resources.own_lab.clear()
+    server_state.own_lab.clear()
 
 
 def test_every_page_opens_on_the_launched_model_and_its_accuracy_comes_from_a_worker(served, mine):

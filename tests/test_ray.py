@@ -191,10 +191,10 @@ def test_an_unreachable_cluster_is_one_clear_error(capsys):
 def test_without_an_address_nothing_of_ray_is_imported(tmp_path):
     script = (
         "import sys\n"
-        "from prunekit.app import resources\n"
+        "from prunekit.app import server_state\n"
         "from prunekit.cli import main\n"
         "assert main(['sweep', 'fmnist-cnn', '--sparsities', '0.5', '--eval-limit', '200', '--workers', '1']) == 0\n"
-        "resources.service().close()\n"
+        "server_state.service().close()\n"
         "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))\n"
     )
     env = {**os.environ, "PRUNEKIT_CACHE_DIR": str(tmp_path)}
@@ -210,17 +210,17 @@ def test_without_an_address_nothing_of_ray_is_imported(tmp_path):
 def app_on(monkeypatch, tmp_path):
     """The app's evaluation service made afresh for ``PRUNEKIT_RAY_ADDRESS=address`` with an empty result
     store (nothing measured by other tests), and dropped after."""
-    from prunekit.app import resources
+    from prunekit.app import server_state
 
     def start(address: str):
         monkeypatch.setenv("PRUNEKIT_RAY_ADDRESS", address)
         monkeypatch.setenv("PRUNEKIT_CACHE_DIR", str(tmp_path))
-        resources.service.clear()
-        return resources
+        server_state.service.clear()
+        return server_state
 
     yield start
-    resources.service().close()
-    resources.service.clear()
+    server_state.service().close()
+    server_state.service.clear()
 
 
 def _sensitivity_scan(at):
@@ -239,13 +239,13 @@ def _sensitivity_scan(at):
 def test_the_app_runs_the_sensitivity_scan_on_ray(app_on):
     from streamlit.testing.v1 import AppTest
 
-    resources = app_on("local")
+    server_state = app_on("local")
     at = AppTest.from_file(str(ROOT / "prunekit" / "app" / "main.py"), default_timeout=240).run()
     at.switch_page("views/sensitivity.py").run()
     progress = _sensitivity_scan(at)
     assert not at.error, [e.value for e in at.error]
-    assert resources.service().status().backend.startswith("a private Ray instance")
-    assert resources.service().remote.puts == 1
+    assert server_state.service().status().backend.startswith("a private Ray instance")
+    assert server_state.service().remote.puts == 1
     assert any("private Ray instance" in text for text in progress), progress
 
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from prunekit.app.resources import model_key, register, service, template
-from prunekit.app.state import cfg, session_id
+from prunekit.app.server_state import model_key, register, service, template
+from prunekit.app.session_state import cfg, session_id
 from prunekit.core.evaluate import Accuracy, Counts, from_counts
 from prunekit.core.forget import Forgetting, McNemar, compare
 from prunekit.core.lab import Lab

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from prunekit.app import sidebar, state
+from prunekit.app import session_state, sidebar
 
 st.set_page_config(page_title="prunekit", page_icon="✂️", layout="wide")
 sidebar.sidebar()
@@ -17,4 +17,4 @@ pages = [
 page = st.navigation(pages)
 sidebar.show_notices()
 page.run()
-state.sync_query()
+session_state.sync_query()

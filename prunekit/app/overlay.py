@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from prunekit.app.resources import curve_fill_enabled, estimate_size, register, service, template
-from prunekit.app.state import cfg, session_id
+from prunekit.app.server_state import curve_fill_enabled, estimate_size, register, service, template
+from prunekit.app.session_state import cfg, session_id
 from prunekit.core.lab import Lab, PruneResult
 from prunekit.core.spec import ALLOCATIONS, Allocation, AllocationMethod, Scope
 from prunekit.service import readings

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from prunekit.app import links
-from prunekit.app.resources import model_key, register, service
-from prunekit.app.state import session_id
+from prunekit.app.server_state import model_key, register, service
+from prunekit.app.session_state import session_id
 from prunekit.core.budget import Costs, Plan, Target, plan
 from prunekit.core.lab import Lab, PruneResult
 from prunekit.core.sensitivity import SensitivityRow

@@ -13,10 +13,10 @@ def main(streamlit_args: list[str] | None = None) -> int:
     """Warm up, then run ``streamlit run main.py`` with ``streamlit_args`` (default: this command's own)."""
     from streamlit.web import cli  # noqa: PLC0415
 
-    from prunekit.app import resources  # noqa: PLC0415 - imported here: spawned workers re-import this file and must stay light
+    from prunekit.app import server_state  # noqa: PLC0415 - imported here: spawned workers re-import this file and must stay light
     from prunekit.models import checkpoints  # noqa: PLC0415 - imported here: spawned workers re-import this file and must stay light
 
-    resources.warm()
+    server_state.warm()
     limit = f"--server.maxUploadSize={checkpoints.max_upload_mb()}"  # Streamlit refuses larger files first
     sys.argv = [
         "streamlit",

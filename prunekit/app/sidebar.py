@@ -6,8 +6,17 @@ from pathlib import Path
 
 import streamlit as st
 
-from prunekit.app.resources import defaults, eval_folder, folder_lab, model_names, own_lab, register, service, zoo_names
-from prunekit.app.state import bind, cfg, error_text, init_state
+from prunekit.app.server_state import (
+    defaults,
+    eval_folder,
+    folder_lab,
+    model_names,
+    own_lab,
+    register,
+    service,
+    zoo_names,
+)
+from prunekit.app.session_state import bind, cfg, error_text, init_state
 from prunekit.core.lab import Lab
 from prunekit.errors import PrunekitError
 from prunekit.models import checkpoints, zoo

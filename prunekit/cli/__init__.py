@@ -22,7 +22,7 @@ __all__ = ["build_parser", "main"]
 def run_app(args: argparse.Namespace, streamlit_args: list[str]) -> int:
     """Serve the lab in this process until it is stopped (Ctrl-C)."""
     from prunekit.app import serve  # noqa: PLC0415 - streamlit loads only for this command
-    from prunekit.app.resources import EVAL_FOLDER_ENV  # noqa: PLC0415
+    from prunekit.app.server_state import EVAL_FOLDER_ENV  # noqa: PLC0415
     from prunekit.models.checkpoints import TRUSTED_ENV  # noqa: PLC0415
 
     if args.trusted:

@@ -1,6 +1,6 @@
 import streamlit as st
 
-from prunekit.app import forgetting, plots, resources, state
+from prunekit.app import forgetting, plots, server_state, session_state
 from prunekit.app.links import SPARSITY_MAX, SPARSITY_STEP
 from prunekit.app.live import live
 
@@ -15,15 +15,15 @@ with st.expander("How to read this page"):
         "paired; the test looks only at the images that flipped (b lost, c gained) and gives the chance of a split "
         "at least this uneven if pruning changed nothing. Two intervals side by side cannot say that."
     )
-lab = state.lab()
+lab = session_state.lab()
 if not lab.loaded.pretrained:
     st.info("Nothing to forget: the model is untrained. Pick a trained model.")
     st.stop()
 if lab.loaded.eval_folder is not None:
     st.info("Per-image comparisons read the whole evaluation set in memory: not available on an image folder yet.")
     st.stop()
-c = state.cfg()
-state.bind(
+c = session_state.cfg()
+session_state.bind(
     st.slider,
     "sparsity",
     label="Sparsity (fraction removed)",
@@ -60,13 +60,13 @@ def scope_summary(scope: str, report) -> None:
 def forget_panel() -> bool:
     view = forgetting.forget_view(lab)
     for scope, message in view.errors.items():
-        st.error(f"{scope.title()}: the predictions could not be measured ({state.error_text(message)}).")
+        st.error(f"{scope.title()}: the predictions could not be measured ({session_state.error_text(message)}).")
     ready = {s: r for s, r in view.reports.items() if r is not None}
     if not ready:
         st.info("Scoring every image with the dense and the pruned models in the evaluation workers...")
         return view.pending
-    key = (resources.model_key(lab), *c.key(), tuple(ready))
-    st.plotly_chart(resources.figure("forget", key, lambda: plots.class_change_bars(ready)), width="stretch")
+    key = (server_state.model_key(lab), *c.key(), tuple(ready))
+    st.plotly_chart(server_state.figure("forget", key, lambda: plots.class_change_bars(ready)), width="stretch")
     for col, (scope, report) in zip(st.columns(len(ready)), ready.items(), strict=True):
         with col:
             scope_summary(scope, report)

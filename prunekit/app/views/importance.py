@@ -1,6 +1,6 @@
 import streamlit as st
 
-from prunekit.app import plots, session, state
+from prunekit.app import computed, plots, session_state
 from prunekit.app.links import SPARSITY_MAX, SPARSITY_STEP
 from prunekit.core.importance import CRITERIA
 from prunekit.core.spec import COMPARED_SCOPES, Structure
@@ -14,13 +14,13 @@ with st.expander("What am I looking at?"):
         "(network slimming); Taylor and captum use gradients on real images (Molchanov et al.). Where criteria "
         "disagree, the choice of criterion matters more than the threshold."
     )
-lab = state.lab()
-if session.untrained_banner(lab):
+lab = session_state.lab()
+if computed.untrained_banner(lab):
     st.info(
         "Filter importance of random initial weights describes the initialisation, not anything learned: pick a trained model."
     )
     st.stop()
-c = state.cfg()
+c = session_state.cfg()
 filter_criteria = [n for n, crit in CRITERIA.items() if crit.supports(Structure.FILTER)]
 a, b, d = st.columns(3)
 criterion = a.selectbox(
@@ -31,7 +31,7 @@ criterion = a.selectbox(
 )
 scope = b.radio("Scope", list(COMPARED_SCOPES), horizontal=True)
 sort = d.toggle("Sort each row", value=False)
-state.bind(
+session_state.bind(
     st.slider,
     "sparsity",
     label="Sparsity (fraction of channels removed)",
@@ -42,9 +42,9 @@ state.bind(
 
 try:
     with st.spinner("Scoring filters..."):
-        view = session.filter_view(lab, criterion, scope)
+        view = computed.filter_view(lab, criterion, scope)
 except Exception as exc:
-    st.error(f"Could not score with {criterion!r}: {state.error_text(exc)}")
+    st.error(f"Could not score with {criterion!r}: {session_state.error_text(exc)}")
     st.stop()
 st.plotly_chart(plots.importance_heatmap(view.layers, view.scores, view.removed, sort), width="stretch")
 st.caption(
@@ -58,7 +58,7 @@ chosen = st.multiselect("Criteria to compare", filter_criteria, default=["l1", "
 if len(chosen) >= 2:
     try:
         with st.spinner("Scoring every chosen criterion (data-driven ones take a few seconds)..."):
-            overlap, corr = session.agreement(lab, chosen, scope)
+            overlap, corr = computed.agreement(lab, chosen, scope)
         left, right = st.columns(2)
         left.plotly_chart(
             plots.agreement_matrix(chosen, overlap, "Overlap of removed filters (Jaccard)"), width="stretch"
@@ -68,28 +68,28 @@ if len(chosen) >= 2:
             width="stretch",
         )
     except Exception as exc:
-        st.error(f"Could not compare: {state.error_text(exc)}")
+        st.error(f"Could not compare: {session_state.error_text(exc)}")
 
 st.subheader("One group up close")
 layer = st.selectbox("Group (by its first layer)", view.layers)
 i = view.layers.index(layer)
 st.plotly_chart(plots.scores_bar(view.scores[i], view.removed[i], layer), width="stretch")
-members = session.coupling_rows(lab, layer)
+members = computed.coupling_rows(lab, layer)
 if members:
     st.caption("Its channels cut across: " + ", ".join(f"`{r['layer']}` ({r['part']})" for r in members) + ".")
-kernels = session.first_conv_kernels(lab)
+kernels = computed.first_conv_kernels(lab)
 if kernels is not None:
     st.plotly_chart(plots.kernel_grid(kernels[1], f"First layer ({kernels[0]}) kernels"), width="stretch")
 n = len(lab.loaded.eval_data())
 index = st.number_input("Sample image", min_value=0, max_value=n - 1, value=0)
 with st.spinner("captum Integrated Gradients on the dense and the globally pruned model..."):
-    image, dense, pruned, label = session.attribution(lab, int(index))
+    image, dense, pruned, label = computed.attribution(lab, int(index))
 st.plotly_chart(
     plots.attribution_pair(
         image,
         dense,
         pruned,
-        f"Integrated Gradients towards the true class '{label}' (global, {state.cfg().criterion}, {state.cfg().sparsity:.0%})",
+        f"Integrated Gradients towards the true class '{label}' (global, {session_state.cfg().criterion}, {session_state.cfg().sparsity:.0%})",
     ),
     width="stretch",
 )

@@ -1,7 +1,7 @@
 import pandas as pd
 import streamlit as st
 
-from prunekit.app import plots, resources, session, state
+from prunekit.app import computed, plots, server_state, session_state
 from prunekit.core.evaluate import interval_label
 from prunekit.units import compact
 
@@ -14,10 +14,10 @@ with st.expander("What am I looking at?"):
         "speeds the model up (Blalock et al.'s compression ratio vs theoretical speedup)."
     )
 with st.expander("Bundled models (offline, trained here on Fashion-MNIST)", expanded=True):
-    st.dataframe(pd.DataFrame(resources.bundled_rows()), hide_index=True, width="stretch")
-lab = state.lab()
+    st.dataframe(pd.DataFrame(server_state.bundled_rows()), hide_index=True, width="stretch")
+lab = session_state.lab()
 st.header(f"`{lab.loaded.name}`")
-session.untrained_banner(lab)
+computed.untrained_banner(lab)
 prof = lab.profile
 card = lab.loaded.card
 
@@ -86,6 +86,6 @@ st.caption(
 if st.toggle(
     "Show coupled channels", value=False, help="Traces the model's channel dependencies once (seconds on big models)."
 ):
-    session.coupling_panel(lab, "model_coupled")
+    computed.coupling_panel(lab, "model_coupled")
 with st.expander("Model card"):
     st.json(card)

@@ -1,6 +1,6 @@
 import streamlit as st
 
-from prunekit.app import overlay, plots, resources, session, state
+from prunekit.app import computed, overlay, plots, server_state, session_state
 from prunekit.app.links import SPARSITY_MAX, SPARSITY_STEP
 from prunekit.app.live import live
 from prunekit.core.importance import CRITERIA
@@ -44,15 +44,15 @@ NM_NOTE = (
 )
 cols = st.columns(len(PRESETS))
 for col, (label, values) in zip(cols, PRESETS.items(), strict=True):
-    col.button(label, on_click=state.apply_preset, kwargs=values, width="stretch")
+    col.button(label, on_click=session_state.apply_preset, kwargs=values, width="stretch")
 
-lab = state.lab()
-untrained = session.untrained_banner(lab)
+lab = session_state.lab()
+untrained = computed.untrained_banner(lab)
 if untrained:
     st.caption("Per-layer sparsities below reflect the random initialisation's scale, not learned importance.")
-c = state.cfg()
+c = session_state.cfg()
 a, b, d, e = st.columns([1, 1, 1, 1])
-structure = state.bind(
+structure = session_state.bind(
     a.radio,
     "structure",
     label="Structure",
@@ -62,20 +62,22 @@ structure = state.bind(
 )
 pattern = structure.pattern
 if pattern is not None and c.sparsity != pattern_sparsity(pattern):
-    state.apply_preset(sparsity=pattern_sparsity(pattern))  # the pattern, not the slider, sets the sparsity
+    session_state.apply_preset(sparsity=pattern_sparsity(pattern))  # the pattern, not the slider, sets the sparsity
 criteria = [n for n, crit in CRITERIA.items() if crit.supports(structure)]
 if c.criterion not in criteria:
-    state.apply_preset(criterion=criteria[0])
-state.bind(b.selectbox, "criterion", label="Criterion", options=criteria, format_func=lambda n: CRITERIA[n].title)
-state.bind(
+    session_state.apply_preset(criterion=criteria[0])
+session_state.bind(
+    b.selectbox, "criterion", label="Criterion", options=criteria, format_func=lambda n: CRITERIA[n].title
+)
+session_state.bind(
     d.selectbox,
     "normalise",
     label="Global score normalisation",
     options=list(NORMALISATIONS),
     help="; ".join(f"{k}: {k.description}" for k in NORMALISATIONS),
 )
-state.bind(e.checkbox, "keep", label="Keep first and last layer dense")
-sparsity = state.bind(
+session_state.bind(e.checkbox, "keep", label="Keep first and last layer dense")
+sparsity = session_state.bind(
     st.slider,
     "sparsity",
     label=f"Sparsity (fraction removed) of {structure.units}",
@@ -86,7 +88,7 @@ sparsity = state.bind(
 )
 if pattern is not None:
     st.info(NM_NOTE.format(structure=structure, n=pattern[0], m=pattern[1], share=pattern_sparsity(pattern)))
-    unfit = session.pattern_unfit(lab)
+    unfit = computed.pattern_unfit(lab)
     if unfit:
         st.caption(f"Dense here (the pattern does not fit them): {', '.join(f'`{n}`' for n in unfit)}.")
 st.caption(
@@ -98,7 +100,7 @@ st.caption(
     )
 )
 
-dropped = state.unknown_overrides(lab)
+dropped = session_state.unknown_overrides(lab)
 if dropped:
     st.warning(f"Ignored per-layer sparsities for {', '.join(f'`{n}`' for n in dropped)}: not layers of this model.")
 if c.overrides:
@@ -108,17 +110,17 @@ if c.overrides:
         + ", ".join(f"`{n}` {s:.0%}" for n, s in layers.items())
         + ". The slider sets every other layer."
     )
-    st.button("Clear the per-layer sparsities", on_click=state.apply_preset, kwargs={"overrides": {}})
+    st.button("Clear the per-layer sparsities", on_click=session_state.apply_preset, kwargs={"overrides": {}})
 
 try:
-    results = session.prune_both(lab)
+    results = computed.prune_both(lab)
 except Exception as exc:  # engine errors are shown on the page, never as a traceback
-    st.error(f"Could not prune: {state.error_text(exc)}")
+    st.error(f"Could not prune: {session_state.error_text(exc)}")
     st.stop()
 
 if lab.probe_unavailable:
     st.info(f"Effective sparsity and layer collapse are not shown: {lab.probe_unavailable}.")
-live("paths", lambda: session.paths_panel(lab), 0.5, any(r.paths_pending for r in results.values()))
+live("paths", lambda: computed.paths_panel(lab), 0.5, any(r.paths_pending for r in results.values()))
 for scope, r in results.items():
     if r.collapse or r.collapsed_layers:
         named = ", ".join(f"`{n}`" for n in r.collapsed_layers) or "no single layer, but every path is cut"
@@ -146,13 +148,13 @@ if offered:
 try:
     shown = overlay.results(lab, results, overlaid)
 except Exception as exc:
-    st.error(f"Could not allocate: {state.error_text(exc)}")
+    st.error(f"Could not allocate: {session_state.error_text(exc)}")
     shown = {}
-coupled = session.coupling_panel(lab, "prune_coupled") if structure.is_filter else frozenset()
+coupled = computed.coupling_panel(lab, "prune_coupled") if structure.is_filter else frozenset()
 if shown:
-    bars_key = (resources.model_key(lab), *state.cfg().key(), tuple(shown), tuple(sorted(coupled)))
+    bars_key = (server_state.model_key(lab), *session_state.cfg().key(), tuple(shown), tuple(sorted(coupled)))
     st.plotly_chart(
-        resources.figure("bars", bars_key, lambda: plots.layer_sparsity_bars(shown, coupled)),
+        server_state.figure("bars", bars_key, lambda: plots.layer_sparsity_bars(shown, coupled)),
         width="stretch",
     )
 
@@ -176,11 +178,11 @@ for col, (scope, r) in zip(cols, results.items(), strict=True):
         m4.metric("Theoretical speedup", f"{r.theoretical_speedup:.2f}x" if r.remaining_macs else "inf")
         m5.metric("Weight sparsity", f"{r.achieved_sparsity:.1%}")
         if r.paths_pending:
-            m6.metric("Effective sparsity", "measuring...", help=session.EFFECTIVE_HELP)
+            m6.metric("Effective sparsity", "measuring...", help=computed.EFFECTIVE_HELP)
         elif r.effective_sparsity is None:
             m6.metric("Effective sparsity", "n/a", help=r.probe_note)
         else:
-            m6.metric("Effective sparsity", f"{r.effective_sparsity:.1%}", help=session.EFFECTIVE_HELP)
+            m6.metric("Effective sparsity", f"{r.effective_sparsity:.1%}", help=computed.EFFECTIVE_HELP)
         st.caption(
             f"{r.nonzero_params / r.total_params:.1%} of {r.total_params:,} parameters and {r.remaining_macs / r.total_macs:.1%} of {r.total_macs:,} MACs remain."
         )
@@ -195,7 +197,7 @@ def export_buttons(bundle) -> None:
             f"most {c.max_abs_diff:.1e}."
         )
     else:
-        st.caption(state.error_text(bundle.note))
+        st.caption(session_state.error_text(bundle.note))
     cols = st.columns(len(bundle.files))
     for col, (name, data) in zip(cols, bundle.files.items(), strict=True):
         col.download_button(name, data, file_name=name, help=FILES[name], key=f"dl-{name}")
@@ -229,20 +231,20 @@ SPEED_POLL = 0.5
 
 def speed_panel() -> bool:
     """The measured latency at the slider; True while it is being measured."""
-    asked = st.session_state.get("speed_asked") == session.speed_key(lab, action_scope)
-    outcome = session.speed(lab, action_scope, measure=asked)
+    asked = st.session_state.get("speed_asked") == computed.speed_key(lab, action_scope)
+    outcome = computed.speed(lab, action_scope, measure=asked)
     left, right = st.columns([1, 2])
     left.metric("Theoretical speedup", f"{chosen.theoretical_speedup:.2f}x" if chosen.remaining_macs else "inf")
     if outcome is None and not asked:
         if left.button("Measure latency", help="Times dense, masked and compacted models in an evaluation worker."):
-            st.session_state.speed_asked = session.speed_key(lab, action_scope)
+            st.session_state.speed_asked = computed.speed_key(lab, action_scope)
             st.rerun(scope="fragment")
         return False
     if outcome is None:
         left.metric("Measured speedup", "measuring...")
         return True
     if isinstance(outcome, JobError):
-        left.error(f"Latency could not be measured: {state.error_text(outcome.message)}")
+        left.error(f"Latency could not be measured: {session_state.error_text(outcome.message)}")
         return False
     best = "compact" if "compact" in outcome.ms else "masked"
     left.metric(f"Measured speedup ({best}, batch 64)", f"{outcome.speedup(best, 64):.2f}x")
@@ -256,17 +258,17 @@ def speed_panel() -> bool:
     return False
 
 
-live("speed", speed_panel, SPEED_POLL, session.speed_pending(lab, action_scope))
+live("speed", speed_panel, SPEED_POLL, computed.speed_pending(lab, action_scope))
 
 with st.expander("Download the pruned model (masks, ratios, prune snippet, safetensors, ONNX)"):
     if st.button("Prepare the files", help="Compacts the model (filters) and exports it; a few seconds on big models."):
-        st.session_state.export_key = session.speed_key(lab, action_scope)
-    if st.session_state.get("export_key") == session.speed_key(lab, action_scope):
+        st.session_state.export_key = computed.speed_key(lab, action_scope)
+    if st.session_state.get("export_key") == computed.speed_key(lab, action_scope):
         try:
             with st.spinner("Compacting and exporting..."):
-                bundle = session.export_bundle(lab, action_scope)
+                bundle = computed.export_bundle(lab, action_scope)
         except Exception as exc:  # collapse, an unexportable op: shown, never a traceback
-            st.error(f"Could not export: {state.error_text(exc)}")
+            st.error(f"Could not export: {session_state.error_text(exc)}")
         else:
             export_buttons(bundle)
 
@@ -296,7 +298,7 @@ def _metric(slot, label: str, reading, dense=None) -> None:
 
 
 def point_panel() -> bool:
-    view = session.point_view(lab)
+    view = computed.point_view(lab)
     slots = st.columns(3)
     _metric(slots[0], "Dense", view.dense)
     for slot, (scope, reading) in zip(slots[1:], view.scopes.items(), strict=True):
@@ -313,13 +315,13 @@ def point_panel() -> bool:
 
 
 def curve_panel() -> bool:
-    view, point = session.curve_view(lab), session.point_view(lab, ask=False)
+    view, point = computed.curve_view(lab), computed.point_view(lab, ask=False)
     marks = {s: r.best for s, r in point.scopes.items()}
     more = overlay.curves(lab, overlaid) if view.points else {}
     marks |= {n: r.best for n, r in overlay.points(lab, overlaid, ask=False).items()} if more else {}
     drawn = view.curves | more
     key = (repr(drawn), sparsity, repr(marks), repr(point.dense.best))
-    fig = resources.figure("curve", key, lambda: plots.accuracy_curve(drawn, sparsity, marks, point.dense.best))
+    fig = server_state.figure("curve", key, lambda: plots.accuracy_curve(drawn, sparsity, marks, point.dense.best))
     st.plotly_chart(fig, width="stretch")
     s = view.status
     curve = (
@@ -330,66 +332,66 @@ def curve_panel() -> bool:
     )
     st.caption(
         f"Top-1 on all {len(data):,} images ({data.description}); an estimate first reads a fixed stratified subset of "
-        f"{resources.ESTIMATE_IMAGES:,}. {curve} Workers: {s.busy} of "
+        f"{server_state.ESTIMATE_IMAGES:,}. {curve} Workers: {s.busy} of "
         f"{s.alive} busy, {s.queued_live} live and {s.queued_background} background jobs queued."
     )
     return view.pending or overlay.curves_pending(more)
 
 
-session.fill_curve(lab)
+computed.fill_curve(lab)
 overlay.fill_curves(lab, overlaid)
 extra_pending = any(r.pending for r in overlay.points(lab, overlaid, ask=False).values())
 live(
     "point",
     point_panel,
-    resources.pace(state.session_id(), POINT_POLL),
-    session.point_view(lab).pending or extra_pending,
+    server_state.pace(session_state.session_id(), POINT_POLL),
+    computed.point_view(lab).pending or extra_pending,
 )
-curve_pending = session.curve_view(lab).pending or (
-    session.has_curve() and overlay.curves_pending(overlay.curves(lab, overlaid))
+curve_pending = computed.curve_view(lab).pending or (
+    computed.has_curve() and overlay.curves_pending(overlay.curves(lab, overlaid))
 )
 live("curve", curve_panel, CURVE_POLL, curve_pending)
 
 st.subheader("Recover accuracy")
-why = session.recovery_unavailable(lab)
+why = computed.recovery_unavailable(lab)
 if why:
     st.info(f"Recovery is not available: {why}.")
     st.stop()
 f1, f2, f3 = st.columns(3)
-choices = session.training_choices(lab)
+choices = computed.training_choices(lab)
 bn = f1.number_input("BatchNorm recalibration images", 0, choices[-1], min(1024, choices[-1]), step=256, help="0: skip")
 epochs = f2.number_input("Fine-tune epochs (masks held fixed)", 0.0, 10.0, 1.0, step=0.5, help="0: skip")
-train = f3.selectbox("Training images", choices, format_func=lambda n: session.train_label(n, choices))
-job = session.recover_job(lab, action_scope, Recipe(int(bn), float(epochs), None if train == choices[-1] else train))
+train = f3.selectbox("Training images", choices, format_func=lambda n: computed.train_label(n, choices))
+job = computed.recover_job(lab, action_scope, Recipe(int(bn), float(epochs), None if train == choices[-1] else train))
 
 
 def recovery_panel() -> bool:
     """The recovery at the slider; True while it runs."""
     started = st.session_state.get("recover_started") == job
-    outcome, progress = session.recovery(lab, job, start=started)
+    outcome, progress = computed.recovery(lab, job, start=started)
     if outcome is None and not started:
         st.button("Start recovery", on_click=lambda: st.session_state.update(recover_started=job))
         return False
     if isinstance(outcome, JobError):
-        st.error(f"Recovery failed: {state.error_text(outcome.message)}")
-        st.button("Try again", on_click=session.forget, args=(job,))
+        st.error(f"Recovery failed: {session_state.error_text(outcome.message)}")
+        st.button("Try again", on_click=computed.forget, args=(job,))
         return False
     shown = outcome or progress
     if outcome is None:
-        st.button("Stop", on_click=session.stop_recovery, args=(job,))
+        st.button("Stop", on_click=computed.stop_recovery, args=(job,))
         done = shown.step / shown.total_steps if shown and shown.total_steps else 0.0
         st.progress(done, text=f"Fine-tune step {shown.step if shown else 0} of {shown.total_steps if shown else '?'}")
     if shown is not None:
         recovery_metrics(shown)
         if shown.curve:
-            st.plotly_chart(session.recovery_figure({"fine-tune": shown.curve}, shown), width="stretch")
+            st.plotly_chart(computed.recovery_figure({"fine-tune": shown.curve}, shown), width="stretch")
     if outcome is not None and outcome.stopped:
         st.warning(
             f"Stopped after {outcome.step} of {outcome.total_steps} steps; the accuracies are of the model as it was."
         )
-        st.button("Run again", on_click=session.forget, args=(job,))
+        st.button("Run again", on_click=computed.forget, args=(job,))
     return outcome is None
 
 
-running = st.session_state.get("recover_started") == job and session.recovery(lab, job, False)[0] is None
+running = st.session_state.get("recover_started") == job and computed.recovery(lab, job, False)[0] is None
 live("recovery", recovery_panel, SPEED_POLL, running)

@@ -1,6 +1,6 @@
 import streamlit as st
 
-from prunekit.app import planning, plots, resources, session, state
+from prunekit.app import computed, planning, plots, server_state, session_state
 from prunekit.app.live import live
 from prunekit.core.budget import TARGETS, Target
 from prunekit.core.evaluate import interval_label
@@ -14,10 +14,10 @@ with st.expander("What am I looking at?"):
         "Layers whose accuracy barely moves can be pruned hard; sensitive ones (often the first layer and thin "
         "bottlenecks) deserve low sparsity. It is the classic way to choose per-layer sparsities before pruning for real."
     )
-lab = state.lab()
-if session.untrained_banner(lab):
+lab = session_state.lab()
+if computed.untrained_banner(lab):
     st.stop()
-c = state.cfg()
+c = session_state.cfg()
 a, b = st.columns(2)
 criterion = a.selectbox(
     "Criterion",
@@ -25,7 +25,7 @@ criterion = a.selectbox(
     format_func=lambda n: CRITERIA[n].title,
 )
 levels = b.multiselect("Sparsities", [0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99], default=[0.3, 0.5, 0.7, 0.9])
-estimate = st.toggle(f"Fast estimate (a stratified {resources.ESTIMATE_IMAGES:,}-image subset)", value=True)
+estimate = st.toggle(f"Fast estimate (a stratified {server_state.ESTIMATE_IMAGES:,}-image subset)", value=True)
 if not levels:
     st.info("Choose at least one sparsity.")
     st.stop()
@@ -54,11 +54,11 @@ def heatmap(rows) -> None:
 
 
 def scan_panel() -> bool:
-    view = session.sensitivity(lab, criterion, scan[2], estimate)
+    view = computed.sensitivity(lab, criterion, scan[2], estimate)
     for message in view.errors[:1]:
-        st.error(f"{len(view.errors)} points could not be measured; the first: {state.error_text(message)}")
+        st.error(f"{len(view.errors)} points could not be measured; the first: {session_state.error_text(message)}")
     if not view.complete:
-        where = resources.service().status().backend
+        where = server_state.service().status().backend
         st.progress(view.done / view.total, text=f"{view.done} of {view.total} points measured (on {where})...")
     elif view.rows:
         heatmap(view.rows)
@@ -67,7 +67,7 @@ def scan_panel() -> bool:
 
 live("sensitivity", scan_panel, 0.5, None if "live:sensitivity" in st.session_state else True)
 
-scanned = session.sensitivity(lab, criterion, scan[2], estimate)
+scanned = computed.sensitivity(lab, criterion, scan[2], estimate)
 if not scanned.complete or not scanned.rows:
     st.stop()
 st.subheader("A plan for a budget")
@@ -93,7 +93,7 @@ def plan_panel() -> bool:
     try:
         view = planning.plan_view(lab, criterion, scanned.rows, Target(kind, value))
     except Exception as exc:  # a grid that cannot meet the budget: said, never a traceback
-        st.warning(state.error_text(exc))
+        st.warning(session_state.error_text(exc))
         return False
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("MACs left", f"{view.macs_ratio:.1%}", help="Measured on the pruned tensors.")

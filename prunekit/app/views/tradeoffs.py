@@ -1,6 +1,6 @@
 import streamlit as st
 
-from prunekit.app import forgetting, plots, resources, session, state
+from prunekit.app import computed, forgetting, plots, server_state, session_state
 from prunekit.app.live import live
 from prunekit.core.spec import COMPARED_SCOPES
 
@@ -12,17 +12,17 @@ with st.expander("What am I looking at?"):
         "**theoretical speedup** (dense MACs / MACs of surviving weights): a compression ratio alone can flatter a "
         "method that prunes cheap layers (Blalock et al., 'What is the state of neural network pruning?')."
     )
-lab = state.lab()
-if session.untrained_banner(lab):
+lab = session_state.lab()
+if computed.untrained_banner(lab):
     st.stop()
-options = session.tradeoff_recipes()
+options = computed.tradeoff_recipes()
 chosen = st.multiselect(
     "Recipes (criterion / scope / structure)",
     list(options),
     default=["magnitude / global / unstructured", "magnitude / local / unstructured", "random / global / unstructured"],
 )
 sparsities = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
-estimate = st.toggle(f"Fast estimate (a stratified {resources.ESTIMATE_IMAGES:,}-image subset)", value=False)
+estimate = st.toggle(f"Fast estimate (a stratified {server_state.ESTIMATE_IMAGES:,}-image subset)", value=False)
 recipes = [options[label] for label in chosen]
 
 
@@ -36,19 +36,19 @@ def _missing(curves: dict) -> int:
 
 def _curves() -> dict:
     try:
-        return session.tradeoff_points(lab, recipes, sparsities, estimate)
+        return computed.tradeoff_points(lab, recipes, sparsities, estimate)
     except Exception as exc:  # engine errors are shown on the page, never as a traceback
-        st.error(f"Could not prune: {state.error_text(exc)}")
+        st.error(f"Could not prune: {session_state.error_text(exc)}")
         st.stop()
 
 
 def curves_panel() -> bool:
     curves = _curves()
-    labelled = {session.recipe_label(r): c for r, c in curves.items()}
+    labelled = {computed.recipe_label(r): c for r, c in curves.items()}
     for label, c in labelled.items():
         for message in (c["errors"] + c.get("collapse_errors", []))[:1]:
-            st.error(f"{label}: {state.error_text(message)}")
-    dense = session.dense_reading(lab, estimate).full
+            st.error(f"{label}: {session_state.error_text(message)}")
+    dense = computed.dense_reading(lab, estimate).full
     top1 = dense.top1 if dense else None
     st.plotly_chart(plots.tradeoff_curves(labelled, "sparsity", "sparsity (fraction removed)", top1), width="stretch")
     st.plotly_chart(
@@ -57,7 +57,7 @@ def curves_panel() -> bool:
     missing = _missing(curves)
     done = "all points measured" if missing <= 0 else f"{missing} points still being evaluated (filling in live)"
     subset = (
-        f"an estimate from a stratified {resources.ESTIMATE_IMAGES:,}-image subset" if estimate else "the full split"
+        f"an estimate from a stratified {server_state.ESTIMATE_IMAGES:,}-image subset" if estimate else "the full split"
     )
     st.caption(f"Accuracy on {subset}, with 95% Wilson intervals as error bars; {done}.")
     if lab.probe_unavailable:
@@ -91,7 +91,7 @@ def paired_panel() -> bool:
         st.caption("Choose two different recipes above.")
         return False
     if view.error:
-        st.error(f"The recipes could not be compared: {state.error_text(view.error)}")
+        st.error(f"The recipes could not be compared: {session_state.error_text(view.error)}")
         return False
     if view.report is None:
         st.caption("Scoring every image with both recipes in the evaluation workers...")
@@ -114,8 +114,8 @@ pair = _pair()
 live("paired", paired_panel, 0.5, pair is not None and pair.report is None and pair.error is None)
 
 st.subheader("One-shot, iterative and AGP pruning at the same final sparsity")
-c = state.cfg()
-why = session.recovery_unavailable(lab)
+c = session_state.cfg()
+why = computed.recovery_unavailable(lab)
 if why:
     st.info(f"Schedules are not compared here: {why}.")
     st.stop()
@@ -123,9 +123,9 @@ s1, s2, s3, s4 = st.columns(4)
 scope = s1.radio("Scope", list(COMPARED_SCOPES), horizontal=True, key="schedule_scope")
 epochs = s2.number_input("Fine-tune budget (epochs, shared by the steps)", 0.5, 10.0, 1.0, step=0.5)
 steps = s3.number_input("Pruning steps (iterative, AGP)", 2, 10, 3)
-choices = session.training_choices(lab)
+choices = computed.training_choices(lab)
 train = s4.selectbox(
-    "Training images", choices, format_func=lambda n: session.train_label(n, choices), key="schedule_train"
+    "Training images", choices, format_func=lambda n: computed.train_label(n, choices), key="schedule_train"
 )
 st.caption(
     f"Setting from the Prune page: {c.criterion} / {c.structure} at {c.sparsity:.0%}"
@@ -133,7 +133,7 @@ st.caption(
     "iterative prunes in equal steps; AGP (Zhu & Gupta) follows a cubic schedule that prunes most early. Each "
     "re-scores the fine-tuned weights before a step, recalibrates BatchNorm, and all three spend the same budget."
 )
-jobs = session.schedule_jobs(lab, scope, float(epochs), int(steps), None if train == choices[-1] else train)
+jobs = computed.schedule_jobs(lab, scope, float(epochs), int(steps), None if train == choices[-1] else train)
 
 
 def schedules_panel() -> bool:
@@ -141,12 +141,12 @@ def schedules_panel() -> bool:
     if not asked:
         st.button("Compare the schedules", on_click=lambda: st.session_state.update(schedules_asked=jobs))
         return False
-    view = session.schedule_view(lab, jobs)
+    view = computed.schedule_view(lab, jobs)
     st.dataframe(view.rows, hide_index=True, width="stretch")
     if view.curves:
-        st.plotly_chart(session.recovery_figure(view.curves, view.baseline), width="stretch")
+        st.plotly_chart(computed.recovery_figure(view.curves, view.baseline), width="stretch")
     return view.running
 
 
-running = st.session_state.get("schedules_asked") == jobs and session.schedule_view(lab, jobs, start=False).running
+running = st.session_state.get("schedules_asked") == jobs and computed.schedule_view(lab, jobs, start=False).running
 live("schedules", schedules_panel, 0.5, running)

@@ -12,8 +12,8 @@ import streamlit as st
 import torch
 
 from prunekit.app import plots
-from prunekit.app.resources import bundles, curve_fill_enabled, estimate_size, model_key, register, service, template
-from prunekit.app.state import cfg, error_text, session_id, spec
+from prunekit.app.server_state import bundles, curve_fill_enabled, estimate_size, model_key, register, service, template
+from prunekit.app.session_state import cfg, error_text, session_id, spec
 from prunekit.core import analysis, structure
 from prunekit.core.importance import CRITERIA
 from prunekit.core.lab import Lab, PruneResult

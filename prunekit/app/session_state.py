@@ -8,7 +8,7 @@ import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from prunekit.app import links
-from prunekit.app.resources import defaults, folder_lab, model_names, shared_lab
+from prunekit.app.server_state import defaults, folder_lab, model_names, shared_lab
 from prunekit.app.settings import Settings
 from prunekit.core.importance import CRITERIA
 from prunekit.core.lab import Lab
