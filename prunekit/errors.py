@@ -6,7 +6,7 @@ import re
 _ABSOLUTE_PATH = re.compile(r"(['\"]?)(?<![\w:/.~-])~?/(?:[\w.+@-]+/)+([\w.+@-]+)/?\1")
 
 
-def without_paths(text: str) -> str:
+def without_server_paths(text: str) -> str:
     """``text`` fit for a page: each absolute server path replaced by its last part in quotes
     (``/srv/data/val`` -> ``'val'``), so a visitor never reads the server's disk layout."""
     return _ABSOLUTE_PATH.sub(lambda m: f"'{m.group(2)}'", text)

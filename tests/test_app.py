@@ -66,15 +66,15 @@ def test_model_page_numbers_match_the_profile():
     from prunekit.core.evaluate import wilson
     from prunekit.core.profile import profile_model
     from prunekit.models import zoo
-    from prunekit.units import compact
+    from prunekit.units import short_number
 
     at = open_page("views/model.py")
     loaded = zoo.load("fmnist-cnn")
     prof = profile_model(loaded.model, (1, 28, 28))
     shown = {m.label: m for m in at.metric}
-    assert shown["Parameters"].value == compact(prof.total_params) == "105.9 k"
+    assert shown["Parameters"].value == short_number(prof.total_params) == "105.9 k"
     assert shown["Parameters"].proto.help == f"{prof.total_params:,}"
-    assert shown["MACs / image"].value == compact(prof.total_macs)
+    assert shown["MACs / image"].value == short_number(prof.total_macs)
     assert shown["MACs / image"].proto.help == f"{prof.total_macs:,}"
     card = loaded.card
     lo, hi = wilson(round(card["test_accuracy"] * card["test_images"]), card["test_images"])

@@ -13,7 +13,7 @@ from prunekit.app.settings import Settings
 from prunekit.core.importance import CRITERIA
 from prunekit.core.lab import Lab
 from prunekit.core.spec import NORMALISATIONS, STRUCTURES, PruneSpec, Scope
-from prunekit.errors import without_paths
+from prunekit.errors import without_server_paths
 
 
 def init_state() -> None:
@@ -48,7 +48,7 @@ def sync_query() -> None:
 
 def error_text(error: object) -> str:
     """An error's words for a page: the server's paths reduced to the names they end in."""
-    return without_paths(str(error))
+    return without_server_paths(str(error))
 
 
 def bind(widget: Callable, name: str, **kwargs):

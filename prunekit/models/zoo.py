@@ -20,7 +20,7 @@ from torch import nn
 
 from prunekit.core import data as core_data
 from prunekit.core.loaded import InputSpec, Loaded, ModelSpec
-from prunekit.errors import UnknownNameError, without_paths
+from prunekit.errors import UnknownNameError, without_server_paths
 from prunekit.models import datasets as data
 from prunekit.models.architectures import ARCHITECTURES
 
@@ -196,7 +196,7 @@ def _load_torchvision(name: str, download: bool = False) -> Loaded:
             model, pretrained = models.get_model(name, weights=weights), True
         except Exception as exc:  # offline download, truncated cache file: fall back to structure only
             log.warning("torchvision %s: pretrained weights could not be loaded: %s", name, exc)
-            why = without_paths(f"{type(exc).__name__}: {exc}")  # the note is shown on a page
+            why = without_server_paths(f"{type(exc).__name__}: {exc}")  # the note is shown on a page
             notes.append(f"pretrained weights could not be loaded ({why}); untrained")
     crop = int(getattr(weights.transforms, "keywords", {}).get("crop_size", 224))
     if model is None:

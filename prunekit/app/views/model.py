@@ -3,7 +3,7 @@ import streamlit as st
 
 from prunekit.app import computed, plots, server_state, session_state
 from prunekit.core.evaluate import interval_label
-from prunekit.units import compact
+from prunekit.units import short_number
 
 st.title("Where do the parameters and the compute live?")
 with st.expander("What am I looking at?"):
@@ -22,9 +22,9 @@ prof = lab.profile
 card = lab.loaded.card
 
 c1, c2, c3, c4 = st.columns(4)
-c1.metric("Parameters", compact(prof.total_params), help=f"{prof.total_params:,}")
-c2.metric("MACs / image", compact(prof.total_macs), help=f"{prof.total_macs:,}")
-c3.metric("FLOPs / image", compact(2 * prof.total_macs), help=f"{2 * prof.total_macs:,}")
+c1.metric("Parameters", short_number(prof.total_params), help=f"{prof.total_params:,}")
+c2.metric("MACs / image", short_number(prof.total_macs), help=f"{prof.total_macs:,}")
+c3.metric("FLOPs / image", short_number(2 * prof.total_macs), help=f"{2 * prof.total_macs:,}")
 acc = card.get("test_accuracy")
 c4.metric("Test accuracy (card)", f"{acc:.2%}" if acc is not None else "n/a")
 if acc is not None:

@@ -11,7 +11,7 @@ from prunekit.deploy.export import FILES
 from prunekit.deploy.recover import CURVE_IMAGES, Recipe
 from prunekit.service.jobs import JobError
 from prunekit.service.queue import CURVE_GRIDS
-from prunekit.units import compact
+from prunekit.units import short_number
 
 st.title("Global against local pruning")
 with st.expander("What am I looking at?"):
@@ -165,12 +165,12 @@ for col, (scope, r) in zip(cols, results.items(), strict=True):
         m1, m2, m3 = st.columns(3)
         m1.metric(
             "Params left",
-            compact(r.nonzero_params),
+            short_number(r.nonzero_params),
             help=f"{r.nonzero_params:,} of {r.total_params:,} ({r.nonzero_params / r.total_params:.1%})",
         )
         m2.metric(
             "MACs left",
-            compact(r.remaining_macs),
+            short_number(r.remaining_macs),
             help=f"{r.remaining_macs:,} of {r.total_macs:,} ({r.remaining_macs / r.total_macs:.1%})",
         )
         m3.metric("Compression", f"{r.compression_ratio:.2f}x")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from prunekit.errors import without_paths
+from prunekit.errors import without_server_paths
 from tests.test_app import PAGES, open_page
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,10 +55,10 @@ def test_an_untrained_torchvision_model_names_its_missing_weights_without_the_ca
 
 
 def test_without_paths_keeps_names_and_drops_folders():
-    assert without_paths("all images (/srv/a/fashion-mnist)") == "all images ('fashion-mnist')"
-    assert without_paths("folder '/data/imagenette/val' is empty") == "folder 'val' is empty"
-    assert without_paths("see https://pytorch.org/vision/stable/models.html") == (
+    assert without_server_paths("all images (/srv/a/fashion-mnist)") == "all images ('fashion-mnist')"
+    assert without_server_paths("folder '/data/imagenette/val' is empty") == "folder 'val' is empty"
+    assert without_server_paths("see https://pytorch.org/vision/stable/models.html") == (
         "see https://pytorch.org/vision/stable/models.html"
     )
-    assert without_paths("1/2 of dense / masked") == "1/2 of dense / masked"
+    assert without_server_paths("1/2 of dense / masked") == "1/2 of dense / masked"
     assert os.sep == "/"  # the server paths this guards are POSIX ones
