@@ -53,6 +53,10 @@ class ProbeUnsupportedError(PrunekitError, NotImplementedError):
         )
 
 
+class ExportError(PrunekitError, RuntimeError):
+    """The model cannot be written in a format asked for (an operation the ONNX exporter does not know)."""
+
+
 class CompactionError(PrunekitError, ValueError):
     """No compact model can be built for this allocation (the sentence says why); the masked one stands."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -49,6 +50,15 @@ class TinyResNet(nn.Module):
         y = torch.relu(self.bn_dw(self.dw(y)))
         y = self.bn2(self.conv2(y)) + self.bn_s(self.short(x))
         return self.fc(torch.relu(y).mean((2, 3)))
+
+
+ROOT = Path(__file__).resolve().parent.parent
+APP_SCRIPT = str(ROOT / "prunekit" / "app" / "main.py")  # the script every session runs (app.py serves it)
+
+
+def page(name: str) -> str:
+    """The page file ``name`` (``pages/NAME.py`` at the top of the checkout), as AppTest.switch_page takes it."""
+    return str(ROOT / "pages" / f"{name}.py")
 
 
 def seeded(cls: type[nn.Module], seed: int = 0) -> nn.Module:

@@ -8,17 +8,17 @@ from streamlit.testing.v1 import AppTest
 
 from prunekit.app.links import decode_overrides
 from prunekit.core.spec import Allocation, PruneSpec
-from tests.helpers import wait_until
+from tests.helpers import page, wait_until
 
 APP = str(Path(__file__).resolve().parent.parent / "prunekit" / "app" / "main.py")
 
 PAGES = [
-    "views/model.py",
-    "views/prune.py",
-    "views/importance.py",
-    "views/sensitivity.py",
-    "views/tradeoffs.py",
-    "views/forget.py",
+    page("model"),
+    page("prune"),
+    page("importance"),
+    page("sensitivity"),
+    page("tradeoffs"),
+    page("forget"),
 ]
 TIMEOUT = 240
 
@@ -30,10 +30,10 @@ def app(query: dict | None = None) -> AppTest:
     return at
 
 
-def open_page(page: str, query: dict | None = None) -> AppTest:
+def open_page(path: str, query: dict | None = None) -> AppTest:
     at = app(query).run()
-    if page != "views/model.py":
-        at.switch_page(page).run()
+    if path != page("model"):
+        at.switch_page(path).run()
     assert not at.exception, at.exception
     return at
 
@@ -68,7 +68,7 @@ def test_model_page_numbers_match_the_profile():
     from prunekit.models import zoo
     from prunekit.units import short_number
 
-    at = open_page("views/model.py")
+    at = open_page(page("model"))
     loaded = zoo.load("fmnist-cnn")
     prof = profile_model(loaded.model, (1, 28, 28))
     shown = {m.label: m for m in at.metric}
@@ -97,7 +97,7 @@ def _layer_bars(at: AppTest):
 
 
 def test_slider_changes_layer_sparsities_and_accuracy():
-    at = settle(open_page("views/prune.py"))
+    at = settle(open_page(page("prune")))
     before = _layer_bars(at)
     acc_before = metric(at, "Global at")
     settle(at.slider(key="w_sparsity").set_value(0.9).run())
@@ -110,7 +110,7 @@ def test_slider_changes_layer_sparsities_and_accuracy():
 
 
 def test_a_two_four_pattern_fixes_the_slider_and_says_why_there_is_no_speedup():
-    at = settle(open_page("views/prune.py", {"structure": "2:4", "sparsity": "0.8"}))
+    at = settle(open_page(page("prune"), {"structure": "2:4", "sparsity": "0.8"}))
     slider = at.slider(key="w_sparsity")
     assert slider.value == pytest.approx(0.5) and slider.proto.disabled
     note = next(i.value for i in at.info if i.value.startswith("**2:4:**"))
@@ -128,7 +128,7 @@ def test_the_five_allocations_overlay_on_fmnist_vgg_at_70_percent():
     from prunekit.core.spec import ALLOCATIONS, PruneConfig
     from prunekit.models import zoo
 
-    at = open_page("views/prune.py", {"model": "fmnist-vgg", "sparsity": "0.7"})
+    at = open_page(page("prune"), {"model": "fmnist-vgg", "sparsity": "0.7"})
     picker = at.multiselect(key="overlay:unstructured")
     assert picker.value == ["global", "local"]  # the page's own pair unless asked for more
     picker.set_value(list(ALLOCATIONS)).run()
@@ -156,7 +156,7 @@ def test_an_overlaid_allocations_accuracy_is_its_pruned_models():
     from prunekit.core.spec import PruneConfig
     from prunekit.models import zoo
 
-    at = open_page("views/prune.py", {"sparsity": "0.9"})
+    at = open_page(page("prune"), {"sparsity": "0.9"})
     at.multiselect(key="overlay:unstructured").set_value(["global", "local", "lamp"]).run()
     settle(at)
     pruner = Lab(zoo.load("fmnist-cnn")).pruner(
@@ -175,7 +175,7 @@ def test_the_forgetting_page_shows_which_classes_lost_most_and_the_flipped_image
     from prunekit.core.spec import PruneConfig
     from prunekit.models import zoo
 
-    at = open_page("views/forget.py", {"sparsity": "0.9"})
+    at = open_page(page("forget"), {"sparsity": "0.9"})
     wait_until(lambda: any("exact test" in m.value for m in at.run().markdown), what="the forgetting panel")
     assert not at.exception, at.exception
     lab = Lab(zoo.load("fmnist-cnn"))
@@ -209,7 +209,7 @@ def test_tradeoffs_says_whether_one_recipe_really_beats_the_other():
     from prunekit.core.spec import PruneConfig
     from prunekit.models import zoo
 
-    at = open_page("views/tradeoffs.py")
+    at = open_page(page("tradeoffs"))
     wait_until(lambda: any("exact test at 70%" in m.value for m in at.run().markdown), what="the paired test")
     lab = Lab(zoo.load("fmnist-cnn"))
     data = lab.loaded.eval_data()
@@ -231,13 +231,13 @@ def test_choosing_a_layer_shows_what_is_pruned_with_it():
 
     lab = Lab(zoo.load("fmnist-resnet"))
     tied = next(c for c in lab.clusters if len(c.producers()) > 1)
-    at = open_page("views/model.py", {"model": "fmnist-resnet"})
+    at = open_page(page("model"), {"model": "fmnist-resnet"})
     at.toggle[-1].set_value(True).run()
     at.selectbox(key="model_coupled").set_value(tied.root).run()
     assert not at.exception, at.exception
     assert {row["layer"] for row in at.dataframe[-1].value.to_dict("records")} == tied.layers()
     assert any("go together" in m.value for m in at.markdown)
-    at = open_page("views/prune.py", {"model": "fmnist-resnet", "structure": "filter", "criterion": "l1"})
+    at = open_page(page("prune"), {"model": "fmnist-resnet", "structure": "filter", "criterion": "l1"})
     at.selectbox(key="prune_coupled").set_value(tied.root).run()
     import json
 
@@ -248,7 +248,7 @@ def test_choosing_a_layer_shows_what_is_pruned_with_it():
 
 
 def test_collapse_preset_shows_the_warning():
-    at = open_page("views/prune.py")
+    at = open_page(page("prune"))
     at.button[0].click().run()
     assert not at.exception
     warnings = [w.value for w in at.warning]
@@ -258,7 +258,7 @@ def test_collapse_preset_shows_the_warning():
 
 def test_bad_query_string_falls_back_with_a_notice():
     at = open_page(
-        "views/model.py", {"model": "nosuchnet", "sparsity": "7", "criterion": "l1", "structure": "unstructured"}
+        page("model"), {"model": "nosuchnet", "sparsity": "7", "criterion": "l1", "structure": "unstructured"}
     )
     notes = " ".join(w.value for w in at.warning)
     assert "nosuchnet" in notes and "'7'" in notes
@@ -266,9 +266,7 @@ def test_bad_query_string_falls_back_with_a_notice():
 
 
 def test_query_string_reopens_the_same_view():
-    at = open_page(
-        "views/prune.py", {"model": "fmnist-cnn", "sparsity": "0.8", "structure": "filter", "criterion": "l2"}
-    )
+    at = open_page(page("prune"), {"model": "fmnist-cnn", "sparsity": "0.8", "structure": "filter", "criterion": "l2"})
     assert at.slider(key="w_sparsity").value == pytest.approx(0.8)
     assert at.selectbox(key="w_criterion").value == "l2"
     assert not at.warning or all("collapse" in w.value for w in at.warning)
@@ -277,7 +275,7 @@ def test_query_string_reopens_the_same_view():
 def test_model_page_lists_bundled_models_with_accuracies():
     from prunekit.models import zoo
 
-    at = open_page("views/model.py")
+    at = open_page(page("model"))
     table = at.dataframe[0].value
     assert list(table["model"]) == list(zoo.BUNDLED)
     for name, acc in zip(table["model"], table["test top-1 (10k)"], strict=True):
@@ -286,14 +284,14 @@ def test_model_page_lists_bundled_models_with_accuracies():
 
 def test_untrained_model_shows_banner_and_no_accuracy(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    at = open_page("views/prune.py", {"model": "resnet18", "sparsity": "0.3"})
+    at = open_page(page("prune"), {"model": "resnet18", "sparsity": "0.3"})
     assert any("Untrained" in e.value for e in at.error)
     assert not [m for m in at.metric if m.label.startswith("Dense")]
 
 
 def test_attention_model_says_collapse_detection_is_not_available(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    at = open_page("views/prune.py", {"model": "swin_t", "sparsity": "0.5"})
+    at = open_page(page("prune"), {"model": "swin_t", "sparsity": "0.5"})
     assert any("collapse detection is not available for this model" in i.value for i in at.info)
     effective = [m for m in at.metric if m.label == "Effective sparsity"]
     assert len(effective) == 2 and all(m.value == "n/a" for m in effective)
@@ -305,7 +303,7 @@ def test_upload_panel_says_which_mode_the_server_is_in(monkeypatch, trusted):
         monkeypatch.setenv("PRUNEKIT_TRUSTED_UPLOADS", "1")
     else:
         monkeypatch.delenv("PRUNEKIT_TRUSTED_UPLOADS", raising=False)
-    at = open_page("views/model.py")
+    at = open_page(page("model"))
     texts = [w.value for w in at.sidebar.warning] + [c.value for c in at.sidebar.caption]
     assert any(t.startswith("**Trusted mode**" if trusted else "Safe mode") for t in texts), texts
     from prunekit.models import zoo
@@ -324,8 +322,8 @@ def _in_process_top1(sparsity: float, scope: str) -> float:
 
 
 def test_two_sessions_at_different_positions_each_see_their_own_numbers():
-    a = open_page("views/prune.py", {"sparsity": "0.6"})
-    b = open_page("views/prune.py", {"sparsity": "0.85"})
+    a = open_page(page("prune"), {"sparsity": "0.6"})
+    b = open_page(page("prune"), {"sparsity": "0.85"})
     settle(a), settle(b)
     for at, s in ((a, 0.6), (b, 0.85)):
         for scope in ("global", "local"):
@@ -351,7 +349,7 @@ def _curve_points(at: AppTest) -> dict[str, dict[float, float]]:
 
 def test_accuracy_curve_fills_in_with_true_numbers(monkeypatch):
     monkeypatch.setenv("PRUNEKIT_CURVE_FILL", "1")
-    at = settle(open_page("views/prune.py", {"sparsity": "0.5"}))
+    at = settle(open_page(page("prune"), {"sparsity": "0.5"}))
     coarse = lambda: all({0.0, 0.3, 0.9} <= set(c) for c in _curve_points(at).values())  # noqa: E731 - 0.1 grid first
     wait_until(coarse, step=lambda: rerun(at), what="the coarse curve")
     curves = _curve_points(at)
@@ -367,7 +365,7 @@ def test_sensitivity_scan_runs_as_service_jobs_and_shows_what_they_measured():
     from prunekit.service.fanout import Backend, run_jobs, sensitivity_jobs, sensitivity_rows
     from prunekit.service.jobs import EvalJob
 
-    at = open_page("views/sensitivity.py")
+    at = open_page(page("sensitivity"))
     at.multiselect[0].set_value([0.5, 0.9]).run()
     at.button[0].click().run()
     wait_until(lambda: any("Most sensitive" in m.value for m in at.markdown), step=lambda: rerun(at), what="the scan")
@@ -402,7 +400,7 @@ def test_sensitivity_scan_runs_as_service_jobs_and_shows_what_they_measured():
 
 def test_a_plans_share_link_opens_the_prune_page_with_its_per_layer_sparsities():
     query = {"sparsity": "0.0", "overrides": "features.3:0.6,classifier.1:0.9,no.such.layer:0.5,bad"}
-    at = open_page("views/prune.py", query)
+    at = open_page(page("prune"), query)
     assert any("`no.such.layer`: not layers of this model" in w.value for w in at.warning)
     bars = _layer_bars(at)
     expected = [0.0, 60.0, 90.0, 0.0]  # features.0, features.3, classifier.1, classifier.3
@@ -422,7 +420,7 @@ def test_effective_sparsity_measured_apart_arrives_on_the_page(monkeypatch):
     from prunekit.models import zoo
 
     monkeypatch.setattr(Lab, "paths_inline", property(lambda self: False))
-    at = open_page("views/prune.py", {"sparsity": "0.83"})
+    at = open_page(page("prune"), {"sparsity": "0.83"})
     assert [m.value for m in at.metric if m.label == "Effective sparsity"] == ["measuring..."] * 2  # a new position
     wait_until(lambda: all(m.value != "measuring..." for m in at.metric), at.run, "the path test lands")
     assert not at.exception, at.exception

@@ -8,6 +8,7 @@ from PIL import Image
 
 from prunekit.app import server_state
 from prunekit.models import datasets, zoo
+from tests.helpers import page
 from tests.test_app import metric, open_page, settle
 
 PER_CLASS = 6
@@ -40,7 +41,7 @@ def _by_hand(root) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_a_session_evaluates_on_the_servers_folder(folder):
-    at = open_page("views/prune.py", {"model": "fmnist-cnn", "sparsity": "0.5"})
+    at = open_page(page("prune"), {"model": "fmnist-cnn", "sparsity": "0.5"})
     at.toggle(key="w_folder").set_value(True).run()
     settle(at)
     images, labels = _by_hand(folder)
@@ -56,7 +57,7 @@ def test_a_folder_that_does_not_fit_the_model_is_said_so_and_not_used(tmp_path, 
         (tmp_path / name).mkdir()
         Image.new("L", (28, 28)).save(tmp_path / name / "x.png")
     monkeypatch.setenv(server_state.EVAL_FOLDER_ENV, str(tmp_path))
-    at = open_page("views/prune.py", {"model": "fmnist-cnn", "sparsity": "0.5"})
+    at = open_page(page("prune"), {"model": "fmnist-cnn", "sparsity": "0.5"})
     at.toggle(key="w_folder").set_value(True).run()
     assert not at.exception
     assert any("has 2 class folders but the model predicts 10 classes" in w.value for w in at.sidebar.warning)

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from tests.helpers import wait_until
+from tests.helpers import page, wait_until
 from tests.test_app import metric, open_page, rerun
 
 FILTERS = {"model": "fmnist-vgg", "structure": "filter", "criterion": "l1", "sparsity": "0.5", "normalise": "mean"}
@@ -17,7 +17,7 @@ def _rerun_until(at, done):
 
 
 def test_measured_speed_sits_beside_the_theoretical_one():
-    at = open_page("views/prune.py", FILTERS)
+    at = open_page(page("prune"), FILTERS)
     assert metric(at, "Theoretical speedup").endswith("x")
     next(b for b in at.button if b.label == "Measure latency").click().run()
     at = _rerun_until(at, lambda a: any(m.label.startswith("Measured speedup (compact") for m in a.metric))
@@ -30,14 +30,14 @@ def test_measured_speed_sits_beside_the_theoretical_one():
 
 
 def test_unstructured_speed_says_why_it_is_about_one():
-    at = open_page("views/prune.py", {"model": "fmnist-cnn", "sparsity": "0.7"})
+    at = open_page(page("prune"), {"model": "fmnist-cnn", "sparsity": "0.7"})
     next(b for b in at.button if b.label == "Measure latency").click().run()
     at = _rerun_until(at, lambda a: any(m.label.startswith("Measured speedup (masked") for m in a.metric))
     assert any("the measured speedup is about 1x" in i.value for i in at.info)
 
 
 def test_export_offers_the_five_files_and_states_the_compaction_check():
-    at = open_page("views/prune.py", FILTERS)
+    at = open_page(page("prune"), FILTERS)
     next(b for b in at.button if b.label == "Prepare the files").click().run()
     assert not at.exception, at.exception
     names = [b.proto.label for b in at.get("download_button")]
@@ -46,7 +46,7 @@ def test_export_offers_the_five_files_and_states_the_compaction_check():
 
 
 def test_recovery_runs_in_the_workers_and_shows_every_stage():
-    at = open_page("views/prune.py", FILTERS | {"model": "fmnist-resnet"})
+    at = open_page(page("prune"), FILTERS | {"model": "fmnist-resnet"})
     at.number_input[1].set_value(0.5).run()  # half an epoch of 10,000 images: ~40 steps
     next(b for b in at.button if b.label == "Start recovery").click().run()
     at = _rerun_until(at, lambda a: any(m.label == "Fine-tuned" and m.value != "..." for m in a.metric))
@@ -58,7 +58,7 @@ def test_recovery_runs_in_the_workers_and_shows_every_stage():
 
 def test_tradeoffs_compares_one_shot_iterative_and_agp_at_one_budget():
     query = {"model": "fmnist-cnn", "structure": "filter", "criterion": "l1", "sparsity": "0.5", "normalise": "mean"}
-    at = open_page("views/tradeoffs.py", query)
+    at = open_page(page("tradeoffs"), query)
     at.number_input[0].set_value(0.5).run()
     next(b for b in at.button if b.label == "Compare the schedules").click().run()
     at = _rerun_until(at, lambda a: list(a.dataframe[-1].value["status"]) == ["done"] * 3)

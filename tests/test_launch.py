@@ -18,6 +18,7 @@ from prunekit.core.spec import Allocation, PruneSpec
 from prunekit.models import custom
 from prunekit.service.fanout import Backend, run_jobs, sweep_jobs
 from prunekit.service.jobs import EvalJob
+from tests.helpers import page
 from tests.test_app import APP, metric, settle
 from tests.test_browser import CHROMIUM, _browser
 
@@ -81,13 +82,13 @@ def test_every_page_opens_on_the_launched_model_and_its_accuracy_comes_from_a_wo
     assert at.selectbox(key="w_model").value == NAME
     layers = at.dataframe[1].value["layer"].tolist()  # [0] is the bundled models' table
     assert layers == ["stem", "grouped", "head"]
-    at.switch_page("views/prune.py").run()
+    at.switch_page(page("prune")).run()
     settle(at)
     assert metric(at, "Dense") == f"{_independent_top1(model, images, labels, 0.0):.2%}"
     assert metric(at, "Global at 50%") == f"{_independent_top1(model, images, labels, 0.5):.2%}"
-    for page in ("views/importance.py", "views/sensitivity.py", "views/tradeoffs.py"):
-        at.switch_page(page).run()
-        assert not at.exception, (page, at.exception)
+    for name in (page("importance"), page("sensitivity"), page("tradeoffs")):
+        at.switch_page(name).run()
+        assert not at.exception, (name, at.exception)
 
 
 @pytest.mark.xdist_group("ray")

@@ -7,7 +7,7 @@ from pathlib import Path
 import prunekit
 
 PACKAGE = Path(prunekit.__file__).parent
-LAYERS = {"errors": 0, "units": 0, "core": 1, "models": 2, "deploy": 3, "service": 4, "tasks": 5, "app": 6, "cli": 6}
+LAYERS = {"errors": 0, "units": 0, "shipped": 0, "core": 1, "models": 2, "deploy": 3, "service": 4, "tasks": 5, "app": 6, "cli": 6}
 TOP = {"__init__", "__main__"}  # the public API and `python -m prunekit` may import anything
 
 

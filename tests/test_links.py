@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from prunekit.app.links import LinkSchema, decode_overrides, encode_overrides, parse_link, shown
+from tests.helpers import page
 from tests.test_app import PAGES, app
 
 DEFAULTS = {"model": "m1", "criterion": "c1", "structure": "s1", "sparsity": 0.5, "keep": False, "normalise": "none"}
@@ -120,16 +121,16 @@ def _link_notices(at) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page", PAGES)
+@pytest.mark.parametrize("path", PAGES)
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(link=app_links)
 @example(link={"sparsity": "0.999999"})
 @example(link={"sparsity": "1e309", "model": "<b>x</b>", "criterion": "nope", "keep": "yes"})
-def test_random_links_never_raise_on_any_page(page, link):
+def test_random_links_never_raise_on_any_page(path, link):
     at = app(link).run()
     notices = _link_notices(at)
-    if page != "views/model.py":
-        at.switch_page(page).run()
+    if path != page("model"):
+        at.switch_page(path).run()
     assert not at.exception, (link, at.exception)
     rejected = [n for n, raw in link.items() if not _app_accepted(n, raw)]
     assert len(notices) == len(rejected), (link, notices)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from prunekit.errors import without_server_paths
+from tests.helpers import page
 from tests.test_app import PAGES, open_page
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +48,7 @@ def test_no_page_shows_a_server_path(page):
 @pytest.mark.slow
 def test_an_untrained_torchvision_model_names_its_missing_weights_without_the_cache_path(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    at = open_page("views/model.py", {"model": "resnet18"})
+    at = open_page(page("model"), {"model": "resnet18"})
     text = _page_text(at)
     assert "resnet18-" in text and "torch hub cache" in text  # the file it lacks, by name
     _assert_no_path(text, "model page, resnet18")

@@ -24,6 +24,7 @@ from prunekit.service.fanout import Backend, run_jobs, sensitivity_jobs, sweep_j
 from prunekit.service.jobs import EvalJob
 from prunekit.service.raypool import RayPool
 from prunekit.service.store import ResultStore
+from tests.helpers import page
 from tests.lost_cluster import head_pids
 
 pytestmark = pytest.mark.xdist_group("ray")  # one Ray instance at a time, on one xdist worker
@@ -241,7 +242,7 @@ def test_the_app_runs_the_sensitivity_scan_on_ray(app_on):
 
     server_state = app_on("local")
     at = AppTest.from_file(str(ROOT / "prunekit" / "app" / "main.py"), default_timeout=240).run()
-    at.switch_page("views/sensitivity.py").run()
+    at.switch_page(page("sensitivity")).run()
     progress = _sensitivity_scan(at)
     assert not at.error, [e.value for e in at.error]
     assert server_state.service().status().backend.startswith("a private Ray instance")
@@ -255,7 +256,7 @@ def test_the_app_says_once_that_the_cluster_is_unreachable_and_works_locally(app
     port = _free_port()
     app_on(f"127.0.0.1:{port}")
     at = AppTest.from_file(str(ROOT / "prunekit" / "app" / "main.py"), default_timeout=240).run()
-    at.switch_page("views/sensitivity.py").run()
+    at.switch_page(page("sensitivity")).run()
     assert [e.value for e in at.error] == [
         f"no Ray cluster answers at '127.0.0.1:{port}'; evaluations run on local worker processes instead"
     ]

@@ -1,20 +1,31 @@
-"""prunekit: a browser lab for neural-network pruning. Run with ``./dev app``."""
+"""prunekit: a browser lab for neural-network pruning. ``streamlit run app.py`` (the checkout's top level) or
+``./dev app`` serves it; this is the script every session runs: the sidebar, then the page asked for.
+
+The page files are the top-level ``pages/`` folder (inside the package once installed). They are listed here by
+``st.navigation`` rather than found by Streamlit's older ``pages/``-beside-the-main-script convention: this
+script's own folder has no ``pages/``, so a direct link to any page runs through this script and its sidebar.
+"""
 
 import streamlit as st
 
 from prunekit.app import session_state, sidebar
+from prunekit.shipped import folder
+
+PAGES = folder("pages")
 
 st.set_page_config(page_title="prunekit", page_icon="✂️", layout="wide")
 sidebar.sidebar()
-pages = [
-    st.Page("views/model.py", title="Model", icon="🔎", default=True, url_path="model"),
-    st.Page("views/prune.py", title="Prune", icon="✂️", url_path="prune"),
-    st.Page("views/importance.py", title="Filter importance", icon="🌡️", url_path="importance"),
-    st.Page("views/sensitivity.py", title="Sensitivity", icon="📉", url_path="sensitivity"),
-    st.Page("views/tradeoffs.py", title="Trade-offs", icon="⚖️", url_path="tradeoffs"),
-    st.Page("views/forget.py", title="Forgetting", icon="🧩", url_path="forget"),
-]
-page = st.navigation(pages)
+page = st.navigation(
+    [
+        st.Page(PAGES / "model.py", title="Model", icon="🔎", default=True, url_path="model"),
+        st.Page(PAGES / "prune.py", title="Prune", icon="✂️", url_path="prune"),
+        st.Page(PAGES / "importance.py", title="Filter importance", icon="🌡️", url_path="importance"),
+        st.Page(PAGES / "sensitivity.py", title="Sensitivity", icon="📉", url_path="sensitivity"),
+        st.Page(PAGES / "tradeoffs.py", title="Trade-offs", icon="⚖️", url_path="tradeoffs"),
+        st.Page(PAGES / "forget.py", title="Forgetting", icon="🧩", url_path="forget"),
+    ]
+)
 sidebar.show_notices()
-page.run()
+with session_state.reported("This page cannot be shown"):  # typed errors only: a bug fails loudly (and in AppTest)
+    page.run()
 session_state.sync_query()

@@ -1,19 +1,39 @@
-"""A session's settings: read once from the URL (a share link), kept across pages, written back to the URL."""
+"""A session's settings: read once from the URL (a share link), kept across pages, written back to the URL;
+and the context a page's panels draw from (:class:`PageContext`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from prunekit.app import links
-from prunekit.app.server_state import defaults, folder_lab, model_names, shared_lab
+from prunekit.app.server_state import defaults, folder_lab, model_names, service, shared_lab
 from prunekit.app.settings import Settings
 from prunekit.core.importance import CRITERIA
 from prunekit.core.lab import Lab
 from prunekit.core.spec import NORMALISATIONS, STRUCTURES, PruneSpec, Scope
-from prunekit.errors import without_server_paths
+from prunekit.errors import PrunekitError, without_server_paths
+from prunekit.service.evaluation import EvalService
+
+
+@dataclass(frozen=True)
+class PageContext:
+    """What a page's panels draw from: the session's lab and settings (the same object the widgets write to),
+    the evaluation service, and the session's id (its requests replace each other there)."""
+
+    lab: Lab
+    settings: Settings
+    service: EvalService
+    session: str
+
+
+def context() -> PageContext:
+    """The context of this run of the page (call after the sidebar has settled the model)."""
+    return PageContext(lab(), cfg(), service(), session_id())
 
 
 def init_state() -> None:
@@ -49,6 +69,16 @@ def sync_query() -> None:
 def error_text(error: object) -> str:
     """An error's words for a page: the server's paths reduced to the names they end in."""
     return without_server_paths(str(error))
+
+
+@contextlib.contextmanager
+def reported(what: str, show: Callable[[str], object] = st.error) -> Iterator[None]:
+    """Show a :class:`PrunekitError` raised inside as ``what: message`` where the panel stands, and go on with
+    the rest of the page (``app/main.py`` does the same around the whole page). Bugs are not caught."""
+    try:
+        yield
+    except PrunekitError as exc:
+        show(f"{what}: {error_text(exc)}")
 
 
 def bind(widget: Callable, name: str, **kwargs):

@@ -19,7 +19,7 @@ from prunekit.core.compact import Compacted
 from prunekit.core.lab import Pruner, PruneResult
 from prunekit.core.spec import PruneConfig, PruneSpec
 from prunekit.deploy.latency import UNSTRUCTURED_NOTE, LatencyConfig, measure
-from prunekit.errors import CompactionError
+from prunekit.errors import CompactionError, ExportError
 
 FILES = {  # name -> what it holds
     "masks.pt": "keep masks by parameter name (torch.load(..., weights_only=True))",
@@ -181,16 +181,19 @@ def onnx_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
         # The TorchScript-based exporter writes one self-contained file and needs no onnxscript.
         warnings.simplefilter("ignore", DeprecationWarning)
         path = Path(tmp) / "model.onnx"
-        torch.onnx.export(
-            cpu,
-            (torch.zeros(1, *input_shape),),
-            str(path),
-            input_names=["images"],
-            output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
+        try:
+            torch.onnx.export(
+                cpu,
+                (torch.zeros(1, *input_shape),),
+                str(path),
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
+        except Exception as exc:  # the exporter's own failures (an unknown op, a traced branch): say which
+            raise ExportError(f"the model cannot be exported to ONNX ({type(exc).__name__}: {exc})") from exc
         return path.read_bytes()
 
 

@@ -1,28 +1,30 @@
+"""The Prune page: global against local pruning at one sparsity, its accuracy, speed, export and recovery."""
+
+from functools import partial
+
 import streamlit as st
 
 from prunekit.app import computed, overlay, plots, server_state, session_state
 from prunekit.app.links import SPARSITY_MAX, SPARSITY_STEP
 from prunekit.app.live import live
+from prunekit.app.session_state import PageContext, reported
 from prunekit.core.importance import CRITERIA
-from prunekit.core.lab import CALIBRATION_IMAGES
+from prunekit.core.lab import CALIBRATION_IMAGES, PruneResult
 from prunekit.core.nm import pattern_sparsity
-from prunekit.core.spec import ALLOCATIONS, COMPARED_SCOPES, NORMALISATIONS, STRUCTURES, Normalisation, Structure
+from prunekit.core.spec import (
+    ALLOCATIONS,
+    COMPARED_SCOPES,
+    NORMALISATIONS,
+    STRUCTURES,
+    Normalisation,
+    Scope,
+    Structure,
+)
 from prunekit.deploy.export import FILES
 from prunekit.deploy.recover import CURVE_IMAGES, Recipe
 from prunekit.service.jobs import JobError
 from prunekit.service.queue import CURVE_GRIDS
 from prunekit.units import short_number
-
-st.title("Global against local pruning")
-with st.expander("What am I looking at?"):
-    st.markdown(
-        "**Local** pruning removes the same fraction from every layer. **Global** pruning ranks all weights (or "
-        "filters) of the network together and removes everything under one threshold, so layers with small scores "
-        "lose more, and at high sparsity a whole layer can vanish: **layer collapse** (Tanaka et al., SynFlow). "
-        "Unstructured pruning zeroes single weights (smaller file, no speed-up on dense hardware); filter pruning "
-        "removes whole channels, with the next layer's input kernels and the BatchNorm entries, which real hardware "
-        "can turn into speed. *Effective sparsity* also counts weights that are non-zero but on no input-output path."
-    )
 
 PRESETS = {
     "Watch global filter pruning collapse a layer": dict(
@@ -42,202 +44,210 @@ NM_NOTE = (
     "dense. No speedup on this CPU: sparse tensor cores need recent NVIDIA GPUs and large half-precision "
     'matrices (PyTorch #111339 measured a 0.11x "speedup" at batch 1).'
 )
-cols = st.columns(len(PRESETS))
-for col, (label, values) in zip(cols, PRESETS.items(), strict=True):
-    col.button(label, on_click=session_state.apply_preset, kwargs=values, width="stretch")
-
-lab = session_state.lab()
-untrained = computed.untrained_banner(lab)
-if untrained:
-    st.caption("Per-layer sparsities below reflect the random initialisation's scale, not learned importance.")
-c = session_state.cfg()
-a, b, d, e = st.columns([1, 1, 1, 1])
-structure = session_state.bind(
-    a.radio,
-    "structure",
-    label="Structure",
-    options=list(STRUCTURES),
-    horizontal=True,
-    format_func=lambda s: s.label,
-)
-pattern = structure.pattern
-if pattern is not None and c.sparsity != pattern_sparsity(pattern):
-    session_state.apply_preset(sparsity=pattern_sparsity(pattern))  # the pattern, not the slider, sets the sparsity
-criteria = [n for n, crit in CRITERIA.items() if crit.supports(structure)]
-if c.criterion not in criteria:
-    session_state.apply_preset(criterion=criteria[0])
-session_state.bind(
-    b.selectbox, "criterion", label="Criterion", options=criteria, format_func=lambda n: CRITERIA[n].title
-)
-session_state.bind(
-    d.selectbox,
-    "normalise",
-    label="Global score normalisation",
-    options=list(NORMALISATIONS),
-    help="; ".join(f"{k}: {k.description}" for k in NORMALISATIONS),
-)
-session_state.bind(e.checkbox, "keep", label="Keep first and last layer dense")
-sparsity = session_state.bind(
-    st.slider,
-    "sparsity",
-    label=f"Sparsity (fraction removed) of {structure.units}",
-    min_value=0.0,
-    max_value=SPARSITY_MAX,
-    step=SPARSITY_STEP,
-    disabled=pattern is not None,
-)
-if pattern is not None:
-    st.info(NM_NOTE.format(structure=structure, n=pattern[0], m=pattern[1], share=pattern_sparsity(pattern)))
-    unfit = computed.pattern_unfit(lab)
-    if unfit:
-        st.caption(f"Dense here (the pattern does not fit them): {', '.join(f'`{n}`' for n in unfit)}.")
-st.caption(
-    CRITERIA[c.criterion].description
-    + (
-        f" Calibration: the last {CALIBRATION_IMAGES} images of the evaluation set."
-        if CRITERIA[c.criterion].needs_data
-        else ""
-    )
-)
-
-dropped = session_state.unknown_overrides(lab)
-if dropped:
-    st.warning(f"Ignored per-layer sparsities for {', '.join(f'`{n}`' for n in dropped)}: not layers of this model.")
-if c.overrides:
-    layers = c.overrides
-    st.info(
-        f"**Per-layer sparsities from the link** for {len(layers)} layers (a plan's): "
-        + ", ".join(f"`{n}` {s:.0%}" for n, s in layers.items())
-        + ". The slider sets every other layer."
-    )
-    st.button("Clear the per-layer sparsities", on_click=session_state.apply_preset, kwargs={"overrides": {}})
-
-try:
-    results = computed.prune_both(lab)
-except Exception as exc:  # engine errors are shown on the page, never as a traceback
-    st.error(f"Could not prune: {session_state.error_text(exc)}")
-    st.stop()
-
-if lab.probe_unavailable:
-    st.info(f"Effective sparsity and layer collapse are not shown: {lab.probe_unavailable}.")
-live("paths", lambda: computed.paths_panel(lab), 0.5, any(r.paths_pending for r in results.values()))
-for scope, r in results.items():
-    if r.collapse or r.collapsed_layers:
-        named = ", ".join(f"`{n}`" for n in r.collapsed_layers) or "no single layer, but every path is cut"
-        st.warning(
-            f"**{scope.title()}: layer collapse.** "
-            + ("No input-output path survives. " if r.collapse else "")
-            + f"Fully pruned: {named}."
-        )
-if structure.is_filter:
-    st.caption(
-        "Filter sparsity counts channels; each removed channel also removes the next layer's input kernels, so the weight sparsity below is higher."
-    )
-
-offered = overlay.choices()
-overlaid = list(overlay.pair_names().values())
-if offered:
-    overlaid = st.multiselect(
-        "Allocations on the chart and the curve",
-        offered,
-        default=[n for n in overlaid if n in offered],
-        format_func=lambda n: ALLOCATIONS[n].title,
-        help="; ".join(f"{a.title}: {a.description}" for a in ALLOCATIONS.values() if a.name in offered),
-        key=f"overlay:{structure}",
-    )
-try:
-    shown = overlay.results(lab, results, overlaid)
-except Exception as exc:
-    st.error(f"Could not allocate: {session_state.error_text(exc)}")
-    shown = {}
-coupled = computed.coupling_panel(lab, "prune_coupled") if structure.is_filter else frozenset()
-if shown:
-    bars_key = (server_state.model_key(lab), *session_state.cfg().key(), tuple(shown), tuple(sorted(coupled)))
-    st.plotly_chart(
-        server_state.figure("bars", bars_key, lambda: plots.layer_sparsity_bars(shown, coupled)),
-        width="stretch",
-    )
-
-cols = st.columns(2)
-for col, (scope, r) in zip(cols, results.items(), strict=True):
-    with col:
-        st.subheader(scope.title())
-        m1, m2, m3 = st.columns(3)
-        m1.metric(
-            "Params left",
-            short_number(r.nonzero_params),
-            help=f"{r.nonzero_params:,} of {r.total_params:,} ({r.nonzero_params / r.total_params:.1%})",
-        )
-        m2.metric(
-            "MACs left",
-            short_number(r.remaining_macs),
-            help=f"{r.remaining_macs:,} of {r.total_macs:,} ({r.remaining_macs / r.total_macs:.1%})",
-        )
-        m3.metric("Compression", f"{r.compression_ratio:.2f}x")
-        m4, m5, m6 = st.columns(3)
-        m4.metric("Theoretical speedup", f"{r.theoretical_speedup:.2f}x" if r.remaining_macs else "inf")
-        m5.metric("Weight sparsity", f"{r.achieved_sparsity:.1%}")
-        if r.paths_pending:
-            m6.metric("Effective sparsity", "measuring...", help=computed.EFFECTIVE_HELP)
-        elif r.effective_sparsity is None:
-            m6.metric("Effective sparsity", "n/a", help=r.probe_note)
-        else:
-            m6.metric("Effective sparsity", f"{r.effective_sparsity:.1%}", help=computed.EFFECTIVE_HELP)
-        st.caption(
-            f"{r.nonzero_params / r.total_params:.1%} of {r.total_params:,} parameters and {r.remaining_macs / r.total_macs:.1%} of {r.total_macs:,} MACs remain."
-        )
-
-
-def export_buttons(bundle) -> None:
-    c = bundle.compacted
-    if c is not None:
-        st.caption(
-            f"Compacted: {c.params_compact:,} parameters (of {c.params_dense:,}; the masked model has exactly that "
-            f"many non-zero), {c.channels_removed:,} channels removed; outputs differ from the masked model's by at "
-            f"most {c.max_abs_diff:.1e}."
-        )
-    else:
-        st.caption(session_state.error_text(bundle.note))
-    cols = st.columns(len(bundle.files))
-    for col, (name, data) in zip(cols, bundle.files.items(), strict=True):
-        col.download_button(name, data, file_name=name, help=FILES[name], key=f"dl-{name}")
-
-
 RECOVERY_LABELS = {"dense": "Dense", "pruned": "Pruned", "recalibrated": "BN-recalibrated", "finetuned": "Fine-tuned"}
+SPEED_POLL, POINT_POLL, CURVE_POLL = 0.5, 0.25, 2.0  # seconds between refreshes while results are on their way
 
 
-def recovery_metrics(r) -> None:
-    cols = st.columns(len(RECOVERY_LABELS))
-    for col, (key, label) in zip(cols, RECOVERY_LABELS.items(), strict=True):
-        acc = r.accuracy.get(key)
-        if acc is None:
-            col.metric(label, "skipped" if key in r.accuracy else "...")
-            continue
-        col.metric(label, f"{acc.top1:.2%}")
-        col.caption(acc.interval_label())
-    st.caption(
-        f"Full test split; fine-tuned on {r.train_images:,} training images for {r.total_steps} steps "
-        f"({r.seconds:.0f} s so far). The curve's points are estimates on {CURVE_IMAGES:,} stratified test images."
+def page() -> None:
+    intro()
+    presets()
+    ctx = session_state.context()
+    untrained = computed.untrained_banner(ctx.lab)
+    if untrained:
+        st.caption("Per-layer sparsities below reflect the random initialisation's scale, not learned importance.")
+    controls(ctx)
+    link_overrides(ctx)
+    results = computed.prune_both(ctx.lab)
+    collapse_notes(ctx, results)
+    overlaid = allocation_chart(ctx, results)
+    scope_metrics(results)
+    scope = speed_and_export(ctx, results)
+    st.subheader("Accuracy")
+    if untrained:
+        st.info("Accuracy is not shown: the model is untrained.")
+        return
+    accuracy(ctx, overlaid)
+    recovery(ctx, scope)
+
+
+def intro() -> None:
+    st.title("Global against local pruning")
+    with st.expander("What am I looking at?"):
+        st.markdown(
+            "**Local** pruning removes the same fraction from every layer. **Global** pruning ranks all weights (or "
+            "filters) of the network together and removes everything under one threshold, so layers with small "
+            "scores lose more, and at high sparsity a whole layer can vanish: **layer collapse** (Tanaka et al., "
+            "SynFlow). Unstructured pruning zeroes single weights (smaller file, no speed-up on dense hardware); "
+            "filter pruning removes whole channels, with the next layer's input kernels and the BatchNorm entries, "
+            "which real hardware can turn into speed. *Effective sparsity* also counts weights that are non-zero but "
+            "on no input-output path."
+        )
+
+
+def presets() -> None:
+    for col, (label, values) in zip(st.columns(len(PRESETS)), PRESETS.items(), strict=True):
+        col.button(label, on_click=session_state.apply_preset, kwargs=values, width="stretch")
+
+
+def controls(ctx: PageContext) -> None:
+    """Structure, criterion, normalisation, first/last and the sparsity slider (an N:M pattern fixes it)."""
+    c, bind = ctx.settings, session_state.bind
+    a, b, d, e = st.columns([1, 1, 1, 1])
+    structure = bind(
+        a.radio,
+        "structure",
+        label="Structure",
+        options=list(STRUCTURES),
+        horizontal=True,
+        format_func=lambda s: s.label,
     )
+    pattern = structure.pattern
+    if pattern is not None and c.sparsity != pattern_sparsity(pattern):
+        session_state.apply_preset(sparsity=pattern_sparsity(pattern))  # the pattern, not the slider, sets it
+    criteria = [n for n, crit in CRITERIA.items() if crit.supports(structure)]
+    if c.criterion not in criteria:
+        session_state.apply_preset(criterion=criteria[0])
+    bind(b.selectbox, "criterion", label="Criterion", options=criteria, format_func=lambda n: CRITERIA[n].title)
+    bind(
+        d.selectbox,
+        "normalise",
+        label="Global score normalisation",
+        options=list(NORMALISATIONS),
+        help="; ".join(f"{k}: {k.description}" for k in NORMALISATIONS),
+    )
+    bind(e.checkbox, "keep", label="Keep first and last layer dense")
+    bind(
+        st.slider,
+        "sparsity",
+        label=f"Sparsity (fraction removed) of {structure.units}",
+        min_value=0.0,
+        max_value=SPARSITY_MAX,
+        step=SPARSITY_STEP,
+        disabled=pattern is not None,
+    )
+    if pattern is not None:
+        st.info(NM_NOTE.format(structure=structure, n=pattern[0], m=pattern[1], share=pattern_sparsity(pattern)))
+        unfit = computed.pattern_unfit(ctx.lab)
+        if unfit:
+            st.caption(f"Dense here (the pattern does not fit them): {', '.join(f'`{n}`' for n in unfit)}.")
+    crit = CRITERIA[c.criterion]
+    calibration = (
+        f" Calibration: the last {CALIBRATION_IMAGES} images of the evaluation set." if crit.needs_data else ""
+    )
+    st.caption(crit.description + calibration)
 
 
-st.subheader("Measured speed and export")
-action_scope = st.radio(
-    "Scope for speed, export and recovery", list(COMPARED_SCOPES), horizontal=True, key="action_scope"
-)
-chosen = results[action_scope]
-SPEED_POLL = 0.5
+def link_overrides(ctx: PageContext) -> None:
+    """A share link's per-layer sparsities (a plan's): which apply, which name no layer here."""
+    dropped = session_state.unknown_overrides(ctx.lab)
+    if dropped:
+        st.warning(
+            f"Ignored per-layer sparsities for {', '.join(f'`{n}`' for n in dropped)}: not layers of this model."
+        )
+    layers = ctx.settings.overrides
+    if layers:
+        st.info(
+            f"**Per-layer sparsities from the link** for {len(layers)} layers (a plan's): "
+            + ", ".join(f"`{n}` {s:.0%}" for n, s in layers.items())
+            + ". The slider sets every other layer."
+        )
+        st.button("Clear the per-layer sparsities", on_click=session_state.apply_preset, kwargs={"overrides": {}})
 
 
-def speed_panel() -> bool:
+def collapse_notes(ctx: PageContext, results: dict[Scope, PruneResult]) -> None:
+    lab = ctx.lab
+    if lab.probe_unavailable:
+        st.info(f"Effective sparsity and layer collapse are not shown: {lab.probe_unavailable}.")
+    live("paths", lambda: computed.paths_panel(lab), 0.5, any(r.paths_pending for r in results.values()))
+    for scope, r in results.items():
+        if r.collapse or r.collapsed_layers:
+            named = ", ".join(f"`{n}`" for n in r.collapsed_layers) or "no single layer, but every path is cut"
+            st.warning(
+                f"**{scope.title()}: layer collapse.** "
+                + ("No input-output path survives. " if r.collapse else "")
+                + f"Fully pruned: {named}."
+            )
+    if ctx.settings.structure.is_filter:
+        st.caption(
+            "Filter sparsity counts channels; each removed channel also removes the next layer's input kernels, so "
+            "the weight sparsity below is higher."
+        )
+
+
+def allocation_chart(ctx: PageContext, results: dict[Scope, PruneResult]) -> list[str]:
+    """Per-layer sparsity bars of the two scopes and the allocations chosen beside them; returns those."""
+    structure = ctx.settings.structure
+    offered = overlay.choices()
+    overlaid = list(overlay.pair_names().values())
+    if offered:
+        overlaid = st.multiselect(
+            "Allocations on the chart and the curve",
+            offered,
+            default=[n for n in overlaid if n in offered],
+            format_func=lambda n: ALLOCATIONS[n].title,
+            help="; ".join(f"{a.title}: {a.description}" for a in ALLOCATIONS.values() if a.name in offered),
+            key=f"overlay:{structure}",
+        )
+    shown = {}
+    with reported("Could not allocate"):
+        shown = overlay.results(ctx.lab, results, overlaid)
+    coupled = computed.coupling_panel(ctx.lab, "prune_coupled") if structure.is_filter else frozenset()
+    if shown:
+        key = (server_state.model_key(ctx.lab), *ctx.settings.key(), tuple(shown), tuple(sorted(coupled)))
+        figure = server_state.figure("bars", key, lambda: plots.layer_sparsity_bars(shown, coupled))
+        st.plotly_chart(figure, width="stretch")
+    return overlaid
+
+
+def scope_metrics(results: dict[Scope, PruneResult]) -> None:
+    for col, (scope, r) in zip(st.columns(2), results.items(), strict=True):
+        with col:
+            st.subheader(scope.title())
+            m1, m2, m3 = st.columns(3)
+            params, macs = r.nonzero_params / r.total_params, r.remaining_macs / r.total_macs
+            m1.metric(
+                "Params left",
+                short_number(r.nonzero_params),
+                help=f"{r.nonzero_params:,} of {r.total_params:,} ({params:.1%})",
+            )
+            m2.metric(
+                "MACs left",
+                short_number(r.remaining_macs),
+                help=f"{r.remaining_macs:,} of {r.total_macs:,} ({macs:.1%})",
+            )
+            m3.metric("Compression", f"{r.compression_ratio:.2f}x")
+            m4, m5, m6 = st.columns(3)
+            m4.metric("Theoretical speedup", f"{r.theoretical_speedup:.2f}x" if r.remaining_macs else "inf")
+            m5.metric("Weight sparsity", f"{r.achieved_sparsity:.1%}")
+            if r.paths_pending:
+                m6.metric("Effective sparsity", "measuring...", help=computed.EFFECTIVE_HELP)
+            elif r.effective_sparsity is None:
+                m6.metric("Effective sparsity", "n/a", help=r.probe_note)
+            else:
+                m6.metric("Effective sparsity", f"{r.effective_sparsity:.1%}", help=computed.EFFECTIVE_HELP)
+            st.caption(f"{params:.1%} of {r.total_params:,} parameters and {macs:.1%} of {r.total_macs:,} MACs remain.")
+
+
+def speed_and_export(ctx: PageContext, results: dict[Scope, PruneResult]) -> Scope:
+    """Measured latency and the export files of one scope; returns that scope (recovery uses it too)."""
+    st.subheader("Measured speed and export")
+    scope = st.radio("Scope for speed, export and recovery", list(COMPARED_SCOPES), horizontal=True, key="action_scope")
+    live("speed", partial(speed_panel, ctx, scope, results[scope]), SPEED_POLL, computed.speed_pending(ctx.lab, scope))
+    with st.expander("Download the pruned model (masks, ratios, prune snippet, safetensors, ONNX)"):
+        export_panel(ctx, scope)
+    return scope
+
+
+def speed_panel(ctx: PageContext, scope: Scope, chosen: PruneResult) -> bool:
     """The measured latency at the slider; True while it is being measured."""
-    asked = st.session_state.get("speed_asked") == computed.speed_key(lab, action_scope)
-    outcome = computed.speed(lab, action_scope, measure=asked)
+    lab = ctx.lab
+    asked = st.session_state.get("speed_asked") == computed.speed_key(lab, scope)
+    outcome = computed.speed(lab, scope, measure=asked)
     left, right = st.columns([1, 2])
     left.metric("Theoretical speedup", f"{chosen.theoretical_speedup:.2f}x" if chosen.remaining_macs else "inf")
     if outcome is None and not asked:
         if left.button("Measure latency", help="Times dense, masked and compacted models in an evaluation worker."):
-            st.session_state.speed_asked = computed.speed_key(lab, action_scope)
+            st.session_state.speed_asked = computed.speed_key(lab, scope)
             st.rerun(scope="fragment")
         return False
     if outcome is None:
@@ -258,26 +268,49 @@ def speed_panel() -> bool:
     return False
 
 
-live("speed", speed_panel, SPEED_POLL, computed.speed_pending(lab, action_scope))
-
-with st.expander("Download the pruned model (masks, ratios, prune snippet, safetensors, ONNX)"):
+def export_panel(ctx: PageContext, scope: Scope) -> None:
+    key = computed.speed_key(ctx.lab, scope)
     if st.button("Prepare the files", help="Compacts the model (filters) and exports it; a few seconds on big models."):
-        st.session_state.export_key = computed.speed_key(lab, action_scope)
-    if st.session_state.get("export_key") == computed.speed_key(lab, action_scope):
-        try:
-            with st.spinner("Compacting and exporting..."):
-                bundle = computed.export_bundle(lab, action_scope)
-        except Exception as exc:  # collapse, an unexportable op: shown, never a traceback
-            st.error(f"Could not export: {session_state.error_text(exc)}")
-        else:
-            export_buttons(bundle)
+        st.session_state.export_key = key
+    if st.session_state.get("export_key") != key:
+        return
+    with reported("Could not export"):
+        with st.spinner("Compacting and exporting..."):
+            bundle = computed.export_bundle(ctx.lab, scope)
+        export_buttons(bundle)
 
-st.subheader("Accuracy")
-if untrained:
-    st.info("Accuracy is not shown: the model is untrained.")
-    st.stop()
-data = lab.loaded.eval_data()
-POINT_POLL, CURVE_POLL = 0.25, 2.0  # seconds between refreshes while results are on their way
+
+def export_buttons(bundle) -> None:
+    c = bundle.compacted
+    if c is not None:
+        st.caption(
+            f"Compacted: {c.params_compact:,} parameters (of {c.params_dense:,}; the masked model has exactly that "
+            f"many non-zero), {c.channels_removed:,} channels removed; outputs differ from the masked model's by at "
+            f"most {c.max_abs_diff:.1e}."
+        )
+    else:
+        st.caption(session_state.error_text(bundle.note))
+    cols = st.columns(len(bundle.files))
+    for col, (name, data) in zip(cols, bundle.files.items(), strict=True):
+        col.download_button(name, data, file_name=name, help=FILES[name], key=f"dl-{name}")
+
+
+def accuracy(ctx: PageContext, overlaid: list[str]) -> None:
+    """The accuracy at the slider (estimate first) and the curve over the slider's range, filled live."""
+    lab = ctx.lab
+    computed.fill_curve(lab)
+    overlay.fill_curves(lab, overlaid)
+    extra_pending = any(r.pending for r in overlay.points(lab, overlaid, ask=False).values())
+    live(
+        "point",
+        partial(point_panel, ctx, overlaid),
+        server_state.pace(ctx.session, POINT_POLL),
+        computed.point_view(lab).pending or extra_pending,
+    )
+    curve_pending = computed.curve_view(lab).pending or (
+        computed.has_curve() and overlay.curves_pending(overlay.curves(lab, overlaid))
+    )
+    live("curve", partial(curve_panel, ctx, overlaid), CURVE_POLL, curve_pending)
 
 
 def _metric(slot, label: str, reading, dense=None) -> None:
@@ -297,24 +330,22 @@ def _metric(slot, label: str, reading, dense=None) -> None:
     slot.caption(acc.interval_label())
 
 
-def point_panel() -> bool:
-    view = computed.point_view(lab)
+def point_panel(ctx: PageContext, overlaid: list[str]) -> bool:
+    c = ctx.settings
+    at = f" at {c.sparsity:.0%}{PER_LAYER if c.overrides else ''}"
+    view = computed.point_view(ctx.lab)
     slots = st.columns(3)
     _metric(slots[0], "Dense", view.dense)
     for slot, (scope, reading) in zip(slots[1:], view.scopes.items(), strict=True):
-        _metric(slot, f"{scope.title()} at {sparsity:.0%}{PER_LAYER if c.overrides else ''}", reading, view.dense)
-    more = overlay.points(lab, overlaid)
+        _metric(slot, f"{scope.title()}{at}", reading, view.dense)
+    more = overlay.points(ctx.lab, overlaid)
     for slot, (name, reading) in zip(st.columns(max(3, len(more))), more.items(), strict=False):
-        _metric(
-            slot,
-            f"{ALLOCATIONS[name].title} at {sparsity:.0%}{PER_LAYER if c.overrides else ''}",
-            reading,
-            view.dense,
-        )
+        _metric(slot, f"{ALLOCATIONS[name].title}{at}", reading, view.dense)
     return view.pending or any(r.pending for r in more.values())
 
 
-def curve_panel() -> bool:
+def curve_panel(ctx: PageContext, overlaid: list[str]) -> bool:
+    lab, sparsity = ctx.lab, ctx.settings.sparsity
     view, point = computed.curve_view(lab), computed.point_view(lab, ask=False)
     marks = {s: r.best for s, r in point.scopes.items()}
     more = overlay.curves(lab, overlaid) if view.points else {}
@@ -323,7 +354,7 @@ def curve_panel() -> bool:
     key = (repr(drawn), sparsity, repr(marks), repr(point.dense.best))
     fig = server_state.figure("curve", key, lambda: plots.accuracy_curve(drawn, sparsity, marks, point.dense.best))
     st.plotly_chart(fig, width="stretch")
-    s = view.status
+    s, data = view.status, lab.loaded.eval_data()
     curve = (
         f"Curve: {sum(map(len, drawn.values()))} of {len(drawn) * view.points} points, filled in the background every "
         f"{', then '.join(f'{g:g}' for g in CURVE_GRIDS)}."
@@ -338,37 +369,31 @@ def curve_panel() -> bool:
     return view.pending or overlay.curves_pending(more)
 
 
-computed.fill_curve(lab)
-overlay.fill_curves(lab, overlaid)
-extra_pending = any(r.pending for r in overlay.points(lab, overlaid, ask=False).values())
-live(
-    "point",
-    point_panel,
-    server_state.pace(session_state.session_id(), POINT_POLL),
-    computed.point_view(lab).pending or extra_pending,
-)
-curve_pending = computed.curve_view(lab).pending or (
-    computed.has_curve() and overlay.curves_pending(overlay.curves(lab, overlaid))
-)
-live("curve", curve_panel, CURVE_POLL, curve_pending)
-
-st.subheader("Recover accuracy")
-why = computed.recovery_unavailable(lab)
-if why:
-    st.info(f"Recovery is not available: {why}.")
-    st.stop()
-f1, f2, f3 = st.columns(3)
-choices = computed.training_choices(lab)
-bn = f1.number_input("BatchNorm recalibration images", 0, choices[-1], min(1024, choices[-1]), step=256, help="0: skip")
-epochs = f2.number_input("Fine-tune epochs (masks held fixed)", 0.0, 10.0, 1.0, step=0.5, help="0: skip")
-train = f3.selectbox("Training images", choices, format_func=lambda n: computed.train_label(n, choices))
-job = computed.recover_job(lab, action_scope, Recipe(int(bn), float(epochs), None if train == choices[-1] else train))
+def recovery(ctx: PageContext, scope: Scope) -> None:
+    """BatchNorm recalibration and a masked fine-tune of the scope at the slider, run in a worker."""
+    st.subheader("Recover accuracy")
+    lab = ctx.lab
+    why = computed.recovery_unavailable(lab)
+    if why:
+        st.info(f"Recovery is not available: {why}.")
+        return
+    f1, f2, f3 = st.columns(3)
+    choices = computed.training_choices(lab)
+    bn = f1.number_input(
+        "BatchNorm recalibration images", 0, choices[-1], min(1024, choices[-1]), step=256, help="0: skip"
+    )
+    epochs = f2.number_input("Fine-tune epochs (masks held fixed)", 0.0, 10.0, 1.0, step=0.5, help="0: skip")
+    train = f3.selectbox("Training images", choices, format_func=lambda n: computed.train_label(n, choices))
+    recipe = Recipe(int(bn), float(epochs), None if train == choices[-1] else train)
+    job = computed.recover_job(lab, scope, recipe)
+    running = st.session_state.get("recover_started") == job and computed.recovery(lab, job, False)[0] is None
+    live("recovery", partial(recovery_panel, ctx, job), SPEED_POLL, running)
 
 
-def recovery_panel() -> bool:
+def recovery_panel(ctx: PageContext, job) -> bool:
     """The recovery at the slider; True while it runs."""
     started = st.session_state.get("recover_started") == job
-    outcome, progress = computed.recovery(lab, job, start=started)
+    outcome, progress = computed.recovery(ctx.lab, job, start=started)
     if outcome is None and not started:
         st.button("Start recovery", on_click=lambda: st.session_state.update(recover_started=job))
         return False
@@ -393,5 +418,16 @@ def recovery_panel() -> bool:
     return outcome is None
 
 
-running = st.session_state.get("recover_started") == job and computed.recovery(lab, job, False)[0] is None
-live("recovery", recovery_panel, SPEED_POLL, running)
+def recovery_metrics(r) -> None:
+    cols = st.columns(len(RECOVERY_LABELS))
+    for col, (key, label) in zip(cols, RECOVERY_LABELS.items(), strict=True):
+        acc = r.accuracy.get(key)
+        if acc is None:
+            col.metric(label, "skipped" if key in r.accuracy else "...")
+            continue
+        col.metric(label, f"{acc.top1:.2%}")
+        col.caption(acc.interval_label())
+    st.caption(
+        f"Full test split; fine-tuned on {r.train_images:,} training images for {r.total_steps} steps "
+        f"({r.seconds:.0f} s so far). The curve's points are estimates on {CURVE_IMAGES:,} stratified test images."
+    )

@@ -1,29 +1,47 @@
+"""The Trade-offs page: recipes' accuracy against sparsity and speedup, a paired test, and three schedules."""
+
+from functools import partial
+
 import streamlit as st
 
 from prunekit.app import computed, forgetting, plots, server_state, session_state
 from prunekit.app.live import live
-from prunekit.core.spec import COMPARED_SCOPES
+from prunekit.app.session_state import PageContext
+from prunekit.core.spec import COMPARED_SCOPES, PruneSpec
 
-st.title("Accuracy against sparsity and speed-up")
-with st.expander("What am I looking at?"):
-    st.markdown(
-        "Each curve is one pruning recipe: a criterion, a scope and a structure. Higher and further right is better. "
-        "Dashed lines mark where a recipe collapses the network. The second chart trades accuracy against "
-        "**theoretical speedup** (dense MACs / MACs of surviving weights): a compression ratio alone can flatter a "
-        "method that prunes cheap layers (Blalock et al., 'What is the state of neural network pruning?')."
-    )
-lab = session_state.lab()
-if computed.untrained_banner(lab):
-    st.stop()
-options = computed.tradeoff_recipes()
-chosen = st.multiselect(
-    "Recipes (criterion / scope / structure)",
-    list(options),
-    default=["magnitude / global / unstructured", "magnitude / local / unstructured", "random / global / unstructured"],
-)
-sparsities = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
-estimate = st.toggle(f"Fast estimate (a stratified {server_state.ESTIMATE_IMAGES:,}-image subset)", value=False)
-recipes = [options[label] for label in chosen]
+SPARSITIES = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
+DEFAULT_RECIPES = [
+    "magnitude / global / unstructured",
+    "magnitude / local / unstructured",
+    "random / global / unstructured",
+]
+
+
+def page() -> None:
+    intro()
+    ctx = session_state.context()
+    if computed.untrained_banner(ctx.lab):
+        return
+    options = computed.tradeoff_recipes()
+    chosen = st.multiselect("Recipes (criterion / scope / structure)", list(options), default=DEFAULT_RECIPES)
+    estimate = st.toggle(f"Fast estimate (a stratified {server_state.ESTIMATE_IMAGES:,}-image subset)", value=False)
+    recipes = [options[label] for label in chosen]
+    pending = _missing(computed.tradeoff_points(ctx.lab, recipes, SPARSITIES, estimate)) > 0
+    live("tradeoffs", partial(curves_panel, ctx, recipes, estimate), 0.5, pending)
+    paired(ctx, options, chosen)
+    schedules(ctx)
+
+
+def intro() -> None:
+    st.title("Accuracy against sparsity and speed-up")
+    with st.expander("What am I looking at?"):
+        st.markdown(
+            "Each curve is one pruning recipe: a criterion, a scope and a structure. Higher and further right is "
+            "better. Dashed lines mark where a recipe collapses the network. The second chart trades accuracy "
+            "against **theoretical speedup** (dense MACs / MACs of surviving weights): a compression ratio alone can "
+            "flatter a method that prunes cheap layers (Blalock et al., 'What is the state of neural network "
+            "pruning?')."
+        )
 
 
 def _missing(curves: dict) -> int:
@@ -34,16 +52,9 @@ def _missing(curves: dict) -> int:
     return pending + sum(bool(c.get("collapse_pending")) for c in curves.values())
 
 
-def _curves() -> dict:
-    try:
-        return computed.tradeoff_points(lab, recipes, sparsities, estimate)
-    except Exception as exc:  # engine errors are shown on the page, never as a traceback
-        st.error(f"Could not prune: {session_state.error_text(exc)}")
-        st.stop()
-
-
-def curves_panel() -> bool:
-    curves = _curves()
+def curves_panel(ctx: PageContext, recipes: list[PruneSpec], estimate: bool) -> bool:
+    lab = ctx.lab
+    curves = computed.tradeoff_points(lab, recipes, SPARSITIES, estimate)
     labelled = {computed.recipe_label(r): c for r, c in curves.items()}
     for label, c in labelled.items():
         for message in (c["errors"] + c.get("collapse_errors", []))[:1]:
@@ -56,40 +67,37 @@ def curves_panel() -> bool:
     )
     missing = _missing(curves)
     done = "all points measured" if missing <= 0 else f"{missing} points still being evaluated (filling in live)"
-    subset = (
-        f"an estimate from a stratified {server_state.ESTIMATE_IMAGES:,}-image subset" if estimate else "the full split"
-    )
+    images = server_state.ESTIMATE_IMAGES
+    subset = f"an estimate from a stratified {images:,}-image subset" if estimate else "the full split"
     st.caption(f"Accuracy on {subset}, with 95% Wilson intervals as error bars; {done}.")
     if lab.probe_unavailable:
         st.caption(f"Collapse points are not marked: {lab.probe_unavailable}.")
     return missing > 0
 
 
-live("tradeoffs", curves_panel, 0.5, _missing(_curves()) > 0)
-
-st.subheader("Is one recipe really better than the other here?")
-st.caption(
-    "Both recipes are scored on every image of the evaluation set; McNemar's exact test looks at the images only one "
-    "of them gets right, which is what decides whether the difference is more than chance."
-)
-p1, p2, p3 = st.columns(3)
-first = p1.selectbox("Recipe A", chosen, key="paired_a") if chosen else None
-second = p2.selectbox("Recipe B", chosen, index=min(1, len(chosen) - 1), key="paired_b") if chosen else None
-at = p3.selectbox("At sparsity", [s for s in sparsities if s > 0], index=2, key="paired_at")
-
-
-def _pair():
-    """The two recipes' comparison, or None until two different recipes are chosen."""
-    if first is None or first == second:
-        return None
-    return forgetting.paired_view(lab, options[first], options[second], at)
+def paired(ctx: PageContext, options: dict[str, PruneSpec], chosen: list[str]) -> None:
+    """McNemar's exact test between two recipes at one sparsity, on every image."""
+    st.subheader("Is one recipe really better than the other here?")
+    st.caption(
+        "Both recipes are scored on every image of the evaluation set; McNemar's exact test looks at the images only "
+        "one of them gets right, which is what decides whether the difference is more than chance."
+    )
+    p1, p2, p3 = st.columns(3)
+    first = p1.selectbox("Recipe A", chosen, key="paired_a") if chosen else None
+    second = p2.selectbox("Recipe B", chosen, index=min(1, len(chosen) - 1), key="paired_b") if chosen else None
+    at = p3.selectbox("At sparsity", [s for s in SPARSITIES if s > 0], index=2, key="paired_at")
+    pair = None if first is None or first == second else (first, second, options[first], options[second], at)
+    view = forgetting.paired_view(ctx.lab, *pair[2:]) if pair else None
+    pending = view is not None and view.report is None and view.error is None
+    live("paired", partial(paired_panel, ctx, pair), 0.5, pending)
 
 
-def paired_panel() -> bool:
-    view = _pair()
-    if view is None:
+def paired_panel(ctx: PageContext, pair: tuple | None) -> bool:
+    if pair is None:
         st.caption("Choose two different recipes above.")
         return False
+    first, second, a, b, at = pair
+    view = forgetting.paired_view(ctx.lab, a, b, at)
     if view.error:
         st.error(f"The recipes could not be compared: {session_state.error_text(view.error)}")
         return False
@@ -110,43 +118,40 @@ def paired_panel() -> bool:
     return False
 
 
-pair = _pair()
-live("paired", paired_panel, 0.5, pair is not None and pair.report is None and pair.error is None)
-
-st.subheader("One-shot, iterative and AGP pruning at the same final sparsity")
-c = session_state.cfg()
-why = computed.recovery_unavailable(lab)
-if why:
-    st.info(f"Schedules are not compared here: {why}.")
-    st.stop()
-s1, s2, s3, s4 = st.columns(4)
-scope = s1.radio("Scope", list(COMPARED_SCOPES), horizontal=True, key="schedule_scope")
-epochs = s2.number_input("Fine-tune budget (epochs, shared by the steps)", 0.5, 10.0, 1.0, step=0.5)
-steps = s3.number_input("Pruning steps (iterative, AGP)", 2, 10, 3)
-choices = computed.training_choices(lab)
-train = s4.selectbox(
-    "Training images", choices, format_func=lambda n: computed.train_label(n, choices), key="schedule_train"
-)
-st.caption(
-    f"Setting from the Prune page: {c.criterion} / {c.structure} at {c.sparsity:.0%}"
-    f"{', normalised ' + c.normalise if c.normalise != 'none' else ''}. One-shot prunes once and fine-tunes; "
-    "iterative prunes in equal steps; AGP (Zhu & Gupta) follows a cubic schedule that prunes most early. Each "
-    "re-scores the fine-tuned weights before a step, recalibrates BatchNorm, and all three spend the same budget."
-)
-jobs = computed.schedule_jobs(lab, scope, float(epochs), int(steps), None if train == choices[-1] else train)
-
-
-def schedules_panel() -> bool:
+def schedules(ctx: PageContext) -> None:
+    """One-shot, iterative and AGP at the Prune page's setting, each with the same fine-tune budget."""
+    st.subheader("One-shot, iterative and AGP pruning at the same final sparsity")
+    c, lab = ctx.settings, ctx.lab
+    why = computed.recovery_unavailable(lab)
+    if why:
+        st.info(f"Schedules are not compared here: {why}.")
+        return
+    s1, s2, s3, s4 = st.columns(4)
+    scope = s1.radio("Scope", list(COMPARED_SCOPES), horizontal=True, key="schedule_scope")
+    epochs = s2.number_input("Fine-tune budget (epochs, shared by the steps)", 0.5, 10.0, 1.0, step=0.5)
+    steps = s3.number_input("Pruning steps (iterative, AGP)", 2, 10, 3)
+    choices = computed.training_choices(lab)
+    train = s4.selectbox(
+        "Training images", choices, format_func=lambda n: computed.train_label(n, choices), key="schedule_train"
+    )
+    st.caption(
+        f"Setting from the Prune page: {c.criterion} / {c.structure} at {c.sparsity:.0%}"
+        f"{', normalised ' + c.normalise if c.normalise != 'none' else ''}. One-shot prunes once and fine-tunes; "
+        "iterative prunes in equal steps; AGP (Zhu & Gupta) follows a cubic schedule that prunes most early. Each "
+        "re-scores the fine-tuned weights before a step, recalibrates BatchNorm, and all three spend the same budget."
+    )
+    jobs = computed.schedule_jobs(lab, scope, float(epochs), int(steps), None if train == choices[-1] else train)
     asked = st.session_state.get("schedules_asked") == jobs
-    if not asked:
+    running = asked and computed.schedule_view(lab, jobs, start=False).running
+    live("schedules", partial(schedules_panel, ctx, jobs), 0.5, running)
+
+
+def schedules_panel(ctx: PageContext, jobs: tuple) -> bool:
+    if st.session_state.get("schedules_asked") != jobs:
         st.button("Compare the schedules", on_click=lambda: st.session_state.update(schedules_asked=jobs))
         return False
-    view = computed.schedule_view(lab, jobs)
+    view = computed.schedule_view(ctx.lab, jobs)
     st.dataframe(view.rows, hide_index=True, width="stretch")
     if view.curves:
         st.plotly_chart(computed.recovery_figure(view.curves, view.baseline), width="stretch")
     return view.running
-
-
-running = st.session_state.get("schedules_asked") == jobs and computed.schedule_view(lab, jobs, start=False).running
-live("schedules", schedules_panel, 0.5, running)
