@@ -2,7 +2,7 @@
 
     python bench/workshop.py [--scenarios teacher,explore,vgg16] [--json]
 
-Each scenario starts the app as ``./dev app`` does (prunekit.app.serve, a fresh result store), opens K
+Each scenario starts the app as ``./dev app`` does (``prunekit app``, a fresh result store), opens K
 sessions on the Prune page over ``ws://HOST:PORT/_stcore/stream`` (binary protobuf BackMsg /
 ForwardMsg), moves their sliders and measures, per move: the time to the full rerun's end
 (``script_finished``), to the first accuracy figure for the new position (estimate or full) and to
@@ -194,7 +194,7 @@ def _free_port() -> int:
 
 
 class Server:
-    """prunekit.app.serve on a free port with a fresh result store (so nothing is cached from earlier runs)."""
+    """The app as ``prunekit app`` starts it, on a free port with a fresh result store (so nothing is cached from earlier runs)."""
 
     def __init__(self) -> None:
         self.port = _free_port()
@@ -203,7 +203,8 @@ class Server:
         cmd = [
             sys.executable,
             "-m",
-            "prunekit.app.serve",
+            "prunekit",
+            "app",
             "--server.port",
             str(self.port),
             "--server.address",

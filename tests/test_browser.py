@@ -1,35 +1,23 @@
 """One real-browser test: Debian's Chromium driven by Playwright (never a downloaded browser)."""
 
 import os
-import socket
 import subprocess
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from tests.browser import CHROMIUM, free_port, healthy, launch_browser, needs_chromium
+
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "artifacts"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (./dev test installs it as root)"
-    ),
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = [pytest.mark.browser, needs_chromium]
 
 
 def _start_app(cache_dir: Path, port: int) -> subprocess.Popen:
-    """The app exactly as a newcomer starts it: ``./dev app`` (prunekit.app.serve, warm start), two workers; the
+    """The app exactly as a newcomer starts it: ``./dev app`` (``prunekit app``: app.py, warm start), two workers; the
     background curve off (no test here waits for it, and it would take both cores from the suite)."""
     env = os.environ | {"PRUNEKIT_CACHE_DIR": str(cache_dir), "PRUNEKIT_WORKERS": "2", "PRUNEKIT_CURVE_FILL": "0"}
     return subprocess.Popen(
@@ -41,27 +29,13 @@ def _start_app(cache_dir: Path, port: int) -> subprocess.Popen:
     )
 
 
-def _healthy(proc: subprocess.Popen, url: str) -> None:
-    deadline = time.time() + 300  # a hang guard: ./dev app may first check the venv's packages
-    while time.time() < deadline:
-        assert proc.poll() is None, f"the app exited with code {proc.returncode}"
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
-                assert answer.read().decode().strip() == "ok"
-                return
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    pytest.fail("the app did not answer its health check in 300 s")
-
-
 @contextmanager
 def _app(cache_dir: Path):
-    port = _free_port()
+    port = free_port()
     proc = _start_app(cache_dir, port)
     url = f"http://127.0.0.1:{port}"
     try:
-        _healthy(proc, url)
+        healthy(proc, url)
         yield url
     finally:
         proc.terminate()
@@ -77,20 +51,13 @@ def server(tmp_path_factory):
         yield url
 
 
-def _browser(pw):
-    return pw.chromium.launch(
-        executable_path=CHROMIUM,
-        args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-    )
-
-
 def test_the_app_starts_on_a_damaged_store_and_on_an_unusable_cache_dir(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     with sync_playwright() as pw:
-        browser = _browser(pw)
+        browser = launch_browser(pw)
         page = browser.new_page()
         page.goto(f"{server}/model", timeout=120_000)
         page.get_by_text("The result store was damaged").wait_for(timeout=120_000)
@@ -114,7 +81,7 @@ def test_slider_updates_the_page(server):
 
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
-        browser = _browser(pw)
+        browser = launch_browser(pw)
         page = browser.new_page(viewport={"width": 1400, "height": 2200})
         t0 = time.perf_counter()
         page.goto(f"{server}/model", timeout=120_000)

@@ -18,9 +18,9 @@ from prunekit.core.spec import Allocation, PruneSpec
 from prunekit.models import custom
 from prunekit.service.fanout import Backend, run_jobs, sweep_jobs
 from prunekit.service.jobs import EvalJob
+from tests.browser import CHROMIUM, launch_browser
 from tests.helpers import page
 from tests.test_app import APP, metric, settle
-from tests.test_browser import CHROMIUM, _browser
 
 NAME = "my-net"
 
@@ -130,7 +130,7 @@ def test_launch_returns_at_once_and_serves_the_lab_until_stop(mine, tmp_path, mo
         app.wait_ready(timeout=300)
         want = f"{_independent_top1(model, images, labels, 0.5):.2%}"
         with sync_playwright() as pw:
-            browser = _browser(pw)
+            browser = launch_browser(pw)
             page = browser.new_page(viewport={"width": 1400, "height": 2000})
             page.goto(f"{app.url}/model", timeout=120_000)
             page.get_by_text(f"{NAME}", exact=True).first.wait_for(timeout=120_000)

@@ -7,7 +7,18 @@ from pathlib import Path
 import prunekit
 
 PACKAGE = Path(prunekit.__file__).parent
-LAYERS = {"errors": 0, "units": 0, "shipped": 0, "core": 1, "models": 2, "deploy": 3, "service": 4, "tasks": 5, "app": 6, "cli": 6}
+LAYERS = {
+    "errors": 0,
+    "units": 0,
+    "shipped": 0,
+    "core": 1,
+    "models": 2,
+    "deploy": 3,
+    "service": 4,
+    "tasks": 5,
+    "app": 6,
+    "cli": 6,
+}
 TOP = {"__init__", "__main__"}  # the public API and `python -m prunekit` may import anything
 
 
@@ -76,6 +87,7 @@ APP_ORDER = [
     "sidebar",
     "views",
     "main",
+    "entry",
     "serve",
 ]
 
@@ -96,3 +108,14 @@ def test_the_app_imports_downwards_and_pages_go_through_its_helpers():
             if parts[2] == "views" and tparts[:2] == ["prunekit", "models"]:
                 wrong.append(f"the page {name} imports {target}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_top_level_entry_and_pages_only_call_the_app_layer():
+    """app.py and pages/*.py (the design card's top level) hold no logic: they import streamlit and prunekit.app."""
+    root = PACKAGE.parent
+    files = [root / "app.py", *sorted((root / "pages").glob("*.py"))]
+    assert len(files) == 7
+    for path in files:
+        for target in _imports(path):
+            assert target == "streamlit" or target.startswith("prunekit.app"), f"{path.name} imports {target}"
+        assert len(path.read_text().splitlines()) <= 15, f"{path.name} is not thin"

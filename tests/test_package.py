@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import NAVIGATION, free_port, launch_browser, needs_chromium, open_directly, served
+
 ROOT = Path(__file__).resolve().parent.parent
 OURS = ("prunekit", "__editable__")  # the checkout's own editable install must not be seen
 
@@ -76,7 +78,37 @@ def test_the_installed_package_reads_its_own_copy_of_the_assets(installed, tmp_p
     package, assets, images, card = json.loads(out.stdout)
     assert not Path(package).is_relative_to(ROOT) and Path(assets).is_relative_to(Path(package).parent)
     assert images == 10_000 and card == "fmnist-cnn"
-    shipped = {p.relative_to(ROOT / "prunekit/models/assets") for p in (ROOT / "prunekit/models/assets").rglob("*.*")}
+    shipped = {p.relative_to(ROOT / "assets") for p in (ROOT / "assets").rglob("*.*")}
     assert shipped and shipped == {p.relative_to(assets) for p in Path(assets).rglob("*.*")}
     module = _run(str(installed / "python"), "-m", "prunekit", "list", cwd=tmp_path)
     assert module.returncode == 0 and "fmnist-cnn" in module.stdout
+
+
+def test_every_package_folder_is_installed():
+    """pyproject.toml names its packages (two are mapped from top-level folders): a new subpackage must be listed."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "prunekit").rglob("__init__.py")}
+    assert folders and folders | {"prunekit.assets", "prunekit.pages"} == listed
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_the_installed_app_serves_a_page_from_a_direct_first_link(installed, tmp_path):
+    """``prunekit app`` from another directory: pages and assets from the installed copy, no checkout around."""
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env |= {"PRUNEKIT_CACHE_DIR": str(tmp_path / "cache"), "PRUNEKIT_WORKERS": "1", "PRUNEKIT_CURVE_FILL": "0"}
+    command = [str(installed / "prunekit"), "app", "--server.port", str(port), "--server.address", "127.0.0.1"]
+    command += ["--global.developmentMode", "false"]  # Streamlit guesses 'development' from its linked folder
+    log = tmp_path / "server.log"
+    with served(command, port, tmp_path, env, log) as url, sync_playwright() as pw:
+        browser = launch_browser(pw)
+        assert open_directly(browser, f"{url}/forget", "What the pruned model forgets") == NAVIGATION
+        assert open_directly(browser, f"{url}/model", "Where do the parameters and the compute live?") == NAVIGATION
+        browser.close()
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text and str(ROOT) not in text, text[-3000:]

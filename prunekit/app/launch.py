@@ -1,6 +1,6 @@
 """``prunekit.launch``: the whole browser lab on the caller's own model, from a notebook or a script.
 
-The server runs in a child process (``python -m prunekit.app.serve``), so the notebook stays free and
+The server runs in a child process (``python -m prunekit app``), so the notebook stays free and
 ``stop()`` ends everything the server started. The model travels to it, and from it to the evaluation
 workers, as cloudpickle bytes (:mod:`prunekit.models.custom`); this module does not import streamlit.
 """
@@ -119,7 +119,7 @@ def _start(model_file: Path, log_file: Path, port: int, address: str) -> subproc
     args += ["--browser.gatherUsageStats", "false"]
     with log_file.open("wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "prunekit.app.serve", *args],
+            [sys.executable, "-m", "prunekit", "app", *args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -21,7 +21,7 @@ __all__ = ["build_parser", "main"]
 
 def run_app(args: argparse.Namespace, streamlit_args: list[str]) -> int:
     """Serve the lab in this process until it is stopped (Ctrl-C)."""
-    from prunekit.app import serve  # noqa: PLC0415 - streamlit loads only for this command
+    from prunekit.app import entry  # noqa: PLC0415 - streamlit loads only for this command
     from prunekit.app.server_state import EVAL_FOLDER_ENV  # noqa: PLC0415
     from prunekit.models.checkpoints import TRUSTED_ENV  # noqa: PLC0415
 
@@ -31,7 +31,7 @@ def run_app(args: argparse.Namespace, streamlit_args: list[str]) -> int:
         if not args.eval_folder.is_dir():
             raise InvalidArgumentError(f"--eval-folder {str(args.eval_folder)!r} is not a directory")
         os.environ[EVAL_FOLDER_ENV] = str(args.eval_folder.resolve())
-    return serve.main(["--server.headless", "true", "--browser.gatherUsageStats", "false", *streamlit_args])
+    return entry.run(["--server.headless", "true", "--browser.gatherUsageStats", "false", *streamlit_args])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import gzip
 import os
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from prunekit import shipped
 from prunekit.core.data import EvalData, load_image
 from prunekit.errors import DataNotFoundError, InvalidArgumentError
 
 # Installed with the package (pyproject package-data); a regular install keeps them as files.
-ASSETS = Path(str(resources.files("prunekit.models").joinpath("assets")))
+ASSETS = shipped.folder("assets")
 FMNIST_ASSETS = ASSETS / "fashion-mnist"
 FMNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 FMNIST_CLASSES = (

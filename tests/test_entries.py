@@ -1,0 +1,60 @@
+"""Every way to start the app serves every page from a direct link, with the app's whole sidebar.
+
+Each server's **first** request is a direct link to a page other than the default: Streamlit 1.67 treats a
+``pages/`` folder beside the main script as an old-style multipage app until the first ``st.navigation`` call,
+and that would run the page file alone. The installed package's entry is checked in tests/test_package.py.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.browser import NAVIGATION, free_port, launch_browser, needs_chromium, open_directly, served
+
+ROOT = Path(__file__).resolve().parent.parent
+TITLES = {
+    "model": "Where do the parameters and the compute live?",
+    "prune": "Global against local pruning",
+    "importance": "Which filters does each criterion keep?",
+    "sensitivity": "Which layers can take the cut?",
+    "tradeoffs": "Accuracy against sparsity and speed-up",
+    "forget": "What the pruned model forgets",
+}
+BIN = Path(sys.executable).parent
+ENTRIES = {  # the command, and the page its server is first asked for
+    "streamlit run app.py": ([str(BIN / "streamlit"), "run", "app.py"], "prune"),
+    "./dev app": ([str(BIN / "prunekit"), "app"], "sensitivity"),  # what ./dev app execs once .venv is ready
+}
+
+pytestmark = [pytest.mark.browser, needs_chromium]
+
+
+def check_every_page(url: str, first: str, log: Path) -> None:
+    """``first`` by a share link, then every other page by its own link, each in a fresh tab."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = launch_browser(pw)
+        for name in [first, *[n for n in TITLES if n != first]]:
+            assert open_directly(browser, f"{url}/{name}", TITLES[name]) == NAVIGATION, name
+        tab = browser.new_page()
+        tab.goto(f"{url}/prune?sparsity=0.7&structure=filter&criterion=l2", timeout=120_000)
+        tab.get_by_test_id("stMetric").filter(has_text="Global at 70%").first.wait_for(timeout=180_000)
+        assert "sparsity=0.7" in tab.url and "criterion=l2" in tab.url  # a share link's state, kept
+        browser.close()
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text and "Error" not in text, text[-3000:]
+
+
+@pytest.mark.parametrize("entry", list(ENTRIES))
+def test_each_entry_serves_every_page_from_a_direct_first_link(entry, tmp_path):
+    command, first = ENTRIES[entry]
+    port = free_port()
+    env = os.environ | {"PRUNEKIT_CACHE_DIR": str(tmp_path / "cache"), "PRUNEKIT_WORKERS": "1"}
+    env["PRUNEKIT_CURVE_FILL"] = "0"
+    flags = ["--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true"]
+    log = tmp_path / "server.log"
+    with served([*command, *flags], port, ROOT, env, log) as url:
+        check_every_page(url, first, log)
