@@ -100,11 +100,11 @@ def test_text_summary_marks_estimates(capsys):
 
 
 def test_app_hands_streamlit_its_options_and_trusted_mode_to_the_server(monkeypatch):
-    from prunekit.app import serve
+    from prunekit.app import entry
     from prunekit.models.checkpoints import TRUSTED_ENV, trusted_mode
 
     got = []
-    monkeypatch.setattr(serve, "main", lambda args: got.append((list(args), trusted_mode())) or 0)
+    monkeypatch.setattr(entry, "run", lambda args: got.append((list(args), trusted_mode())) or 0)
     monkeypatch.delenv(TRUSTED_ENV, raising=False)
     assert main(["app", "--server.port", "8502"]) == 0
     monkeypatch.setenv(TRUSTED_ENV, "")  # restored after the test
