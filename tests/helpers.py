@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from prunekit.core.data import EvalData
-from prunekit.core.loaded import InputSpec, Loaded
+from prunekit.core.loaded import InputSpec, Loaded, ModelSpec
 from prunekit.core.spec import Allocation, PruneConfig, PruneSpec
 
 
@@ -146,3 +146,20 @@ def spec_of(criterion: str, structure: str, normalise: str, config: PruneConfig)
     """The spec of a score table's (criterion, structure, normalisation) and an allocation ``config``."""
     allocation = Allocation(config.scope, normalise)
     return PruneSpec(criterion, structure, allocation, config.sparsity, config.keep_first_last, config.overrides)
+
+
+TINY_SPEC = ModelSpec("tests.helpers:load_tiny", ("TinyResNet",))  # how a worker loads the tiny residual model
+
+
+def wait_for(service, jobs, session: str = "t") -> dict:
+    """Ask an EvalService for ``jobs`` as live full figures until every one is known; their outcomes."""
+    from prunekit.service.queue import LIVE_FULL
+
+    known: dict = {}
+
+    def done() -> bool:
+        known.update(service.request([(j, LIVE_FULL) for j in jobs], session))
+        return all(v is not None for v in known.values())
+
+    wait_until(done, what=f"jobs {jobs}")
+    return known

@@ -1,6 +1,5 @@
 """Streamlit AppTest for every page on the default model."""
 
-from pathlib import Path
 from urllib.parse import parse_qs
 
 import pytest
@@ -8,52 +7,8 @@ from streamlit.testing.v1 import AppTest
 
 from prunekit.app.links import decode_overrides
 from prunekit.core.spec import Allocation, PruneSpec
+from tests.apptest import PAGES, metric, open_page, rerun, settle
 from tests.helpers import page, wait_until
-
-APP = str(Path(__file__).resolve().parent.parent / "prunekit" / "app" / "main.py")
-
-PAGES = [
-    page("model"),
-    page("prune"),
-    page("importance"),
-    page("sensitivity"),
-    page("tradeoffs"),
-    page("forget"),
-]
-TIMEOUT = 240
-
-
-def app(query: dict | None = None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    for k, v in (query or {}).items():
-        at.query_params[k] = v
-    return at
-
-
-def open_page(path: str, query: dict | None = None) -> AppTest:
-    at = app(query).run()
-    if path != page("model"):
-        at.switch_page(path).run()
-    assert not at.exception, at.exception
-    return at
-
-
-def metric(at: AppTest, label_start: str) -> str:
-    return next(m.value for m in at.metric if m.label.startswith(label_start))
-
-
-def rerun(at: AppTest) -> AppTest:
-    """One more run of the page, which must not raise."""
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def settle(at: AppTest) -> AppTest:
-    """Rerun until every accuracy on the page is a full-split figure (the service works meanwhile)."""
-    pending = lambda: any(m.value == "computing..." or "estimate" in m.label for m in at.metric)  # noqa: E731
-    wait_until(lambda: not pending(), step=lambda: rerun(at), what="every accuracy a full-split figure")
-    return at
 
 
 @pytest.mark.parametrize("page", PAGES)

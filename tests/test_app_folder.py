@@ -8,8 +8,8 @@ from PIL import Image
 
 from prunekit.app import server_state
 from prunekit.models import datasets, zoo
+from tests.apptest import metric, open_page, settle
 from tests.helpers import page
-from tests.test_app import metric, open_page, settle
 
 PER_CLASS = 6
 

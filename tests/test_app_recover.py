@@ -4,8 +4,8 @@ import re
 
 import pytest
 
+from tests.apptest import metric, open_page, rerun
 from tests.helpers import page, wait_until
-from tests.test_app import metric, open_page, rerun
 
 FILTERS = {"model": "fmnist-vgg", "structure": "filter", "criterion": "l1", "sparsity": "0.5", "normalise": "mean"}
 pytestmark = pytest.mark.xdist_group("app-recover")

@@ -14,7 +14,7 @@ from prunekit.deploy.recover import Recipe, Recovery
 from prunekit.service.evaluation import EvalService
 from prunekit.service.jobs import JobError, RecoverJob, SpeedJob
 from prunekit.service.store import ResultStore
-from tests.test_service import TINY, wait_for
+from tests.helpers import TINY_SPEC, wait_for
 
 pytestmark = pytest.mark.xdist_group("service")
 CNN = ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",))
@@ -23,7 +23,7 @@ CNN = ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",))
 @pytest.fixture
 def service(tmp_path):
     svc = EvalService(workers=1, store=ResultStore(tmp_path / "r.sqlite3"))
-    svc.register("tiny", TINY, fingerprint="tiny-seed0")
+    svc.register("tiny", TINY_SPEC, fingerprint="tiny-seed0")
     svc.register("fmnist-cnn", CNN, fingerprint="cnn")
     yield svc
     svc.close()
@@ -36,7 +36,7 @@ def test_speed_job_times_dense_masked_and_compact_and_is_stored(service, tmp_pat
     assert set(got.ms) == {"dense", "masked", "compact"} and set(got.runs) == {1, 64}
     assert all(t > 0 for per in got.ms.values() for t in per.values()) and got.note is None
     again = EvalService(workers=1, store=ResultStore(tmp_path / "r.sqlite3"))
-    again.register("tiny", TINY, fingerprint="tiny-seed0")
+    again.register("tiny", TINY_SPEC, fingerprint="tiny-seed0")
     try:
         assert again.lookup(job) == got  # from the store, not re-measured
     finally:

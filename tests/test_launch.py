@@ -18,9 +18,9 @@ from prunekit.core.spec import Allocation, PruneSpec
 from prunekit.models import custom
 from prunekit.service.fanout import Backend, run_jobs, sweep_jobs
 from prunekit.service.jobs import EvalJob
+from tests.apptest import APP, metric, settle
 from tests.browser import CHROMIUM, launch_browser
 from tests.helpers import page
-from tests.test_app import APP, metric, settle
 
 NAME = "my-net"
 

@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from prunekit.app.links import LinkSchema, decode_overrides, encode_overrides, parse_link, shown
+from tests.apptest import PAGES, app
 from tests.helpers import page
-from tests.test_app import PAGES, app
 
 DEFAULTS = {"model": "m1", "criterion": "c1", "structure": "s1", "sparsity": 0.5, "keep": False, "normalise": "none"}
 CHOICES = {"model": ["m1", "m2"], "criterion": ["c1", "c2"], "structure": ["s1", "s2"], "normalise": ["none", "mean"]}

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from prunekit.errors import without_server_paths
+from tests.apptest import PAGES, open_page
 from tests.helpers import page
-from tests.test_app import PAGES, open_page
 
 ROOT = Path(__file__).resolve().parent.parent
 ABSOLUTE = re.compile(r"(?<![\w:/.~-])/(?:[\w.+@-]+/)+[\w.+@-]+")

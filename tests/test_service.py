@@ -19,27 +19,15 @@ from prunekit.service.evaluation import EvalService
 from prunekit.service.jobs import EvalJob, JobError
 from prunekit.service.queue import CURVE, LIVE_FULL, curve_grid
 from prunekit.service.store import ResultStore
-from tests.helpers import TinyResNet, spec_of, tiny_loaded, wait_until
+from tests.helpers import TINY_SPEC, TinyResNet, spec_of, tiny_loaded, wait_for, wait_until
 
 pytestmark = pytest.mark.xdist_group("service")  # worker processes: keep these on one xdist worker
-TINY = ModelSpec("tests.helpers:load_tiny", ("TinyResNet",))
-
-
-def wait_for(service: EvalService, jobs, session: str = "t") -> dict:
-    known: dict = {}
-
-    def done() -> bool:
-        known.update(service.request([(j, LIVE_FULL) for j in jobs], session))
-        return all(v is not None for v in known.values())
-
-    wait_until(done, what=f"jobs {jobs}")
-    return known
 
 
 @pytest.fixture
 def service(tmp_path):
     svc = EvalService(workers=2, store=ResultStore(tmp_path / "r.sqlite3"))
-    svc.register("tiny", TINY, fingerprint="tiny-seed0")
+    svc.register("tiny", TINY_SPEC, fingerprint="tiny-seed0")
     yield svc
     svc.close()
 
@@ -197,16 +185,16 @@ def test_results_survive_a_restart_and_a_corrupt_row_is_ignored(tmp_path):
     path = tmp_path / "r.sqlite3"
     job = EvalJob("tiny", PruneSpec("l1", "filter", sparsity=0.25))
     first = EvalService(workers=1, store=ResultStore(path))
-    first.register("tiny", TINY, fingerprint="tiny-seed0")
+    first.register("tiny", TINY_SPEC, fingerprint="tiny-seed0")
     acc = wait_for(first, [job])[job]
     first.close()
     second = EvalService(workers=1, store=ResultStore(path))
-    second.register("tiny", TINY, fingerprint="tiny-seed0")
+    second.register("tiny", TINY_SPEC, fingerprint="tiny-seed0")
     try:
         assert second.lookup(job) == acc  # from disk: no worker ran it
         assert second.status().done == 1 and second.status().busy == 0
         other = EvalService(workers=1, store=ResultStore(path))
-        other.register("tiny", TINY, fingerprint="other-weights")
+        other.register("tiny", TINY_SPEC, fingerprint="other-weights")
         assert other.lookup(job) is None  # other weights: a different key, never the stale value
         other.close()
     finally:
@@ -335,7 +323,7 @@ def counting(tmp_path):
     """A one-worker service on a store that counts its reads: (service, store)."""
     store = _CountingStore(tmp_path / "r.sqlite3")
     svc = EvalService(workers=1, store=store)
-    svc.register("tiny", TINY, fingerprint="tiny-seed0")
+    svc.register("tiny", TINY_SPEC, fingerprint="tiny-seed0")
     yield svc, store
     svc.close()
 
