@@ -1,14 +1,14 @@
 """One real-browser test: Debian's Chromium driven by Playwright (never a downloaded browser)."""
 
 import os
-import subprocess
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.browser import CHROMIUM, free_port, healthy, launch_browser, needs_chromium
+from tests.browser import CHROMIUM, free_port, launch_browser, needs_chromium, served
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
@@ -16,30 +16,15 @@ ARTIFACTS = ROOT / "artifacts"
 pytestmark = [pytest.mark.browser, needs_chromium]
 
 
-def _start_app(cache_dir: Path, port: int) -> subprocess.Popen:
-    """The app exactly as a newcomer starts it: ``./dev app`` (``prunekit app``: app.py, warm start), two workers; the
-    background curve off (no test here waits for it, and it would take both cores from the suite)."""
-    env = os.environ | {"PRUNEKIT_CACHE_DIR": str(cache_dir), "PRUNEKIT_WORKERS": "2", "PRUNEKIT_CURVE_FILL": "0"}
-    return subprocess.Popen(
-        ["./dev", "app", "--server.port", str(port), "--server.address", "127.0.0.1"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 @contextmanager
 def _app(cache_dir: Path):
+    """The app exactly as a newcomer starts it: ``./dev app`` (app.py, warm start), two workers; the background
+    curve off (no test here waits for it, and it would take both cores from the suite)."""
+    env = os.environ | {"PRUNEKIT_CACHE_DIR": str(cache_dir), "PRUNEKIT_WORKERS": "2", "PRUNEKIT_CURVE_FILL": "0"}
     port = free_port()
-    proc = _start_app(cache_dir, port)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        healthy(proc, url)
+    command = ["./dev", "app", "--server.port", str(port), "--server.address", "127.0.0.1"]
+    with served(command, port, ROOT, env, Path(tempfile.mkdtemp(prefix="prunekit-app-log-")) / "server.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from functools import partial
 
 import streamlit as st
 
-from prunekit.app import forgetting, plots, server_state, session_state
+from prunekit.app import forgetting, plots, server_state, session_state, views
 from prunekit.app.links import SPARSITY_MAX, SPARSITY_STEP
 from prunekit.app.live import live
 from prunekit.app.session_state import PageContext
@@ -24,9 +24,9 @@ def page() -> None:
 
 
 def intro() -> None:
-    st.title("What the pruned model forgets")
-    with st.expander("How to read this page"):
-        st.markdown(
+    views.intro(
+        "What the pruned model forgets",
+        (
             "**Per-class change**: each bar is a class's accuracy after pruning less before; a small drop in the "
             "mean can hide a class that collapses (Hooker et al., *What do compressed deep neural networks forget?*). "
             "**Where the lost images go**: for the images the dense model got right and the pruned one gets wrong, "
@@ -34,7 +34,9 @@ def intro() -> None:
             "fixed them). **McNemar's test**: dense and pruned are scored on the same images, so the question is "
             "paired; the test looks only at the images that flipped (b lost, c gained) and gives the chance of a "
             "split at least this uneven if pruning changed nothing. Two intervals side by side cannot say that."
-        )
+        ),
+        "How to read this page",
+    )
 
 
 def unavailable(ctx: PageContext) -> str | None:

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from prunekit.app import computed, plots, session_state
+from prunekit.app import computed, plots, session_state, views
 from prunekit.app.links import SPARSITY_MAX, SPARSITY_STEP
 from prunekit.app.session_state import PageContext, reported
 from prunekit.core.analysis import FilterView
@@ -32,15 +32,16 @@ def page() -> None:
 
 
 def intro() -> None:
-    st.title("Which filters does each criterion keep?")
-    with st.expander("What am I looking at?"):
-        st.markdown(
+    views.intro(
+        "Which filters does each criterion keep?",
+        (
             "Each row is a group of coupled channels (named by its first layer), each cell one filter, coloured by "
             "the criterion's score relative to the best filter of that row; an **x** marks a filter removed at the "
             "current sparsity. Magnitude criteria assume small weights matter little; BN-scale reads the learned "
             "channel gates (network slimming); Taylor and captum use gradients on real images (Molchanov et al.). "
             "Where criteria disagree, the choice of criterion matters more than the threshold."
-        )
+        ),
+    )
 
 
 def controls(ctx: PageContext) -> tuple[str, Scope, bool]:

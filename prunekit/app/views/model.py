@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from prunekit.app import computed, plots, server_state, session_state
+from prunekit.app import computed, plots, server_state, session_state, views
 from prunekit.app.session_state import PageContext
 from prunekit.core.evaluate import interval_label
 from prunekit.core.profile import LayerInfo
@@ -26,14 +26,15 @@ def page() -> None:
 
 
 def intro() -> None:
-    st.title("Where do the parameters and the compute live?")
-    with st.expander("What am I looking at?"):
-        st.markdown(
+    views.intro(
+        "Where do the parameters and the compute live?",
+        (
             "Parameters decide a model's **size**; multiply-accumulates (MACs) decide its **compute**. They live in "
             "different places: early conv layers see large feature maps with few channels (cheap in parameters, "
             "costly in compute), late layers the opposite. That is why pruning 'the biggest layers' shrinks the file "
             "but barely speeds the model up (Blalock et al.'s compression ratio vs theoretical speedup)."
-        )
+        ),
+    )
     with st.expander("Bundled models (offline, trained here on Fashion-MNIST)", expanded=True):
         st.dataframe(pd.DataFrame(server_state.bundled_rows()), hide_index=True, width="stretch")
 

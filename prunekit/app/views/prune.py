@@ -4,7 +4,7 @@ from functools import partial
 
 import streamlit as st
 
-from prunekit.app import computed, overlay, plots, server_state, session_state
+from prunekit.app import computed, overlay, plots, server_state, session_state, views
 from prunekit.app.links import SPARSITY_MAX, SPARSITY_STEP
 from prunekit.app.live import live
 from prunekit.app.session_state import PageContext, reported
@@ -71,9 +71,9 @@ def page() -> None:
 
 
 def intro() -> None:
-    st.title("Global against local pruning")
-    with st.expander("What am I looking at?"):
-        st.markdown(
+    views.intro(
+        "Global against local pruning",
+        (
             "**Local** pruning removes the same fraction from every layer. **Global** pruning ranks all weights (or "
             "filters) of the network together and removes everything under one threshold, so layers with small "
             "scores lose more, and at high sparsity a whole layer can vanish: **layer collapse** (Tanaka et al., "
@@ -81,7 +81,8 @@ def intro() -> None:
             "filter pruning removes whole channels, with the next layer's input kernels and the BatchNorm entries, "
             "which real hardware can turn into speed. *Effective sparsity* also counts weights that are non-zero but "
             "on no input-output path."
-        )
+        ),
+    )
 
 
 def presets() -> None:

@@ -5,7 +5,7 @@ from functools import partial
 
 import streamlit as st
 
-from prunekit.app import computed, planning, plots, server_state, session_state
+from prunekit.app import computed, planning, plots, server_state, session_state, views
 from prunekit.app.live import live
 from prunekit.app.session_state import PageContext, reported
 from prunekit.core.budget import TARGETS, Target
@@ -41,14 +41,15 @@ def page() -> None:
 
 
 def intro() -> None:
-    st.title("Which layers can take the cut?")
-    with st.expander("What am I looking at?"):
-        st.markdown(
+    views.intro(
+        "Which layers can take the cut?",
+        (
             "Sensitivity analysis prunes **one layer at a time**, everything else dense, and measures the accuracy. "
             "Layers whose accuracy barely moves can be pruned hard; sensitive ones (often the first layer and thin "
             "bottlenecks) deserve low sparsity. It is the classic way to choose per-layer sparsities before pruning "
             "for real."
-        )
+        ),
+    )
 
 
 def controls(ctx: PageContext) -> Scan | None:

@@ -4,7 +4,7 @@ from functools import partial
 
 import streamlit as st
 
-from prunekit.app import computed, forgetting, plots, server_state, session_state
+from prunekit.app import computed, forgetting, plots, server_state, session_state, views
 from prunekit.app.live import live
 from prunekit.app.session_state import PageContext
 from prunekit.core.spec import COMPARED_SCOPES, PruneSpec
@@ -33,15 +33,16 @@ def page() -> None:
 
 
 def intro() -> None:
-    st.title("Accuracy against sparsity and speed-up")
-    with st.expander("What am I looking at?"):
-        st.markdown(
+    views.intro(
+        "Accuracy against sparsity and speed-up",
+        (
             "Each curve is one pruning recipe: a criterion, a scope and a structure. Higher and further right is "
             "better. Dashed lines mark where a recipe collapses the network. The second chart trades accuracy "
             "against **theoretical speedup** (dense MACs / MACs of surviving weights): a compression ratio alone can "
             "flatter a method that prunes cheap layers (Blalock et al., 'What is the state of neural network "
             "pruning?')."
-        )
+        ),
+    )
 
 
 def _missing(curves: dict) -> int:
