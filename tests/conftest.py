@@ -16,3 +16,34 @@ if "PYTEST_XDIST_WORKER" in os.environ:
     import torch
 
     torch.set_num_threads(_share)
+
+
+import pytest  # noqa: E402  (after the thread settings above, which must precede torch's first import)
+
+
+@pytest.fixture
+def services(tmp_path):
+    """Build evaluation services that are closed when the test ends, whatever happens in it.
+
+    ``services(workers, store="r.sqlite3", tiny=True, **options)``: ``store`` names a result store file in the
+    test's folder (the same name twice is the same store, as after a restart) or is a store; ``tiny`` registers the seeded
+    tiny residual model as "tiny"; other options go to ``EvalService`` (``spawn``, ``remote``).
+    """
+    from prunekit.service.evaluation import EvalService
+    from prunekit.service.store import ResultStore
+    from tests.helpers import TINY_SPEC
+
+    built = []
+
+    def build(workers: int = 1, *, store=None, tiny: bool = False, **options):
+        if store is not None:
+            options["store"] = ResultStore(tmp_path / store) if isinstance(store, str) else store
+        service = EvalService(workers=workers, **options)
+        built.append(service)
+        if tiny:
+            service.register("tiny", TINY_SPEC, fingerprint="tiny-seed0")
+        return service
+
+    yield build
+    for service in reversed(built):
+        service.close()

@@ -3,9 +3,9 @@ once imported a module that had moved, and nothing ran it)."""
 
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+
 SCRIPTS = sorted((ROOT / "bench").glob("*.py"))
 
 LOAD_ALL = """

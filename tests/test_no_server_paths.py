@@ -11,9 +11,8 @@ import pytest
 
 from prunekit.errors import without_server_paths
 from tests.apptest import PAGES, open_page
-from tests.helpers import page
+from tests.helpers import ROOT, page
 
-ROOT = Path(__file__).resolve().parent.parent
 ABSOLUTE = re.compile(r"(?<![\w:/.~-])/(?:[\w.+@-]+/)+[\w.+@-]+")
 MEDIA = re.compile(r"/(?:mock/)?media/[0-9a-f]+\.\w+")  # Streamlit's own URL for an image it serves, not a path
 SERVER_DIRS = [str(ROOT), sys.prefix, tempfile.gettempdir(), str(Path.home()), "/usr/share/datasets", "/proc/"]

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.browser import NAVIGATION, free_port, launch_browser, needs_chromium, open_directly, served
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 OURS = ("prunekit", "__editable__")  # the checkout's own editable install must not be seen
 
 

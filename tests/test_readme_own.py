@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+
 BIN = Path(sys.executable).parent
 
 

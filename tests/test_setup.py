@@ -1,9 +1,8 @@
 """The README's two commands are the ones CI runs; requirements are pinned."""
 
 import re
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
 
 
 def readme_commands() -> list[str]:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.browser import CHROMIUM, free_port, launch_browser, needs_chromium, served
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
 
 pytestmark = [pytest.mark.browser, needs_chromium]

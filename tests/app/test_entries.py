@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.browser import NAVIGATION, free_port, launch_browser, needs_chromium, open_directly, served
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 TITLES = {
     "model": "Where do the parameters and the compute live?",
     "prune": "Global against local pruning",

@@ -19,16 +19,14 @@ from prunekit.core.lab import Lab
 from prunekit.core.loaded import ModelSpec
 from prunekit.core.spec import Allocation, PruneSpec
 from prunekit.models.zoo import load
-from prunekit.service.evaluation import EvalService
 from prunekit.service.fanout import Backend, run_jobs, sensitivity_jobs, sweep_jobs
 from prunekit.service.jobs import EvalJob
 from prunekit.service.raypool import RayPool
 from prunekit.service.store import ResultStore
-from tests.helpers import page
-from tests.lost_cluster import head_pids
+from tests.helpers import ROOT, page
+from tests.service.lost_cluster import head_pids
 
 pytestmark = pytest.mark.xdist_group("ray")  # one Ray instance at a time, on one xdist worker
-ROOT = Path(__file__).resolve().parent.parent
 RAY = Path(sys.executable).parent / "ray"
 SPEC = ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",))
 
@@ -68,17 +66,14 @@ def test_ray_sweep_and_sensitivity_equal_local_workers_exactly(lab, tmp_path):
     assert seen[-1] == (len(jobs), len(jobs)) and len(seen) > 2  # the progress bar moved
 
 
-def test_model_reaches_the_object_store_once(tmp_path):
+def test_model_reaches_the_object_store_once(tmp_path, services):
     pool = RayPool("local", cpus=2)
-    svc = EvalService(workers=0, remote=pool)
-    try:
-        svc.register("fmnist-cnn", SPEC)
-        jobs = [EvalJob("fmnist-cnn", PruneSpec("magnitude", sparsity=s / 10), subset=300) for s in range(8)]
-        assert svc.wait(jobs, timeout=120)
-        assert pool.puts == 1  # eight tasks over two slots, one payload
-        assert svc.status().backend == "a private Ray instance on this machine (2 CPUs)"
-    finally:
-        svc.close()
+    svc = services(0, remote=pool)
+    svc.register("fmnist-cnn", SPEC)
+    jobs = [EvalJob("fmnist-cnn", PruneSpec("magnitude", sparsity=s / 10), subset=300) for s in range(8)]
+    assert svc.wait(jobs, timeout=120)
+    assert pool.puts == 1  # eight tasks over two slots, one payload
+    assert svc.status().backend == "a private Ray instance on this machine (2 CPUs)"
 
 
 def _ray_task_pids() -> list[int]:
@@ -91,24 +86,21 @@ def _ray_task_pids() -> list[int]:
     return pids
 
 
-def test_a_worker_killed_mid_sweep_loses_no_point(tmp_path):
-    svc = EvalService(workers=0, remote=RayPool("local", cpus=2), store=ResultStore(tmp_path / "r.sqlite3"))
-    try:
-        svc.register("fmnist-resnet", ModelSpec("prunekit.models.zoo:load", ("fmnist-resnet",)))
-        jobs = [EvalJob("fmnist-resnet", PruneSpec("magnitude", sparsity=s / 20)) for s in range(3)]
-        svc.request([(job, 1) for job in jobs])
-        deadline = time.monotonic() + 60
-        while not (svc.status().done >= 1 and _ray_task_pids()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        victims = _ray_task_pids()
-        assert victims, "no Ray task was running to kill"
-        os.kill(victims[0], signal.SIGKILL)
-        assert svc.wait(jobs, timeout=240)
-        outcomes = {job: svc.lookup(job) for job in jobs}
-        assert all(isinstance(o, Accuracy) and o.n == 10_000 for o in outcomes.values()), outcomes
-        assert victims[0] not in _ray_task_pids()
-    finally:
-        svc.close()
+def test_a_worker_killed_mid_sweep_loses_no_point(tmp_path, services):
+    svc = services(0, remote=RayPool("local", cpus=2), store="r.sqlite3")
+    svc.register("fmnist-resnet", ModelSpec("prunekit.models.zoo:load", ("fmnist-resnet",)))
+    jobs = [EvalJob("fmnist-resnet", PruneSpec("magnitude", sparsity=s / 20)) for s in range(3)]
+    svc.request([(job, 1) for job in jobs])
+    deadline = time.monotonic() + 60
+    while not (svc.status().done >= 1 and _ray_task_pids()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victims = _ray_task_pids()
+    assert victims, "no Ray task was running to kill"
+    os.kill(victims[0], signal.SIGKILL)
+    assert svc.wait(jobs, timeout=240)
+    outcomes = {job: svc.lookup(job) for job in jobs}
+    assert all(isinstance(o, Accuracy) and o.n == 10_000 for o in outcomes.values()), outcomes
+    assert victims[0] not in _ray_task_pids()
 
 
 def _free_port() -> int:
@@ -264,15 +256,12 @@ def test_the_app_says_once_that_the_cluster_is_unreachable_and_works_locally(app
     assert "Most sensitive" in next(m.value for m in at.markdown if "Most sensitive" in m.value)
 
 
-def test_a_sweep_through_sparsity_zero_counts_the_dense_point_once(tmp_path):
+def test_a_sweep_through_sparsity_zero_counts_the_dense_point_once(tmp_path, services):
     from prunekit.service.fanout import collect
 
-    svc = EvalService(workers=1)
-    try:
-        svc.register("fmnist-cnn", SPEC)
-        jobs = sweep_jobs(EvalJob("fmnist-cnn", PruneSpec("magnitude"), subset=200), [0.0, 0.5])  # 0.0 is the dense job
-        seen = []
-        got = collect(svc, jobs, lambda done, total: seen.append((done, total)))
-        assert seen[-1] == (2, 2) and got[jobs[0]] == got[jobs[1]]
-    finally:
-        svc.close()
+    svc = services(1)
+    svc.register("fmnist-cnn", SPEC)
+    jobs = sweep_jobs(EvalJob("fmnist-cnn", PruneSpec("magnitude"), subset=200), [0.0, 0.5])  # 0.0 is the dense job
+    seen = []
+    got = collect(svc, jobs, lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (2, 2) and got[jobs[0]] == got[jobs[1]]

@@ -87,9 +87,8 @@ def test_the_path_job_of_a_worker_equals_the_engines_path_test_and_survives_the_
         assert job.key()[0] == "paths" and job.canonical() is job  # never merged into the accuracy job
 
 
-def test_the_collapse_point_of_a_worker_equals_the_engines_and_the_tradeoff_waits_for_it(monkeypatch):
+def test_the_collapse_point_of_a_worker_equals_the_engines_and_the_tradeoff_waits_for_it(monkeypatch, services):
     from prunekit.service import readings
-    from prunekit.service.evaluation import EvalService
     from prunekit.service.jobs import Collapse, CollapseJob, EvalJob
 
     spec = ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",))
@@ -102,19 +101,16 @@ def test_the_collapse_point_of_a_worker_equals_the_engines_and_the_tradeoff_wait
 
     lab = Lab(runner.labs["fmnist-cnn"].loaded)
     monkeypatch.setattr(Lab, "paths_inline", property(lambda self: False))  # as on a big model
-    svc = EvalService(workers=1)
-    try:
-        svc.register("fmnist-cnn", spec)
-        template = EvalJob("fmnist-cnn", subset=1000)
-        recipes = [PruneSpec("l1", "filter", "global")]
-        first = readings.tradeoff(svc, lab, template, recipes, (0.0, 0.5), "s")[recipes[0]]
-        assert first["collapse_pending"] and first["collapse_point"] is None  # the rerun did not bisect
+    svc = services(1)
+    svc.register("fmnist-cnn", spec)
+    template = EvalJob("fmnist-cnn", subset=1000)
+    recipes = [PruneSpec("l1", "filter", "global")]
+    first = readings.tradeoff(svc, lab, template, recipes, (0.0, 0.5), "s")[recipes[0]]
+    assert first["collapse_pending"] and first["collapse_point"] is None  # the rerun did not bisect
 
-        def read() -> dict:
-            return readings.tradeoff(svc, lab, template, recipes, (0.0, 0.5), "s")[recipes[0]]
+    def read() -> dict:
+        return readings.tradeoff(svc, lab, template, recipes, (0.0, 0.5), "s")[recipes[0]]
 
-        wait_until(lambda: not read()["collapse_pending"], what="the worker's collapse point")
-        curve = read()
-        assert curve["collapse_point"] == want and curve["collapse_errors"] == []
-    finally:
-        svc.close()
+    wait_until(lambda: not read()["collapse_pending"], what="the worker's collapse point")
+    curve = read()
+    assert curve["collapse_point"] == want and curve["collapse_errors"] == []

@@ -13,7 +13,6 @@ from prunekit.core.loaded import ModelSpec
 from prunekit.core.spec import Allocation, PruneSpec
 from prunekit.service import policy, scheduler, workers
 from prunekit.service.chunks import Control, Resume
-from prunekit.service.evaluation import EvalService
 from prunekit.service.jobs import CHUNK_IMAGES, ESTIMATE_IMAGES, EvalJob, JobError
 from prunekit.service.queue import CURVE, LIVE_ESTIMATE, LIVE_FULL
 from prunekit.service.runner import JobRunner, answer, jobs_from
@@ -91,7 +90,7 @@ def _run_until_preempted(conn, release: threading.Event) -> tuple:
 
 
 @pytest.fixture
-def scripted(monkeypatch):
+def scripted(monkeypatch, services):
     """A one-worker service whose worker is the script above; yields (service, sent, release, preempt calls)."""
     sent, release, calls = [], threading.Event(), []
 
@@ -107,11 +106,10 @@ def scripted(monkeypatch):
         return policy.decide(queue, *args)
 
     monkeypatch.setattr(scheduler, "decide", decide)
-    svc = EvalService(workers=1, spawn=spawn)
+    svc = services(1, spawn=spawn)
     svc.register("m", FMNIST)
     yield svc, sent, release, calls
     release.set()
-    svc.close()
 
 
 def test_a_live_request_preempts_background_work_which_resumes_later(scripted):
@@ -199,7 +197,7 @@ def _sharing(conn, sent: list) -> None:
 
 
 @pytest.fixture
-def two_sharing(monkeypatch):
+def two_sharing(monkeypatch, services):
     sent = []
 
     def spawn():
@@ -217,10 +215,9 @@ def two_sharing(monkeypatch):
         return policy.decide(queue, *args)
 
     monkeypatch.setattr(scheduler, "decide", decide)
-    svc = EvalService(workers=2, spawn=spawn)
+    svc = services(2, spawn=spawn)
     svc.register("m", FMNIST)
     yield svc, sent, looked
-    svc.close()
 
 
 def test_an_idle_worker_shares_a_live_full_pass_and_the_counts_add_up(two_sharing):
@@ -245,7 +242,7 @@ def test_a_background_pass_is_not_shared(two_sharing):
     assert sent == [(SHARED, None), (other, None)] and svc.lookup(SHARED) is None
 
 
-def test_a_failing_scheduler_answers_every_request_with_its_error(monkeypatch):
+def test_a_failing_scheduler_answers_every_request_with_its_error(monkeypatch, services):
     def broken(*args):
         raise RuntimeError("a bug in the scheduler")
 
@@ -256,10 +253,7 @@ def test_a_failing_scheduler_answers_every_request_with_its_error(monkeypatch):
         return workers.Worker(proc, parent)
 
     monkeypatch.setattr(scheduler, "decide", broken)
-    svc = EvalService(workers=1, spawn=idle)
-    try:
-        wait_until(lambda: svc.broken is not None)
-        (answer_,) = svc.request([(LIVE, LIVE_FULL)], "a session").values()
-        assert isinstance(answer_, JobError) and "RuntimeError: a bug in the scheduler" in answer_.message
-    finally:
-        svc.close()
+    svc = services(1, spawn=idle)
+    wait_until(lambda: svc.broken is not None)
+    (answer_,) = svc.request([(LIVE, LIVE_FULL)], "a session").values()
+    assert isinstance(answer_, JobError) and "RuntimeError: a bug in the scheduler" in answer_.message

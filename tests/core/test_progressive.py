@@ -8,7 +8,6 @@ from prunekit.core.evaluate import accuracy_of
 from prunekit.core.loaded import ModelSpec
 from prunekit.core.spec import PruneSpec
 from prunekit.service.chunks import Control
-from prunekit.service.evaluation import EvalService
 from prunekit.service.jobs import ESTIMATE_IMAGES, EVAL_BATCH, EvalJob
 from prunekit.service.queue import LIVE_ESTIMATE, LIVE_FULL
 from prunekit.service.runner import JobRunner
@@ -50,7 +49,7 @@ def test_one_pass_reports_the_estimate_and_ends_on_todays_full_figure(name):
         assert _figures(full) == _figures(whole) and full.n == len(data) == 10_000
 
 
-def test_a_live_full_request_scores_its_estimate_on_the_way(tmp_path, monkeypatch):
+def test_a_live_full_request_scores_its_estimate_on_the_way(monkeypatch, services):
     sent, original = [], Scheduler._send
 
     def send(self, w, entry, resume=None):  # this service's dispatches only (others may run in this test process)
@@ -59,17 +58,14 @@ def test_a_live_full_request_scores_its_estimate_on_the_way(tmp_path, monkeypatc
         return original(self, w, entry, resume)
 
     monkeypatch.setattr(Scheduler, "_send", send)
-    svc = EvalService(workers=1)
-    try:
-        svc.register("fmnist-cnn", ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",)))
-        full = EvalJob("fmnist-cnn", PruneSpec("magnitude", sparsity=0.6))
-        estimate = full.with_subset(ESTIMATE_IMAGES)
-        svc.request([(full, LIVE_FULL), (estimate, LIVE_ESTIMATE)], "s")
-        wait_until(lambda: all(svc.lookup(j) is not None for j in (full, estimate)))
-        assert sent == [full]  # one job ran; the estimate came from its first part
-        runner = JobRunner()
-        runner.load("fmnist-cnn", ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",)))
-        assert _figures(svc.lookup(estimate)) == _figures(runner.run(estimate))
-        assert _figures(svc.lookup(full)) == _figures(runner.run(full))
-    finally:
-        svc.close()
+    svc = services(1)
+    svc.register("fmnist-cnn", ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",)))
+    full = EvalJob("fmnist-cnn", PruneSpec("magnitude", sparsity=0.6))
+    estimate = full.with_subset(ESTIMATE_IMAGES)
+    svc.request([(full, LIVE_FULL), (estimate, LIVE_ESTIMATE)], "s")
+    wait_until(lambda: all(svc.lookup(j) is not None for j in (full, estimate)))
+    assert sent == [full]  # one job ran; the estimate came from its first part
+    runner = JobRunner()
+    runner.load("fmnist-cnn", ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",)))
+    assert _figures(svc.lookup(estimate)) == _figures(runner.run(estimate))
+    assert _figures(svc.lookup(full)) == _figures(runner.run(full))

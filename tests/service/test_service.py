@@ -15,7 +15,6 @@ from prunekit.core.loaded import ModelSpec
 from prunekit.core.shared import Pool, SingleFlight
 from prunekit.core.spec import Allocation, PruneConfig, PruneSpec
 from prunekit.errors import InvalidArgumentError
-from prunekit.service.evaluation import EvalService
 from prunekit.service.jobs import EvalJob, JobError
 from prunekit.service.queue import CURVE, LIVE_FULL, curve_grid
 from prunekit.service.store import ResultStore
@@ -25,11 +24,8 @@ pytestmark = pytest.mark.xdist_group("service")  # worker processes: keep these 
 
 
 @pytest.fixture
-def service(tmp_path):
-    svc = EvalService(workers=2, store=ResultStore(tmp_path / "r.sqlite3"))
-    svc.register("tiny", TINY_SPEC, fingerprint="tiny-seed0")
-    yield svc
-    svc.close()
+def service(services):
+    return services(2, store="r.sqlite3", tiny=True)
 
 
 # --- statistics ---------------------------------------------------------------------------------
@@ -159,7 +155,7 @@ def test_a_superseded_request_is_still_computed(service):
     old = EvalJob("tiny", PruneSpec("magnitude", sparsity=0.11))
     new = EvalJob("tiny", PruneSpec("magnitude", sparsity=0.12))
     service.request([(old, LIVE_FULL)], "s")
-    service.request([(new, LIVE_FULL)], "s")  # the slider moved on: old is demoted (tests/test_queue.py)
+    service.request([(new, LIVE_FULL)], "s")  # the slider moved on: old is demoted (tests/service/test_queue.py)
     known = wait_for(service, [new, old], session="other")
     assert all(isinstance(v, Accuracy) for v in known.values())
 
@@ -181,24 +177,19 @@ def test_curve_is_filled_coarse_to_fine_for_both_scopes(service):
     assert all(isinstance(service.lookup(j), Accuracy) for j in coarse)
 
 
-def test_results_survive_a_restart_and_a_corrupt_row_is_ignored(tmp_path):
+def test_results_survive_a_restart_and_a_corrupt_row_is_ignored(tmp_path, services):
     path = tmp_path / "r.sqlite3"
     job = EvalJob("tiny", PruneSpec("l1", "filter", sparsity=0.25))
-    first = EvalService(workers=1, store=ResultStore(path))
-    first.register("tiny", TINY_SPEC, fingerprint="tiny-seed0")
+    first = services(1, store=ResultStore(path), tiny=True)
     acc = wait_for(first, [job])[job]
     first.close()
-    second = EvalService(workers=1, store=ResultStore(path))
-    second.register("tiny", TINY_SPEC, fingerprint="tiny-seed0")
-    try:
-        assert second.lookup(job) == acc  # from disk: no worker ran it
-        assert second.status().done == 1 and second.status().busy == 0
-        other = EvalService(workers=1, store=ResultStore(path))
-        other.register("tiny", TINY_SPEC, fingerprint="other-weights")
-        assert other.lookup(job) is None  # other weights: a different key, never the stale value
-        other.close()
-    finally:
-        second.close()
+    second = services(1, store=ResultStore(path), tiny=True)
+    assert second.lookup(job) == acc  # from disk: no worker ran it
+    assert second.status().done == 1 and second.status().busy == 0
+    other = services(1, store=ResultStore(path))
+    other.register("tiny", TINY_SPEC, fingerprint="other-weights")
+    assert other.lookup(job) is None  # other weights: a different key, never the stale value
+    other.close()
     with sqlite3.connect(path) as db:
         db.execute("UPDATE results SET value = replace(value, '0.', '1.')")
     store = ResultStore(path)
@@ -213,23 +204,20 @@ def test_store_is_bounded(tmp_path):
     assert len(store) <= 10 and store.get("k24") == {"i": 24} and store.get("k0") is None
 
 
-def test_a_crashed_worker_is_restarted_and_its_job_retried(tmp_path):
+def test_a_crashed_worker_is_restarted_and_its_job_retried(tmp_path, services):
     flag = tmp_path / "crash-once"
     flag.touch()
-    svc = EvalService(workers=1)
+    svc = services(1)
     svc.register("crashy", ModelSpec("tests.helpers:load_crashing", (str(flag), True)))
     svc.register("doomed", ModelSpec("tests.helpers:load_crashing", (str(flag.with_name("always")), False)))
     flag.with_name("always").touch()
-    try:
-        job = EvalJob("crashy", PruneSpec("magnitude", sparsity=0.5))
-        got = wait_for(svc, [job])[job]
-        assert isinstance(got, Accuracy) and svc.status().restarts == 1 and not flag.exists()
-        doomed = EvalJob("doomed")
-        err = wait_for(svc, [doomed])[doomed]
-        assert isinstance(err, JobError) and "died 2 times" in err.message
-        assert isinstance(wait_for(svc, [EvalJob("crashy")])[EvalJob("crashy")], Accuracy)  # still serving
-    finally:
-        svc.close()
+    job = EvalJob("crashy", PruneSpec("magnitude", sparsity=0.5))
+    got = wait_for(svc, [job])[job]
+    assert isinstance(got, Accuracy) and svc.status().restarts == 1 and not flag.exists()
+    doomed = EvalJob("doomed")
+    err = wait_for(svc, [doomed])[doomed]
+    assert isinstance(err, JobError) and "died 2 times" in err.message
+    assert isinstance(wait_for(svc, [EvalJob("crashy")])[EvalJob("crashy")], Accuracy)  # still serving
 
 
 def test_unregistered_model_and_bad_jobs_give_clear_errors(service):
@@ -243,7 +231,7 @@ def test_unregistered_model_and_bad_jobs_give_clear_errors(service):
     assert "nosuchcriterion" in wait_for(service, [bad])[bad].message
 
 
-def test_an_uploaded_state_dict_is_evaluated_by_the_workers_from_its_bytes(tmp_path):
+def test_an_uploaded_state_dict_is_evaluated_by_the_workers_from_its_bytes(tmp_path, services):
     import io
 
     from prunekit.models import checkpoints, zoo
@@ -258,17 +246,14 @@ def test_an_uploaded_state_dict_is_evaluated_by_the_workers_from_its_bytes(tmp_p
     pruner = local.pruner(PruneSpec("magnitude"))
     pruner.apply_(PruneConfig(0.6, "global"))
     want = pruner.evaluate()
-    svc = EvalService(workers=1)
+    svc = services(1)
     svc.register(
         "upload:mine.pt#x",
         ModelSpec("prunekit.models.checkpoints:load_checkpoint", (blob, "fmnist-cnn", "upload:mine.pt")),
     )
-    try:
-        job = EvalJob("upload:mine.pt#x", PruneSpec("magnitude", allocation=Allocation("global"), sparsity=0.6))
-        got = wait_for(svc, [job])[job]
-        assert isinstance(got, Accuracy) and (got.top1, got.n) == (want.top1, want.n)
-    finally:
-        svc.close()
+    job = EvalJob("upload:mine.pt#x", PruneSpec("magnitude", allocation=Allocation("global"), sparsity=0.6))
+    got = wait_for(svc, [job])[job]
+    assert isinstance(got, Accuracy) and (got.top1, got.n) == (want.top1, want.n)
 
 
 def test_background_work_leaves_one_worker_free_for_live_requests(service):
@@ -319,13 +304,11 @@ class _CountingStore(ResultStore):
 
 
 @pytest.fixture
-def counting(tmp_path):
+def counting(tmp_path, services):
     """A one-worker service on a store that counts its reads: (service, store)."""
     store = _CountingStore(tmp_path / "r.sqlite3")
-    svc = EvalService(workers=1, store=store)
-    svc.register("tiny", TINY_SPEC, fingerprint="tiny-seed0")
-    yield svc, store
-    svc.close()
+    svc = services(1, store=store, tiny=True)
+    return svc, store
 
 
 def test_a_miss_reads_the_store_once_and_a_result_that_lands_is_seen(counting):

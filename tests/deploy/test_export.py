@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +12,8 @@ from prunekit.core.lab import Lab
 from prunekit.core.spec import Allocation, PruneSpec
 from prunekit.deploy.export import FILES, build_bundle, write_bundle
 from prunekit.models import zoo
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 CASES = [("fmnist-resnet", "l1", "filter", "local", 0.5), ("fmnist-cnn", "magnitude", "unstructured", "local", 0.7)]
 
 

@@ -1,4 +1,4 @@
-"""Run by tests/test_ray.py in its own process: join the Ray head on port ARGV[1], measure a point, kill
+"""Run by tests/service/test_ray.py in its own process: join the Ray head on port ARGV[1], measure a point, kill
 the head, ask for four more points, and print what the service said before and after, as JSON."""
 
 import contextlib

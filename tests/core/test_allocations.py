@@ -4,7 +4,6 @@ a bundled one; the CLI's --allocation as a user types it."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ from prunekit.core.lab import Lab
 from prunekit.core.spec import ALLOCATIONS, Allocation, PruneConfig, PruneSpec
 from prunekit.errors import InvalidArgumentError
 from prunekit.models import zoo
-from tests.helpers import TinyCNN, TinyResNet, tiny_loaded
+from tests.helpers import ROOT, TinyCNN, TinyResNet, tiny_loaded
 
 
 def _prunable(lab: Lab) -> set[str]:
@@ -208,6 +207,6 @@ def test_cli_allocation_that_contradicts_scope_is_one_line_error(capsys):
 
 
 def test_docs_explain_each_allocation_in_one_line():
-    readme = (Path(__file__).parent.parent / "docs" / "methods.md").read_text()
+    readme = (ROOT / "docs" / "methods.md").read_text()
     for method in ALLOCATIONS.values():
         assert f"- `{method.name}`: {method.description}." in readme, method.name

@@ -11,36 +11,28 @@ from prunekit.core.loaded import ModelSpec
 from prunekit.core.spec import Allocation, PruneSpec
 from prunekit.deploy.latency import UNSTRUCTURED_NOTE, Latency
 from prunekit.deploy.recover import Recipe, Recovery
-from prunekit.service.evaluation import EvalService
 from prunekit.service.jobs import JobError, RecoverJob, SpeedJob
-from prunekit.service.store import ResultStore
-from tests.helpers import TINY_SPEC, wait_for
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.xdist_group("service")
 CNN = ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",))
 
 
 @pytest.fixture
-def service(tmp_path):
-    svc = EvalService(workers=1, store=ResultStore(tmp_path / "r.sqlite3"))
-    svc.register("tiny", TINY_SPEC, fingerprint="tiny-seed0")
+def service(services):
+    svc = services(1, store="r.sqlite3", tiny=True)
     svc.register("fmnist-cnn", CNN, fingerprint="cnn")
-    yield svc
-    svc.close()
+    return svc
 
 
-def test_speed_job_times_dense_masked_and_compact_and_is_stored(service, tmp_path):
+def test_speed_job_times_dense_masked_and_compact_and_is_stored(service, services):
     job = SpeedJob("tiny", PruneSpec("l1", "filter", allocation=Allocation("local"), sparsity=0.5))
     got = wait_for(service, [job])[job]
     assert isinstance(got, Latency), got
     assert set(got.ms) == {"dense", "masked", "compact"} and set(got.runs) == {1, 64}
     assert all(t > 0 for per in got.ms.values() for t in per.values()) and got.note is None
-    again = EvalService(workers=1, store=ResultStore(tmp_path / "r.sqlite3"))
-    again.register("tiny", TINY_SPEC, fingerprint="tiny-seed0")
-    try:
-        assert again.lookup(job) == got  # from the store, not re-measured
-    finally:
-        again.close()
+    again = services(1, store="r.sqlite3", tiny=True)
+    assert again.lookup(job) == got  # from the store, not re-measured
 
 
 def test_speed_job_explains_unstructured_and_collapse(service):
