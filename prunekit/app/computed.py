@@ -26,6 +26,7 @@ from prunekit.service import readings
 from prunekit.service.codec import Outcome
 from prunekit.service.evaluation import ServiceStatus
 from prunekit.service.jobs import EvalJob, RecoverJob, SpeedJob
+from prunekit.service.ladder import Rung, read_ladder
 from prunekit.service.queue import LIVE_FULL
 
 EFFECTIVE_HELP = (
@@ -314,3 +315,12 @@ def attribution(current: Lab, index: int) -> tuple:
 def first_conv_kernels(current: Lab) -> tuple[str, torch.Tensor] | None:
     """The first convolution's name and kernels ``(out, in, kh, kw)``, or None when the model has none."""
     return analysis.first_conv_kernels(current.loaded.model)
+
+
+def ladder(current: Lab, scope: str, measure: bool) -> list[Rung]:
+    """The granularity ladder at the slider for ``scope`` (top-1 on the whole evaluation set); ``measure``
+    also asks the workers for each rung's latency."""
+    svc = service()
+    register(svc, current)
+    job = _job(current, scope)
+    return read_ladder(svc, current, job, job.spec, f"{session_id()}:ladder", measure)

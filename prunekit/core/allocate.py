@@ -1,6 +1,6 @@
 """From scores to per-layer removal counts: sort once, then every sparsity is a lookup.
 
-A *unit set* is one layer (unstructured: its weights are the units) or one cluster of coupled
+A *unit set* is one layer (unstructured: its weights are the units; vector, kernel: slices of its kernels) or one cluster of coupled
 channels (filter: its channels are the units). ``ScoreTable`` holds each set's sorted scores and the
 rank of every unit; ``allocate`` turns a :class:`PruneConfig` into removal counts per set. Global scope
 finds one threshold by bisection over the float bit patterns (exact, O(sets x log n) per call). LAMP's scores
@@ -9,10 +9,12 @@ and ERK's densities, the two allocations with math of their own, are here too.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
+from prunekit.core.granularity import expand_units, unit_scores
 from prunekit.core.importance import Scores
 from prunekit.core.nm import group_ranks, pattern_sparsity
 from prunekit.core.spec import Normalisation, PruneConfig, Scope, Structure
@@ -26,7 +28,9 @@ class UnitSet:
 
     name: str  # layer name, or the cluster's root layer name
     sorted_scores: torch.Tensor  # (n,) float32 ascending
-    rank: torch.Tensor  # int32, the shape of the scored tensor: position of each unit in sorted order
+    rank: (
+        torch.Tensor
+    )  # int32, the shape of the scored tensor (vector, kernel: the weight): each unit's sorted position
     layers: frozenset[str]  # layers whose weights this set touches
 
     @property
@@ -70,11 +74,15 @@ def _unit_set(name: str, scores: torch.Tensor, layers: frozenset[str]) -> UnitSe
 def build_table(
     scores: Scores, structure: Structure | str, criterion: str, normalise: Normalisation | str = "none", clusters=()
 ) -> ScoreTable:
-    """Sort ``scores`` once. Unstructured: one set per layer. Filter: one set per cluster, a channel's
-    score being the sum over the cluster's producing layers (each normalised first)."""
+    """Sort ``scores`` once. Unstructured: one set per layer. Vector, kernel: one set per layer whose units
+    are the slices' summed scores. Filter: one set per cluster, a channel's score being the sum over the
+    cluster's producing layers (each normalised first)."""
     structure, normalise = Structure.parse(structure), Normalisation.parse(normalise)
     if structure.pattern is not None:
         return _pattern_table(scores, structure, criterion, normalise)
+    if structure.is_grouped:
+        sets = tuple(_grouped_set(n, s, structure, normalise) for n, s in scores.items())
+        return ScoreTable(criterion, structure, normalise, sets)
     if not structure.is_filter:
         sets = tuple(_unit_set(n, _normalised(s, normalise), frozenset([n])) for n, s in scores.items())
         return ScoreTable(criterion, structure, normalise, sets)
@@ -90,6 +98,13 @@ def build_table(
         sets.append(_unit_set(cluster.root, channel, frozenset(cluster.layers())))
         kept.append(cluster)
     return ScoreTable(criterion, structure, normalise, tuple(sets), tuple(kept), tuple(unscored))
+
+
+def _grouped_set(name: str, scores: torch.Tensor, structure: Structure, normalise: Normalisation) -> UnitSet:
+    """One layer's vectors or kernels: sorted unit scores, and each weight carrying its unit's rank, so that
+    the lowest ``k`` ranks remove exactly ``k`` whole units from the weight."""
+    unit_set = _unit_set(name, _normalised(unit_scores(scores, structure), normalise), frozenset([name]))
+    return dataclasses.replace(unit_set, rank=expand_units(unit_set.rank, scores.shape))
 
 
 def _pattern_table(scores: Scores, structure: Structure, criterion: str, normalise: Normalisation) -> ScoreTable:
@@ -150,8 +165,10 @@ def allocate(table: ScoreTable, config: PruneConfig, first_last: frozenset[str] 
         if s.name in config.overrides and s.name not in dense:
             counts[s.name] = round(config.overrides[s.name] * s.size)
     pool = [s for s in table.sets if s.name not in dense and s.name not in config.overrides]
-    if config.scope is Scope.ERK and table.structure.is_filter:
-        raise InvalidArgumentError("ERK sets per-layer weight densities: it allocates unstructured pruning only")
+    if config.scope is Scope.ERK and (table.structure.is_filter or table.structure.is_grouped):
+        raise InvalidArgumentError(
+            f"ERK sets per-layer weight densities: it allocates unstructured pruning only, not {table.structure.label}"
+        )
     pooled, threshold = _POOL_COUNTS[config.scope](pool, config.sparsity)
     counts.update(pooled)
     return Removal(counts, {s.name: s.size for s in table.sets}, dense, threshold)

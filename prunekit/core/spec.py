@@ -39,6 +39,8 @@ class Structure(StrEnum):
 
     UNSTRUCTURED = "unstructured"  # every weight
     FILTER = "filter"  # every output channel, coupled channels together
+    VECTOR = "vector"  # one row (1 x k_w) of a kernel: per output channel, input channel and kernel row
+    KERNEL = "kernel"  # one k_h x k_w kernel: per output and input channel pair
     NM_2_4 = "2:4"  # N:M: the N best of every M consecutive input weights kept
     NM_4_8 = "4:8"
 
@@ -57,19 +59,36 @@ class Structure(StrEnum):
         return self is Structure.FILTER
 
     @property
+    def is_grouped(self) -> bool:
+        """Vectors and kernels: weights removed in whole slices of a kernel, each slice scored by its sum."""
+        return self in _GROUPED
+
+    @property
     def label(self) -> str:
-        """How a page names it: weights, filters, or the pattern."""
-        return {Structure.UNSTRUCTURED: "weights", Structure.FILTER: "filters"}.get(self, f"{self.value} pattern")
+        """How a page names it: weights, vectors, kernels, filters, or the pattern."""
+        return _LABELS.get(self, f"{self.value} pattern")
 
     @property
     def units(self) -> str:
-        """What its sparsity is a fraction of: channels for filters, weights otherwise."""
-        return "channels" if self.is_filter else "weights"
+        """What its sparsity is a fraction of: channels for filters, vectors, kernels, weights otherwise."""
+        return {Structure.FILTER: "channels", Structure.VECTOR: "vectors", Structure.KERNEL: "kernels"}.get(
+            self, "weights"
+        )
 
 
 _PATTERNS = {Structure.NM_2_4: (2, 4), Structure.NM_4_8: (4, 8)}
+_GROUPED = frozenset({Structure.VECTOR, Structure.KERNEL})
+_LABELS = {
+    Structure.UNSTRUCTURED: "weights",
+    Structure.VECTOR: "vectors",
+    Structure.KERNEL: "kernels",
+    Structure.FILTER: "filters",
+}
 STRUCTURES = tuple(Structure)
-KNOB_STRUCTURES = (Structure.UNSTRUCTURED, Structure.FILTER)  # an N:M pattern fixes its sparsity: no slider
+# Structures with a sparsity slider (an N:M pattern fixes its sparsity), finest to coarsest.
+KNOB_STRUCTURES = (Structure.UNSTRUCTURED, Structure.VECTOR, Structure.KERNEL, Structure.FILTER)
+# The granularity ladder the Prune page sets side by side: weights, vectors, kernels, N:M, filters.
+LADDER = (Structure.UNSTRUCTURED, Structure.VECTOR, Structure.KERNEL, Structure.NM_2_4, Structure.FILTER)
 
 
 class Scope(StrEnum):

@@ -8,6 +8,7 @@ from prunekit.app import computed, overlay, plots, server_state, session_state, 
 from prunekit.app.links import SPARSITY_MAX, SPARSITY_STEP
 from prunekit.app.live import live
 from prunekit.app.session_state import PageContext, reported
+from prunekit.app.views import ladder
 from prunekit.core.importance import CRITERIA
 from prunekit.core.lab import CALIBRATION_IMAGES, PruneResult
 from prunekit.core.nm import pattern_sparsity
@@ -67,6 +68,7 @@ def page() -> None:
         st.info("Accuracy is not shown: the model is untrained.")
         return
     accuracy(ctx, overlaid)
+    ladder.panel(ctx, scope)
     recovery(ctx, scope)
 
 
