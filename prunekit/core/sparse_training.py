@@ -51,10 +51,10 @@ def _update(weight: torch.Tensor, keep: torch.Tensor, fraction: float, grow) -> 
     dropped, grown = _drop(weight, keep, k), grow(inactive, k)
     new = keep.flatten().clone()
     new[dropped], new[grown] = False, True
-    with torch.no_grad():
-        flat = weight.view(-1)
-        flat[dropped] = 0.0
-        flat[grown] = 0.0
+    moved = torch.zeros_like(new)
+    moved[dropped], moved[grown] = True, True
+    with torch.no_grad():  # masked_fill_ honours any memory layout (a channels_last weight is no flat view)
+        weight.masked_fill_(moved.reshape(keep.shape), 0.0)
     return new.reshape(keep.shape)
 
 

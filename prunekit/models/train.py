@@ -13,12 +13,14 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from prunekit.core.data import EvalData
 from prunekit.core.evaluate import accuracy
 from prunekit.core.profile import profile_model
 from prunekit.errors import PrunekitError, UnknownNameError
@@ -55,21 +57,27 @@ def _batches(n: int, batch_size: int, gen: torch.Generator):
         yield order[start : start + batch_size]
 
 
-def train(name: str, recipe: Recipe, log=print) -> tuple[nn.Module, float]:
-    """Train a fresh ``name`` model with ``recipe``; returns (model in eval mode, wall seconds)."""
-    torch.manual_seed(recipe.seed)
+def initial(name: str, recipe: Recipe | None = None) -> nn.Module:
+    """theta_0: ``name``'s weights before the first step of its recipe (the seed the bundled run used)."""
+    if name not in ARCHITECTURES:
+        raise UnknownNameError("model", name, list(ARCHITECTURES))
+    torch.manual_seed((recipe or RECIPES[name]).seed)
+    return ARCHITECTURES[name]()
+
+
+def steps(model: nn.Module, recipe: Recipe, data: EvalData) -> Iterator[tuple[int, float]]:
+    """Run ``recipe`` on ``model`` in place, one optimizer step at a time: yields (step, loss) after each.
+
+    The schedule spans the recipe's whole length on ``data``; stopping early leaves theta_k, the weights
+    after k steps of the very run (the lottery ticket's rewinding point)."""
     gen = torch.Generator().manual_seed(recipe.seed)
-    data = fashion_mnist("train")
-    # channels_last makes CPU training ~1.5x faster here; the saved state_dict is layout-independent.
-    model = ARCHITECTURES[name]().to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.max_lr, weight_decay=recipe.weight_decay)
-    steps = recipe.epochs * -(-len(data) // recipe.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.max_lr, total_steps=steps)
+    total = recipe.epochs * -(-len(data) // recipe.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.max_lr, total_steps=total)
     loss_fn = nn.CrossEntropyLoss()
-    t0 = time.perf_counter()
-    for epoch in range(recipe.epochs):
+    step = 0
+    for _ in range(recipe.epochs):
         model.train()
-        running, seen = 0.0, 0
         for idx in _batches(len(data), recipe.batch_size, gen):
             x, y = data.images[idx].contiguous(memory_format=torch.channels_last), data.labels[idx]
             if recipe.hflip:
@@ -80,9 +88,43 @@ def train(name: str, recipe: Recipe, log=print) -> tuple[nn.Module, float]:
             loss.backward()
             opt.step()
             sched.step()
-            running += loss.item() * len(idx)
-            seen += len(idx)
-        log(f"{name}: epoch {epoch + 1}/{recipe.epochs} loss {running / seen:.4f} ({time.perf_counter() - t0:.0f} s)")
+            step += 1
+            yield step, loss.item()
+
+
+def recipe_steps(name: str, images: int) -> int:
+    """Optimizer steps of ``name``'s whole recipe on ``images`` training images."""
+    recipe = RECIPES[name]
+    return recipe.epochs * -(-images // recipe.batch_size)
+
+
+def replay(name: str, k: int, data: EvalData | None = None) -> nn.Module:
+    """theta_k: ``name``'s recipe replayed from theta_0 for ``k`` steps on ``data`` (default: the training
+    split), in eval mode."""
+    recipe = RECIPES[name]
+    model = initial(name, recipe).to(memory_format=torch.channels_last)
+    if k > 0:
+        for step, _ in steps(model, recipe, data if data is not None else fashion_mnist("train")):
+            if step >= k:
+                break
+    return model.to(memory_format=torch.contiguous_format).eval()
+
+
+def train(name: str, recipe: Recipe, log=print, data: EvalData | None = None) -> tuple[nn.Module, float]:
+    """Train a fresh ``name`` model with ``recipe``; returns (model in eval mode, wall seconds)."""
+    data = data if data is not None else fashion_mnist("train")
+    # channels_last makes CPU training ~1.5x faster here; the saved state_dict is layout-independent.
+    model = initial(name, recipe).to(memory_format=torch.channels_last)
+    per_epoch = -(-len(data) // recipe.batch_size)
+    t0, running = time.perf_counter(), 0.0
+    for step, loss in steps(model, recipe, data):
+        running += loss
+        if step % per_epoch == 0:
+            epoch = step // per_epoch
+            log(
+                f"{name}: epoch {epoch}/{recipe.epochs} loss {running / per_epoch:.4f} ({time.perf_counter() - t0:.0f} s)"
+            )
+            running = 0.0
     return model.to(memory_format=torch.contiguous_format).eval(), time.perf_counter() - t0
 
 
