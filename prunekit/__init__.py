@@ -9,7 +9,8 @@
     files = lab.export(prunekit.PruneSpec("l1", prunekit.Structure.FILTER, sparsity=0.3), out="export/")
     app = prunekit.launch(model, example_input, eval_data=(images, labels))  # the browser lab on your own model
 
-``lab.recover(spec, prunekit.Recipe(epochs=1))`` fine-tunes, ``lab.forget(spec)`` shows what pruning forgets,
+``lab.recover(spec, prunekit.Recipe(epochs=1))`` fine-tunes, ``lab.train_sparse("lth", 0.9, prunekit.Budget(epochs=1))``
+reaches a sparsity by a training method (``prunekit.METHODS``), ``lab.forget(spec)`` shows what pruning forgets,
 ``lab.sweep(spec)`` traces accuracy against sparsity; ``prunekit.RunOptions`` sends their evaluations to worker
 processes or Ray. Layers, each importing only those before it: ``core`` (the engine), ``models`` (zoo, data,
 training), ``deploy`` (latency, export, recovery), ``service`` (evaluation workers, store, Ray), ``tasks``
@@ -34,6 +35,7 @@ from prunekit.core.spec import (
     Scope,
     Structure,
 )
+from prunekit.deploy.methods import METHODS, Budget, MethodResult
 from prunekit.deploy.recover import Recipe
 from prunekit.errors import (
     CheckpointError,
@@ -54,11 +56,13 @@ from prunekit.tasks import Lab, RunOptions, list_models, load
 __all__ = [
     "ALLOCATIONS",
     "CRITERIA",
+    "METHODS",
     "STRUCTURES",
     "Accuracy",
     "Allocation",
     "App",
     "Backend",
+    "Budget",
     "CheckpointError",
     "ClusterUnavailableError",
     "CompactionError",
@@ -70,6 +74,7 @@ __all__ = [
     "LayerCollapseError",
     "LayerResult",
     "Loaded",
+    "MethodResult",
     "Normalisation",
     "ProbeUnsupportedError",
     "PruneConfig",

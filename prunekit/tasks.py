@@ -21,6 +21,8 @@ from prunekit.core.sensitivity import SensitivityRow
 from prunekit.core.spec import PruneSpec, Structure
 from prunekit.deploy.export import Bundle, build_bundle, export_report, write_bundle
 from prunekit.deploy.latency import LatencyConfig
+from prunekit.deploy.methods import Budget, MethodResult, get_method
+from prunekit.deploy.methods import train_sparse as train_sparse_model
 from prunekit.deploy.recover import Recipe, Recovery
 from prunekit.deploy.recover import recover as recover_model
 from prunekit.errors import InvalidArgumentError, PrunekitError, UntrainedModelError
@@ -258,6 +260,22 @@ def recover(
     return recover_model(lab, spec, recipe or Recipe(), progress)
 
 
+def train_sparse(
+    lab: engine.Lab,
+    method: str,
+    sparsity: float,
+    budget: Budget | None = None,
+    progress: Callable[[MethodResult], bool] | None = None,
+) -> MethodResult:
+    """Reach ``sparsity`` by ``method`` (see ``prunekit.deploy.methods.METHODS``: lottery ticket, learning-rate
+    rewinding, SNIP, GraSP, SynFlow, SET, RigL, slimming, distillation, train-prune-fine-tune), its final training
+    ``budget`` the same for every method: the trained sparse model, its masks, its top-1 on the test split and its
+    cost. ``progress`` sees the run as it grows and may stop it by returning False."""
+    if get_method(method).needs_trained:
+        require_trained(lab)
+    return train_sparse_model(lab, method, sparsity, budget or Budget(), progress)
+
+
 def forget(lab: engine.Lab, spec: PruneSpec, run: RunOptions | None = None) -> Forgetting:
     """What ``spec`` makes the model forget: per-class accuracy against the dense model's, the images it now
     gets wrong and where they go, and McNemar's exact test (every image of the evaluation set)."""
@@ -304,3 +322,8 @@ class Lab(engine.Lab):
     def forget(self, spec: PruneSpec, run: RunOptions | None = None) -> Forgetting:
         """See :func:`prunekit.tasks.forget`."""
         return forget(self, spec, run)
+
+    def train_sparse(self, method: str, sparsity: float, budget: Budget | None = None,
+                     progress: Callable[[MethodResult], bool] | None = None) -> MethodResult:  # fmt: skip
+        """See :func:`prunekit.tasks.train_sparse`."""
+        return train_sparse(self, method, sparsity, budget, progress)

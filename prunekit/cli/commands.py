@@ -15,6 +15,7 @@ from prunekit.core.evaluate import Accuracy, accuracy, interval_label
 from prunekit.core.lab import Lab
 from prunekit.core.spec import Allocation, Normalisation, PruneSpec, Scope
 from prunekit.deploy.export import report_lines
+from prunekit.deploy.methods import Budget, write_result
 from prunekit.deploy.recover import Recipe
 from prunekit.errors import InvalidArgumentError, UntrainedModelError
 from prunekit.models import custom, zoo
@@ -205,9 +206,20 @@ def cmd_recover(args) -> tuple[object, str]:
     return data, "\n".join([*lines, f"{result.train_images:,} training images, {result.seconds:.0f} s"])
 
 
+def cmd_train_sparse(args) -> tuple[object, str]:
+    lab = _load(args)
+    budget = Budget(args.epochs, args.train_images, args.batch_size, args.rounds, args.rewind_step)
+    result = lab.train_sparse(args.method, args.sparsity, budget, render.method_progress)
+    print(file=sys.stderr)
+    paths = write_result(result, lab.loaded.name, args.out)
+    data = {"model": lab.loaded.name, **result.to_json(), "files": {k: str(v) for k, v in paths.items()}}
+    return data, "\n".join(render.method_lines(result) + [f"wrote {', '.join(paths)} to {args.out}"])
+
+
 COMMANDS: dict[str, Callable] = {
     "export": cmd_export,
     "recover": cmd_recover,
+    "train-sparse": cmd_train_sparse,
     "list": cmd_list,
     "profile": cmd_profile,
     "prune": cmd_prune,

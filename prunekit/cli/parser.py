@@ -20,6 +20,7 @@ from prunekit.core.spec import (
     check_sparsity,
     get_allocation,
 )
+from prunekit.deploy.methods import METHODS
 from prunekit.deploy.recover import SCHEDULES
 from prunekit.errors import InvalidArgumentError
 from prunekit.service.evaluation import RAY_ENV
@@ -133,7 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list the models").add_argument("--json", action="store_true")
     _add_app(sub)
     _add_model(sub.add_parser("profile", help="per-layer params and MACs"))
-    for add in (_add_prune, _add_sweep, _add_export, _add_recover, _add_sensitivity, _add_plan, _add_forget):
+    for add in (
+        _add_prune,
+        _add_sweep,
+        _add_export,
+        _add_recover,
+        _add_train_sparse,
+        _add_sensitivity,
+        _add_plan,
+        _add_forget,
+    ):
         add(sub)
     return parser
 
@@ -193,6 +203,24 @@ def _add_recover(sub) -> None:
     recover.add_argument("--schedule", choices=list(SCHEDULES), default="one-shot")
     recover.add_argument("--steps", type=int, default=1, help="pruning steps of an iterative or AGP schedule")
     recover.add_argument("--lr", type=float, default=1e-3)
+
+
+def _add_train_sparse(sub) -> None:
+    ts = sub.add_parser(
+        "train-sparse", help="reach a sparsity by a training method (lottery ticket, rewinding, SNIP, RigL, ...)"
+    )
+    _add_model(ts)
+    ts.add_argument("--method", choices=list(METHODS), required=True, help="; ".join(
+        f"{m.name}: {m.title} ({m.paper})" for m in METHODS.values()))  # fmt: skip
+    ts.add_argument(
+        "--sparsity", type=_sparsity, required=True, help="fraction of the weights removed (slimming: channels)"
+    )
+    ts.add_argument("--epochs", type=float, default=1.0, help="the final training's epochs, the same for every method")
+    ts.add_argument("--train-images", type=int, default=None, help="train on N training images (default all)")
+    ts.add_argument("--batch-size", type=int, default=128)
+    ts.add_argument("--rounds", type=int, default=3, help="rounds of iterative magnitude pruning (lth, lrr)")
+    ts.add_argument("--rewind-step", type=int, default=200, help="the lottery ticket's theta_k (0: theta_0)")
+    ts.add_argument("--out", type=Path, required=True, help="folder for model.safetensors, masks.pt, result.json")
 
 
 def _add_sensitivity(sub) -> None:

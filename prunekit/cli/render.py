@@ -90,3 +90,20 @@ def progress_line(r) -> bool:
         last = f", estimate {r.curve[-1].top1:.2%}" if r.curve else ""
         print(f"\rfine-tune step {r.step}/{r.total_steps}{last}   ", end="", file=sys.stderr, flush=True)
     return True
+
+
+def method_progress(r) -> bool:
+    last = f", estimate {r.curve[-1][1]:.2%}" if r.curve else ""
+    print(f"\r{r.method}: step {r.steps}/{r.total_steps}{last}   ", end="", file=sys.stderr, flush=True)
+    return True
+
+
+def method_lines(r) -> list[str]:
+    """A method's result: its top-1 with the interval, the weights it removed, its cost and its budget."""
+    b = r.budget
+    return [
+        f"{r.method} at {r.sparsity:.0%}: {interval_label(r.accuracy.top1, r.accuracy.n)} "
+        f"(top-1 {r.accuracy.top1:.2%}), weight sparsity {r.weight_sparsity:.1%}",
+        f"cost: {r.steps:,} steps, {r.images:,} training images seen, {r.seconds:.0f} s; budget {b.epochs:g} epochs "
+        f"on {r.train_images:,} training images (batch {b.batch_size}, {b.rounds} rounds, rewind step {b.rewind_step})",
+    ]

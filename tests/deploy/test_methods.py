@@ -50,7 +50,9 @@ def _zeros_held(result) -> bool:
     return all(bool((params[n][~keep] == 0).all()) for n, keep in result.masks.items())
 
 
-@pytest.mark.parametrize("name", ["ft", "kd", "lth", "lth-reinit", "lrr", "snip", "grasp", "synflow", "set", "rigl"])
+@pytest.mark.parametrize(
+    "name", ["ft", "kd", "lth", "lth-reinit", "lrr", "snip", "grasp", "synflow", "set", "rigl", "submodels"]
+)
 def test_every_method_holds_its_masks_and_reports_a_true_accuracy(lab, train, test_set, name):
     seen, counts = [], []
 
@@ -66,9 +68,12 @@ def test_every_method_holds_its_masks_and_reports_a_true_accuracy(lab, train, te
         assert all(c == counts[0] for c in counts)
     assert _same(result.accuracy, accuracy(result.model, test_set))
     assert result.accuracy.n == len(test_set) and not result.stopped
-    total = sum(k.numel() for n, k in result.masks.items())
-    assert sum(int((~k).sum()) for k in result.masks.values()) == round(0.8 * total)
-    assert result.weight_sparsity >= 0.8 - 1e-3
+    if name != "submodels":  # weights: exactly the fraction asked (sub-models remove channels)
+        total = sum(k.numel() for n, k in result.masks.items())
+        assert sum(int((~k).sum()) for k in result.masks.values()) == round(0.8 * total)
+        assert result.weight_sparsity >= 0.8 - 1e-3
+    else:
+        assert len(result.candidates) == methods.SUBMODELS and result.weight_sparsity > 0.5
     assert result.steps >= BUDGET.steps(TRAIN) and result.images == result.steps * 64
     assert result.curve and result.to_json()["paper"] == METHODS[name].paper
 
@@ -140,3 +145,48 @@ def test_bad_names_and_budgets_are_refused(lab):
         train_sparse(lab, "nosuch", 0.5)
     with pytest.raises(InvalidArgumentError, match="epochs > 0"):
         Budget(epochs=0)
+
+
+def test_cli_train_sparse_writes_the_weights_masks_and_a_result_whose_accuracy_holds(tmp_path, capsys):
+    import json
+
+    from safetensors.torch import load_file
+
+    from prunekit.cli import main
+
+    out = tmp_path / "snip"
+    argv = ["train-sparse", "fmnist-cnn", "--method", "snip", "--sparsity", "0.9", "--epochs", "1"]
+    code = main([*argv, "--train-images", "256", "--batch-size", "64", "--out", str(out), "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0 and sorted(p.name for p in out.iterdir()) == ["masks.pt", "model.safetensors", "result.json"]
+    assert data["method"] == "snip" and data["budget"]["train_images"] == 256 and abs(data["train_images"] - 256) <= 10
+    assert data["steps"] == -(-data["train_images"] // 64)  # one epoch of the (stratified) training images
+    model = zoo.load("fmnist-cnn").model
+    model.load_state_dict(load_file(out / "model.safetensors"))
+    masks = torch.load(out / "masks.pt", weights_only=True)
+    params = dict(model.named_parameters())
+    assert all(bool((params[n][~k] == 0).all()) for n, k in masks.items())
+    again = accuracy(model, zoo.load("fmnist-cnn").eval_data())  # the whole test split, independently
+    assert data["accuracy"] == again.top1 and data["test_images"] == again.n == 10_000
+    assert json.loads((out / "result.json").read_text())["accuracy"] == data["accuracy"]
+
+
+@pytest.mark.parametrize("name", ["bn-recal", "lsq"])
+def test_recoveries_without_training_take_no_step(name, train, test_set):
+    vgg = Lab(zoo.load("fmnist-vgg"))
+    result = train_sparse(vgg, name, 0.3, BUDGET, train=train, test=test_set)
+    assert result.steps == 0 and _zeros_held(result) and _same(result.accuracy, accuracy(result.model, test_set))
+    channels = [k for n, k in result.masks.items() if n.endswith("bias") and k.dim() == 1]
+    assert channels and sum(int((~k).sum()) for k in channels) > 0  # whole channels went
+
+
+def test_a_random_allocation_removes_exactly_the_target_within_the_caps():
+    sizes = {"a": 16, "b": 32, "c": 64, "d": 8}
+    gen = torch.Generator().manual_seed(3)
+    draws = [methods.random_allocation(sizes, 0.5, gen) for _ in range(20)]
+    for alloc in draws:
+        assert sum(round(alloc[n] * sizes[n]) for n in sizes) == 60
+        assert all(alloc[n] <= methods.SUBMODEL_MAX for n in sizes)
+    assert len({tuple(sorted(a.items())) for a in draws}) == 20  # they differ
+    with pytest.raises(InvalidArgumentError, match="at most 90% per layer"):
+        methods.random_allocation(sizes, 0.95, gen)
