@@ -12,6 +12,7 @@ PAGES = [
     page("sensitivity"),
     page("tradeoffs"),
     page("forget"),
+    page("methods"),
 ]
 TIMEOUT = 240
 

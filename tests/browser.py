@@ -19,7 +19,7 @@ needs_chromium = pytest.mark.skipif(
     not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (./dev test installs it as root)"
 )
 # The labels of the app's navigation, in order: every page shows all of them in its sidebar.
-NAVIGATION = ["Model", "Prune", "Filter importance", "Sensitivity", "Trade-offs", "Forgetting"]
+NAVIGATION = ["Model", "Prune", "Filter importance", "Sensitivity", "Trade-offs", "Forgetting", "Methods"]
 
 
 def free_port() -> int:

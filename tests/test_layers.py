@@ -114,7 +114,7 @@ def test_the_top_level_entry_and_pages_only_call_the_app_layer():
     """app.py and pages/*.py (the design card's top level) hold no logic: they import streamlit and prunekit.app."""
     root = PACKAGE.parent
     files = [root / "app.py", *sorted((root / "pages").glob("*.py"))]
-    assert len(files) == 7
+    assert len(files) == 8
     for path in files:
         for target in _imports(path):
             assert target == "streamlit" or target.startswith("prunekit.app"), f"{path.name} imports {target}"

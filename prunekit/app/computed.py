@@ -21,11 +21,12 @@ from prunekit.core.spec import COMPARED_SCOPES, PruneSpec, Structure
 from prunekit.core.structure import Coupling
 from prunekit.deploy.export import Bundle, build_bundle
 from prunekit.deploy.recover import Recipe, Recovery, has_training_split, training_images
+from prunekit.deploy.training import Budget
 from prunekit.errors import InvalidArgumentError
 from prunekit.service import readings
 from prunekit.service.codec import Outcome
 from prunekit.service.evaluation import ServiceStatus
-from prunekit.service.jobs import EvalJob, RecoverJob, SpeedJob
+from prunekit.service.jobs import EvalJob, MethodJob, RecoverJob, SpeedJob
 from prunekit.service.ladder import Rung, read_ladder
 from prunekit.service.queue import LIVE_FULL
 
@@ -324,3 +325,20 @@ def ladder(current: Lab, scope: str, measure: bool) -> list[Rung]:
     register(svc, current)
     job = _job(current, scope)
     return read_ladder(svc, current, job, job.spec, f"{session_id()}:ladder", measure)
+
+
+def method_jobs(current: Lab, methods: list[str], sparsities: list[float], budget: Budget) -> tuple[MethodJob, ...]:
+    """One job per (method, sparsity) on the session's model, all on ``budget``."""
+    return tuple(MethodJob.of(model_key(current), m, s, budget) for s in sparsities for m in methods)
+
+
+def method_view(current: Lab, jobs: tuple[MethodJob, ...], start: bool) -> list[readings.MethodReading]:
+    """What is known of ``jobs`` (results a room already ran show at once); ``start`` runs the missing ones."""
+    svc = service()
+    register(svc, current)
+    return readings.read_methods(svc, jobs, session_id(), start)
+
+
+def stop_methods(jobs: tuple[MethodJob, ...]) -> None:
+    for job in jobs:
+        service().stop(job)

@@ -23,6 +23,7 @@ page = st.navigation(
         st.Page(PAGES / "sensitivity.py", title="Sensitivity", icon="📉", url_path="sensitivity"),
         st.Page(PAGES / "tradeoffs.py", title="Trade-offs", icon="⚖️", url_path="tradeoffs"),
         st.Page(PAGES / "forget.py", title="Forgetting", icon="🧩", url_path="forget"),
+        st.Page(PAGES / "methods.py", title="Methods", icon="🧪", url_path="methods"),
     ]
 )
 sidebar.show_notices()

@@ -351,3 +351,41 @@ def class_change_bars(reports: dict) -> go.Figure:
         )
     fig.add_hline(y=0, line_color="black", line_width=1)
     return _grouped(fig, "Per-class accuracy change against the dense model (worst class first)", "points", 380)
+
+
+def method_bars(labels: list[str], accuracies: list[Accuracy], dense: float | None) -> go.Figure:
+    """Final top-1 per method (bars) with 95% Wilson intervals; the dense model's as a dotted line."""
+    top1 = [a.top1 for a in accuracies]
+    fig = go.Figure(
+        go.Bar(
+            x=labels,
+            y=[100 * a for a in top1],
+            error_y=_error_bars(top1, [a.interval() for a in accuracies]),
+            marker_color=[PALETTE[i % len(PALETTE)] for i in range(len(labels))],
+            hovertemplate="%{x}: %{y:.2f}%<extra></extra>",
+        )
+    )
+    if dense is not None:
+        fig.add_hline(y=100 * dense, line_dash="dot", annotation_text=f"dense {dense:.1%}")
+    low = min(top1 + ([dense] if dense is not None else []), default=0.0)
+    fig.update_layout(
+        yaxis_title="top-1 on the test split (%)", yaxis_range=[max(0, 100 * low - 10), 100], height=380,
+        margin=dict(t=30, b=80),
+    )  # fmt: skip
+    return fig
+
+
+def method_curves(curves: dict[str, list[tuple[int, float]]]) -> go.Figure:
+    """Training curves: estimate top-1 against the method's optimizer steps so far (its search included)."""
+    fig = go.Figure()
+    for i, (label, points) in enumerate(curves.items()):
+        fig.add_scatter(
+            x=[s for s, _ in points], y=[a for _, a in points], mode="lines+markers", name=label,
+            line_color=PALETTE[i % len(PALETTE)],
+            hovertemplate="step %{x}: %{y:.1%} (estimate)<extra>" + label + "</extra>",
+        )  # fmt: skip
+    fig.update_layout(
+        xaxis_title="optimizer steps (the method's whole cost so far)", yaxis_title="top-1 (estimate)",
+        yaxis_tickformat=".0%", height=360, margin={"t": 30, "b": 40}, legend={"orientation": "h", "y": 1.12},
+    )  # fmt: skip
+    return fig

@@ -101,6 +101,10 @@ class Recovery:
     train_images: int = 0
     model: nn.Module | None = field(default=None, repr=False, compare=False)  # the recovered model, in process
 
+    def without_weights(self) -> Recovery:
+        """A copy to send or store: no model, its own list of curve points."""
+        return dataclasses.replace(self, model=None, curve=list(self.curve))
+
     def to_json(self) -> dict:
         """Plain data (no model): accuracies as top-1 fractions."""
         out = dataclasses.asdict(dataclasses.replace(self, model=None, accuracy={}))

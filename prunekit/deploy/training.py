@@ -83,9 +83,14 @@ class MethodResult:
     train_images: int = 0
     weight_sparsity: float = 0.0  # zeros among the prunable layers' weights, counted on the result
     stopped: bool = False
+    folder: str = ""  # where the trained weights were written (model.safetensors, masks.pt), when they were
     candidates: list[float] = field(default_factory=list)  # sub-model sampling: each candidate's estimate top-1
     masks: Masks = field(default_factory=dict, repr=False)  # while it runs: the masks held now
     model: nn.Module | None = field(default=None, repr=False, compare=False)  # while it runs: the model training now
+
+    def without_weights(self) -> MethodResult:
+        """A copy to send or store: no model, no masks, its own lists."""
+        return dataclasses.replace(self, model=None, masks={}, curve=list(self.curve), candidates=list(self.candidates))
 
     @property
     def images(self) -> int:

@@ -10,11 +10,13 @@ from prunekit.core.connectivity import Connectivity
 from prunekit.core.evaluate import Accuracy
 from prunekit.deploy.latency import Latency
 from prunekit.deploy.recover import CurvePoint, Recovery
+from prunekit.deploy.training import Budget, MethodResult
 from prunekit.service.jobs import (
     Collapse,
     CollapseJob,
     EvalJob,
     JobError,
+    MethodJob,
     PathJob,
     Predictions,
     PredictJob,
@@ -22,7 +24,9 @@ from prunekit.service.jobs import (
     SpeedJob,
 )
 
-Measurement = Accuracy | Latency | Recovery | Connectivity | Collapse | Predictions  # what the store holds
+Measurement = (
+    Accuracy | Latency | Recovery | MethodResult | Connectivity | Collapse | Predictions
+)  # what the store holds
 Outcome = Measurement | JobError  # what a job ends with
 
 
@@ -51,6 +55,22 @@ def _recovery(value: dict) -> Recovery:
     return Recovery(acc, [CurvePoint(**p) for p in value["curve"]], **rest)
 
 
+def _method_json(outcome: MethodResult) -> dict | None:
+    if outcome.stopped:
+        return None
+    plain = asdict(outcome.without_weights())
+    for gone in ("model", "masks"):
+        plain.pop(gone)
+    return plain
+
+
+def _method(value: dict) -> MethodResult:
+    acc = Accuracy(**value["accuracy"]) if value["accuracy"] else None
+    rest = {k: v for k, v in value.items() if k not in ("accuracy", "budget", "curve")}
+    curve = [tuple(p) for p in value["curve"]]
+    return MethodResult(accuracy=acc, budget=Budget(**value["budget"]), curve=curve, **rest)
+
+
 CODECS: dict[type[EvalJob], Codec] = {
     EvalJob: Codec(asdict, lambda v: Accuracy(**v)),
     PredictJob: Codec(
@@ -61,6 +81,7 @@ CODECS: dict[type[EvalJob], Codec] = {
     CollapseJob: Codec(asdict, lambda v: Collapse(**v)),
     SpeedJob: Codec(lambda o: o.to_json(), Latency.from_json),
     RecoverJob: Codec(_recovery_json, _recovery),
+    MethodJob: Codec(_method_json, _method),
 }
 
 

@@ -14,7 +14,9 @@ import torch
 from prunekit.core.forget import prediction_dtype
 from prunekit.core.spec import PruneConfig, PruneSpec, Scope
 from prunekit.deploy.latency import LatencyConfig, machine_name
+from prunekit.deploy.methods import get_method
 from prunekit.deploy.recover import Recipe, Recovery
+from prunekit.deploy.training import Budget
 from prunekit.errors import InvalidArgumentError
 
 DENSE = "dense"  # the criterion of a job that prunes nothing
@@ -180,6 +182,29 @@ class RecoverJob(EvalJob):
 
     def key(self) -> list:
         return ["recover", *super().key(), asdict(self.recipe)]
+
+
+@dataclass(frozen=True)
+class MethodJob(EvalJob):
+    """A training method (``prunekit.deploy.methods``) reaching ``spec.sparsity`` on ``model`` with ``budget``:
+    the same model, method, sparsity and budget is the same job, run once and stored."""
+
+    method: str = "ft"
+    budget: Budget = field(default_factory=Budget)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        get_method(self.method)  # UnknownNameError names the methods
+
+    @classmethod
+    def of(cls, model: str, method: str, sparsity: float, budget: Budget) -> MethodJob:
+        return cls(model, PruneSpec("magnitude", sparsity=sparsity), method=method, budget=budget)
+
+    def canonical(self) -> MethodJob:
+        return self
+
+    def key(self) -> list:
+        return ["method", self.model, self.method, round(self.spec.sparsity, 6), asdict(self.budget)]
 
 
 SPEED = LatencyConfig(runs=15, budget_s=3.0)

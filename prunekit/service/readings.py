@@ -15,10 +15,11 @@ from prunekit.core.lab import Lab, PruneResult
 from prunekit.core.sensitivity import SensitivityRow
 from prunekit.core.spec import PruneSpec
 from prunekit.deploy.recover import Recovery
+from prunekit.deploy.training import MethodResult
 from prunekit.service.codec import Outcome
 from prunekit.service.evaluation import EvalService
 from prunekit.service.fanout import sensitivity_jobs, sensitivity_rows
-from prunekit.service.jobs import Collapse, CollapseJob, EvalJob, JobError, PathJob, RecoverJob
+from prunekit.service.jobs import Collapse, CollapseJob, EvalJob, JobError, MethodJob, PathJob, RecoverJob
 from prunekit.service.queue import LIVE_ESTIMATE, LIVE_FULL, curve_grid
 
 
@@ -222,3 +223,29 @@ def _schedule_row(label: str, outcome: Outcome | None, r: Recovery | None) -> di
         "steps done": f"{r.step} / {r.total_steps}" if r else "",
         "status": status,
     }
+
+
+@dataclass(frozen=True)
+class MethodReading:
+    """One method job as a page shows it: its finished outcome, or its progress while it trains."""
+
+    job: MethodJob
+    outcome: Outcome | None
+    progress: MethodResult | None
+
+    @property
+    def result(self) -> MethodResult | None:
+        """The finished result, else the latest progress (None: queued, or not asked for)."""
+        return self.outcome if isinstance(self.outcome, MethodResult) else self.progress
+
+    @property
+    def running(self) -> bool:
+        return self.outcome is None and self.progress is not None
+
+
+def read_methods(svc: EvalService, jobs: Iterable[MethodJob], session: str, start: bool) -> list[MethodReading]:
+    """Each method job's outcome (stored results are found without running anything); ``start`` asks for the
+    missing ones as ``session``'s request."""
+    jobs = list(jobs)
+    known = svc.request([(job, LIVE_FULL) for job in jobs], f"{session}:methods") if start else {}
+    return [MethodReading(job, known.get(job) or svc.lookup(job), svc.progress(job)) for job in jobs]

@@ -7,7 +7,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -24,7 +24,9 @@ from prunekit.core.evaluate import (
 from prunekit.core.lab import Lab, Pruner
 from prunekit.core.loaded import ModelSpec
 from prunekit.deploy.latency import UNSTRUCTURED_NOTE, Latency, measure
+from prunekit.deploy.methods import train_sparse, write_result
 from prunekit.deploy.recover import Recovery, recover
+from prunekit.deploy.training import MethodResult
 from prunekit.errors import CompactionError, InvalidArgumentError, ProbeUnsupportedError
 from prunekit.service.chunks import Control, Preempted, Resume
 from prunekit.service.jobs import (
@@ -35,6 +37,7 @@ from prunekit.service.jobs import (
     Collapse,
     CollapseJob,
     EvalJob,
+    MethodJob,
     PathJob,
     Predictions,
     PredictJob,
@@ -42,6 +45,7 @@ from prunekit.service.jobs import (
     SpeedJob,
 )
 from prunekit.service.protocol import Order, Status
+from prunekit.service.store import default_path, digest
 
 
 class JobRunner:
@@ -245,7 +249,20 @@ def _collapse(runner: JobRunner, lab: Lab, job: CollapseJob, control: Control) -
 
 
 def _recover(runner: JobRunner, lab: Lab, job: RecoverJob, control: Control) -> Recovery:
-    return replace(recover(lab, job.spec, job.recipe, control.report), model=None)
+    return recover(lab, job.spec, job.recipe, control.report).without_weights()
+
+
+def weights_folder(job: MethodJob) -> Path:
+    """Where a method job's trained weights and masks are written: beside the result store, by the job's key."""
+    return default_path().parent / "methods" / digest(*job.key())
+
+
+def _train_sparse(runner: JobRunner, lab: Lab, job: MethodJob, control: Control) -> MethodResult:
+    result = train_sparse(lab, job.method, job.spec.sparsity, job.budget, control.report)
+    if not result.stopped:  # the weights go to disk so that other pages (and a download) can open them
+        result.folder = str(weights_folder(job))
+        write_result(result, job.model, Path(result.folder))
+    return result.without_weights()
 
 
 # How each kind of job other than an accuracy is measured: (runner, lab, job, control) -> outcome.
@@ -255,6 +272,7 @@ _KINDS = {
     CollapseJob: _collapse,
     PredictJob: lambda runner, lab, job, control: runner._predict(lab, job),
     RecoverJob: _recover,
+    MethodJob: _train_sparse,
 }
 
 
@@ -316,7 +334,7 @@ def _control(conn, job: EvalJob, resume: Resume | None) -> Control:
         now = time.monotonic()
         if inbox.stop or now - last[0] >= PROGRESS_EVERY_S:
             last[0] = now
-            conn.send((Status.PROGRESS, job, replace(progress, model=None, curve=list(progress.curve))))
+            conn.send((Status.PROGRESS, job, progress.without_weights()))
         return not inbox.stop
 
     def preempted() -> bool:

@@ -21,6 +21,7 @@ TITLES = {
     "sensitivity": "Which layers can take the cut?",
     "tradeoffs": "Accuracy against sparsity and speed-up",
     "forget": "What the pruned model forgets",
+    "methods": "When and how to prune: the methods side by side",
 }
 BIN = Path(sys.executable).parent
 ENTRIES = {  # the command, and the page its server is first asked for

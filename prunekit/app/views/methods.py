@@ -1,0 +1,172 @@
+"""The Methods page: when and how to prune, the seeds' methods side by side on one model, sparsity and budget."""
+
+from dataclasses import dataclass
+from functools import partial
+
+import streamlit as st
+
+from prunekit.app import computed, plots, session_state, views
+from prunekit.app.live import live
+from prunekit.app.session_state import PageContext
+from prunekit.deploy.methods import METHODS
+from prunekit.deploy.training import Budget
+from prunekit.service.jobs import JobError
+from prunekit.service.readings import MethodReading
+
+DEFAULT_METHODS = ["ft", "lth", "lth-reinit", "lrr", "snip", "rigl"]
+FIGURE_METHODS = ["ft", "lth", "lrr"]  # Neural Network Pruning 101's figure: the three side by side
+FIGURE_SPARSITIES = [0.5, 0.8, 0.9, 0.95]
+POLL = 1.0
+
+
+@dataclass(frozen=True)
+class Setting:
+    methods: list[str]
+    sparsity: float
+    budget: Budget
+
+
+def page() -> None:
+    intro()
+    ctx = session_state.context()
+    if computed.untrained_banner(ctx.lab):
+        return
+    why = computed.recovery_unavailable(ctx.lab)
+    if why:
+        st.info(f"The methods train, and cannot here: {why}.")
+        return
+    setting = controls(ctx)
+    comparison(ctx, setting)
+    figure(ctx, setting.budget)
+
+
+def intro() -> None:
+    views.intro(
+        "When and how to prune: the methods side by side",
+        (
+            "The other pages prune a *trained* model once. These methods decide **when** to prune and **how to "
+            "train** around it: train, prune and fine-tune; the **lottery ticket** (rewind the survivors to early "
+            "weights and retrain; its control trains the same mask from a fresh initialisation); **learning-rate "
+            "rewinding**; pruning **at initialisation** (SNIP, GraSP, SynFlow); **sparse training** that moves "
+            "connections (SET, RigL); a **penalty** (network slimming); **distillation**; **sub-model sampling**; "
+            "and two recoveries **without training** (BatchNorm recalibration, least squares). Every method's "
+            "final training gets the same budget; what it spends before (rounds, replay) is counted in its cost. "
+            "Results are shared: a method a room has run shows at once."
+        ),
+    )
+
+
+def controls(ctx: PageContext) -> Setting:
+    methods = st.multiselect(
+        "Methods",
+        list(METHODS),
+        default=DEFAULT_METHODS,
+        format_func=lambda n: f"{METHODS[n].title} ({METHODS[n].paper})",
+        key="methods_chosen",
+    )
+    a, b, c, d = st.columns(4)
+    sparsity = a.select_slider("Final sparsity", [0.5, 0.7, 0.8, 0.9, 0.95, 0.98], value=0.9, key="methods_sparsity")
+    epochs = b.number_input("Budget: epochs of the final training", 0.5, 20.0, 1.0, step=0.5, key="methods_epochs")
+    choices = computed.training_choices(ctx.lab)
+    train = c.selectbox(
+        "Training images", choices, format_func=lambda n: computed.train_label(n, choices), key="methods_train"
+    )
+    rounds = d.number_input("Rounds (lottery ticket, rewinding)", 1, 6, 3, key="methods_rounds")
+    budget = Budget(float(epochs), None if train == choices[-1] else int(train), rounds=int(rounds))
+    st.caption(
+        f"Budget for every method: {budget.epochs:g} epochs over {train:,} training images (batch "
+        f"{budget.batch_size}); the lottery ticket rewinds to step {budget.rewind_step}. Sparsity is the fraction of "
+        "weights removed (slimming, sub-models and the two recoveries without training: of channels). Top-1 on the "
+        "whole test split; curves are estimates on 1,000 stratified test images."
+    )
+    return Setting(methods, float(sparsity), budget)
+
+
+def comparison(ctx: PageContext, setting: Setting) -> None:
+    jobs = computed.method_jobs(ctx.lab, setting.methods, [setting.sparsity], setting.budget)
+    asked = st.session_state.get("methods_asked") == jobs
+    if not asked:
+        st.button(
+            "Run the chosen methods", on_click=lambda: st.session_state.update(methods_asked=jobs), type="primary"
+        )
+    running = asked and any(r.running or r.outcome is None for r in computed.method_view(ctx.lab, jobs, False))
+    live("methods", partial(results_panel, ctx, jobs, asked), POLL, running)
+
+
+def results_panel(ctx: PageContext, jobs: tuple, asked: bool) -> bool:
+    """The chart, the curves and the cost table of ``jobs``; True while any still runs."""
+    readings = computed.method_view(ctx.lab, jobs, start=asked)
+    if asked and any(r.outcome is None for r in readings):
+        st.button("Stop", on_click=computed.stop_methods, args=(jobs,), key="methods_stop")
+    done = [r for r in readings if _finished(r)]
+    if done:
+        dense = computed.dense_reading(ctx.lab, False).full
+        labels = [METHODS[r.job.method].title for r in done]
+        fig = plots.method_bars(labels, [r.outcome.accuracy for r in done], dense.top1 if dense else None)
+        st.plotly_chart(fig, width="stretch")
+    curves = {METHODS[r.job.method].title: r.result.curve for r in readings if r.result and r.result.curve}
+    if curves:
+        st.plotly_chart(plots.method_curves(curves), width="stretch")
+    st.dataframe([row(r) for r in readings], hide_index=True, width="stretch")
+    return asked and any(r.outcome is None for r in readings)
+
+
+def _finished(r: MethodReading) -> bool:
+    return r.outcome is not None and not isinstance(r.outcome, JobError) and r.outcome.accuracy is not None
+
+
+def row(r: MethodReading) -> dict[str, str]:
+    method = METHODS[r.job.method]
+    shown = {"method": method.title, "paper": method.paper, "starts from": method.starts_from}
+    if isinstance(r.outcome, JobError):
+        return shown | {"top-1": session_state.error_text(r.outcome.message)}
+    result = r.result
+    if result is None:
+        return shown | {"top-1": "not run" if r.outcome is None else "..."}
+    status = "stopped" if result.stopped else "training..." if r.outcome is None else ""
+    acc = result.accuracy
+    return shown | {
+        "top-1": f"{acc.top1:.2%}" if acc else status or "...",
+        "95% interval": acc.interval_label() if acc else "",
+        "weight sparsity": f"{result.weight_sparsity:.1%}" if acc else "",
+        "steps": f"{result.steps:,} of {result.total_steps:,}" if r.outcome is None else f"{result.steps:,}",
+        "training images seen": f"{result.images:,}",
+        "seconds": f"{result.seconds:.0f}",
+    }
+
+
+def figure(ctx: PageContext, budget: Budget) -> None:
+    """Neural Network Pruning 101's figure: train-prune-fine-tune, the lottery ticket and learning-rate rewinding
+    over sparsities, on the budget above."""
+    st.subheader("The article's figure: fine-tuning, lottery ticket and rewinding over sparsities")
+    jobs = computed.method_jobs(ctx.lab, FIGURE_METHODS, FIGURE_SPARSITIES, budget)
+    asked = st.session_state.get("figure_asked") == jobs
+    if not asked:
+        st.button(
+            f"Run the figure ({len(jobs)} trainings)",
+            on_click=lambda: st.session_state.update(figure_asked=jobs),
+            key="figure_run",
+        )
+    live("methods_figure", partial(figure_panel, ctx, jobs, asked), POLL, asked)
+
+
+def figure_panel(ctx: PageContext, jobs: tuple, asked: bool) -> bool:
+    readings = computed.method_view(ctx.lab, jobs, start=asked)
+    curves = {}
+    for name in FIGURE_METHODS:
+        points = [r.outcome for r in readings if r.job.method == name and _finished(r)]
+        curves[METHODS[name].title] = {
+            "sparsity": [p.sparsity for p in points],
+            "accuracy": [p.accuracy.top1 for p in points],
+            "interval": [p.accuracy.interval() for p in points],
+        }
+    dense = computed.dense_reading(ctx.lab, False).full
+    fig = plots.tradeoff_curves(
+        curves, "sparsity", "sparsity (fraction of weights removed)", dense.top1 if dense else None
+    )
+    st.plotly_chart(fig, width="stretch")
+    missing = sum(not _finished(r) for r in readings)
+    st.caption(
+        f"{len(readings) - missing} of {len(readings)} trainings done" + ("." if not missing else "; filling in.")
+    )
+    return asked and missing > 0

@@ -1,0 +1,44 @@
+"""AppTest: the Methods page runs the chosen methods in the workers and shows what an independent evaluation of
+the weights they wrote reproduces."""
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from prunekit.core.evaluate import accuracy
+from prunekit.models import zoo
+from prunekit.service.store import default_path
+from tests.apptest import open_page, rerun
+from tests.helpers import page, wait_until
+
+pytestmark = pytest.mark.xdist_group("app-methods")
+
+
+def _table(at) -> list[dict]:
+    return at.dataframe[-1].value.to_dict("records")
+
+
+def test_the_methods_page_runs_methods_and_every_accuracy_holds():
+    at = open_page(page("methods"), {"model": "fmnist-cnn"})
+    at.multiselect(key="methods_chosen").set_value(["snip", "lsq"]).run()
+    at.number_input(key="methods_epochs").set_value(0.5).run()
+    assert [r["top-1"] for r in _table(at)] == ["not run", "not run"]
+    next(b for b in at.button if b.label == "Run the chosen methods").click().run()
+    assert not at.exception, at.exception
+    wait_until(lambda: all(r["top-1"].endswith("%") for r in _table(at)), step=lambda: rerun(at), what="both methods")
+    rows = _table(at)
+    assert [r["paper"] for r in rows] == ["Lee et al. 2019", "He et al. 2017; Luo et al. 2017"]
+    assert rows[1]["steps"] == "0" and int(rows[0]["steps"].replace(",", "")) == 40  # 0.5 epoch of 10,000 images
+    assert len(at.get("plotly_chart")) >= 2  # the final accuracies, the training curve
+    test = zoo.load("fmnist-cnn").eval_data()
+    written = {}  # what the workers wrote: method -> folder, for this budget
+    for path in (default_path().parent / "methods").glob("*/result.json"):
+        data = json.loads(path.read_text())
+        if data["budget"]["epochs"] == 0.5 and data["model"] == "fmnist-cnn":
+            written[data["method"]] = path.parent
+    for name, row in zip(["snip", "lsq"], rows, strict=True):
+        model = zoo.load("fmnist-cnn").model
+        model.load_state_dict(load_file(written[name] / "model.safetensors"))
+        again = accuracy(model, test)  # the saved weights, scored here on the whole test split
+        assert row["top-1"] == f"{again.top1:.2%}" and row["95% interval"] == again.interval_label()
