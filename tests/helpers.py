@@ -130,14 +130,21 @@ def load_crashing(flag: str, once: bool) -> Loaded:
 HANG_GUARD_S = 900.0  # far beyond any honest wait on a busy CI machine: only a hang reaches it
 
 
+STEP_PAUSE_S = 0.5
+
+
 def wait_until(condition: Callable[[], bool], step: Callable[[], None] | None = None, what: str = "") -> None:
     """Poll ``condition`` (calling ``step`` between polls, e.g. an AppTest rerun) until it holds. Asserts no
-    duration: the guard only turns a hang into a failure that names ``what``."""
+    duration: the guard only turns a hang into a failure that names ``what``.
+
+    A ``step`` waits STEP_PAUSE_S first: an AppTest rerun is a whole page's work at normal priority, and rerun
+    back to back it starves the niced evaluation workers it is waiting for (on 2 cores, a 20 s recovery took 100 s).
+    """
     deadline = time.monotonic() + HANG_GUARD_S
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"never happened: {what or condition}")
-        time.sleep(0.02)
+        time.sleep(STEP_PAUSE_S if step is not None else 0.02)
         if step is not None:
             step()
 
