@@ -7,6 +7,10 @@ import tempfile
 os.environ["PRUNEKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="prunekit-test-cache-")
 os.environ.setdefault("PRUNEKIT_WORKERS", "1")
 os.environ.setdefault("PRUNEKIT_CURVE_FILL", "0")
+# The app's workers run niced below the server (pages stay responsive). Here the "server" is an AppTest that
+# sleeps while it waits for them, and the other xdist process runs at full priority: a niced worker got a tenth
+# of a core and a 20 s recovery took 90 s. Same priority in tests; what they check does not depend on it.
+os.environ.setdefault("PRUNEKIT_WORKER_NICE", "0")
 # pytest-xdist runs one process per core: torch threads beyond a process's share make OpenMP kernels
 # spin against each other (a float64 probe of EfficientNet-B7 went from 15 s to many minutes).
 if "PYTEST_XDIST_WORKER" in os.environ:
@@ -38,6 +42,7 @@ def services(tmp_path):
     def build(workers: int = 1, *, store=None, tiny: bool = False, **options):
         if store is not None:
             options["store"] = ResultStore(tmp_path / store) if isinstance(store, str) else store
+        options.setdefault("nice", int(os.environ["PRUNEKIT_WORKER_NICE"]))
         service = EvalService(workers=workers, **options)
         built.append(service)
         if tiny:

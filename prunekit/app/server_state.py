@@ -74,10 +74,12 @@ def folder_lab(name: str) -> Lab:
 @st.cache_resource(show_spinner=False)
 def service() -> EvalService:
     """The evaluation service: ``$PRUNEKIT_WORKERS`` local processes (default: one per core; one beside
-    a Ray cluster named by ``$PRUNEKIT_RAY_ADDRESS``, which then takes the accuracy jobs), results on disk."""
+    a Ray cluster named by ``$PRUNEKIT_RAY_ADDRESS``, which then takes the accuracy jobs), results on disk; the
+    workers run ``$PRUNEKIT_WORKER_NICE`` (default 10) below the server, so that pages stay responsive."""
     ray = os.environ.get(RAY_ENV) or None
     workers = int(os.environ.get("PRUNEKIT_WORKERS", 0)) or (1 if ray else None)
-    svc = open_service(ray, workers, ResultStore(), fall_back=True)
+    nice = int(os.environ.get("PRUNEKIT_WORKER_NICE", 10))
+    svc = open_service(ray, workers, ResultStore(), fall_back=True, nice=nice)
     default = shared_lab(defaults().model)
     register(svc, default)
     if curve_fill_enabled():

@@ -33,11 +33,12 @@ RAY_ENV = "PRUNEKIT_RAY_ADDRESS"  # the app's Ray cluster: 'host:port', 'auto' o
 
 
 def open_service(
-    ray: str | None, workers: int | None, store: ResultStore | None = None, fall_back: bool = False
+    ray: str | None, workers: int | None, store: ResultStore | None = None, fall_back: bool = False, nice: int = 10
 ) -> EvalService:
     """An evaluation service whose accuracy jobs run on the Ray cluster at ``ray`` (Ray is imported only
     then) beside ``workers`` local processes (None: one per core). A cluster that cannot be joined raises
-    ClusterUnavailableError, or with ``fall_back`` gives a local service whose ``notice`` says why."""
+    ClusterUnavailableError, or with ``fall_back`` gives a local service whose ``notice`` says why. ``nice``: the
+    local workers' CPU priority below the server's."""
     remote, notice = None, None
     if ray:
         from prunekit.service.raypool import RayPool  # noqa: PLC0415 - nothing of Ray is loaded without an address
@@ -48,7 +49,7 @@ def open_service(
             if not fall_back:
                 raise
             notice, workers = f"{exc}; evaluations run on local worker processes instead", None
-    svc = EvalService(workers=workers, store=store, remote=remote)
+    svc = EvalService(workers=workers, store=store, remote=remote, nice=nice)
     svc.notice = notice
     return svc
 
