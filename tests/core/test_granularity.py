@@ -114,3 +114,14 @@ def test_cli_prunes_vectors_and_kernels(capsys, structure):
     code = main(["prune", "fmnist-cnn", "--structure", structure, "--sparsity", "0.5", "--eval-limit", "200", "--json"])
     data = json.loads(capsys.readouterr().out)
     assert code == 0 and data["structure"] == structure and 0.3 < data["achieved_sparsity"] < 0.7
+
+
+def test_cli_exports_kernels_as_masks_with_whole_kernels_removed(tmp_path, capsys):
+    out = tmp_path / "kernels"
+    argv = ["export", "fmnist-cnn", "--structure", "kernel", "--criterion", "magnitude", "--sparsity", "0.5"]
+    code = main([*argv, "--out", str(out), "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0 and (out / "masks.pt").exists() and (out / "model.onnx").exists(), data
+    masks = torch.load(out / "masks.pt", weights_only=True)
+    convs = [k for k in masks.values() if k.dim() == 4]
+    assert convs and all(bool((k.flatten(2).all(-1) | ~k.flatten(2).any(-1)).all()) for k in convs)
