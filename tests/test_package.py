@@ -26,6 +26,11 @@ def _dependencies_only(target: Path) -> Path:
     return target
 
 
+# One xdist worker for the module: its fixture builds the wheel in the checkout's build/ folder, and two
+# builds at once collide there ("File exists: build/bdist...").
+pytestmark = pytest.mark.xdist_group("package")
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """``pip install .`` into a fresh venv; returns the venv's bin directory."""
