@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import streamlit as st
 import torch
@@ -22,7 +23,8 @@ from prunekit.core.structure import Coupling
 from prunekit.deploy.export import Bundle, build_bundle
 from prunekit.deploy.recover import Recipe, Recovery, has_training_split, training_images
 from prunekit.deploy.training import Budget
-from prunekit.errors import InvalidArgumentError
+from prunekit.errors import DataNotFoundError, InvalidArgumentError
+from prunekit.models import checkpoints
 from prunekit.service import readings
 from prunekit.service.codec import Outcome
 from prunekit.service.evaluation import ServiceStatus
@@ -342,3 +344,25 @@ def method_view(current: Lab, jobs: tuple[MethodJob, ...], start: bool) -> list[
 def stop_methods(jobs: tuple[MethodJob, ...]) -> None:
     for job in jobs:
         service().stop(job)
+
+
+def open_weights(blob: bytes, arch: str, name: str) -> None:
+    """Load weights for the zoo model ``arch`` (an upload, or a method's trained weights; checked as an upload
+    is: weights only), share them with the evaluation workers (they rebuild the model from the same bytes) and
+    make them this session's model, under ``name``."""
+    lab = Lab(checkpoints.load_checkpoint(blob, arch, name=name))
+    st.session_state.user_labs[name] = lab
+    register(service(), lab)
+    cfg().model = name
+    st.session_state["w_model"] = name
+
+
+def open_method_result(reading: readings.MethodReading) -> str:
+    """Open a finished method's trained weights (written by the worker) as this session's model; its name."""
+    result, job = reading.outcome, reading.job
+    path = Path(result.folder) / "model.safetensors"
+    if not result.folder or not path.is_file():
+        raise DataNotFoundError(f"the weights of {job.method} at {job.spec.sparsity:.0%} are no longer on the server")
+    name = f"{job.model} after {job.method} at {job.spec.sparsity:.0%}"
+    open_weights(path.read_bytes(), job.model, name)
+    return name

@@ -6,18 +6,17 @@ from pathlib import Path
 
 import streamlit as st
 
+from prunekit.app import computed
 from prunekit.app.server_state import (
     defaults,
     eval_folder,
     folder_lab,
     model_names,
     own_lab,
-    register,
     service,
     zoo_names,
 )
 from prunekit.app.session_state import bind, cfg, error_text, init_state
-from prunekit.core.lab import Lab
 from prunekit.errors import PrunekitError
 from prunekit.models import checkpoints, zoo
 
@@ -85,9 +84,9 @@ def _model_label(name: str) -> str:
         return f"{name} (bundled, Fashion-MNIST)"
     if name in zoo.EFFICIENTNET:
         return f"{name} (ImageNet weights)"
-    if name in st.session_state.get("user_labs", {}):
-        return f"{name} (your upload)"
-    return f"{name} (torchvision)"
+    if name in zoo_names():
+        return f"{name} (torchvision)"
+    return f"{name} (your weights)"  # an upload, or a method's trained weights (no session state read here)
 
 
 def _upload_mode() -> None:
@@ -121,17 +120,8 @@ def _upload() -> None:
         return
     try:
         with st.spinner(f"Checking and loading {file.name}..."):
-            _register_upload(file.getvalue(), arch, f"upload:{file.name}")
+            computed.open_weights(file.getvalue(), arch, f"upload:{file.name}")
     except PrunekitError as exc:
         st.error(error_text(exc))
         return
     st.rerun()
-
-
-def _register_upload(blob: bytes, arch: str, name: str) -> None:
-    """Load, share with the evaluation workers (they rebuild it from the same bytes) and select it."""
-    upload = Lab(checkpoints.load_checkpoint(blob, arch, name=name))
-    st.session_state.user_labs[name] = upload
-    register(service(), upload)
-    cfg().model = name
-    st.session_state["w_model"] = name

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from prunekit.core.evaluate import accuracy
 from prunekit.models import zoo
 from prunekit.service.store import default_path
-from tests.apptest import open_page, rerun
+from tests.apptest import metric, open_page, rerun, settle
 from tests.helpers import page, wait_until
 
 pytestmark = pytest.mark.xdist_group("app-methods")
@@ -42,3 +42,12 @@ def test_the_methods_page_runs_methods_and_every_accuracy_holds():
         model.load_state_dict(load_file(written[name] / "model.safetensors"))
         again = accuracy(model, test)  # the saved weights, scored here on the whole test split
         assert row["top-1"] == f"{again.top1:.2%}" and row["95% interval"] == again.interval_label()
+    at.selectbox(key="methods_open").set_value("SNIP at initialisation at 90%").run()
+    next(b for b in at.button if b.label == "Open").click().run()
+    assert not at.exception, at.exception
+    assert any("fmnist-cnn after snip at 90%" in s.value for s in at.success)
+    at.switch_page(page("prune")).run()
+    assert not at.exception, at.exception
+    wait_until(lambda: metric(at, "Dense") not in ("computing...",), step=lambda: rerun(at), what="the dense top-1")
+    settle(at)
+    assert metric(at, "Dense") == rows[0]["top-1"]  # the opened model, unpruned, is the method's result

@@ -10,6 +10,7 @@ from prunekit.app.live import live
 from prunekit.app.session_state import PageContext
 from prunekit.deploy.methods import METHODS
 from prunekit.deploy.training import Budget
+from prunekit.errors import PrunekitError
 from prunekit.service.jobs import JobError
 from prunekit.service.readings import MethodReading
 
@@ -28,6 +29,7 @@ class Setting:
 
 def page() -> None:
     intro()
+    opened_notice()
     ctx = session_state.context()
     if computed.untrained_banner(ctx.lab):
         return
@@ -89,8 +91,12 @@ def comparison(ctx: PageContext, setting: Setting) -> None:
         st.button(
             "Run the chosen methods", on_click=lambda: st.session_state.update(methods_asked=jobs), type="primary"
         )
-    running = asked and any(r.running or r.outcome is None for r in computed.method_view(ctx.lab, jobs, False))
+    known = computed.method_view(ctx.lab, jobs, False)
+    running = asked and any(r.running or r.outcome is None for r in known)
     live("methods", partial(results_panel, ctx, jobs, asked), POLL, running)
+    done = [r for r in known if _finished(r)]
+    if done and ctx.lab.loaded.family == "bundled":  # outside the live part: opening reruns the whole app
+        open_result(done)
 
 
 def results_panel(ctx: PageContext, jobs: tuple, asked: bool) -> bool:
@@ -111,6 +117,33 @@ def results_panel(ctx: PageContext, jobs: tuple, asked: bool) -> bool:
     return asked and any(r.outcome is None for r in readings)
 
 
+def open_result(done: list[MethodReading]) -> None:
+    """Make one finished method's trained weights the session's model, for the Prune, Forgetting and export
+    panels (they are read as an upload is: weights only)."""
+    left, right = st.columns([3, 1])
+    labels = {f"{METHODS[r.job.method].title} at {r.job.spec.sparsity:.0%}": r for r in done}
+    chosen = left.selectbox("Open trained weights in the other pages", list(labels), key="methods_open")
+    right.button("Open", key="methods_open_button", on_click=_open, args=(labels[chosen],))
+
+
+def opened_notice() -> None:
+    """What the Open button did (the page that follows is the opened model's)."""
+    opened = st.session_state.pop("methods_opened", None)
+    if opened is not None:
+        st.success(f"**{opened}** is now the model of every page: open Prune, Forgetting or Model in the sidebar.")
+    failed = st.session_state.pop("methods_open_failed", None)
+    if failed is not None:
+        st.error(f"Could not open the weights: {failed}")
+
+
+def _open(reading: MethodReading) -> None:
+    """The Open button's callback (it runs before the sidebar's model picker is drawn, so it can set it)."""
+    try:
+        st.session_state.methods_opened = computed.open_method_result(reading)
+    except PrunekitError as exc:
+        st.session_state.methods_open_failed = session_state.error_text(exc)
+
+
 def _finished(r: MethodReading) -> bool:
     return r.outcome is not None and not isinstance(r.outcome, JobError) and r.outcome.accuracy is not None
 
@@ -124,7 +157,7 @@ def row(r: MethodReading) -> dict[str, str]:
     if result is None:
         return shown | {"top-1": "not run" if r.outcome is None else "..."}
     status = "stopped" if result.stopped else "training..." if r.outcome is None else ""
-    acc = result.accuracy
+    acc = result.accuracy if r.outcome is not None else None  # a figure only once the job has ended
     return shown | {
         "top-1": f"{acc.top1:.2%}" if acc else status or "...",
         "95% interval": acc.interval_label() if acc else "",
