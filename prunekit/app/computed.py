@@ -13,7 +13,16 @@ import streamlit as st
 import torch
 
 from prunekit.app import plots
-from prunekit.app.server_state import bundles, curve_fill_enabled, estimate_size, model_key, register, service, template
+from prunekit.app.server_state import (
+    bundles,
+    curve_fill_enabled,
+    estimate_size,
+    model_key,
+    register,
+    service,
+    shared,
+    template,
+)
 from prunekit.app.session_state import cfg, error_text, session_id, spec
 from prunekit.core import analysis, structure
 from prunekit.core.importance import CRITERIA
@@ -357,12 +366,30 @@ def open_weights(blob: bytes, arch: str, name: str) -> None:
     st.session_state["w_model"] = name
 
 
-def open_method_result(reading: readings.MethodReading) -> str:
-    """Open a finished method's trained weights (written by the worker) as this session's model; its name."""
+def _method_weights(reading: readings.MethodReading) -> tuple[bytes, str, str]:
+    """(the trained weights' bytes, the zoo architecture, a name) of a finished method job."""
     result, job = reading.outcome, reading.job
     path = Path(result.folder) / "model.safetensors"
     if not result.folder or not path.is_file():
         raise DataNotFoundError(f"the weights of {job.method} at {job.spec.sparsity:.0%} are no longer on the server")
-    name = f"{job.model} after {job.method} at {job.spec.sparsity:.0%}"
-    open_weights(path.read_bytes(), job.model, name)
+    return path.read_bytes(), job.model, f"{job.model} after {job.method} at {job.spec.sparsity:.0%}"
+
+
+def open_method_result(reading: readings.MethodReading) -> str:
+    """Open a finished method's trained weights (written by the worker) as this session's model; its name."""
+    blob, arch, name = _method_weights(reading)
+    open_weights(blob, arch, name)
     return name
+
+
+def method_lab(reading: readings.MethodReading) -> Lab:
+    """A finished method's trained model as a lab, loaded once per server and registered with the workers
+    (read-only: shared by every session)."""
+
+    def load() -> Lab:
+        blob, arch, name = _method_weights(reading)
+        return Lab(checkpoints.load_checkpoint(blob, arch, name=name))
+
+    lab = shared(("method-lab", reading.outcome.folder), load)
+    register(service(), lab)
+    return lab

@@ -68,13 +68,25 @@ def paired_view(current: Lab, a: PruneSpec, b: PruneSpec, sparsity: float) -> Pa
     register(svc, current)
     base = template(current, cfg())
     jobs = (PredictJob.like(base, spec=a.at(sparsity)), PredictJob.like(base, spec=b.at(sparsity)))
-    known = svc.request([(j, LIVE_FULL) for j in jobs], f"{session_id()}/paired")
+    return _paired(jobs, current)
+
+
+def _paired(jobs: tuple[PredictJob, PredictJob], current: Lab) -> PairedView:
+    """Both jobs' per-image predictions (asked for as this session's paired request) compared on ``current``'s
+    evaluation images."""
+    known = service().request([(j, LIVE_FULL) for j in jobs], f"{session_id()}/paired")
     got = [known[j.canonical()] for j in jobs]
     errors = [v.message for v in got if isinstance(v, JobError)]
     if errors or not all(isinstance(v, Predictions) for v in got):
         return PairedView(None, errors[0] if errors else None)
     data = current.loaded.eval_data()
     return PairedView(compare(data.labels, got[0].tensor(), got[1].tensor(), data.classes), None)
+
+
+def models_view(a: Lab, b: Lab) -> PairedView:
+    """Two models of the same task (e.g. two methods' trained weights), every image scored by each: McNemar's
+    test of A against B."""
+    return _paired((PredictJob(model_key(a)), PredictJob(model_key(b))), a)
 
 
 def verdict(test: McNemar) -> str:

@@ -2,11 +2,13 @@
 the weights they wrote reproduces."""
 
 import json
+import re
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
-from prunekit.core.evaluate import accuracy
+from prunekit.core.evaluate import accuracy, predict_logits
 from prunekit.models import zoo
 from prunekit.service.store import default_path
 from tests.apptest import metric, open_page, rerun, settle
@@ -42,6 +44,23 @@ def test_the_methods_page_runs_methods_and_every_accuracy_holds():
         model.load_state_dict(load_file(written[name] / "model.safetensors"))
         again = accuracy(model, test)  # the saved weights, scored here on the whole test split
         assert row["top-1"] == f"{again.top1:.2%}" and row["95% interval"] == again.interval_label()
+    # McNemar between the two, against the saved weights' own predictions on every test image
+    predictions = {}
+    for name in ("snip", "lsq"):
+        model = zoo.load("fmnist-cnn").model
+        model.load_state_dict(load_file(written[name] / "model.safetensors"))
+        with torch.no_grad():  # the engine's batching and layout: argmax ties fall as the workers' do
+            predictions[name] = predict_logits(model.eval(), test.images, 64).argmax(1)
+    right = {k: v == test.labels for k, v in predictions.items()}
+    only_a, only_b = int((right["snip"] & ~right["lsq"]).sum()), int((~right["snip"] & right["lsq"]).sum())
+    wait_until(
+        lambda: any("McNemar's exact test:" in m.value for m in at.markdown), step=lambda: rerun(at), what="McNemar"
+    )
+    said = next(m.value for m in at.markdown if "McNemar's exact test:" in m.value)
+    shown = [int(n.replace(",", "")) for n in re.findall(r"\*\*([\d,]+)\*\*", said)[:2]]
+    # The workers score in their own batch layout: a few near-tie images may fall the other way (the least-squares
+    # model disagreed with itself on 10 of 10,000 between layouts); more than 0.2% would be a different model.
+    assert abs(shown[0] - only_a) + abs(shown[1] - only_b) <= 0.002 * len(test.labels), (said, only_a, only_b)
     at.selectbox(key="methods_open").set_value("SNIP at initialisation at 90%").run()
     next(b for b in at.button if b.label == "Open").click().run()
     assert not at.exception, at.exception

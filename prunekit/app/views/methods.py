@@ -5,7 +5,7 @@ from functools import partial
 
 import streamlit as st
 
-from prunekit.app import computed, plots, session_state, views
+from prunekit.app import computed, forgetting, plots, session_state, views
 from prunekit.app.live import live
 from prunekit.app.session_state import PageContext
 from prunekit.deploy.methods import METHODS
@@ -97,6 +97,7 @@ def comparison(ctx: PageContext, setting: Setting) -> None:
     done = [r for r in known if _finished(r)]
     if done and ctx.lab.loaded.family == "bundled":  # outside the live part: opening reruns the whole app
         open_result(done)
+        paired(done)
 
 
 def results_panel(ctx: PageContext, jobs: tuple, asked: bool) -> bool:
@@ -134,6 +135,38 @@ def opened_notice() -> None:
     failed = st.session_state.pop("methods_open_failed", None)
     if failed is not None:
         st.error(f"Could not open the weights: {failed}")
+
+
+def paired(done: list[MethodReading]) -> None:
+    """McNemar's exact test between two finished methods, on every test image."""
+    if len(done) < 2:
+        return
+    st.subheader("Is one method really better than the other?")
+    labels = {f"{METHODS[r.job.method].title} at {r.job.spec.sparsity:.0%}": r for r in done}
+    p1, p2 = st.columns(2)
+    first = p1.selectbox("Method A", list(labels), key="methods_pair_a")
+    second = p2.selectbox("Method B", list(labels), index=1, key="methods_pair_b")
+    if first == second:
+        st.caption("Choose two different methods.")
+        return
+    live("methods_paired", partial(paired_panel, labels[first], labels[second], first, second), POLL)
+
+
+def paired_panel(a: MethodReading, b: MethodReading, first: str, second: str) -> bool:
+    with session_state.reported("The methods could not be compared"):
+        view = forgetting.models_view(computed.method_lab(a), computed.method_lab(b))
+        if view.error:
+            st.error(f"The methods could not be compared: {session_state.error_text(view.error)}")
+            return False
+        if view.report is None:
+            st.caption("Scoring every test image with both trained models in the evaluation workers...")
+            return True
+        t = view.report.test
+        st.markdown(
+            f"McNemar's exact test: **{t.b:,}** images only A ({first}) gets right, **{t.c:,}** only B ({second}), "
+            + forgetting.verdict(t)
+        )
+    return False
 
 
 def _open(reading: MethodReading) -> None:
