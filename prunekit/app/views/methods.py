@@ -76,7 +76,7 @@ def controls(ctx: PageContext) -> Setting:
     rounds = d.number_input("Rounds (lottery ticket, rewinding)", 1, 6, 3, key="methods_rounds")
     budget = Budget(float(epochs), None if train == choices[-1] else int(train), rounds=int(rounds))
     st.caption(
-        f"Budget for every method: {budget.epochs:g} epochs over {train:,} training images (batch "
+        f"Budget for every method: {budget.epochs:g} epoch(s) over {train:,} training images (batch "
         f"{budget.batch_size}); the lottery ticket rewinds to step {budget.rewind_step}. Sparsity is the fraction of "
         "weights removed (slimming, sub-models and the two recoveries without training: of channels). Top-1 on the "
         "whole test split; curves are estimates on 1,000 stratified test images."
@@ -226,12 +226,15 @@ def figure_panel(ctx: PageContext, jobs: tuple, asked: bool) -> bool:
             "accuracy": [p.accuracy.top1 for p in points],
             "interval": [p.accuracy.interval() for p in points],
         }
+    missing = sum(not _finished(r) for r in readings)
+    if missing == len(readings) and not asked:  # nothing to draw yet: no empty axes
+        st.caption(f"Not run yet on this budget: {len(readings)} trainings.")
+        return False
     dense = computed.dense_reading(ctx.lab, False).full
     fig = plots.tradeoff_curves(
         curves, "sparsity", "sparsity (fraction of weights removed)", dense.top1 if dense else None
     )
     st.plotly_chart(fig, width="stretch")
-    missing = sum(not _finished(r) for r in readings)
     st.caption(
         f"{len(readings) - missing} of {len(readings)} trainings done" + ("." if not missing else "; filling in.")
     )
