@@ -3,6 +3,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -26,9 +27,28 @@ def _dependencies_only(target: Path) -> Path:
     return target
 
 
-# One xdist worker for the module: its fixture builds the wheel in the checkout's build/ folder, and two
-# builds at once collide there ("File exists: build/bdist...").
+# One xdist worker for the module: the fixture builds a wheel, which is the slow part; twice at once gains nothing.
 pytestmark = pytest.mark.xdist_group("package")
+
+
+def _source_copy(target: Path) -> Path:
+    """The checkout's files that git does not ignore, copied apart: building from the checkout itself raced other test
+    workers writing beside it (``__pycache__`` files vanishing mid-copy, a shared ``build/`` folder)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+    )
+    if listed.returncode != 0:  # not a git checkout (an unpacked archive): everything but what a run writes
+        litter = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache")
+        return Path(shutil.copytree(ROOT, target, ignore=litter))
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        source = ROOT / name
+        if source.is_file():  # a tracked file deleted in the work tree is not part of the package
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    return target
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +65,15 @@ def installed(tmp_path_factory) -> Path:
     ).stdout.strip()
     (Path(purelib) / "dependencies.pth").write_text(str(_dependencies_only(base / "deps")) + "\n")
     pip = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(ROOT)],
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            str(_source_copy(base / "src")),
+        ],
         capture_output=True,
         text=True,
         timeout=600,
