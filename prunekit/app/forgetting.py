@@ -95,6 +95,14 @@ def verdict(test: McNemar) -> str:
     return p + (" (unlikely to be chance)" if test.p < 0.05 else " (could well be chance)")
 
 
+def paired_sentence(test: McNemar, a: str, b: str, where: str = "") -> str:
+    """McNemar's test between A and B as a page says it: the images only one of them gets right, then p."""
+    return (
+        f"McNemar's exact test{where}: **{test.b:,}** images only A{a} gets right, **{test.c:,}** only B{b}, "
+        + verdict(test)
+    )
+
+
 def accuracies(report: Forgetting) -> tuple[Accuracy, Accuracy]:
     """Dense and pruned top-1 on the whole set, from the same predictions (the intervals beside the test)."""
     n = sum(report.images_per_class)

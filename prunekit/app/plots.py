@@ -389,3 +389,24 @@ def method_curves(curves: dict[str, list[tuple[int, float]]]) -> go.Figure:
         yaxis_tickformat=".0%", height=360, margin={"t": 30, "b": 40}, legend={"orientation": "h", "y": 1.12},
     )  # fmt: skip
     return fig
+
+
+def submodel_spread(candidates: list[float], heuristics: dict[str, float], images: int) -> go.Figure:
+    """Sub-model sampling: each random allocation's estimate top-1 (one dot each, before fine-tuning) beside the
+    named allocations' scored the same way (filter pruning at the same target, BatchNorm recalibrated)."""
+    fig = go.Figure()
+    fig.add_scatter(
+        x=["random allocations"] * len(candidates), y=candidates, mode="markers", name="random allocations",
+        marker={"size": 11, "color": PALETTE[0], "opacity": 0.7},
+        hovertemplate="candidate %{text}: %{y:.1%}<extra></extra>", text=[str(i + 1) for i in range(len(candidates))],
+    )  # fmt: skip
+    fig.add_scatter(
+        x=list(heuristics), y=list(heuristics.values()), mode="markers", name="named allocations",
+        marker={"size": 13, "color": PALETTE[1], "symbol": "diamond"},
+        hovertemplate="%{x}: %{y:.1%}<extra></extra>",
+    )  # fmt: skip
+    fig.update_layout(
+        yaxis_title=f"top-1 (estimate, {images:,} test images)", yaxis_tickformat=".0%", height=340,
+        margin={"t": 30, "b": 40}, showlegend=False,
+    )  # fmt: skip
+    return fig

@@ -29,7 +29,7 @@ from prunekit.core.lab import Lab
 from prunekit.core.masks import apply_masks_
 from prunekit.core.reconstruct import reconstruct_
 from prunekit.core.sparse_training import erk_random_masks
-from prunekit.core.spec import Allocation, PruneSpec, Structure, check_sparsity
+from prunekit.core.spec import ALLOCATIONS, Allocation, PruneSpec, Structure, check_sparsity
 from prunekit.deploy.export import safetensors_bytes
 from prunekit.deploy.recover import CURVE_IMAGES, recalibrate_bn_, training_split
 from prunekit.deploy.training import (
@@ -192,27 +192,44 @@ def random_allocation(sizes: dict[str, int], sparsity: float, gen: torch.Generat
     return {n: counts[n] / sizes[n] for n in sizes}
 
 
+def _scored_candidate(run: Run, spec: PruneSpec) -> tuple[float, nn.Module, Masks]:
+    """Filter ``spec`` applied, BatchNorm recalibrated, scored on the curve's stratified test images."""
+    model, masks = _filter_pruned(run, spec)
+    recalibrate_bn_(model, _calibration(run), run.budget.batch_size)
+    images, labels = run.curve_images
+    return accuracy_of(model, images, labels, len(labels)).top1, model, masks
+
+
 def _submodel_sampling(run: Run) -> tuple[nn.Module, Masks]:
     """EagleEye (Li et al. 2020): SUBMODELS random per-layer allocations at the target, each BatchNorm-
     recalibrated and scored on the curve's stratified test images; the best is fine-tuned. The candidates'
-    estimates are kept in the result (``candidates``)."""
+    estimates are kept in the result (``candidates``), beside the named allocations' scored the same way
+    (``heuristics``: global, local, LAMP... on the same filter criterion), so the spread compares."""
     table = run.lab.table(FILTER_SPEC.criterion, Structure.FILTER, FILTER_SPEC.normalise)
     sizes = {s.name: s.size for s in table.sets}
     gen = torch.Generator().manual_seed(run.budget.seed)
-    images, labels = run.curve_images
     best: tuple[float, nn.Module, Masks] | None = None
     for _ in range(SUBMODELS):
         overrides = random_allocation(sizes, run.sparsity, gen)
-        spec = dataclasses.replace(FILTER_SPEC.at(run.sparsity), overrides=overrides)
-        model, masks = _filter_pruned(run, spec)
-        recalibrate_bn_(model, _calibration(run), run.budget.batch_size)
-        top1 = accuracy_of(model, images, labels, len(labels)).top1
-        run.result.candidates.append(top1)
-        if best is None or top1 > best[0]:
-            best = (top1, model, masks)
+        scored = _scored_candidate(run, dataclasses.replace(FILTER_SPEC.at(run.sparsity), overrides=overrides))
+        run.result.candidates.append(scored[0])
+        if best is None or scored[0] > best[0]:
+            best = scored
         run.tell()
+    for named in ALLOCATIONS.values():
+        if not named.unstructured_only:
+            spec = dataclasses.replace(FILTER_SPEC.at(run.sparsity), allocation=named.allocation)
+            run.result.heuristics[named.name] = _scored_candidate(run, spec)[0]
     _, model, masks = best
     return train_masked_(run, model, masks, Training(run.final_steps, FINE_TUNE_LR, "cosine")), masks
+
+
+def _replay_and_rounds(budget: Budget, final: int) -> int:
+    return budget.rewind_step + (budget.rounds + 1) * final
+
+
+def _no_training(budget: Budget, final: int) -> int:
+    return 0
 
 
 @dataclass(frozen=True)
@@ -224,6 +241,9 @@ class Method:
     paper: str
     starts_from: str  # "theta_T", "theta_0" or "theta_k"
     run: Callable[[Run], tuple[nn.Module, Masks]]
+    # About how many steps it takes, from the budget and one final training's steps (for progress only: the
+    # result counts the steps it took). Most methods train once.
+    planned: Callable[[Budget, int], int] = lambda budget, final: final
 
     @property
     def needs_trained(self) -> bool:
@@ -243,7 +263,12 @@ METHODS: dict[str, Method] = {
             lambda run: _prune_fine_tune(run, teacher=True),
         ),
         Method(
-            "lth", "Lottery ticket (late rewinding)", "Frankle & Carbin 2019; Frankle et al. 2020", "theta_k", _lottery
+            "lth",
+            "Lottery ticket (late rewinding)",
+            "Frankle & Carbin 2019; Frankle et al. 2020",
+            "theta_k",
+            _lottery,
+            _replay_and_rounds,
         ),
         Method(
             "lth-reinit",
@@ -251,8 +276,16 @@ METHODS: dict[str, Method] = {
             "Frankle & Carbin 2019",
             "theta_0",
             _lottery_reinit,
+            _replay_and_rounds,
         ),
-        Method("lrr", "Learning-rate rewinding", "Renda et al. 2020", "theta_T", _rewind_lr),
+        Method(
+            "lrr",
+            "Learning-rate rewinding",
+            "Renda et al. 2020",
+            "theta_T",
+            _rewind_lr,
+            lambda budget, final: budget.rounds * final,
+        ),
         Method("snip", "SNIP at initialisation", "Lee et al. 2019", "theta_0", _at_init("snip")),
         Method("grasp", "GraSP at initialisation", "Wang et al. 2020", "theta_0", _at_init("grasp")),
         Method(
@@ -264,7 +297,14 @@ METHODS: dict[str, Method] = {
         ),
         Method("set", "Sparse evolutionary training (SET)", "Mocanu et al. 2018", "theta_0", _sparse_training("set")),
         Method("rigl", "Rigged lottery (RigL)", "Evci et al. 2020", "theta_0", _sparse_training("rigl")),
-        Method("slimming", "Network slimming (L1 on BatchNorm scales)", "Liu et al. 2017", "theta_T", _slimming),
+        Method(
+            "slimming",
+            "Network slimming (L1 on BatchNorm scales)",
+            "Liu et al. 2017",
+            "theta_T",
+            _slimming,
+            lambda budget, final: 2 * final,  # the penalised phase, then the fine-tune
+        ),
         Method("submodels", "Sub-model sampling (EagleEye)", "Li et al. 2020", "theta_T", _submodel_sampling),
         Method(
             "bn-recal",
@@ -272,6 +312,7 @@ METHODS: dict[str, Method] = {
             "Ioffe & Szegedy 2015",
             "theta_T",
             _recalibrated,
+            _no_training,
         ),
         Method(
             "lsq",
@@ -279,6 +320,7 @@ METHODS: dict[str, Method] = {
             "He et al. 2017; Luo et al. 2017",
             "theta_T",
             _least_squares,
+            _no_training,
         ),
     )
 }
@@ -288,17 +330,6 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         raise UnknownNameError("method", name, list(METHODS))
     return METHODS[name]
-
-
-def _planned_steps(name: str, budget: Budget, final: int) -> int:
-    """About how many steps ``name`` takes (for progress; the result counts the steps it took)."""
-    if name in ("lth", "lth-reinit"):
-        return budget.rewind_step + (budget.rounds + 1) * final
-    if name == "lrr":
-        return budget.rounds * final
-    if name in ("bn-recal", "lsq"):
-        return 0
-    return 2 * final if name == "slimming" else final
 
 
 def train_sparse(
@@ -325,7 +356,7 @@ def train_sparse(
     idx = stratified_indices(test.labels, CURVE_IMAGES)
     result = MethodResult(method, sparsity, budget, train_images=len(train), paper=chosen.paper)
     run = Run(lab, sparsity, budget, train, result, report, (test.images[idx], test.labels[idx]))
-    result.total_steps = _planned_steps(chosen.name, budget, run.final_steps)
+    result.total_steps = chosen.planned(budget, run.final_steps)
     try:
         model, masks = chosen.run(run)
     except Stopped:

@@ -85,12 +85,20 @@ class MethodResult:
     stopped: bool = False
     folder: str = ""  # where the trained weights were written (model.safetensors, masks.pt), when they were
     candidates: list[float] = field(default_factory=list)  # sub-model sampling: each candidate's estimate top-1
+    heuristics: dict[str, float] = field(default_factory=dict)  # sub-model sampling: named allocations, scored alike
     masks: Masks = field(default_factory=dict, repr=False)  # while it runs: the masks held now
     model: nn.Module | None = field(default=None, repr=False, compare=False)  # while it runs: the model training now
 
     def without_weights(self) -> MethodResult:
         """A copy to send or store: no model, no masks, its own lists."""
-        return dataclasses.replace(self, model=None, masks={}, curve=list(self.curve), candidates=list(self.candidates))
+        return dataclasses.replace(
+            self,
+            model=None,
+            masks={},
+            curve=list(self.curve),
+            candidates=list(self.candidates),
+            heuristics=dict(self.heuristics),
+        )
 
     @property
     def images(self) -> int:
@@ -114,6 +122,7 @@ class MethodResult:
             "budget": dataclasses.asdict(self.budget),
             "stopped": self.stopped,
             "candidates": self.candidates,
+            "heuristics": self.heuristics,
         }
 
 

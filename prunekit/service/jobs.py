@@ -209,3 +209,8 @@ class MethodJob(EvalJob):
 
 SPEED = LatencyConfig(runs=15, budget_s=3.0)
 Report = Callable[[Recovery], bool]  # a recovery's progress; False: stop
+
+
+def reports_progress(job: EvalJob) -> bool:
+    """Jobs that train: they report a :class:`Recovery` as they go and stop when asked (``Order.STOP``)."""
+    return isinstance(job, RecoverJob | MethodJob)

@@ -22,14 +22,14 @@ from collections.abc import Sequence, Set
 from dataclasses import dataclass
 
 from prunekit.service.chunks import Resume
-from prunekit.service.jobs import ESTIMATE_IMAGES, CollapseJob, EvalJob, PathJob, PredictJob
+from prunekit.service.jobs import ESTIMATE_IMAGES, CollapseJob, EvalJob, MethodJob, PathJob, PredictJob, RecoverJob
 from prunekit.service.queue import STALE, Entry, JobQueue
 
 
 def runs_remotely(job: EvalJob) -> bool:
-    """Accuracy and path-test jobs may run on a remote pool; latency (bound to this machine) and recovery
-    (stoppable, with progress) stay on local workers."""
-    return type(job) in (EvalJob, PathJob, CollapseJob, PredictJob)
+    """Every job but a latency (bound to this machine) may run on a remote pool: accuracies, path tests,
+    recoveries and training methods (their progress and stop travel through the pool, see raypool)."""
+    return type(job) in (EvalJob, PathJob, CollapseJob, PredictJob, RecoverJob, MethodJob)
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Slot:
     """A worker as the policy sees it."""
 
     job: EvalJob | None = None
-    remote: bool = False  # a slot of a remote pool: accuracy jobs only, never shared or preempted
+    remote: bool = False  # a slot of a remote pool: no latency jobs, never shared or preempted
     alive: bool = True
     background: bool = False  # the job in hand is background work
     preempting: bool = False  # already asked to hand its job back
@@ -71,7 +71,7 @@ Action = Start | HandBack
 
 def decide(queue: JobQueue, slots: Sequence[Slot], splitting: Set[EvalJob], pooled: bool) -> list[Action]:
     """What to start and whom to ask to hand back, given the ``queue``, one ``Slot`` per worker, the passes
-    already asked to hand back for sharing (``splitting``) and whether a remote pool takes accuracy jobs
+    already asked to hand back for sharing (``splitting``) and whether a remote pool takes every job but latencies
     (``pooled``). Nothing passed in is changed."""
     plan = _Plan(queue, [dataclasses.replace(s) for s in slots], set(splitting), pooled)
     for i, slot in enumerate(plan.slots):

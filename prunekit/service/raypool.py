@@ -5,6 +5,9 @@ here, and nothing of Ray, is loaded. Each slot is a thread of the service's proc
 scheduler like a worker process: it takes ``(job, spec, resume)`` on a pipe, runs the job as a Ray task and
 answers on the pipe. A model's weights go into Ray's object store once (:class:`ModelPayload`), and
 every Ray worker process loads a model at most once (its first task for that model fetches the payload).
+A recovery or a training method talks to the driver through a :class:`Line` actor (its progress one way, a
+stop the other); a method's trained weights come back with its answer and the driver writes them, as a local
+worker does, since a node's disk is not the driver's.
 
 Faults: a task whose worker process dies is retried by Ray (``max_retries``). A watchdog thread checks
 that the cluster's GCS port still answers; when it stops, the pool calls ``on_lost(message)`` once (the
@@ -20,6 +23,7 @@ import multiprocessing as mp
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,10 +32,12 @@ import ray
 import torch
 
 from prunekit.core.loaded import ModelSpec
+from prunekit.deploy.recover import Recovery
 from prunekit.errors import ClusterUnavailableError, InvalidArgumentError
-from prunekit.service.jobs import EvalJob
-from prunekit.service.protocol import Status
-from prunekit.service.runner import JobRunner, answer, jobs_from
+from prunekit.service.chunks import Control
+from prunekit.service.jobs import EvalJob, MethodJob, Report, reports_progress
+from prunekit.service.protocol import Order, Status
+from prunekit.service.runner import PROGRESS_EVERY_S, JobRunner, answer, jobs_from, keep_weights
 from prunekit.service.threadproc import ThreadProcess
 
 log = logging.getLogger(__name__)
@@ -62,14 +68,6 @@ def payload(spec: ModelSpec) -> ModelPayload:
 _RUNNER: JobRunner | None = None
 
 
-def _runner(threads: int) -> JobRunner:
-    global _RUNNER  # noqa: PLW0603 - one per Ray worker process, reused by its later tasks
-    if _RUNNER is None:
-        torch.set_num_threads(threads)
-        _RUNNER = JobRunner()
-    return _RUNNER
-
-
 @dataclass(frozen=True)
 class _FromObjectStore:
     """A spec for ``JobRunner.load``: fetched from the object store only when this worker process has not
@@ -84,10 +82,62 @@ class _FromObjectStore:
         return loaded
 
 
+def _runner(threads: int) -> JobRunner:
+    global _RUNNER  # noqa: PLW0603 - one per Ray worker process, reused by its later tasks
+    if _RUNNER is None:
+        torch.set_num_threads(threads)
+        _RUNNER = JobRunner(writes_weights=False)  # a node's disk is not the driver's: the weights travel back
+    return _RUNNER
+
+
+@ray.remote(num_cpus=0)
+class Line:
+    """A long job's line between its Ray task and the driver: the latest progress one way, a stop the other."""
+
+    def __init__(self) -> None:
+        self.progress: Recovery | None = None
+        self.stopped = False
+
+    def report(self, progress: Recovery) -> bool:
+        self.progress = progress
+        return not self.stopped
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def latest(self) -> Recovery | None:
+        return self.progress
+
+
+def _reporting(line) -> Report:
+    """A task's ``Control.report`` through ``line``: progress at most every PROGRESS_EVERY_S (the stop is
+    read on the same call, so it is heeded within that time and one step)."""
+    last, going = [0.0], [True]
+
+    def report(progress: Recovery) -> bool:
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_EVERY_S:
+            last[0] = now
+            going[0] = ray.get(line.report.remote(progress.without_weights()))
+        return going[0]
+
+    return report
+
+
 @ray.remote(num_cpus=1, max_retries=MAX_RETRIES)
-def run_remote(job: EvalJob, boxed: list, threads: int) -> tuple:
-    """One job in a Ray worker: ``("ok", job, outcome)`` or ``("error", job, text)``, as a local worker answers."""
-    return answer(_runner(threads), job, _FromObjectStore(boxed))
+def run_remote(job: EvalJob, boxed: list, threads: int, line=None) -> tuple:
+    """One job in a Ray worker: ``("ok", job, outcome)`` or ``("error", job, text)``, as a local worker answers;
+    a recovery or a training method reports through ``line`` (a :class:`Line`) and stops when it says so."""
+    control = None if line is None else Control(report=_reporting(line))
+    return answer(_runner(threads), job, _FromObjectStore(boxed), control)
+
+
+def _weights_kept(message: tuple) -> tuple:
+    """A finished training method's weights came back with its answer: written here, as a local worker does."""
+    status, job, payload = message
+    if status == Status.OK and isinstance(job, MethodJob):
+        return (status, job, keep_weights(job, payload))
+    return message
 
 
 # --- the driver side -------------------------------------------------------------------------------
@@ -204,7 +254,7 @@ class RayPool:
     def _serve(self, conn) -> None:
         with contextlib.closing(conn):
             for job, spec, _ in jobs_from(conn):  # a Ray task is never preempted, so it never resumes
-                answer = self._run(job, spec)
+                answer = self._run(job, spec, conn)
                 try:
                     conn.send(answer)
                 except OSError:  # the service let this slot go (closed, or fell back to local workers)
@@ -222,20 +272,38 @@ class RayPool:
                 self.puts += 1
             return self._refs[key]
 
-    def _run(self, job: EvalJob, spec: ModelSpec | None) -> tuple:
+    def _run(self, job: EvalJob, spec: ModelSpec | None, conn) -> tuple:
         if self.lost:
             return (Status.LOST, job, self.lost)
+        line = Line.remote() if reports_progress(job) else None
         try:
-            task = run_remote.remote(job, [self._ref(job.model, spec)], self.threads)
+            task = run_remote.remote(job, [self._ref(job.model, spec)], self.threads, line)
             while not self.lost:
-                ready, _ = ray.wait([task], timeout=PROBE_EVERY_S)
+                ready, _ = ray.wait([task], timeout=PROGRESS_EVERY_S if line else PROBE_EVERY_S)
                 if ready:
-                    return ray.get(task)
+                    return _weights_kept(ray.get(task))
+                if line is not None:
+                    self._relay(job, line, conn)
             return (Status.LOST, job, self.lost)
         except ray.exceptions.RayError as exc:  # retries spent: the job's error, the cluster is fine
             return (Status.ERROR, job, f"the Ray task failed after {MAX_RETRIES} retries: {type(exc).__name__}")
         except Exception as exc:  # a payload that cannot be built: the job's error
             return (Status.ERROR, job, f"{type(exc).__name__}: {exc}")
+        finally:
+            if line is not None:
+                with contextlib.suppress(Exception):
+                    ray.kill(line)
+
+    @staticmethod
+    def _relay(job: EvalJob, line, conn) -> None:
+        """Between waits on a long task: pass the scheduler's stop to the task, and its progress back."""
+        while conn.poll():
+            order, target = conn.recv()
+            if order == Order.STOP and target == job:
+                line.stop.remote()
+        progress = ray.get(line.latest.remote())
+        if progress is not None:
+            conn.send((Status.PROGRESS, job, progress))
 
     def close(self) -> None:
         """Leave the cluster (stops a private instance); safe after the cluster is gone; idempotent."""

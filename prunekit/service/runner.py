@@ -51,7 +51,8 @@ from prunekit.service.store import default_path, digest
 class JobRunner:
     """Worker-side state: loaded models and a bounded set of pruners (working copies) per process."""
 
-    def __init__(self, max_pruners: int = 4, channels_last: bool = True) -> None:
+    def __init__(self, max_pruners: int = 4, channels_last: bool = True, writes_weights: bool = True) -> None:
+        self.writes_weights = writes_weights  # False on a Ray node: the driver writes a method's weights itself
         self.labs: dict[str, Lab] = {}
         self.pruners: OrderedDict[tuple, Pruner] = OrderedDict()
         self.max_pruners = max_pruners
@@ -257,12 +258,18 @@ def weights_folder(job: MethodJob) -> Path:
     return default_path().parent / "methods" / digest(*job.key())
 
 
-def _train_sparse(runner: JobRunner, lab: Lab, job: MethodJob, control: Control) -> MethodResult:
-    result = train_sparse(lab, job.method, job.spec.sparsity, job.budget, control.report)
-    if not result.stopped:  # the weights go to disk so that other pages (and a download) can open them
+def keep_weights(job: MethodJob, result: MethodResult) -> MethodResult:
+    """Write a finished method's trained weights to :func:`weights_folder` (other pages, and a download, open
+    them there) and return the result without them, as it is stored and sent."""
+    if not result.stopped:
         result.folder = str(weights_folder(job))
         write_result(result, job.model, Path(result.folder))
     return result.without_weights()
+
+
+def _train_sparse(runner: JobRunner, lab: Lab, job: MethodJob, control: Control) -> MethodResult:
+    result = train_sparse(lab, job.method, job.spec.sparsity, job.budget, control.report)
+    return keep_weights(job, result) if runner.writes_weights else result
 
 
 # How each kind of job other than an accuracy is measured: (runner, lab, job, control) -> outcome.

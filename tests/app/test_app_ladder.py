@@ -1,11 +1,13 @@
 """AppTest: the granularity ladder on the Prune page, each top-1 checked against an independent evaluation."""
 
+import re
+
 import pytest
 
 from prunekit.core.lab import Lab
 from prunekit.core.spec import PruneSpec
 from prunekit.models import zoo
-from prunekit.service.ladder import ladder_specs
+from prunekit.service.ladder import DENSE_KERNELS_NOTE, ladder_specs
 from tests.apptest import open_page, rerun
 from tests.helpers import page, wait_until
 
@@ -39,3 +41,19 @@ def test_the_ladder_shows_every_granularity_with_its_true_top1():
         result = lab.result(spec, paths=False)
         assert row["weight sparsity"] == f"{result.achieved_sparsity:.1%}", structure
         assert row["theoretical speedup"] == f"{result.theoretical_speedup:.2f}x", structure
+    # Measured latency: each rung timed in a worker; vectors and kernels keep dense kernels, filters compact
+    next(b for b in at.button if b.label == "Measure every rung's latency").click().run()
+    assert not at.exception, at.exception
+    column = "measured speedup (batch 64)"
+    wait_until(
+        lambda: all(r[column] != "measuring..." for r in _rows(at)), step=lambda: rerun(at), what="every latency"
+    )
+    shown = [r[column] for r in _rows(at)]
+    assert all(re.fullmatch(r"\d+\.\d\dx \((masked|compact)\)", s) for s in shown), shown
+    assert shown[1].endswith("(masked)") and shown[2].endswith("(masked)")  # dense kernels: nothing to compact
+    assert any(DENSE_KERNELS_NOTE in c.value for c in at.caption)
+    # Global filters at 60% empty a layer of fmnist-cnn: timed masked, and the page says why
+    assert shown[-1].endswith("(masked)")
+    assert any(
+        c.value.startswith("Filters timed masked, not compacted: cannot compact: layer collapse") for c in at.caption
+    )

@@ -12,6 +12,7 @@ import torch
 from prunekit.core.at_init import masks_from_scores, snip_scores
 from prunekit.core.evaluate import accuracy, stratified_indices
 from prunekit.core.lab import Lab
+from prunekit.core.spec import ALLOCATIONS
 from prunekit.deploy import methods
 from prunekit.deploy.methods import METHODS, Budget, train_sparse
 from prunekit.errors import InvalidArgumentError, UnknownNameError
@@ -74,6 +75,8 @@ def test_every_method_holds_its_masks_and_reports_a_true_accuracy(lab, train, te
         assert result.weight_sparsity >= 0.8 - 1e-3
     else:
         assert len(result.candidates) == methods.SUBMODELS and result.weight_sparsity > 0.5
+        named = {a.name for a in ALLOCATIONS.values() if not a.unstructured_only}  # ERK is for weights only
+        assert set(result.heuristics) == named and all(0 <= v <= 1 for v in result.heuristics.values())
     assert result.steps >= BUDGET.steps(TRAIN) and result.images == result.steps * 64
     assert result.curve and result.to_json()["paper"] == METHODS[name].paper
 

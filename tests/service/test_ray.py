@@ -265,3 +265,33 @@ def test_a_sweep_through_sparsity_zero_counts_the_dense_point_once(tmp_path, ser
     seen = []
     got = collect(svc, jobs, lambda done, total: seen.append((done, total)))
     assert seen[-1] == (2, 2) and got[jobs[0]] == got[jobs[1]]
+
+
+def test_training_methods_run_on_ray_with_progress_a_stop_and_their_weights_written_here(services):
+    from safetensors.torch import load_file
+
+    from prunekit.core.evaluate import accuracy
+    from prunekit.deploy.training import Budget, MethodResult
+    from prunekit.service.jobs import MethodJob
+    from prunekit.service.runner import weights_folder
+    from tests.helpers import wait_for
+
+    svc = services(0, remote=RayPool("local", cpus=2))
+    svc.register("fmnist-cnn", SPEC, fingerprint="cnn")
+    long = MethodJob.of("fmnist-cnn", "ft", 0.5, Budget(epochs=20, train_images=1024, batch_size=64))
+    short = MethodJob.of("fmnist-cnn", "snip", 0.9, Budget(epochs=1.0, train_images=256, batch_size=64))
+    svc.request([(long, 1), (short, 1)], "s:ray")
+    deadline = time.monotonic() + 120
+    while (svc.progress(long) is None or svc.progress(long).steps < 3) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    seen = svc.progress(long)
+    assert seen is not None and seen.total_steps == 20 * -(-seen.train_images // 64)  # progress came from the node
+    svc.stop(long)
+    got = wait_for(svc, [long, short], session="s:ray")
+    assert isinstance(got[long], MethodResult) and got[long].stopped and 3 <= got[long].steps < got[long].total_steps
+    done = got[short]
+    assert isinstance(done, MethodResult) and not done.stopped and done.model is None
+    assert done.folder == str(weights_folder(short))  # written by the driver, not on the node's disk
+    model = load("fmnist-cnn").model
+    model.load_state_dict(load_file(Path(done.folder) / "model.safetensors"))
+    assert accuracy(model, load("fmnist-cnn").eval_data()).top1 == done.accuracy.top1

@@ -8,6 +8,7 @@ from prunekit.app import computed
 from prunekit.app.live import live
 from prunekit.app.session_state import PageContext, error_text
 from prunekit.core.spec import Scope
+from prunekit.deploy.latency import Latency
 from prunekit.service.jobs import JobError
 from prunekit.service.ladder import DENSE_KERNELS_NOTE, Rung
 
@@ -43,6 +44,9 @@ def table(ctx: PageContext, scope: Scope, measure: bool) -> bool:
         st.caption(f"Top-1 on all {first.n:,} evaluation images; {first.interval_label()} for the first row.")
     if measure:
         st.caption(DENSE_KERNELS_NOTE)
+        for r in rungs:  # a filter rung that could not be compacted was timed masked: say why
+            if r.structure.is_filter and isinstance(r.latency, Latency) and r.latency.note:
+                st.caption(f"{r.structure.label.capitalize()} timed masked, not compacted: {r.latency.note}.")
     return any(r.accuracy.pending or (measure and r.latency is None) for r in rungs)
 
 

@@ -9,7 +9,8 @@ from prunekit.app import computed, forgetting, plots, session_state, views
 from prunekit.app.live import live
 from prunekit.app.session_state import PageContext
 from prunekit.deploy.methods import METHODS
-from prunekit.deploy.training import Budget
+from prunekit.deploy.recover import CURVE_IMAGES
+from prunekit.deploy.training import Budget, MethodResult
 from prunekit.errors import PrunekitError
 from prunekit.service.jobs import JobError
 from prunekit.service.readings import MethodReading
@@ -114,8 +115,24 @@ def results_panel(ctx: PageContext, jobs: tuple, asked: bool) -> bool:
     curves = {METHODS[r.job.method].title: r.result.curve for r in readings if r.result and r.result.curve}
     if curves:
         st.plotly_chart(plots.method_curves(curves), width="stretch")
+    for r in done:
+        if r.outcome.candidates:
+            spread(r.outcome)
     st.dataframe([row(r) for r in readings], hide_index=True, width="stretch")
     return asked and any(r.outcome is None for r in readings)
+
+
+def spread(result: MethodResult) -> None:
+    """Sub-model sampling's candidates beside the named allocations, before the best one is fine-tuned."""
+    st.markdown(f"**Sub-model sampling at {result.sparsity:.0%} of channels: the candidates beside the heuristics**")
+    st.plotly_chart(plots.submodel_spread(result.candidates, result.heuristics, CURVE_IMAGES), width="stretch")
+    best, named = max(result.candidates), max(result.heuristics.items(), key=lambda kv: kv[1], default=None)
+    versus = f"; the best named allocation, {named[0]}, {named[1]:.1%}" if named else ""
+    st.caption(
+        f"{len(result.candidates)} random per-layer allocations, each BatchNorm-recalibrated and scored before any "
+        f"training (estimates on {CURVE_IMAGES:,} stratified test images): best {best:.1%}, worst "
+        f"{min(result.candidates):.1%}{versus}. The best candidate is the one fine-tuned."
+    )
 
 
 def open_result(done: list[MethodReading]) -> None:
@@ -162,10 +179,7 @@ def paired_panel(a: MethodReading, b: MethodReading, first: str, second: str) ->
             st.caption("Scoring every test image with both trained models in the evaluation workers...")
             return True
         t = view.report.test
-        st.markdown(
-            f"McNemar's exact test: **{t.b:,}** images only A ({first}) gets right, **{t.c:,}** only B ({second}), "
-            + forgetting.verdict(t)
-        )
+        st.markdown(forgetting.paired_sentence(t, f" ({first})", f" ({second})"))
     return False
 
 

@@ -112,10 +112,7 @@ def paired_panel(ctx: PageContext, pair: tuple | None) -> bool:
     m2.metric(f"B: {second}", f"{acc_b.top1:.2%}", f"{100 * (acc_b.top1 - acc_a.top1):+.2f} points")
     m2.caption(acc_b.interval_label())
     t = view.report.test
-    st.markdown(
-        f"McNemar's exact test at {at:.0%}: **{t.b:,}** images only A gets right, **{t.c:,}** only B, "
-        + forgetting.verdict(t)
-    )
+    st.markdown(forgetting.paired_sentence(t, "", "", f" at {at:.0%}"))
     return False
 
 
