@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from prunekit.core.granularity import expand_units, unit_scores
@@ -63,12 +64,40 @@ def _normalised(t: torch.Tensor, how: Normalisation) -> torch.Tensor:
     return t
 
 
+def _order_preserving(bits: np.ndarray) -> np.ndarray:
+    """float32 bits (as int32) -> int32 that compare as the floats do; its own inverse."""
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+def sorted_ranks(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 1-D float32 tensor's values in ascending order and each entry's rank (int32) in that order, ties broken
+    by position: what ``torch.argsort(flat, stable=True)`` gives, three times faster on a big layer. Each score's
+    bits (made order-preserving) and its position are packed into one int64 key, so that keys are unique and
+    numpy's vectorised, unstable sort of them is the stable order. NaN scores take the plain path."""
+    n = flat.numel()
+    if n < 1 << 16 or n >= 1 << 31 or bool(torch.isnan(flat).any()):
+        order = torch.argsort(flat, stable=True)
+        rank = torch.empty(n, dtype=torch.int32)
+        rank[order] = torch.arange(n, dtype=torch.int32)
+        return flat[order].contiguous(), rank
+    signed = bool(flat.min() < 0)  # non-negative floats' bits already compare as the floats do
+    bits = (flat + 0.0).numpy().view(np.int32)  # + 0.0: -0.0 ties with 0.0
+    keys = np.empty(n, dtype=np.int64)
+    halves = keys.view(np.int32).reshape(n, 2)  # little-endian: [position, score bits] = score * 2**32 + position
+    halves[:, 1] = _order_preserving(bits) if signed else bits
+    halves[:, 0] = np.arange(n, dtype=np.int32)
+    keys.sort()
+    rank = np.empty(n, dtype=np.int32)
+    rank[halves[:, 0]] = np.arange(n, dtype=np.int32)
+    values = halves[:, 1].copy()
+    return torch.from_numpy((_order_preserving(values) if signed else values).view(np.float32)), torch.from_numpy(rank)
+
+
 def _unit_set(name: str, scores: torch.Tensor, layers: frozenset[str]) -> UnitSet:
-    flat = scores.reshape(-1).float()
-    order = torch.argsort(flat, stable=True)  # ties broken by position: deterministic
-    rank = torch.empty(flat.numel(), dtype=torch.int32)
-    rank[order] = torch.arange(flat.numel(), dtype=torch.int32)
-    return UnitSet(name, flat[order].contiguous(), rank.reshape(scores.shape), layers)
+    values, rank = sorted_ranks(
+        scores.detach().reshape(-1).float().contiguous()
+    )  # ties broken by position: deterministic
+    return UnitSet(name, values, rank.reshape(scores.shape), layers)
 
 
 def build_table(

@@ -51,11 +51,12 @@ from prunekit.deploy.training import (
     trained,
     zero_fraction,
 )
-from prunekit.errors import InvalidArgumentError, UnknownNameError
+from prunekit.errors import InvalidArgumentError, PrunekitError, UnknownNameError
 
 SYNFLOW_ROUNDS = 100  # Tanaka et al. 2020's iterative rounds (data-free, a forward and backward each)
 CALIBRATION = 1024  # training images for BatchNorm recalibration and least squares (no training step)
 SUBMODELS = 8  # sub-model sampling: random per-layer allocations drawn at the target
+CHANNEL_MAX = 0.95  # the channel methods' search for a weight sparsity stops at this share of channels
 SUBMODEL_MAX = 0.9  # no layer of a sampled allocation loses more than this fraction of its channels
 FILTER_SPEC = PruneSpec("l1", Structure.FILTER, Allocation("global", "mean"))  # the filter methods' pruning
 
@@ -131,8 +132,8 @@ def _sparse_training(kind: str) -> Callable[[Run], tuple[nn.Module, Masks]]:
 
 
 def _slimming(run: Run) -> tuple[nn.Module, Masks]:
-    """L1 on BatchNorm scales while training, then the lowest scales' filters pruned (``sparsity`` of the
-    channels, globally), then a fine-tune."""
+    """L1 on BatchNorm scales while training, then the lowest scales' filters pruned (globally, channels enough
+    to remove ``sparsity`` of the weights), then a fine-tune."""
     model = trained(run.lab)
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise InvalidArgumentError(f"network slimming needs BatchNorm layers, and {run.lab.loaded.name} has none")
@@ -144,10 +145,31 @@ def _slimming(run: Run) -> tuple[nn.Module, Masks]:
     for p in frozen.parameters():
         p.requires_grad_(False)
     lab = Lab(dataclasses.replace(run.lab.loaded, model=frozen))
-    spec = PruneSpec("bn-scale", Structure.FILTER, Allocation("global"), sparsity=run.sparsity)
+    spec = matched_channels(lab, PruneSpec("bn-scale", Structure.FILTER, Allocation("global")), run.sparsity)
     pruner = lab.pruner(spec)
     masks = pruner.work.keep_masks(pruner.apply_(spec))
     return train_masked_(run, model, masks, Training(run.final_steps, FINE_TUNE_LR, "cosine")), masks
+
+
+def _removed_share(masks: Masks) -> float:
+    return sum(int((~k).sum()) for k in masks.values()) / max(1, sum(k.numel() for k in masks.values()))
+
+
+def matched_channels(lab: Lab, spec: PruneSpec, target: float) -> PruneSpec:
+    """``spec`` (a filter spec) at the channel sparsity whose masks remove ``target`` of the prunable weights (the
+    smallest that removes at least that much, to 1/1024), so that a channel method compares with the weight
+    methods at the same weight sparsity. A channel and its coupled inputs go together, so a channel share well
+    below ``target`` already reaches it (about 1 - sqrt(1 - target) between two pruned layers)."""
+    pruner = lab.pruner(spec)
+    lo, hi = 0.0, CHANNEL_MAX
+    for _ in range(10):
+        mid = (lo + hi) / 2
+        try:
+            reached = _removed_share(pruner.work.keep_masks(pruner.apply_(spec.at(mid)))) >= target
+        except PrunekitError:  # a share that empties a layer is past any reachable target
+            reached = True
+        lo, hi = (lo, mid) if reached else (mid, hi)
+    return spec.at(hi)
 
 
 def _filter_pruned(run: Run, spec: PruneSpec) -> tuple[nn.Module, Masks]:
@@ -163,13 +185,13 @@ def _calibration(run: Run) -> torch.Tensor:
 
 def _recalibrated(run: Run) -> tuple[nn.Module, Masks]:
     """Filter pruning, then BatchNorm statistics re-estimated: no training step."""
-    model, masks = _filter_pruned(run, FILTER_SPEC.at(run.sparsity))
+    model, masks = _filter_pruned(run, matched_channels(run.lab, FILTER_SPEC, run.sparsity))
     return recalibrate_bn_(model, _calibration(run), run.budget.batch_size), masks
 
 
 def _least_squares(run: Run) -> tuple[nn.Module, Masks]:
     """Filter pruning, then each next layer solved by least squares to match the dense outputs: no training."""
-    model, masks = _filter_pruned(run, FILTER_SPEC.at(run.sparsity))
+    model, masks = _filter_pruned(run, matched_channels(run.lab, FILTER_SPEC, run.sparsity))
     with torch.no_grad():
         reconstruct_(model, run.lab.loaded.model, masks, _calibration(run).contiguous(), seed=run.budget.seed)
     return model.eval(), masks
@@ -209,16 +231,19 @@ def _submodel_sampling(run: Run) -> tuple[nn.Module, Masks]:
     sizes = {s.name: s.size for s in table.sets}
     gen = torch.Generator().manual_seed(run.budget.seed)
     best: tuple[float, nn.Module, Masks] | None = None
+    channels = matched_channels(run.lab, FILTER_SPEC, run.sparsity).sparsity  # the random draws' channel share
     for _ in range(SUBMODELS):
-        overrides = random_allocation(sizes, run.sparsity, gen)
-        scored = _scored_candidate(run, dataclasses.replace(FILTER_SPEC.at(run.sparsity), overrides=overrides))
+        overrides = random_allocation(sizes, channels, gen)
+        scored = _scored_candidate(run, dataclasses.replace(FILTER_SPEC.at(channels), overrides=overrides))
         run.result.candidates.append(scored[0])
         if best is None or scored[0] > best[0]:
             best = scored
         run.tell()
     for named in ALLOCATIONS.values():
         if not named.unstructured_only:
-            spec = dataclasses.replace(FILTER_SPEC.at(run.sparsity), allocation=named.allocation)
+            spec = matched_channels(
+                run.lab, dataclasses.replace(FILTER_SPEC, allocation=named.allocation), run.sparsity
+            )
             run.result.heuristics[named.name] = _scored_candidate(run, spec)[0]
     _, model, masks = best
     return train_masked_(run, model, masks, Training(run.final_steps, FINE_TUNE_LR, "cosine")), masks

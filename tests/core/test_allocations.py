@@ -210,3 +210,26 @@ def test_docs_explain_each_allocation_in_one_line():
     readme = (ROOT / "docs" / "methods.md").read_text()
     for method in ALLOCATIONS.values():
         assert f"- `{method.name}`: {method.description}." in readme, method.name
+
+
+@pytest.mark.parametrize("kind", ["magnitudes", "signed", "ties and signed zeros", "infinities", "nan"])
+def test_the_fast_sort_is_torchs_stable_argsort(kind):
+    from prunekit.core.allocate import sorted_ranks
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(200_003, generator=gen)
+    if kind == "magnitudes":
+        x = x.abs()
+    elif kind == "ties and signed zeros":
+        x = torch.randint(-3, 4, (200_003,), generator=gen).float()
+        x[::5] = -0.0
+    elif kind == "infinities":
+        x[::7], x[::11] = float("inf"), float("-inf")
+    elif kind == "nan":
+        x[::13] = float("nan")
+    values, rank = sorted_ranks(x)
+    order = torch.argsort(x, stable=True)
+    assert torch.equal(rank.long(), torch.argsort(order)) and rank.dtype == torch.int32
+    assert torch.equal(values, x[order]) or (kind == "nan" and torch.equal(values.isnan(), x[order].isnan()))
+    if kind == "ties and signed zeros":  # -0.0 and 0.0 tie (the values read 0.0 either way)
+        assert torch.equal(values.abs(), x[order].abs())

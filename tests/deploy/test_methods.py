@@ -179,6 +179,7 @@ def test_recoveries_without_training_take_no_step(name, train, test_set):
     vgg = Lab(zoo.load("fmnist-vgg"))
     result = train_sparse(vgg, name, 0.3, BUDGET, train=train, test=test_set)
     assert result.steps == 0 and _zeros_held(result) and _same(result.accuracy, accuracy(result.model, test_set))
+    assert result.weight_sparsity >= 0.3  # the weight share asked for, reached by removing channels
     channels = [k for n, k in result.masks.items() if n.endswith("bias") and k.dim() == 1]
     assert channels and sum(int((~k).sum()) for k in channels) > 0  # whole channels went
 
@@ -193,3 +194,16 @@ def test_a_random_allocation_removes_exactly_the_target_within_the_caps():
     assert len({tuple(sorted(a.items())) for a in draws}) == 20  # they differ
     with pytest.raises(InvalidArgumentError, match="at most 90% per layer"):
         methods.random_allocation(sizes, 0.95, gen)
+
+
+@pytest.mark.parametrize("target", [0.5, 0.9])
+def test_channel_methods_remove_the_same_weight_share_as_the_others(lab, target):
+    spec = methods.matched_channels(lab, methods.FILTER_SPEC, target)
+
+    def removed(sparsity: float) -> float:  # counted here on the masks the filter spec leaves
+        pruner = lab.pruner(spec)
+        masks = pruner.work.keep_masks(pruner.apply_(spec.at(sparsity)))
+        return sum(int((~k).sum()) for k in masks.values()) / sum(k.numel() for k in masks.values())
+
+    assert removed(spec.sparsity) >= target > removed(spec.sparsity - 0.002)  # the smallest channel share that does
+    assert spec.sparsity < target  # a channel takes the next layer's inputs with it

@@ -79,7 +79,7 @@ def controls(ctx: PageContext) -> Setting:
     st.caption(
         f"Budget for every method: {budget.epochs:g} epoch(s) over {train:,} training images (batch "
         f"{budget.batch_size}); the lottery ticket rewinds to step {budget.rewind_step}. Sparsity is the fraction of "
-        "weights removed (slimming, sub-models and the two recoveries without training: of channels). Top-1 on the "
+        "weights removed (the methods that remove channels take as many as that needs). Top-1 on the "
         "whole test split; curves are estimates on 1,000 stratified test images."
     )
     return Setting(methods, float(sparsity), budget)
@@ -124,7 +124,7 @@ def results_panel(ctx: PageContext, jobs: tuple, asked: bool) -> bool:
 
 def spread(result: MethodResult) -> None:
     """Sub-model sampling's candidates beside the named allocations, before the best one is fine-tuned."""
-    st.markdown(f"**Sub-model sampling at {result.sparsity:.0%} of channels: the candidates beside the heuristics**")
+    st.markdown(f"**Sub-model sampling at {result.sparsity:.0%}: the candidates beside the heuristics**")
     st.plotly_chart(plots.submodel_spread(result.candidates, result.heuristics, CURVE_IMAGES), width="stretch")
     best, named = max(result.candidates), max(result.heuristics.items(), key=lambda kv: kv[1], default=None)
     versus = f"; the best named allocation, {named[0]}, {named[1]:.1%}" if named else ""
