@@ -52,3 +52,16 @@ def services(tmp_path):
     yield build
     for service in reversed(built):
         service.close()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--wide", action="store_true", help="also every model of the zoo, not one per family (~10 min)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--wide"):
+        return
+    skip = pytest.mark.skip(reason="one model per family runs by default; every model with ./dev test --wide")
+    for item in items:
+        if "wide" in item.keywords:
+            item.add_marker(skip)

@@ -3,7 +3,7 @@
 Independent methods: MACs against ``torch.utils.flop_counter`` (its convolution and addmm/mm counts:
 the weight products; batched matmuls between activations are attention, which the convention leaves
 out), the dense probe against the count of exact zeros in the weights, removal counts against the
-requested sparsity. Models over 150M parameters or 5.5 GMACs are checked for profile and the dense probe
+requested sparsity. The default suite takes one model per family (EVERY_FAMILY); ``--wide`` takes all. Models over 150M parameters or 5.5 GMACs are checked for profile and the dense probe
 only, to keep the suite within its time (their pruning path is the same code as the light models').
 The profile and the flop counter share one forward pass (the counter watches the profile's). A
 convolutional giant's dense probe runs on a 160-pixel image rather than its own size: the same
@@ -104,10 +104,26 @@ PRUNING_CASES = (
 )
 
 
+# The default suite checks every architecture code path once: the smallest member of each torchvision family
+# (a block type, a BatchNorm or not, attention), and every model we ship. The other 56 run with
+# `./dev test --wide` (about ten more minutes on 2 cores): same code, bigger tensors.
+EVERY_FAMILY = {
+    "alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "efficientnet_v2_s", "googlenet", "inception_v3",
+    "maxvit_t", "mnasnet0_5", "mobilenet_v2", "mobilenet_v3_small", "regnet_x_400mf", "regnet_y_400mf", "resnet18",
+    "resnet50", "resnext50_32x4d", "shufflenet_v2_x0_5", "squeezenet1_0", "squeezenet1_1", "swin_t", "swin_v2_t",
+    "vgg11", "vgg11_bn", "vit_b_32", "efficientnet-lite0",
+}  # fmt: skip
+
+
 def _cases() -> list:
     """Giants share one xdist worker, one after another: two of them at once would not fit in 8 GB."""
-    giant = pytest.mark.xdist_group("zoo-giants")
-    return [pytest.param(n, marks=giant) if (r.params or 0) > HEAVY_PARAMS else n for n, r in ROWS.items()]
+    cases = []
+    for name, row in ROWS.items():
+        marks = [pytest.mark.xdist_group("zoo-giants")] if (row.params or 0) > HEAVY_PARAMS else []
+        if name not in EVERY_FAMILY and row.family != "bundled":
+            marks.append(pytest.mark.wide)
+        cases.append(pytest.param(name, marks=marks))
+    return cases
 
 
 @pytest.fixture(autouse=True)
