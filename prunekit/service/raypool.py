@@ -5,7 +5,7 @@ here, and nothing of Ray, is loaded. Each slot is a thread of the service's proc
 scheduler like a worker process: it takes ``(job, spec, resume)`` on a pipe, runs the job as a Ray task and
 answers on the pipe. A model's weights go into Ray's object store once (:class:`ModelPayload`), and
 every Ray worker process loads a model at most once (its first task for that model fetches the payload).
-A recovery or a training method talks to the driver through a :class:`Line` actor (its progress one way, a
+A recovery or a training method talks to the driver through a :class:`~prunekit.service.rayline.Line` actor (its progress one way, a
 stop the other); a method's trained weights come back with its answer and the driver writes them, as a local
 worker does, since a node's disk is not the driver's.
 
@@ -21,6 +21,7 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
+import pickle
 import socket
 import threading
 import time
@@ -37,6 +38,7 @@ from prunekit.errors import ClusterUnavailableError, InvalidArgumentError
 from prunekit.service.chunks import Control
 from prunekit.service.jobs import EvalJob, MethodJob, Report, reports_progress
 from prunekit.service.protocol import Order, Status
+from prunekit.service.rayline import Line
 from prunekit.service.runner import PROGRESS_EVERY_S, JobRunner, answer, jobs_from, keep_weights
 from prunekit.service.threadproc import ThreadProcess
 
@@ -90,25 +92,6 @@ def _runner(threads: int) -> JobRunner:
     return _RUNNER
 
 
-@ray.remote(num_cpus=0)
-class Line:
-    """A long job's line between its Ray task and the driver: the latest progress one way, a stop the other."""
-
-    def __init__(self) -> None:
-        self.progress: Recovery | None = None
-        self.stopped = False
-
-    def report(self, progress: Recovery) -> bool:
-        self.progress = progress
-        return not self.stopped
-
-    def stop(self) -> None:
-        self.stopped = True
-
-    def latest(self) -> Recovery | None:
-        return self.progress
-
-
 def _reporting(line) -> Report:
     """A task's ``Control.report`` through ``line``: progress at most every PROGRESS_EVERY_S (the stop is
     read on the same call, so it is heeded within that time and one step)."""
@@ -118,7 +101,7 @@ def _reporting(line) -> Report:
         now = time.monotonic()
         if now - last[0] >= PROGRESS_EVERY_S:
             last[0] = now
-            going[0] = ray.get(line.report.remote(progress.without_weights()))
+            going[0] = ray.get(line.report.remote(pickle.dumps(progress.without_weights())))
         return going[0]
 
     return report
@@ -303,7 +286,7 @@ class RayPool:
                 line.stop.remote()
         progress = ray.get(line.latest.remote())
         if progress is not None:
-            conn.send((Status.PROGRESS, job, progress))
+            conn.send((Status.PROGRESS, job, pickle.loads(progress)))
 
     def close(self) -> None:
         """Leave the cluster (stops a private instance); safe after the cluster is gone; idempotent."""

@@ -24,21 +24,26 @@ TITLES = {
     "methods": "When and how to prune: the methods side by side",
 }
 BIN = Path(sys.executable).parent
-ENTRIES = {  # the command, and the page its server is first asked for
-    "streamlit run app.py": ([str(BIN / "streamlit"), "run", "app.py"], "prune"),
-    "./dev app": ([str(BIN / "prunekit"), "app"], "sensitivity"),  # what ./dev app execs once .venv is ready
+# The command, and the pages its server is asked for, the first one first. Both commands serve the same app file,
+# so every page is checked once, on the first; the second is checked for its own first link and one more page.
+ENTRIES = {
+    "streamlit run app.py": (
+        [str(BIN / "streamlit"), "run", "app.py"],
+        ["prune", *[n for n in TITLES if n != "prune"]],
+    ),
+    "./dev app": ([str(BIN / "prunekit"), "app"], ["sensitivity", "model"]),  # what ./dev app execs once .venv is ready
 }
 
 pytestmark = [pytest.mark.browser, needs_chromium]
 
 
-def check_every_page(url: str, first: str, log: Path) -> None:
-    """``first`` by a share link, then every other page by its own link, each in a fresh tab."""
+def check_pages(url: str, pages: list[str], log: Path) -> None:
+    """``pages`` by their own links, in order, each in a fresh tab; then a share link's state is kept."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = launch_browser(pw)
-        for name in [first, *[n for n in TITLES if n != first]]:
+        for name in pages:
             assert open_directly(browser, f"{url}/{name}", TITLES[name]) == NAVIGATION, name
         tab = browser.new_page()
         tab.goto(f"{url}/prune?sparsity=0.7&structure=filter&criterion=l2", timeout=120_000)
@@ -51,11 +56,11 @@ def check_every_page(url: str, first: str, log: Path) -> None:
 
 @pytest.mark.parametrize("entry", list(ENTRIES))
 def test_each_entry_serves_every_page_from_a_direct_first_link(entry, tmp_path):
-    command, first = ENTRIES[entry]
+    command, pages = ENTRIES[entry]
     port = free_port()
     env = os.environ | {"PRUNEKIT_CACHE_DIR": str(tmp_path / "cache"), "PRUNEKIT_WORKERS": "1"}
     env["PRUNEKIT_CURVE_FILL"] = "0"
     flags = ["--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true"]
     log = tmp_path / "server.log"
     with served([*command, *flags], port, ROOT, env, log) as url:
-        check_every_page(url, first, log)
+        check_pages(url, pages, log)
