@@ -7,6 +7,7 @@ session arrives.
 
 import streamlit as st
 
+from prunekit.app.channel import routes
 from prunekit.app.entry import MAIN, lifespan
 
-app = st.App(MAIN, lifespan=lifespan)
+app = st.App(MAIN, lifespan=lifespan, routes=routes())

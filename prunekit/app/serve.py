@@ -3,6 +3,7 @@ checkout's top-level ``app.py``. Started by :func:`prunekit.app.entry.run`; neve
 
 import streamlit as st
 
+from prunekit.app.channel import routes
 from prunekit.app.entry import MAIN, lifespan
 
-app = st.App(MAIN, lifespan=lifespan)
+app = st.App(MAIN, lifespan=lifespan, routes=routes())

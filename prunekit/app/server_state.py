@@ -16,6 +16,7 @@ from pathlib import Path
 import streamlit as st
 import torch
 
+from prunekit.app.channel import CHANNEL
 from prunekit.app.pacing import Pacing
 from prunekit.app.settings import Settings
 from prunekit.core.evaluate import interval_label
@@ -80,6 +81,7 @@ def service() -> EvalService:
     workers = int(os.environ.get("PRUNEKIT_WORKERS", 0)) or (1 if ray else None)
     nice = int(os.environ.get("PRUNEKIT_WORKER_NICE", 10))
     svc = open_service(ray, workers, ResultStore(), fall_back=True, nice=nice)
+    CHANNEL.service = svc  # the live channel's route reads results from it
     default = shared_lab(defaults().model)
     register(svc, default)
     if curve_fill_enabled():

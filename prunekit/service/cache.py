@@ -19,6 +19,7 @@ from prunekit.core.evaluate import Accuracy
 from prunekit.service.codec import decode, encode
 from prunekit.service.jobs import EvalJob
 from prunekit.service.store import ResultStore, digest
+from prunekit.service.watch import Watchers
 
 MAX_OUTCOMES = 100_000
 MAX_MISSES = 200_000
@@ -53,6 +54,7 @@ class ResultCache:
         self._fingerprints: dict[str, Callable[[], str] | str] = {}
         self._points: dict[EvalJob, dict[float, Accuracy]] = {}  # per configuration: its curve, replaced whole
         self._points_read: set[EvalJob] = set()  # configurations whose grid was read from the store once
+        self.watchers = Watchers()  # told of every outcome put here, as it lands
 
     def __len__(self) -> int:
         return len(self._outcomes)
@@ -74,9 +76,10 @@ class ResultCache:
         return self._from_disk(job)
 
     def put(self, job: EvalJob, outcome: object) -> None:
-        """Keep ``outcome`` in memory (readers see it at once)."""
+        """Keep ``outcome`` in memory (readers see it at once) and tell whoever watches ``job``."""
         with self._lock:
             self._keep(job, outcome)
+        self.watchers.tell(job, outcome)
 
     def persist(self, job: EvalJob, outcome: object) -> None:
         """Write ``outcome`` to the store, if there is one and ``job``'s model has a fingerprint (a

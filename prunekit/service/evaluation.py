@@ -129,6 +129,12 @@ class EvalService:
         # answer costs at most one store read, or one poll's wait.
         return self._results.lookup(job, read_disk=job not in self._sched.queue)
 
+    def watch(self, jobs: Iterable[EvalJob], callback: Callable[[EvalJob, object], None]) -> Callable[[], None]:
+        """Call ``callback(job, outcome)`` (on the scheduler's thread: hand over, never block) for each outcome
+        of ``jobs`` that lands from now on; returns the function that stops it. What is known already is read
+        with :meth:`lookup`, after watching, so that nothing falls between the two."""
+        return self._results.watchers.add([job.canonical() for job in jobs], callback)
+
     def request(self, jobs: Iterable[tuple[EvalJob, int]], session: str = "") -> dict[EvalJob, Outcome | None]:
         """Ask for ``(job, priority)`` pairs; returns what is known now (None: queued or running).
 

@@ -1,0 +1,152 @@
+"""The live channel: results pushed to the browser the moment they land, no rerun and no poll.
+
+A route on the app's own server, ``GET /prunekit/live?t=TOKEN&k=KEY,KEY...``, answers with server-sent events:
+one ``data:`` line per reading of each job key as it lands (an estimate's job, then the full figure's), then
+``event: done``. Server-sent events rather than a WebSocket: the flow is one way (the server has every answer,
+the page only listens), they are plain HTTP (any proxy that streams passes them: see docs/workshop.md), and
+the browser's ``EventSource`` reconnects by itself.
+
+Nothing but what the server itself offered can be read through it: a page's script asks :meth:`Channel.offer`
+for keys of the jobs it shows, under its session's token; a request with an unknown token is refused (403), a
+key that token was never given is unknown (404), and nothing is computed either way. The event loop never
+waits on the service: what is known is read through an executor, and what lands later arrives through
+:meth:`EvalService.watch` and ``loop.call_soon_threadsafe``, so one result wakes every listener at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from prunekit.core.evaluate import Accuracy
+from prunekit.service.evaluation import EvalService
+from prunekit.service.jobs import EvalJob, JobError
+from prunekit.service.store import digest
+
+PATH = "/prunekit/live"
+MAX_SESSIONS = 10_000  # tokens kept, least recently offered out first
+MAX_KEYS = 512  # keys kept per token, oldest out first (a page shows a few dozen at most)
+MAX_ASKED = 64  # keys one request may listen to
+KEEP_ALIVE_S = 15.0  # a comment line this often: proxies keep an idle stream open, a gone client is noticed
+
+
+def key_of(job: EvalJob) -> str:
+    """A job's public name on the channel: a digest of its key, which says nothing of the configuration."""
+    return digest(*job.canonical().key())[:24]
+
+
+def reading(key: str, outcome: object) -> dict:
+    """What the page shows for ``outcome``: a top-1 with its interval, or the error."""
+    if isinstance(outcome, JobError):
+        return {"key": key, "error": outcome.message}
+    if not isinstance(outcome, Accuracy):
+        return {"key": key, "error": f"not an accuracy: {type(outcome).__name__}"}
+    return {
+        "key": key,
+        "top1": outcome.top1,
+        "n": outcome.n,
+        "total": outcome.total,
+        "estimate": outcome.is_estimate,
+        "interval": outcome.interval_label(),
+    }
+
+
+class Channel:
+    """The tokens the server issued and the jobs each may listen to; thread-safe (script threads offer, the
+    event loop reads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._offered: OrderedDict[str, OrderedDict[str, EvalJob]] = OrderedDict()
+        self.service: EvalService | None = None  # set when the app's service starts
+
+    def token(self) -> str:
+        """A new session's token (unguessable); it may listen to nothing until something is offered under it."""
+        token = secrets.token_urlsafe(18)
+        with self._lock:
+            self._keep(token)
+        return token
+
+    def offer(self, token: str, jobs: Iterable[EvalJob]) -> dict[EvalJob, str]:
+        """Let ``token`` listen to ``jobs``; returns each job's key."""
+        keys = {job: key_of(job) for job in jobs}
+        with self._lock:
+            offered = self._keep(token)
+            for job, key in keys.items():
+                offered[key] = job.canonical()
+                offered.move_to_end(key)
+            while len(offered) > MAX_KEYS:
+                offered.popitem(last=False)
+        return keys
+
+    def jobs(self, token: str, keys: list[str]) -> dict[str, EvalJob] | int:
+        """The jobs ``keys`` name for ``token``, or the HTTP status that refuses the request (403, 404)."""
+        with self._lock:
+            offered = self._offered.get(token)
+            if offered is None:
+                return 403
+            if not keys or len(keys) > MAX_ASKED or any(k not in offered for k in keys):
+                return 404
+            return {k: offered[k] for k in keys}
+
+    def _keep(self, token: str) -> OrderedDict[str, EvalJob]:
+        offered = self._offered.setdefault(token, OrderedDict())
+        self._offered.move_to_end(token)
+        while len(self._offered) > MAX_SESSIONS:
+            self._offered.popitem(last=False)
+        return offered
+
+    async def route(self, request: Request) -> Response:
+        """``GET PATH?t=TOKEN&k=KEY,KEY``: server-sent events of those keys' readings as they land."""
+        keys = [k for k in request.query_params.get("k", "").split(",") if k]
+        jobs = self.jobs(request.query_params.get("t", ""), keys)
+        if isinstance(jobs, int):
+            why = "unknown session token" if jobs == 403 else "a job key this session was not given"
+            return PlainTextResponse(why, status_code=jobs)
+        if self.service is None:
+            return PlainTextResponse("the evaluation service has not started", status_code=503)
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # nginx: pass each event at once
+        return StreamingResponse(self.events(self.service, jobs), media_type="text/event-stream", headers=headers)
+
+    @staticmethod
+    async def events(svc: EvalService, jobs: dict[str, EvalJob]) -> AsyncIterator[str]:
+        """Each job's outcome once, as it lands (those known already first), then ``done``."""
+        loop = asyncio.get_running_loop()
+        landed: asyncio.Queue = asyncio.Queue()
+        names = {job: key for key, job in jobs.items()}
+        stop = svc.watch(names, lambda job, outcome: loop.call_soon_threadsafe(landed.put_nowait, (job, outcome)))
+        try:
+            known = await loop.run_in_executor(None, lambda: {job: svc.lookup(job) for job in names})
+            for job, outcome in known.items():
+                if outcome is not None:
+                    landed.put_nowait((job, outcome))
+            yield "retry: 2000\n\n"
+            left = set(names)
+            while left:
+                try:
+                    job, outcome = await asyncio.wait_for(landed.get(), KEEP_ALIVE_S)
+                except TimeoutError:
+                    yield ": still waiting\n\n"
+                    continue
+                if job in left:  # known at the start and landing meanwhile: once
+                    left.discard(job)
+                    yield f"data: {json.dumps(reading(names[job], outcome))}\n\n"
+            yield "event: done\ndata: {}\n\n"
+        finally:
+            stop()
+
+
+CHANNEL = Channel()  # one per server process
+
+
+def routes() -> list[Route]:
+    """The routes ``st.App`` adds to Streamlit's own."""
+    return [Route(PATH, CHANNEL.route, methods=["GET"])]

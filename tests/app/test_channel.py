@@ -1,0 +1,137 @@
+"""The live channel: a route that pushes a job's readings as they land, only to the session it was offered to."""
+
+import asyncio
+import json
+from urllib.parse import urlencode
+
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from prunekit.app.channel import PATH, Channel, key_of, reading
+from prunekit.core.spec import Allocation, PruneSpec
+from prunekit.service.jobs import EvalJob
+from prunekit.service.queue import LIVE_ESTIMATE, LIVE_FULL
+from prunekit.service.watch import Watchers
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.xdist_group("service")
+SPEC = PruneSpec("magnitude", allocation=Allocation("local"), sparsity=0.6)
+
+
+class Client:
+    """GET requests straight into an ASGI app, as a server would make them (Starlette's TestClient needs a
+    package we do not install); ``get`` answers (status, headers, body) once the response has ended."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def aget(self, path: str, params: dict) -> tuple[int, dict[str, str], str]:
+        query = urlencode(params).encode()
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+                 "path": path, "raw_path": path.encode(), "query_string": query, "headers": [], "root_path": "",
+                 "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 80)}  # fmt: skip
+        started, chunks, asked = {}, [], [False]
+        never = asyncio.Event()
+
+        async def receive() -> dict:
+            if not asked[0]:
+                asked[0] = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await never.wait()  # the client stays connected until the response ends
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                started.update(message)
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await self.app(scope, receive, send)
+        headers = {k.decode(): v.decode() for k, v in started.get("headers", [])}
+        return started["status"], headers, b"".join(chunks).decode()
+
+    def get(self, path: str, params: dict) -> tuple[int, dict[str, str], str]:
+        return asyncio.run(asyncio.wait_for(self.aget(path, params), 60))
+
+
+@pytest.fixture
+def wired(services):
+    """A channel on a service with the tiny model, and a client of a server that has its route."""
+    channel = Channel()
+    channel.service = services(1, tiny=True)
+    return channel, channel.service, Client(Starlette(routes=[Route(PATH, channel.route)]))
+
+
+def _readings(answer: tuple[int, dict[str, str], str]) -> list[dict]:
+    """The readings of one stream, which must have ended with done."""
+    status, headers, body = answer
+    assert status == 200 and headers["content-type"].startswith("text/event-stream"), answer
+    assert body.rstrip().endswith("event: done\ndata: {}"), body
+    return [json.loads(line.removeprefix("data: ")) for line in body.splitlines() if line.startswith('data: {"')]
+
+
+def _events(client: Client, token: str, keys: list[str]) -> list[dict]:
+    return _readings(client.get(PATH, {"t": token, "k": ",".join(keys)}))
+
+
+def test_the_route_refuses_a_foreign_token_and_a_key_not_offered_and_computes_nothing(wired):
+    channel, svc, client = wired
+    job = EvalJob("tiny", SPEC)
+    assert client.get(PATH, {"t": "guessed", "k": key_of(job)})[0] == 403
+    assert client.get(PATH, {"k": key_of(job)})[0] == 403
+    mine, other = channel.token(), channel.token()
+    channel.offer(other, [job])
+    assert client.get(PATH, {"t": mine, "k": key_of(job)})[0] == 404  # offered to another session
+    assert client.get(PATH, {"t": mine, "k": ""})[0] == 404
+    status = svc.status()
+    assert status.done == 0 and status.queued_live == status.queued_background == 0 and svc.lookup(job) is None
+
+
+def test_an_estimate_then_the_full_figure_each_arrive_once_as_they_land(wired):
+    channel, svc, client = wired
+    full = EvalJob("tiny", SPEC)
+    estimate = EvalJob("tiny", SPEC, subset=20)
+    token = channel.token()
+    keys = channel.offer(token, [estimate, full])
+    svc.request([(estimate, LIVE_ESTIMATE), (full, LIVE_FULL)], "page")  # what the page asks, as a rerun does
+    got = _events(client, token, [keys[estimate], keys[full]])
+    assert sorted(g["key"] for g in got) == sorted(keys.values())  # each once
+    known = wait_for(svc, [estimate, full])
+    assert {g["key"]: g for g in got} == {keys[j]: reading(keys[j], known[j]) for j in (estimate, full)}
+    by_key = {g["key"]: g for g in got}
+    assert by_key[keys[estimate]]["estimate"] and by_key[keys[estimate]]["n"] == 20
+    assert not by_key[keys[full]]["estimate"] and by_key[keys[full]]["n"] == 64
+
+
+def test_one_result_reaches_every_listener_once(wired):
+    channel, svc, client = wired
+    job = EvalJob("tiny", PruneSpec("magnitude", sparsity=0.3))
+    tokens = [channel.token() for _ in range(3)]
+    keys = [channel.offer(t, [job])[job] for t in tokens]
+
+    async def listen_then_ask() -> list:
+        streams = [asyncio.create_task(client.aget(PATH, {"t": t, "k": k})) for t, k in zip(tokens, keys, strict=True)]
+        await asyncio.sleep(0.2)  # every stream is watching before the job is even asked for
+        assert svc.lookup(job) is None
+        svc.request([(job, LIVE_FULL)], "page")
+        return await asyncio.wait_for(asyncio.gather(*streams), 60)
+
+    seen = [_readings(answer) for answer in asyncio.run(listen_then_ask())]
+    assert all(len(s) == 1 and s[0] == seen[0][0] for s in seen), seen
+    assert len(svc._results.watchers) == 0  # every stream stopped watching when it ended
+
+
+def test_a_watcher_hears_each_outcome_and_a_failing_one_stops_no_other():
+    watchers, heard = Watchers(), []
+    a, b = EvalJob("m", SPEC), EvalJob("m", SPEC, subset=5)
+
+    def broken(job, outcome):
+        raise RuntimeError("a listener's bug")
+
+    watchers.add([a], broken)
+    stop = watchers.add([a, b], lambda job, outcome: heard.append((job, outcome)))
+    watchers.tell(a, 1)
+    watchers.tell(b, 2)
+    stop()
+    watchers.tell(b, 3)
+    assert heard == [(a, 1), (b, 2)] and len(watchers) == 1
