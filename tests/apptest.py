@@ -32,8 +32,30 @@ def open_page(path: str, query: dict | None = None) -> AppTest:
     return at
 
 
+def readouts(at: AppTest) -> dict[str, tuple[str, str]]:
+    """The live readouts' cards (label with its estimate tag -> (value, interval)), as the component is given them
+    on this run (what the page knew when it ran; the browser updates them from the live channel, AppTest cannot)."""
+    from prunekit.app.readouts import shown
+
+    out = {}
+    for element in at.get("bidi_component"):
+        if element.proto.component_name == "prunekit_readouts":
+            out |= shown(element.proto.json)
+    return out
+
+
+def labelled(at: AppTest) -> list[tuple[str, str]]:
+    """Every metric and readout on the page: (label, value)."""
+    return [(m.label, m.value) for m in at.metric] + [(k, v) for k, (v, _) in readouts(at).items()]
+
+
+def notes(at: AppTest) -> list[str]:
+    """Every caption and readout interval on the page."""
+    return [c.value for c in at.caption] + [interval for _, interval in readouts(at).values()]
+
+
 def metric(at: AppTest, label_start: str) -> str:
-    return next(m.value for m in at.metric if m.label.startswith(label_start))
+    return next(value for label, value in labelled(at) if label.startswith(label_start))
 
 
 def rerun(at: AppTest) -> AppTest:
@@ -45,6 +67,6 @@ def rerun(at: AppTest) -> AppTest:
 
 def settle(at: AppTest) -> AppTest:
     """Rerun until every accuracy on the page is a full-split figure (the service works meanwhile)."""
-    pending = lambda: any(m.value == "computing..." or "estimate" in m.label for m in at.metric)  # noqa: E731
+    pending = lambda: any(v == "computing..." or "estimate" in label for label, v in labelled(at))  # noqa: E731
     wait_until(lambda: not pending(), step=lambda: rerun(at), what="every accuracy a full-split figure")
     return at

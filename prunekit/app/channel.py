@@ -43,20 +43,25 @@ def key_of(job: EvalJob) -> str:
     return digest(*job.canonical().key())[:24]
 
 
+def value(acc: Accuracy) -> dict:
+    """An accuracy as a page shows it, its text formatted here (the browser shows what the server would draw)."""
+    return {
+        "top1": acc.top1,
+        "n": acc.n,
+        "total": acc.total,
+        "estimate": acc.is_estimate,
+        "value": f"{acc.top1:.2%}",
+        "interval": acc.interval_label(),
+    }
+
+
 def reading(key: str, outcome: object) -> dict:
-    """What the page shows for ``outcome``: a top-1 with its interval, or the error."""
+    """What the channel sends for ``outcome``: a top-1 with its text and interval, or the error."""
     if isinstance(outcome, JobError):
         return {"key": key, "error": outcome.message}
     if not isinstance(outcome, Accuracy):
         return {"key": key, "error": f"not an accuracy: {type(outcome).__name__}"}
-    return {
-        "key": key,
-        "top1": outcome.top1,
-        "n": outcome.n,
-        "total": outcome.total,
-        "estimate": outcome.is_estimate,
-        "interval": outcome.interval_label(),
-    }
+    return {"key": key, **value(outcome)}
 
 
 class Channel:

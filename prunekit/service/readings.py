@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prunekit.core.connectivity import Connectivity
 from prunekit.core.evaluate import Accuracy
@@ -53,6 +53,7 @@ class PointView:
 
     dense: Reading
     scopes: dict[str, Reading]
+    jobs: dict[str, tuple[EvalJob | None, EvalJob]] = field(default_factory=dict)  # "dense" or a scope -> (est, full)
 
     @property
     def pending(self) -> bool:
@@ -81,7 +82,8 @@ def read_point(
         return reading(known.get(job.canonical()), est)
 
     readings = {name: read(job) for name, job in points.items()}
-    return PointView(readings.pop("dense"), readings)
+    jobs = {name: (job.with_subset(estimate) if estimate else None, job) for name, job in points.items()}
+    return PointView(readings.pop("dense"), readings, jobs)
 
 
 def with_paths(svc: EvalService, template: EvalJob, results: dict[str, PruneResult], session: str) -> dict:

@@ -7,7 +7,7 @@ from streamlit.testing.v1 import AppTest
 
 from prunekit.app.links import decode_overrides
 from prunekit.core.spec import Allocation, PruneSpec
-from tests.apptest import PAGES, metric, open_page, rerun, settle
+from tests.apptest import PAGES, labelled, metric, open_page, rerun, settle
 from tests.helpers import page, wait_until
 
 
@@ -61,7 +61,7 @@ def test_slider_changes_layer_sparsities_and_accuracy():
     assert before["local"] != after["local"] and before["global"] != after["global"]
     assert all(abs(v - 90) < 1 for v in after["local"])
     assert metric(at, "Global at") != acc_before
-    assert "90%" in next(m.label for m in at.metric if m.label.startswith("Global at"))
+    assert "90%" in next(label for label, _ in labelled(at) if label.startswith("Global at"))
 
 
 def test_a_two_four_pattern_fixes_the_slider_and_says_why_there_is_no_speedup():
@@ -241,7 +241,7 @@ def test_untrained_model_shows_banner_and_no_accuracy(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     at = open_page(page("prune"), {"model": "resnet18", "sparsity": "0.3"})
     assert any("Untrained" in e.value for e in at.error)
-    assert not [m for m in at.metric if m.label.startswith("Dense")]
+    assert not [label for label, _ in labelled(at) if label.startswith("Dense")]
 
 
 def test_attention_model_says_collapse_detection_is_not_available(tmp_path, monkeypatch):
@@ -283,7 +283,7 @@ def test_two_sessions_at_different_positions_each_see_their_own_numbers():
     for at, s in ((a, 0.6), (b, 0.85)):
         for scope in ("global", "local"):
             label = f"{scope.title()} at {s:.0%}"
-            assert metric(at, label) == f"{_in_process_top1(s, scope):.2%}", (label, [m.label for m in at.metric])
+            assert metric(at, label) == f"{_in_process_top1(s, scope):.2%}", (label, labelled(at))
         bars = _layer_bars(at)
         assert all(abs(v - 100 * s) < 1 for v in bars["local"])
 
@@ -362,7 +362,7 @@ def test_a_plans_share_link_opens_the_prune_page_with_its_per_layer_sparsities()
     assert bars["global"] == pytest.approx(expected, abs=0.01) and bars["local"] == pytest.approx(expected, abs=0.01)
     note = next(i.value for i in at.info if "Per-layer sparsities from the link" in i.value)
     assert "`features.3` 60%" in note and "`classifier.1` 90%" in note
-    assert any(m.label.startswith("Global at 0% + the link's layers") for m in at.metric)  # not "0%" alone
+    assert any(label.startswith("Global at 0% + the link's layers") for label, _ in labelled(at))  # not "0%" alone
     next(b for b in at.button if b.label == "Clear the per-layer sparsities").click().run()
     assert all(v == 0.0 for v in _layer_bars(at)["global"])
 

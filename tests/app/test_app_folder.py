@@ -8,7 +8,7 @@ from PIL import Image
 
 from prunekit.app import server_state
 from prunekit.models import datasets, zoo
-from tests.apptest import metric, open_page, settle
+from tests.apptest import metric, notes, open_page, settle
 from tests.helpers import page
 
 PER_CLASS = 6
@@ -49,7 +49,7 @@ def test_a_session_evaluates_on_the_servers_folder(folder):
     with torch.no_grad():
         want = float((model(images).argmax(1) == labels).float().mean())
     assert metric(at, "Dense") == f"{want:.2%}"
-    assert any(f"on {10 * PER_CLASS} images" in c.value for c in at.caption)
+    assert any(f"on {10 * PER_CLASS} images" in text for text in notes(at))
 
 
 def test_a_folder_that_does_not_fit_the_model_is_said_so_and_not_used(tmp_path, monkeypatch):

@@ -55,10 +55,65 @@ def test_the_app_starts_on_a_damaged_store_and_on_an_unusable_cache_dir(server, 
     assert list(Path(tmp_path).iterdir()) == [blocker]  # nothing was created under the unusable path
 
 
-def _full(page, scope_at: str):
-    """The metric of ``scope_at`` once it shows a full-split figure (no estimate, nothing pending)."""
-    metric = page.get_by_test_id("stMetric").filter(has_text=scope_at)
+def _full(page, scope_at: str, test_id: str = "pkReadout"):
+    """The readout of ``scope_at`` once it shows a full-split figure (no estimate, nothing pending)."""
+    metric = page.get_by_test_id(test_id).filter(has_text=scope_at)
     return metric.filter(has_not_text="estimate").filter(has_not_text="computing").first
+
+
+# Records, every 5 ms, the app's script state and the global readout's state, with their times: a change of the
+# readout while no script run happened since its last state is a figure pushed by the channel, not a rerun.
+WATCH = """
+window.pkLog = [];
+let lastRun = null, lastCard = null, host = null;
+setInterval(() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  const run = app ? app.getAttribute("data-test-script-state") : null;
+  if (run !== lastRun) { window.pkLog.push([performance.now(), "run", run]); lastRun = run; }
+  if (!host || !host.isConnected) {
+    host = [...document.querySelectorAll("*")].find((e) => e.shadowRoot && e.shadowRoot.querySelector(".pk-cards"));
+  }
+  const card = host ? host.shadowRoot.querySelector('[data-card="global"]') : null;
+  const state = card ? card.dataset.state + " " + card.querySelector(".pk-value").textContent : null;
+  if (state !== lastCard) { window.pkLog.push([performance.now(), "card", state]); lastCard = state; }
+}, 5);
+"""
+
+
+def test_a_figure_is_pushed_onto_the_page_with_no_rerun(server):
+    """fmnist-vgg at a new position: its full pass takes seconds, so the page is drawn while the figure is
+    pending, and the figure then arrives on the live channel while the script stays not running."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = launch_browser(pw)
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.add_init_script(WATCH)
+        page.goto(f"{server}/prune?model=fmnist-vgg&sparsity=0.37", timeout=120_000)
+        _full(page, "Global at 37%").wait_for(timeout=180_000)
+        page.wait_for_timeout(100)
+        log = page.evaluate("window.pkLog")
+        browser.close()
+    cards = [(t, v) for t, kind, v in log if kind == "card" and v]
+    full = next(i for i, (_, v) in enumerate(cards) if v.startswith("full"))
+    assert full > 0, f"the full figure was drawn by the first run, not pushed: {log}"
+    before, landed = cards[full - 1][0], cards[full][0]  # the card's last state before the figure, and the figure
+    runs = [(t, v) for t, kind, v in log if kind == "run"]
+    state_then = [v for t, v in runs if t <= before][-1]
+    assert state_then == "notRunning" and not [t for t, v in runs if before < t <= landed], log
+
+
+def test_a_browser_that_cannot_reach_the_channel_falls_back_to_refreshing(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = launch_browser(pw)
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.route("**/prunekit/live**", lambda route: route.abort())  # a proxy that does not pass the stream
+        page.goto(f"{server}/prune?model=fmnist-vgg&sparsity=0.41", timeout=120_000)
+        page.get_by_text("could not open the live channel").wait_for(timeout=120_000)
+        _full(page, "Global at 41%", "stMetric").wait_for(timeout=180_000)  # the figures still arrive
+        browser.close()
 
 
 def test_slider_updates_the_page(server):

@@ -47,7 +47,7 @@ def check_pages(url: str, pages: list[str], log: Path) -> None:
             assert open_directly(browser, f"{url}/{name}", TITLES[name]) == NAVIGATION, name
         tab = browser.new_page()
         tab.goto(f"{url}/prune?sparsity=0.7&structure=filter&criterion=l2", timeout=120_000)
-        tab.get_by_test_id("stMetric").filter(has_text="Global at 70%").first.wait_for(timeout=180_000)
+        tab.get_by_test_id("pkReadout").filter(has_text="Global at 70%").first.wait_for(timeout=180_000)
         assert "sparsity=0.7" in tab.url and "criterion=l2" in tab.url  # a share link's state, kept
         browser.close()
     text = log.read_text(errors="replace")

@@ -136,7 +136,7 @@ def test_launch_returns_at_once_and_serves_the_lab_until_stop(mine, tmp_path, mo
             page.get_by_text(f"{NAME}", exact=True).first.wait_for(timeout=120_000)
             page.get_by_text("Most parameters: grouped").wait_for(timeout=60_000)
             page.goto(f"{app.url}/prune", timeout=120_000)
-            full = page.get_by_test_id("stMetric").filter(has_text="Global at 50%").filter(has_not_text="estimate")
+            full = page.get_by_test_id("pkReadout").filter(has_text="Global at 50%").filter(has_not_text="estimate")
             full.filter(has_text=want).first.wait_for(timeout=240_000)
             browser.close()
     finally:

@@ -4,7 +4,7 @@ from functools import partial
 
 import streamlit as st
 
-from prunekit.app import computed, overlay, plots, server_state, session_state, views
+from prunekit.app import computed, overlay, plots, readouts, server_state, session_state, views
 from prunekit.app.links import SPARSITY_MAX, SPARSITY_STEP
 from prunekit.app.live import live
 from prunekit.app.session_state import PageContext, reported
@@ -46,6 +46,10 @@ NM_NOTE = (
     'matrices (PyTorch #111339 measured a 0.11x "speedup" at batch 1).'
 )
 RECOVERY_LABELS = {"dense": "Dense", "pruned": "Pruned", "recalibrated": "BN-recalibrated", "finetuned": "Fine-tuned"}
+FALLBACK_NOTE = (
+    "This browser could not open the live channel (a proxy that does not stream?): the figures below refresh "
+    "themselves instead, a little later than they land."
+)
 SPEED_POLL, POINT_POLL, CURVE_POLL = 0.5, 0.25, 2.0  # seconds between refreshes while results are on their way
 
 
@@ -58,6 +62,8 @@ def page() -> None:
         st.caption("Per-layer sparsities below reflect the random initialisation's scale, not learned importance.")
     controls(ctx)
     link_overrides(ctx)
+    if not untrained and readouts.usable():  # right under the slider: each figure lands here as it is measured
+        point_readouts(ctx)
     results = computed.prune_both(ctx.lab)
     collapse_notes(ctx, results)
     overlaid = allocation_chart(ctx, results)
@@ -304,12 +310,17 @@ def accuracy(ctx: PageContext, overlaid: list[str]) -> None:
     computed.fill_curve(lab)
     overlay.fill_curves(lab, overlaid)
     extra_pending = any(r.pending for r in overlay.points(lab, overlaid, ask=False).values())
-    live(
-        "point",
-        partial(point_panel, ctx, overlaid),
-        server_state.pace(ctx.session, POINT_POLL),
-        computed.point_view(lab).pending or extra_pending,
-    )
+    if readouts.usable():  # dense, global and local listen on the live channel (under the slider)
+        if overlaid:
+            live("point_more", partial(more_panel, ctx, overlaid), server_state.pace(ctx.session, POINT_POLL))
+    else:
+        st.caption(FALLBACK_NOTE)
+        live(
+            "point",
+            partial(point_panel, ctx, overlaid),
+            server_state.pace(ctx.session, POINT_POLL),
+            computed.point_view(lab).pending or extra_pending,
+        )
     curve_pending = computed.curve_view(lab).pending or (
         computed.has_curve() and overlay.curves_pending(overlay.curves(lab, overlaid))
     )
@@ -333,18 +344,38 @@ def _metric(slot, label: str, reading, dense=None) -> None:
     slot.caption(acc.interval_label())
 
 
-def point_panel(ctx: PageContext, overlaid: list[str]) -> bool:
+def _at(ctx: PageContext) -> str:
     c = ctx.settings
-    at = f" at {c.sparsity:.0%}{PER_LAYER if c.overrides else ''}"
+    return f" at {c.sparsity:.0%}{PER_LAYER if c.overrides else ''}"
+
+
+def point_readouts(ctx: PageContext) -> None:
+    """Dense, global and local top-1 at the slider, drawn by the readouts component: what is known now, and each
+    pending figure as it lands (estimate, then full), pushed over the live channel without a rerun."""
+    view = computed.point_view(ctx.lab)
+    cards = [readouts.Card("dense", "Dense", view.dense, *view.jobs["dense"])]
+    cards += [readouts.Card(s, f"{s.title()}{_at(ctx)}", r, *view.jobs[s]) for s, r in view.scopes.items()]
+    readouts.show(cards, key="prune_readouts")
+
+
+def point_panel(ctx: PageContext, overlaid: list[str]) -> bool:
+    """The same figures as :func:`point_readouts`, for a browser that cannot use the channel: this part
+    refreshes itself while any is pending."""
     view = computed.point_view(ctx.lab)
     slots = st.columns(3)
     _metric(slots[0], "Dense", view.dense)
     for slot, (scope, reading) in zip(slots[1:], view.scopes.items(), strict=True):
-        _metric(slot, f"{scope.title()}{at}", reading, view.dense)
+        _metric(slot, f"{scope.title()}{_at(ctx)}", reading, view.dense)
+    return more_panel(ctx, overlaid, view) or view.pending
+
+
+def more_panel(ctx: PageContext, overlaid: list[str], view=None) -> bool:
+    """The other allocations the chart overlays, at the slider (refreshed while pending)."""
+    view = view or computed.point_view(ctx.lab, ask=False)
     more = overlay.points(ctx.lab, overlaid)
     for slot, (name, reading) in zip(st.columns(max(3, len(more))), more.items(), strict=False):
-        _metric(slot, f"{ALLOCATIONS[name].title}{at}", reading, view.dense)
-    return view.pending or any(r.pending for r in more.values())
+        _metric(slot, f"{ALLOCATIONS[name].title}{_at(ctx)}", reading, view.dense)
+    return any(r.pending for r in more.values())
 
 
 def curve_panel(ctx: PageContext, overlaid: list[str]) -> bool:
