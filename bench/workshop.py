@@ -10,8 +10,13 @@ the full-split figures of both scopes. Fragment refreshes (``auto_rerun``) are h
 browser does. Server CPU comes from /proc (the Streamlit process only; the workers are reported
 apart), memory per extra session from its RSS before and after the sessions join.
 
+The readouts that listen on the live channel (``GET /prunekit/live``, server-sent events) are followed as a
+browser follows them: each session opens the stream the page names and takes every pushed figure. With
+``--design polling`` the server runs with ``PRUNEKIT_LIVE=0`` (the page refreshes itself, as before the channel),
+so that one run prints both designs side by side.
+
 Scenarios: teacher (K=30, everyone moves to the same value at once, 3 rounds, values off the coarse
-grid), explore (K=10, distinct values, 2-4 s think time, 5 moves each), vgg-filters (K=30 together on
+grid), crowd (the same with K=100), explore (K=10, distinct values, 2-4 s think time, 5 moves each), vgg-filters (K=30 together on
 fmnist-vgg, filters, L1: nothing precomputed, 2 rounds), vgg16 (K=30 on vgg16, structure only: memory).
 The client runs on the same 2 cores as the server, which the numbers include.
 """
@@ -69,6 +74,9 @@ class Session:
     widgets: list = field(default_factory=list)
     full_runs: int = 0
     fragment_runs: int = 0
+    pushed: int = 0  # figures that arrived on the live channel
+    streams: int = 0  # channel connections opened
+    listener: asyncio.Task | None = None
 
     async def open(self) -> None:
         self.ws = await connect(
@@ -81,6 +89,8 @@ class Session:
     async def close(self) -> None:
         for t in self.timers.values():
             t.cancel()
+        if self.listener:
+            self.listener.cancel()
         self._reader.cancel()
         await self.ws.close()
 
@@ -163,6 +173,48 @@ class Session:
             self.metrics[el.metric.label] = el.metric.body
         elif which == "slider" and not self.slider_id:
             self.slider_id = el.slider.id
+        elif which == "bidi_component" and el.bidi_component.component_name == "prunekit_readouts":
+            self._readouts(json.loads(el.bidi_component.json))
+
+    def _readouts(self, data: dict) -> None:
+        """What the readouts show now, then a stream for the figures still pending (as the browser does)."""
+        wanted = {}
+        for card in data["cards"]:
+            best = card["full"] or card["estimate"]
+            self._show(card["label"], best)
+            for stage in ("estimate", "full"):
+                if card["keys"][stage] and not card[stage] and not card["error"]:
+                    wanted[card["keys"][stage]] = card["label"]
+        if self.listener:  # a rerun's new data replaces the last stream, as the component does
+            self.listener.cancel()
+            self.listener = None
+        if wanted:
+            query = f"{data['path']}?t={data['token']}&k={','.join(wanted)}"
+            self.listener = asyncio.create_task(self._listen(query, wanted))
+
+    def _show(self, label: str, reading: dict | None) -> None:
+        tag = f" (estimate, {reading['n']:,} images)" if reading and reading["estimate"] else ""
+        self.metrics[label + tag] = reading["value"] if reading else "computing..."
+
+    async def _listen(self, query: str, wanted: dict[str, str]) -> None:
+        """One server-sent-events stream: each ``data:`` line is a figure, ``event: done`` ends it."""
+        host, port = self.url.split("//")[1].split("/")[0].split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        self.streams += 1
+        try:
+            writer.write(f"GET {query} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode())
+            while line := await reader.readline():  # chunk-size lines never start with "data:"
+                text = line.decode().strip()
+                if text.startswith("event: done"):
+                    return
+                if text.startswith("data: {"):
+                    got = json.loads(text.removeprefix("data: "))
+                    if got["key"] in wanted and "value" in got:
+                        self._show(wanted[got["key"]], got)
+                        self.pushed += 1
+                        self.changed.set()
+        finally:
+            writer.close()
 
     def _finished(self, status: int) -> None:
         if status == FINISHED:
@@ -194,12 +246,13 @@ def _free_port() -> int:
 
 
 class Server:
-    """The app as ``prunekit app`` starts it, on a free port with a fresh result store (so nothing is cached from earlier runs)."""
+    """The app as ``prunekit app`` starts it, on a free port with a fresh result store (so nothing is cached from earlier runs);
+    ``live=False``: the polling design (``PRUNEKIT_LIVE=0``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, live: bool = True) -> None:
         self.port = _free_port()
         self.cache = tempfile.mkdtemp(prefix="prunekit-bench-")
-        env = os.environ | {"PRUNEKIT_CACHE_DIR": self.cache}
+        env = os.environ | {"PRUNEKIT_CACHE_DIR": self.cache, "PRUNEKIT_LIVE": "1" if live else "0"}
         cmd = [
             sys.executable,
             "-m",
@@ -267,6 +320,11 @@ async def teacher(server: Server, k: int = 30, rounds=(0.63, 0.77, 0.34)) -> tup
     return moves, sessions
 
 
+async def crowd(server: Server) -> tuple[list[Move], list[Session]]:
+    """A hundred sessions on the default model, moving together."""
+    return await teacher(server, 100, rounds=(0.63, 0.34))
+
+
 async def explore(server: Server, k: int = 10, steps: int = 5, seed: int = 0) -> tuple[list[Move], list[Session]]:
     rng = random.Random(seed)
     values = rng.sample([round(v / 100, 2) for v in range(1, 99) if v % 10], k * steps)
@@ -298,7 +356,7 @@ async def vgg16(server: Server, k: int = 30) -> tuple[list[Move], list[Session]]
     return [], sessions
 
 
-SCENARIOS = {"teacher": teacher, "explore": explore, "vgg-filters": vgg_filters, "vgg16": vgg16}
+SCENARIOS = {"teacher": teacher, "crowd": crowd, "explore": explore, "vgg-filters": vgg_filters, "vgg16": vgg16}
 
 
 def _stats(values: list[float | None]) -> dict:
@@ -315,8 +373,8 @@ def _stats(values: list[float | None]) -> dict:
     }
 
 
-async def _run(name: str) -> dict:
-    server = Server()
+async def _run(name: str, live: bool) -> dict:
+    server = Server(live)
     try:
         cpu0, wcpu0 = server.cpu_s(), server.worker_cpu_s()
         moves, sessions = await SCENARIOS[name](server)
@@ -325,10 +383,15 @@ async def _run(name: str) -> dict:
         full_runs = sum(s.full_runs for s in sessions)
         fragment_runs = sum(s.fragment_runs for s in sessions)
         errors = sum(1 for s in sessions for body in s.metrics.values() if "failed" in body)
+        pushed = sum(s.pushed for s in sessions)
         for s in sessions:
             await s.close()
         return {
             "scenario": name,
+            "design": "live channel" if live else "polling",
+            "pushed": pushed,
+            "streams": sum(s.streams for s in sessions),
+            "lost_moves": sum(1 for m in moves if m.full is None),
             "sessions": len(sessions),
             "moves": len(moves),
             "server_start_s": server.start_s,
@@ -356,26 +419,29 @@ def _fmt(s: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenarios", default="teacher,explore,vgg-filters,vgg16")
+    parser.add_argument("--scenarios", default="teacher,crowd,explore,vgg-filters,vgg16")
+    parser.add_argument("--design", default="live,polling", help="live, polling or both (each scenario on each)")
     parser.add_argument("--json", action="store_true", help="one JSON object per scenario")
     args = parser.parse_args()
-    rows = [asyncio.run(_run(name)) for name in args.scenarios.split(",")]
+    designs = [d == "live" for d in args.design.split(",")]
+    rows = [asyncio.run(_run(name, live)) for name in args.scenarios.split(",") for live in designs]
     if args.json:
         for row in rows:
             print(json.dumps(row))
         return
     print(f"machine: {platform.node()}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}")
     print(
-        "| scenario | sessions | moves | rerun p50/p95/max s | first accuracy p50/p95/max s | full split p50/p95/max s "
-        "| server CPU per full rerun | per rerun, fragments too | MB per extra session | errors |"
+        "| scenario | design | sessions | moves | rerun p50/p95/max s | first accuracy p50/p95/max s "
+        "| full split p50/p95/max s | server CPU s | full reruns | fragment reruns | pushed figures | streams "
+        "| MB per extra session | lost moves | errors |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['scenario']} | {r['sessions']} | {r['moves']} | {_fmt(r['rerun_s'])} | {_fmt(r['first_accuracy_s'])} "
-            f"| {_fmt(r['full_accuracy_s'])} | {r['server_cpu_ms_per_full_rerun']:.0f} ms | "
-            f"{r['server_cpu_ms_per_rerun']:.0f} ms | "
-            f"{r['mb_per_extra_session']:.1f} | {r['errors']} |"
+            f"| {r['scenario']} | {r['design']} | {r['sessions']} | {r['moves']} | {_fmt(r['rerun_s'])} "
+            f"| {_fmt(r['first_accuracy_s'])} | {_fmt(r['full_accuracy_s'])} | {r['server_cpu_s']:.1f} "
+            f"| {r['full_reruns']} | {r['fragment_reruns']} | {r['pushed']} | {r['streams']} "
+            f"| {r['mb_per_extra_session']:.1f} | {r['lost_moves']} | {r['errors']} |"
         )
 
 

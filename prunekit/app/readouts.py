@@ -9,6 +9,7 @@ exactly what the server would have drawn, and only the difference to the dense f
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from prunekit.app.channel import CHANNEL, PATH, value
 from prunekit.service.jobs import EvalJob
 from prunekit.service.readings import Reading
 
+LIVE_ENV = "PRUNEKIT_LIVE"
 FALLBACK_KEY = "channel_failed"  # session state: this browser cannot use the channel; pages poll instead
 TOKEN_KEY = "channel_token"
 PENDING = "computing..."
@@ -129,8 +131,10 @@ def token() -> str:
 
 
 def usable() -> bool:
-    """Whether this session's browser listens on the channel (else its pages refresh themselves)."""
-    return not st.session_state.get(FALLBACK_KEY, False)
+    """Whether this session's browser listens on the channel (else its pages refresh themselves): not after its
+    browser said it could not connect, nor on a server started with ``PRUNEKIT_LIVE=0`` (a proxy that does not
+    stream, or to compare with the polling design)."""
+    return os.environ.get(LIVE_ENV, "1") != "0" and not st.session_state.get(FALLBACK_KEY, False)
 
 
 def _fell_back() -> None:
