@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import CHROMIUM, free_port, launch_browser, needs_chromium, served
+from tests.browser import CHROMIUM, NAVIGATION, free_port, launch_browser, needs_chromium, open_directly, served
 from tests.helpers import ROOT
 
 ARTIFACTS = ROOT / "artifacts"
 
-pytestmark = [pytest.mark.browser, needs_chromium]
+# One xdist worker for the module: its tests share one server (two workers would each start their own).
+pytestmark = [pytest.mark.browser, needs_chromium, pytest.mark.xdist_group("browser")]
 
 
 @contextmanager
@@ -43,6 +44,9 @@ def test_the_app_starts_on_a_damaged_store_and_on_an_unusable_cache_dir(server, 
     blocker.write_text("not a directory")
     with sync_playwright() as pw:
         browser = launch_browser(pw)
+        # This server's first page request, as `./dev app` serves it: a direct link to a page other than the
+        # default, with the app's whole sidebar (tests/app/test_entries.py checks `streamlit run app.py` so).
+        assert open_directly(browser, f"{server}/sensitivity", "Which layers can take the cut?") == NAVIGATION
         page = browser.new_page()
         page.goto(f"{server}/model", timeout=120_000)
         page.get_by_text("The result store was damaged").wait_for(timeout=120_000)

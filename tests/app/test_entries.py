@@ -2,7 +2,8 @@
 
 Each server's **first** request is a direct link to a page other than the default: Streamlit 1.67 treats a
 ``pages/`` folder beside the main script as an old-style multipage app until the first ``st.navigation`` call,
-and that would run the page file alone. The installed package's entry is checked in tests/test_package.py.
+and that would run the page file alone. `./dev app`'s first link is checked in tests/app/test_browser.py (whose
+server it is) and the installed package's entry in tests/test_package.py.
 """
 
 import os
