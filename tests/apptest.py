@@ -1,7 +1,10 @@
 """AppTest helpers shared by the page tests: the app's script, its pages, and runs that must not raise."""
 
+import json
+
 from streamlit.testing.v1 import AppTest
 
+from prunekit.app.readouts import PENDING
 from tests.helpers import APP_SCRIPT, page, wait_until
 
 APP = APP_SCRIPT
@@ -32,11 +35,19 @@ def open_page(path: str, query: dict | None = None) -> AppTest:
     return at
 
 
+def shown(element_json: str) -> dict[str, tuple[str, str]]:
+    """A readouts element's data -> {label (with its estimate tag): (value, interval)}, as the browser first draws it."""
+    out = {}
+    for c in json.loads(element_json)["cards"]:
+        r = c["full"] or c["estimate"]
+        tag = f" (estimate, {r['n']:,} images)" if r and r["estimate"] else ""
+        out[c["label"] + tag] = (r["value"], r["interval"]) if r else (c["error"] or PENDING, "")
+    return out
+
+
 def readouts(at: AppTest) -> dict[str, tuple[str, str]]:
     """The live readouts' cards (label with its estimate tag -> (value, interval)), as the component is given them
     on this run (what the page knew when it ran; the browser updates them from the live channel, AppTest cannot)."""
-    from prunekit.app.readouts import shown
-
     out = {}
     for element in at.get("bidi_component"):
         if element.proto.component_name == "prunekit_readouts":

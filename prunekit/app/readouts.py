@@ -38,7 +38,7 @@ CSS = """
 JS = """
 function text(r) { return r ? r.value : "computing..."; }
 function best(card) { return card.full || card.estimate; }
-function draw(root, data, cards) {
+function draw(root, cards) {
   const dense = cards.find((c) => c.id === "dense");
   root.innerHTML = "";
   for (const card of cards) {
@@ -80,7 +80,7 @@ export default function (component) {
     parentElement.appendChild(root);
   }
   const cards = data.cards.map((c) => Object.assign({}, c));
-  draw(root, data, cards);
+  draw(root, cards);
   const wanted = {};
   for (const card of cards) {
     for (const stage of ["estimate", "full"]) {
@@ -99,7 +99,7 @@ export default function (component) {
     const [card, stage] = wanted[got.key] || [];
     if (!card) return;
     if (got.error) card.error = got.error; else card[stage] = got;
-    draw(root, data, cards);
+    draw(root, cards);
   };
   source.addEventListener("done", () => source.close());
   source.onerror = () => {
@@ -163,16 +163,3 @@ def _card(card: Card, keys: dict[EvalJob, str]) -> dict:
             "full": keys.get(card.full_job),
         },
     }
-
-
-def shown(element_json: str) -> dict[str, tuple[str, str]]:
-    """For tests: a readouts element's data -> {label (with its estimate tag): (value, interval)}, as the browser
-    first draws it."""
-    import json  # noqa: PLC0415
-
-    out = {}
-    for c in json.loads(element_json)["cards"]:
-        r = c["full"] or c["estimate"]
-        tag = f" (estimate, {r['n']:,} images)" if r and r["estimate"] else ""
-        out[c["label"] + tag] = (r["value"], r["interval"]) if r else (c["error"] or PENDING, "")
-    return out
