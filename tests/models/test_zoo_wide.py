@@ -5,8 +5,8 @@ the weight products; batched matmuls between activations are attention, which th
 out), the dense probe against the count of exact zeros in the weights, removal counts against the
 requested sparsity. The default suite takes one model per family (EVERY_FAMILY); ``--wide`` takes all. Models over 150M parameters or 5.5 GMACs are checked for profile and the dense probe
 only, to keep the suite within its time (their pruning path is the same code as the light models').
-The profile and the flop counter share one forward pass (the counter watches the profile's). A
-convolutional giant's dense probe runs on a 160-pixel image rather than its own size: the same
+The profile and the flop counter share one forward pass (the counter watches the profile's). A heavy
+convolutional model's dense probe runs on a 160-pixel image rather than its own size: the same
 operations and the same weights, each still on some path (a weight seen only by padding would show
 up as effective sparsity above the exact zeros, and fail), at a fifth of the activation memory.
 """
@@ -30,7 +30,7 @@ from tests.helpers import spec_of
 pytestmark = pytest.mark.slow
 ROWS = {row.name: row for row in zoo.list_models()}
 HEAVY_PARAMS, HEAVY_MACS = 150e6, 5.5e9
-GIANT_PROBE_SIDE = 160  # a convolutional giant's dense-probe image (see the module docstring)
+GIANT_PROBE_SIDE = 160  # a heavy convolutional model's dense-probe image (see the module docstring)
 # Attention mixes tokens through softmax and adds learned position tables: the twin cannot represent
 # that exactly, so these families must say "not available", and no other model may.
 ATTENTION = ("vit_", "swin_", "maxvit_")
@@ -146,7 +146,7 @@ def test_zoo_model(name):
     prunable = {layer.name for layer in profile.prunable()}
     heavy = profile.total_params > HEAVY_PARAMS or profile.total_macs > HEAVY_MACS
     shape = loaded.input_spec.shape
-    if profile.total_params > HEAVY_PARAMS and not name.startswith(ATTENTION):
+    if heavy and not name.startswith(ATTENTION) and shape[-1] > GIANT_PROBE_SIDE:
         shape = (shape[0], GIANT_PROBE_SIDE, GIANT_PROBE_SIDE)
     giant = profile.total_params > HEAVY_PARAMS
     _dense_probe(loaded, prunable, shape, hand_over=giant)  # a giant is not used after its probe
