@@ -55,7 +55,9 @@ def services(tmp_path):
 
 
 def pytest_addoption(parser):
-    parser.addoption("--wide", action="store_true", help="also every model of the zoo, not one per family (~10 min)")
+    parser.addoption(
+        "--wide", action="store_true", help="also every model of the zoo, not one per family (~3 min more)"
+    )
 
 
 def pytest_collection_modifyitems(config, items):

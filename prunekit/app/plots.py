@@ -42,7 +42,12 @@ def params_vs_compute(profile: Profile, conv_only: bool = False, flops: bool = F
 
 def _grouped(fig: go.Figure, title: str, yaxis_title: str, height: int, **layout) -> go.Figure:
     """The layout every grouped bar chart here shares: bars side by side per layer or class, names slanted."""
-    fig.update_layout(
+    fig.update_layout(_grouped_layout(title, yaxis_title, height, **layout))
+    return fig
+
+
+def _grouped_layout(title: str, yaxis_title: str, height: int, **layout) -> dict:
+    return dict(
         barmode="group",
         title=title,
         yaxis_title=yaxis_title,
@@ -52,26 +57,47 @@ def _grouped(fig: go.Figure, title: str, yaxis_title: str, height: int, **layout
         margin=dict(t=50, b=10),
         **layout,
     )
-    return fig
+
+
+# where a rule's label sits: (x across the plot, xanchor, yanchor), as add_hline's annotation_position
+_LABEL_AT = {"top right": (1, "right", "bottom"), "top left": (0, "left", "bottom"), "bottom left": (0, "left", "top")}
+
+
+def _hrule(y: float, text: str | None = None, position: str = "top right", **line) -> dict:
+    """A horizontal line across the plot and its label, as layout entries: what ``add_hline`` draws, without
+    its re-validation of the whole figure (6 ms a line; the Prune page redraws two figures on every move)."""
+    out = {"shapes": [dict(type="line", xref="x domain", x0=0, x1=1, yref="y", y0=y, y1=y, line=line)]}
+    if text is not None:
+        x, xanchor, yanchor = _LABEL_AT[position]
+        out["annotations"] = [
+            dict(text=text, xref="x domain", x=x, yref="y", y=y, xanchor=xanchor, yanchor=yanchor, showarrow=False)
+        ]
+    return out
+
+
+def _vrule(x: float, **line) -> dict:
+    return dict(type="line", yref="y domain", y0=0, y1=1, xref="x", x0=x, x1=x, line=line)
 
 
 def layer_sparsity_bars(results: dict[str, PruneResult], highlight: frozenset[str] = frozenset()) -> go.Figure:
     """Per-layer achieved sparsity for each scope (or allocation, by name) side by side; the ``highlight``
-    layers (those pruned together with a chosen one) outlined."""
-    fig = go.Figure()
-    for scope, r in results.items():
-        fig.add_bar(
+    layers (those pruned together with a chosen one) outlined. Built in one constructor: it is redrawn on every move."""
+    bars = [
+        go.Bar(
             name=scope,
             x=[x.name for x in r.layers],
             y=[100 * x.sparsity for x in r.layers],
-            marker_color=COLORS.get(scope),
-            marker_line_width=[3 if x.name in highlight else 0 for x in r.layers],
-            marker_line_color="black",
+            marker=dict(
+                color=COLORS.get(scope),
+                line=dict(width=[3 if x.name in highlight else 0 for x in r.layers], color="black"),
+            ),
             hovertemplate="%{x}: %{y:.1f}% pruned<extra>" + scope + "</extra>",
         )
-    fig.add_hline(y=100, line_dash="dot", line_color="black", annotation_text="100% = layer gone")
+        for scope, r in results.items()
+    ]
     title = "Per-layer sparsity (% of each layer's weights that are zero)"
-    return _grouped(fig, title, "% pruned", 400, yaxis_range=[0, 105])
+    rule = _hrule(100, "100% = layer gone", dash="dot", color="black")
+    return go.Figure(bars, _grouped_layout(title, "% pruned", 400, yaxis_range=[0, 105], **rule))
 
 
 def importance_heatmap(
@@ -276,24 +302,25 @@ def accuracy_curve(
 ) -> go.Figure:
     """Full-split top-1 against sparsity per scope as the workers fill it; the slider's position marked.
 
-    ``current`` holds each scope's best reading at the slider (an estimate carries its 95% interval).
+    ``current`` holds each scope's best reading at the slider (an estimate carries its 95% interval). Built in
+    one constructor: it is redrawn on every move.
     """
-    fig = go.Figure()
+    traces = []
     for scope, points in curves.items():
-        fig.add_scatter(
-            x=list(points),
-            y=[100 * a for a in points.values()],
-            mode="lines+markers",
-            name=f"{scope} (full split)",
-            line_color=COLORS.get(scope),
-            marker_size=4,
+        traces.append(
+            go.Scatter(
+                x=list(points),
+                y=[100 * a for a in points.values()],
+                mode="lines+markers",
+                name=f"{scope} (full split)",
+                line=dict(color=COLORS.get(scope)),
+                marker=dict(size=4),
+            )
         )
         if current.get(scope) is not None:
-            fig.add_trace(_slider_marker(scope, at, current[scope]))
-    if dense is not None:
-        fig.add_hline(y=100 * dense.top1, line_dash="dot", annotation_text="dense", annotation_position="bottom left")
-    fig.add_vline(x=at, line_color="gray", line_width=1)
-    fig.update_layout(
+            traces.append(_slider_marker(scope, at, current[scope]))
+    rules = _hrule(100 * dense.top1, "dense", "bottom left", dash="dot") if dense is not None else {}
+    layout = dict(
         title="Accuracy against sparsity (filling in live)",
         xaxis_title="sparsity (fraction removed)",
         yaxis_title="top-1 accuracy (%)",
@@ -301,8 +328,10 @@ def accuracy_curve(
         height=380,
         legend=dict(orientation="h", y=-0.25),
         margin=dict(t=50, b=10),
+        shapes=[*rules.get("shapes", []), _vrule(at, color="gray", width=1)],
+        annotations=rules.get("annotations", []),
     )
-    return fig
+    return go.Figure(traces, layout)
 
 
 def recovery_curve(curves: dict[str, list], baselines: dict[str, float | None]) -> go.Figure:
