@@ -74,3 +74,8 @@ class LayerCollapseError(CompactionError):
 
 class ClusterUnavailableError(PrunekitError, ConnectionError):
     """The Ray cluster cannot be reached, at start or later; the message names the address."""
+
+
+class MemoryBudgetError(PrunekitError, MemoryError):
+    """A model does not fit the server's memory budget (alone, or beside the models in use); the message
+    names its estimated size and the budget."""

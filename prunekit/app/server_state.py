@@ -9,7 +9,9 @@ computation and the server process never evaluates while holding a lock.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,12 +29,14 @@ from prunekit.errors import InvalidArgumentError
 from prunekit.models import custom, zoo
 from prunekit.service.evaluation import RAY_ENV, EvalService, open_service
 from prunekit.service.jobs import ESTIMATE_IMAGES, EvalJob
+from prunekit.service.memory import MEMORY_ENV, ModelBudget, budget_bytes, footprint, gigabytes
 from prunekit.service.store import ResultStore
 
 torch.set_num_threads(int(os.environ.get("PRUNEKIT_THREADS", os.cpu_count() or 1)))  # tests: one per process
 
 
 DEFAULTS = Settings()
+log = logging.getLogger("prunekit.app")
 
 
 @st.cache_resource(show_spinner="Loading your model...")
@@ -53,9 +57,46 @@ def shared_lab(name: str) -> Lab:
     return mine if mine is not None and name == mine.loaded.name else _zoo_lab(name)
 
 
-@st.cache_resource(show_spinner="Loading the model (first time only)...")
 def _zoo_lab(name: str) -> Lab:
-    return Lab(zoo.load(name))
+    held = labs()
+    if name in held:
+        return held.get(name)
+    with st.spinner(f"Loading {name} (first time only)..."):
+        return held.get(name)
+
+
+@st.cache_resource(show_spinner=False)
+def labs() -> ModelBudget[Lab]:
+    """The zoo models this server holds, within its memory budget (``$PRUNEKIT_MEMORY_GB``, ``--memory-gb``):
+    least recently used ones are dropped to make room, the default never; one too large is refused."""
+    budget = ModelBudget(
+        budget_bytes(),
+        estimate=lambda name: footprint(zoo.param_count(name)),
+        load=lambda name: Lab(zoo.load(name)),
+        keep=frozenset({DEFAULTS.model}),
+        on_evict=lambda name: log.info("memory budget: dropped %s (least recently used)", name),
+    )
+    return budget
+
+
+def budget_line() -> str:
+    """The memory budget in one sentence, as the server states it at start and the Model page shows it."""
+    held = labs()
+    models = ", ".join(f"{name} ({gigabytes(size)})" for name, size in held.held()) or "none yet"
+    return (
+        f"Memory budget for models: {gigabytes(held.budget)} (set with `prunekit app --memory-gb` or "
+        f"{MEMORY_ENV}); estimated in use: {gigabytes(held.used())}, by {models}."
+    )
+
+
+MODELS_ENV = "PRUNEKIT_MODELS"  # set by `prunekit app --models PATTERNS`
+
+
+def offered_models(patterns: str | None = None) -> list[str]:
+    """The zoo models this server offers: every one, or those matching ``patterns`` (default:
+    ``$PRUNEKIT_MODELS``), the default model always among them."""
+    patterns = os.environ.get(MODELS_ENV, "") if patterns is None else patterns
+    return zoo.matching(patterns, always=DEFAULTS.model) if patterns.strip() else zoo.model_names()
 
 
 EVAL_FOLDER_ENV = "PRUNEKIT_EVAL_FOLDER"  # set by `prunekit app --eval-folder DIR`
@@ -101,6 +142,7 @@ def warm() -> None:
     current.profile  # noqa: B018 - computed now so that the first page does not wait for it
     current.result(start.spec())
     model_names()
+    print(f"prunekit: {budget_line()}", file=sys.stderr, flush=True)
     dense = EvalJob(model_key(current))
     service().wait([dense, dense.with_subset(ESTIMATE_IMAGES)], timeout=120)  # workers up, model loaded
 
@@ -139,7 +181,7 @@ def model_names() -> list[str]:
 
 @st.cache_resource
 def zoo_names() -> list[str]:
-    return zoo.model_names()
+    return offered_models()
 
 
 def shared(key: tuple, compute: Callable[[], object]):

@@ -17,6 +17,7 @@ from prunekit.core.importance import CRITERIA
 from prunekit.core.lab import Lab
 from prunekit.core.spec import NORMALISATIONS, STRUCTURES, PruneSpec, Scope
 from prunekit.errors import PrunekitError, without_server_paths
+from prunekit.models import zoo
 from prunekit.service.evaluation import EvalService
 
 
@@ -40,7 +41,16 @@ def init_state() -> None:
     """Once per session: settings from the query string; bad or stale values fall back with a notice."""
     if "cfg" in st.session_state:
         return
-    cfg, notices = links.read_settings(st.query_params.to_dict(), defaults(), _choices())
+    params, notices = st.query_params.to_dict(), []
+    asked = params.get("model")
+    if asked is not None and asked not in model_names() and asked in zoo.model_names():
+        del params["model"]  # a zoo model the person starting the server left out (prunekit app --models)
+        notices.append(
+            f"Model {links.shown(asked)} from the link is not offered on this server (its models were chosen when "
+            f"it started); using '{defaults().model}'."
+        )
+    cfg, more = links.read_settings(params, defaults(), _choices())
+    notices += more
     if not CRITERIA[cfg.criterion].supports(cfg.structure):
         notices.append(f"Criterion '{cfg.criterion}' has no {cfg.structure} mode; using 'magnitude'.")
         cfg.criterion = "magnitude"

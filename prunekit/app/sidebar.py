@@ -14,10 +14,11 @@ from prunekit.app.server_state import (
     model_names,
     own_lab,
     service,
+    shared_lab,
     zoo_names,
 )
 from prunekit.app.session_state import bind, cfg, error_text, init_state
-from prunekit.errors import PrunekitError
+from prunekit.errors import MemoryBudgetError, PrunekitError
 from prunekit.models import checkpoints, zoo
 
 UPLOAD_TYPES = ["safetensors", "pt", "pth", "bin", "ckpt", "ts"]
@@ -44,6 +45,7 @@ def sidebar() -> None:
     names = model_names() + list(st.session_state.user_labs)
     if cfg().model not in names:
         cfg().model = defaults().model
+    _settle_model()
     with st.sidebar:
         st.markdown("### Model")
         bind(
@@ -58,6 +60,19 @@ def sidebar() -> None:
         mode = "trusted mode: uploads may run code" if checkpoints.trusted_mode() else "safe mode"
         with st.expander(f"Upload your own weights ({mode})"):
             _upload()
+
+
+def _settle_model() -> None:
+    """Load the zoo model asked for (a pick or a link) within the server's memory budget before the picker is
+    drawn: one that does not fit is refused in its one sentence, and the default is shown instead."""
+    wanted = st.session_state.get("w_model", cfg().model)
+    if wanted in st.session_state.user_labs or wanted not in zoo_names():
+        return
+    try:
+        shared_lab(wanted)
+    except MemoryBudgetError as exc:
+        st.session_state.notices.append(f"{error_text(exc)}. Showing {defaults().model} instead.")
+        cfg().model = st.session_state["w_model"] = defaults().model
 
 
 def _folder_choice() -> None:

@@ -22,8 +22,9 @@ __all__ = ["build_parser", "main"]
 def run_app(args: argparse.Namespace, streamlit_args: list[str]) -> int:
     """Serve the lab in this process until it is stopped (Ctrl-C)."""
     from prunekit.app import entry  # noqa: PLC0415 - streamlit loads only for this command
-    from prunekit.app.server_state import EVAL_FOLDER_ENV  # noqa: PLC0415
+    from prunekit.app.server_state import EVAL_FOLDER_ENV, MODELS_ENV, offered_models  # noqa: PLC0415
     from prunekit.models.checkpoints import TRUSTED_ENV  # noqa: PLC0415
+    from prunekit.service.memory import MEMORY_ENV, budget_bytes  # noqa: PLC0415
 
     if args.trusted:
         os.environ[TRUSTED_ENV] = "1"
@@ -31,6 +32,12 @@ def run_app(args: argparse.Namespace, streamlit_args: list[str]) -> int:
         if not args.eval_folder.is_dir():
             raise InvalidArgumentError(f"--eval-folder {str(args.eval_folder)!r} is not a directory")
         os.environ[EVAL_FOLDER_ENV] = str(args.eval_folder.resolve())
+    if args.models is not None:
+        offered_models(args.models)  # a pattern that matches nothing stops here, before the server starts
+        os.environ[MODELS_ENV] = args.models
+    if args.memory_gb is not None:
+        os.environ[MEMORY_ENV] = repr(args.memory_gb)
+        budget_bytes()  # a bad budget stops here too
     return entry.run(["--server.headless", "true", "--browser.gatherUsageStats", "false", *streamlit_args])
 
 

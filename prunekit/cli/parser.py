@@ -162,6 +162,19 @@ def _add_app(sub) -> None:
         help="offer this ImageFolder as evaluation data (DIR/<class>/<image>, or ImageNet WNID folders)",
     )
     app.add_argument(
+        "--models",
+        metavar="PATTERNS",
+        help="offer only these models: comma-separated names or patterns, e.g. 'fmnist-*,resnet18,resnet50' "
+        "(the default model is always offered)",
+    )
+    app.add_argument(
+        "--memory-gb",
+        type=float,
+        metavar="GB",
+        help="memory budget for the models the server holds (default: half of this machine's); least recently "
+        "used models are dropped to stay within it, and a model larger than it is refused",
+    )
+    app.add_argument(
         "--trusted",
         action="store_true",
         help="also accept whole pickled models and TorchScript uploads (loading them runs code: your own files only)",

@@ -7,6 +7,7 @@ asked and online; otherwise flagged untrained), and a user's own checkpoint (see
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from torch import nn
 
 from prunekit.core import data as core_data
 from prunekit.core.loaded import InputSpec, Loaded, ModelSpec
-from prunekit.errors import UnknownNameError, without_server_paths
+from prunekit.errors import InvalidArgumentError, UnknownNameError, without_server_paths
 from prunekit.models import datasets as data
 from prunekit.models.architectures import ARCHITECTURES
 
@@ -252,6 +253,30 @@ def _torchvision_entry(name: str) -> ZooEntry:
 
 def model_names() -> list[str]:
     return [*BUNDLED, *EFFICIENTNET, *torchvision_names()]
+
+
+def matching(patterns: str, always: str | None = None) -> list[str]:
+    """Zoo names matching any of the comma-separated shell ``patterns`` (``'fmnist-*,resnet18'``), in the zoo's
+    order, ``always`` among them. A pattern that matches nothing raises (a typo must not offer nothing)."""
+    names = model_names()
+    wanted = [p.strip() for p in patterns.split(",") if p.strip()]
+    if not wanted:
+        raise InvalidArgumentError(f"no model pattern in {patterns!r}: give names or patterns such as 'fmnist-*,resnet18'")
+    for pattern in wanted:
+        if not fnmatch.filter(names, pattern):
+            raise InvalidArgumentError(f"model pattern {pattern!r} matches no model of the zoo (see `prunekit list`)")
+    return [n for n in names if n == always or any(fnmatch.fnmatchcase(n, p) for p in wanted)]
+
+
+def param_count(name: str) -> int:
+    """Parameters of zoo model ``name`` without loading it (its card, or torchvision's weight metadata)."""
+    if name in BUNDLED:
+        return int(bundled_card(name)["params"])
+    if name in EFFICIENTNET:
+        return int(_lite0_params())
+    if name in torchvision_names():
+        return int(_tv_weights(name).meta["num_params"])
+    raise UnknownNameError("model", name, model_names())
 
 
 def _loader_for(name: str) -> Callable[[str, bool], Loaded]:

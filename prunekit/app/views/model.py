@@ -23,6 +23,7 @@ def page() -> None:
     coupled_channels(ctx)
     with st.expander("Model card"):
         st.json(ctx.lab.loaded.card)
+    st.caption(server_state.budget_line())
 
 
 def intro() -> None:
