@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -100,6 +101,13 @@ TINY = {"TinyCNN": TinyCNN, "TinyResNet": TinyResNet}
 def load_tiny(name: str, seed: int = 0) -> Loaded:
     """A worker-side loader (importable by name, as ``ModelSpec`` needs)."""
     return tiny_loaded(TINY[name], seed)
+
+
+def load_tiny_counted(log: str) -> Loaded:
+    """The tiny residual model, each load written down as one line in ``log`` (which process loads, and when)."""
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return tiny_loaded(TinyResNet)
 
 
 class _Crashing(TinyCNN):

@@ -74,7 +74,7 @@ def labs() -> ModelBudget[Lab]:
         estimate=lambda name: footprint(zoo.param_count(name)),
         load=lambda name: Lab(zoo.load(name)),
         keep=frozenset({DEFAULTS.model}),
-        on_evict=lambda name: log.info("memory budget: dropped %s (least recently used)", name),
+        on_evict=_evicted,
     )
     return budget
 
@@ -87,6 +87,12 @@ def budget_line() -> str:
         f"Memory budget for models: {gigabytes(held.budget)} (set with `prunekit app --memory-gb` or "
         f"{MEMORY_ENV}); estimated in use: {gigabytes(held.used())}, by {models}."
     )
+
+
+def _evicted(name: str) -> None:
+    """A zoo model the budget let go: the evaluation workers forget it too (a zoo model's key is its name)."""
+    log.info("memory budget: dropped %s, the least recently used model", name)
+    service().drop_model(name)
 
 
 MODELS_ENV = "PRUNEKIT_MODELS"  # set by `prunekit app --models PATTERNS`

@@ -261,7 +261,9 @@ def matching(patterns: str, always: str | None = None) -> list[str]:
     names = model_names()
     wanted = [p.strip() for p in patterns.split(",") if p.strip()]
     if not wanted:
-        raise InvalidArgumentError(f"no model pattern in {patterns!r}: give names or patterns such as 'fmnist-*,resnet18'")
+        raise InvalidArgumentError(
+            f"no model pattern in {patterns!r}: give names or patterns such as 'fmnist-*,resnet18'"
+        )
     for pattern in wanted:
         if not fnmatch.filter(names, pattern):
             raise InvalidArgumentError(f"model pattern {pattern!r} matches no model of the zoo (see `prunekit list`)")

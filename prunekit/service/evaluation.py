@@ -188,6 +188,11 @@ class EvalService:
         memory, never stored); a queued job is dropped."""
         self._sched.stop(job.canonical())
 
+    def drop_model(self, key: str) -> None:
+        """The server let model ``key`` go (its memory budget): the workers forget it too, and its queued jobs
+        go; results already measured stay in the store. Registering it again brings it back."""
+        self._sched.drop_model(key)
+
     def forget(self, job: EvalJob) -> None:
         """Drop ``job``'s in-memory outcome (a stopped run or an error), so that asking again reruns it."""
         self._results.forget(job.canonical())

@@ -27,3 +27,4 @@ class Order(StrEnum):
 
     STOP = "stop"  # a recovery: stop after the current step
     PREEMPT = "preempt"  # a full pass: hand the worker back after the current chunk
+    DROP = "drop"  # (Order.DROP, model key): the server let this model go; forget it once the running job ends

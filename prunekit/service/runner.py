@@ -81,6 +81,16 @@ class JobRunner:
         self._warm(lab, images)
         self.labs[key] = lab
 
+    def drop(self, key: str) -> None:
+        """Forget model ``key`` and everything kept for it (images, working copies, compacted models, subsets):
+        the server let it go. A later job for it loads it again from its spec."""
+        self.labs.pop(key, None)
+        self._images.pop(key, None)
+        self._folder_data.pop(key, None)
+        for cache in (self.pruners, self._compacted, self._subsets):
+            for k in [k for k in cache if k[0] == key]:
+                del cache[k]
+
     @staticmethod
     def _warm(lab: Lab, images: torch.Tensor) -> None:
         """The first forward of a model is slow (allocator, kernels): pay it at load, not in a live job."""
@@ -294,23 +304,33 @@ def worker_main(conn, threads: int, nice: int = 0) -> None:
     if nice:
         os.nice(nice)
     torch.set_num_threads(threads)
-    runner = JobRunner()
-    for job, spec, resume in jobs_from(conn):
+    runner, drops = JobRunner(), []
+    for job, spec, resume in jobs_from(conn, drops):
+        _drop_all(runner, drops)
         try:
-            conn.send(answer(runner, job, spec, _control(conn, job, resume)))
+            conn.send(answer(runner, job, spec, _control(conn, job, resume, drops)))
         except (BrokenPipeError, EOFError, OSError):
             return  # the server went away
 
 
-def jobs_from(conn) -> Iterator[tuple[EvalJob, ModelSpec | None, Resume | None]]:
+def _drop_all(runner: JobRunner, drops: list[str]) -> None:
+    for key in drops:
+        runner.drop(key)
+    drops.clear()
+
+
+def jobs_from(conn, drops: list[str] | None = None) -> Iterator[tuple[EvalJob, ModelSpec | None, Resume | None]]:
     """The ``(job, spec, resume)`` messages a worker receives, until the service closes the pipe; a stop or
-    preempt read here is for a job that has already finished, and is dropped."""
+    preempt read here is for a job that has already finished, and is dropped. A model to drop is added to
+    ``drops`` (the worker forgets it before its next job)."""
     while True:
         try:
             message = conn.recv()
         except (EOFError, OSError):
             return
-        if not isinstance(message[0], str):
+        if message[0] == Order.DROP and drops is not None:
+            drops.append(message[1])
+        elif not isinstance(message[0], str):
             yield message
 
 
@@ -318,23 +338,25 @@ PROGRESS_EVERY_S = 0.25
 
 
 class _Inbox:
-    """What the scheduler says about the running job while it runs: stop (a recovery), preempt (a full pass)."""
+    """What the scheduler says while a job runs: stop (a recovery), preempt (a full pass), and models to drop."""
 
-    def __init__(self, conn, job: EvalJob) -> None:
-        self.conn, self.job = conn, job
+    def __init__(self, conn, job: EvalJob, drops: list[str]) -> None:
+        self.conn, self.job, self.drops = conn, job, drops
         self.stop = self.preempt = False
 
     def read(self) -> None:
         while self.conn.poll():
             kind, target = self.conn.recv()
-            if target == self.job:
+            if kind == Order.DROP:
+                self.drops.append(target)  # not now: the running job may be using it
+            elif target == self.job:
                 self.stop |= kind == Order.STOP
                 self.preempt |= kind == Order.PREEMPT
 
 
-def _control(conn, job: EvalJob, resume: Resume | None) -> Control:
+def _control(conn, job: EvalJob, resume: Resume | None, drops: list[str]) -> Control:
     """A worker's :class:`Control` over its pipe; a recovery's progress goes at most every PROGRESS_EVERY_S."""
-    inbox, last = _Inbox(conn, job), [0.0]
+    inbox, last = _Inbox(conn, job, drops), [0.0]
 
     def report(progress: Recovery) -> bool:
         inbox.read()

@@ -41,6 +41,7 @@ class Scheduler:
         self.preemptions = 0
         self.broken: str | None = None  # why the workers cannot run, once they cannot
         self.notice: str | None = None  # e.g. the remote pool was lost and local workers took over
+        self._dropping: list[str] = []  # models the server let go: the workers are told on the next dispatch
         self._splitting: set[EvalJob] = set()  # live passes asked to hand back so that idle workers share them
         self._wake_r, self._wake_w = ctx.Pipe(duplex=False)
         self._wake_lock, self._wake_pending = threading.Lock(), False
@@ -99,9 +100,30 @@ class Scheduler:
             with self.lock:
                 self._give_up(f"the evaluation scheduler failed ({type(exc).__name__}: {exc})")
 
+    def drop_model(self, key: str) -> None:
+        """The server let model ``key`` go: forget how to load it, drop its queued jobs that are not running,
+        and tell every worker that has it to forget it once its running job ends (sent from this thread)."""
+        with self.lock:
+            self.specs.pop(key, None)
+            for entry in self.queue:
+                if entry.job.model == key and not entry.in_flight:
+                    self.queue.remove(entry.job)
+            self._dropping.append(key)
+        self.wake()
+
+    def _send_drops(self, workers: list[Worker]) -> None:
+        for key in self._dropping:
+            for w in workers:
+                if key in w.loaded:
+                    with contextlib.suppress(OSError, ValueError):  # a dying worker forgets everything anyway
+                        w.conn.send((Order.DROP, key))
+                    w.loaded.discard(key)
+        self._dropping.clear()
+
     def _dispatch(self) -> None:
         with self.lock:
             workers = list(self.pool)
+            self._send_drops(workers)
             pooled = self.pool.remote is not None
             for action in decide(self.queue, [w.slot() for w in workers], self._splitting, pooled):
                 w = workers[action.slot]

@@ -262,3 +262,25 @@ def test_your_own_model_refuses_bad_arguments_in_one_line(args, needle, tmp_path
 def test_app_refuses_an_eval_folder_that_is_not_a_directory(tmp_path, capsys):
     assert main(["app", "--eval-folder", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err == f"error: --eval-folder {str(tmp_path / 'nope')!r} is not a directory\n"
+
+
+def test_app_hands_its_models_and_memory_budget_to_the_server_and_refuses_bad_ones(monkeypatch, capsys):
+    from prunekit.app import entry
+    from prunekit.app.server_state import MODELS_ENV, offered_models
+    from prunekit.models import zoo
+    from prunekit.service.memory import GB, MEMORY_ENV, budget_bytes
+
+    got = []
+    monkeypatch.setattr(entry, "run", lambda args: got.append((offered_models(), budget_bytes())) or 0)
+    monkeypatch.setenv(MODELS_ENV, "")  # restored after the test, as the budget's
+    monkeypatch.setenv(MEMORY_ENV, "")
+    assert main(["app", "--models", "fmnist-*,resnet18", "--memory-gb", "6.5"]) == 0
+    assert got == [([*zoo.BUNDLED, "resnet18"], int(6.5 * GB))]
+    for bad, needle in [
+        (["--models", "fmnist-*,resnet99"], "model pattern 'resnet99' matches no model"),
+        (["--memory-gb", "-1"], "PRUNEKIT_MEMORY_GB must be a positive number of gigabytes, got '-1.0'"),
+    ]:
+        assert main(["app", *bad]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1, err
+    assert len(got) == 1  # neither started a server

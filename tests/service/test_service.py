@@ -348,3 +348,43 @@ def test_a_curve_reads_the_store_once_and_then_follows_results_as_they_land(coun
     assert curve == {0.0: done[points[0].canonical()], 0.5: done[points[1]]}
     assert store.reads == first
     assert svc.curve(template.with_scope("local")) == {0.0: done[points[0].canonical()]}
+
+
+def test_a_dropped_model_leaves_the_workers_and_comes_back_when_registered_again(services, tmp_path):
+    """What the server's memory budget evicts, the workers forget: its next job loads it again."""
+    log = tmp_path / "loads.txt"
+    spec = ModelSpec("tests.helpers:load_tiny_counted", (str(log),))
+    service = services(1)
+    service.register("counted", spec)
+    first = EvalJob("counted", PruneSpec("magnitude", sparsity=0.2))
+    assert isinstance(wait_for(service, [first])[first], Accuracy)
+    service.register("counted", spec)  # registered again without a drop: the worker keeps it
+    again = EvalJob("counted", PruneSpec("magnitude", sparsity=0.3))
+    assert isinstance(wait_for(service, [again])[again], Accuracy)
+    assert len(log.read_text().split()) == 1
+    service.drop_model("counted")
+    unknown = EvalJob("counted", PruneSpec("magnitude", sparsity=0.4))
+    assert "not registered" in str(wait_for(service, [unknown])[unknown])  # the service forgot how to load it
+    service.register("counted", spec)
+    back = EvalJob("counted", PruneSpec("magnitude", sparsity=0.5))
+    assert isinstance(wait_for(service, [back])[back], Accuracy)
+    assert len(log.read_text().split()) == 2  # the worker forgot it, and loaded it again from its spec
+
+
+def test_a_runner_forgets_everything_it_kept_for_a_dropped_model():
+    from prunekit.service.runner import JobRunner
+
+    runner = JobRunner()
+    runner.load("tiny", TINY_SPEC)
+    runner.run(EvalJob("tiny", PruneSpec("l1", "filter", sparsity=0.5)))
+    runner.run(EvalJob("tiny", PruneSpec("magnitude", sparsity=0.5), subset=20))
+    kept = [runner.labs, runner.pruners, runner._images, runner._compacted, runner._subsets]
+    assert all(any(_model_of(k) == "tiny" for k in cache) for cache in kept[:3])
+    runner.drop("tiny")
+    assert not any(_model_of(k) == "tiny" for cache in kept for k in cache)
+    with pytest.raises(InvalidArgumentError, match="never loaded"):
+        runner.run(EvalJob("tiny"))
+
+
+def _model_of(key) -> str:
+    return key if isinstance(key, str) else key[0]
