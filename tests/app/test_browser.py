@@ -120,6 +120,28 @@ def test_a_browser_that_cannot_reach_the_channel_falls_back_to_refreshing(server
         browser.close()
 
 
+def test_quick_moves_while_figures_are_pending_all_land_and_the_last_one_shows(server):
+    """No move is lost: six slider steps 0.2 s apart on fmnist-vgg (whose full passes take seconds), each arriving
+    while the page's last run and its figures are still pending; the page settles on the last position, with
+    the full-split figures of both scopes there, and the link says where the last step left the slider."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = launch_browser(pw)
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.goto(f"{server}/prune?model=fmnist-vgg&sparsity=0.6", timeout=120_000)
+        page.get_by_test_id("pkReadout").filter(has_text="Global at 60%").first.wait_for(timeout=120_000)
+        slider = page.get_by_role("slider").first
+        slider.focus()
+        for _ in range(6):
+            slider.press("ArrowRight")
+            page.wait_for_timeout(200)
+        _full(page, "Global at 66%").wait_for(timeout=180_000)
+        _full(page, "Local at 66%").wait_for(timeout=180_000)
+        assert "sparsity=0.66" in page.url
+        browser.close()
+
+
 def test_slider_updates_the_page(server):
     from playwright.sync_api import sync_playwright
 
