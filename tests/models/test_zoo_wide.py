@@ -11,10 +11,6 @@ operations and the same weights, each still on some path (a weight seen only by 
 up as effective sparsity above the exact zeros, and fail), at a fifth of the activation memory.
 """
 
-import contextlib
-import ctypes
-import gc
-
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -25,6 +21,7 @@ from prunekit.core.profile import profile_model
 from prunekit.core.spec import PruneConfig
 from prunekit.errors import ProbeUnsupportedError, PrunekitError
 from prunekit.models import zoo
+from prunekit.service.memory import release_freed_memory
 from tests.helpers import spec_of
 
 pytestmark = pytest.mark.slow
@@ -131,9 +128,7 @@ def _give_memory_back():
     """After each model: collect and hand freed heap pages back to the system, so that one xdist worker
     running 85 models one after another does not keep the high-water mark of all of them."""
     yield
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    release_freed_memory()
 
 
 @pytest.mark.parametrize("name", _cases())
