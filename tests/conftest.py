@@ -67,3 +67,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "wide" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_collection_finish(session):
+    """On an xdist worker under ``--dist loadgroup``, every ``xdist_group`` test must carry its group in its id:
+    otherwise the groups (one Ray instance, one browser server, the zoo's giants one at a time) silently split
+    across workers, as with pytest 9.2.0 (pytest-xdist #1386)."""
+    if not getattr(session.config.option, "loadgroup", False):
+        return
+    split = [i.nodeid for i in session.items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
+    if split:
+        raise pytest.UsageError(f"pytest-xdist's loadgroup did not group {len(split)} tests, e.g. {split[0]}")
