@@ -69,14 +69,13 @@ def _zoo_lab(name: str) -> Lab:
 def labs() -> ModelBudget[Lab]:
     """The zoo models this server holds, within its memory budget (``$PRUNEKIT_MEMORY_GB``, ``--memory-gb``):
     least recently used ones are dropped to make room, the default never; one too large is refused."""
-    budget = ModelBudget(
+    return ModelBudget(
         budget_bytes(),
         estimate=lambda name: footprint(zoo.param_count(name)),
         load=lambda name: Lab(zoo.load(name)),
         keep=frozenset({DEFAULTS.model}),
         on_evict=_evicted,
     )
-    return budget
 
 
 def budget_line() -> str:
@@ -91,7 +90,7 @@ def budget_line() -> str:
 
 def _evicted(name: str) -> None:
     """A zoo model the budget let go: the evaluation workers forget it too (a zoo model's key is its name)."""
-    log.info("memory budget: dropped %s, the least recently used model", name)
+    log.warning("prunekit: memory budget: dropped %s, the least recently used model", name)  # the operator sees it
     service().drop_model(name)
 
 
