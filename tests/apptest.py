@@ -4,6 +4,7 @@ import json
 
 from streamlit.testing.v1 import AppTest
 
+from prunekit.app import server_state
 from prunekit.app.readouts import PENDING
 from tests.helpers import APP_SCRIPT, page, wait_until
 
@@ -28,10 +29,20 @@ def app(query: dict | None = None) -> AppTest:
 
 
 def open_page(path: str, query: dict | None = None) -> AppTest:
-    at = app(query).run()
+    at = past_loading(app(query).run())
     if path != page("model"):
-        at.switch_page(path).run()
+        past_loading(at.switch_page(path).run())
     assert not at.exception, at.exception
+    return at
+
+
+def past_loading(at: AppTest) -> AppTest:
+    """When the session's model is loading apart (its progress shown in place of the page), wait for the load
+    and run the page again, as the browser's refresh does once it is ready."""
+    status = at.session_state["loading"] if "loading" in at.session_state else None
+    if status is not None:
+        server_state.loads().get(status.name)
+        at.run()
     return at
 
 

@@ -104,7 +104,7 @@ def untrained_banner(current: Lab) -> bool:
 def prune_both(current: Lab) -> dict[str, PruneResult]:
     """Both scopes' shared results (computed once per configuration; read-only). On a big model the path
     test is left to an evaluation worker, so the move stays instant: see ``paths_panel``."""
-    inline = current.paths_inline or current.probe_unavailable is not None
+    inline = current.paths_in_move
     with st.spinner("Scoring once for this criterion; every later slider move is a lookup..."):
         results = {scope: current.result(spec(scope), paths=inline) for scope in COMPARED_SCOPES}
     if inline:

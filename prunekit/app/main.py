@@ -27,6 +27,7 @@ page = st.navigation(
     ]
 )
 sidebar.show_notices()
-with session_state.reported("This page cannot be shown"):  # typed errors only: a bug fails loudly (and in AppTest)
-    page.run()
+if not sidebar.loading_panel():  # the session's model is ready
+    with session_state.reported("This page cannot be shown"):  # typed errors only: a bug fails loudly (and in AppTest)
+        page.run()
 session_state.sync_query()

@@ -29,6 +29,8 @@ from prunekit.errors import InvalidArgumentError
 from prunekit.models import custom, zoo
 from prunekit.service.evaluation import RAY_ENV, EvalService, open_service
 from prunekit.service.jobs import ESTIMATE_IMAGES, EvalJob
+from prunekit.service import memory
+from prunekit.service.loading import LoadStatus, Loads, prepared_lab
 from prunekit.service.memory import MEMORY_ENV, ModelBudget, budget_bytes, footprint, gigabytes
 from prunekit.service.store import ResultStore
 
@@ -58,24 +60,51 @@ def shared_lab(name: str) -> Lab:
 
 
 def _zoo_lab(name: str) -> Lab:
-    held = labs()
-    if name in held:
-        return held.get(name)
+    if name in labs():
+        return labs().get(name)
     with st.spinner(f"Loading {name} (first time only)..."):
-        return held.get(name)
+        return loads().get(name)
+
+
+INLINE_WAIT_S = 2.0  # a load this quick shows its page at once; a longer one shows its progress instead
+
+
+def start_loading(name: str) -> LoadStatus | None:
+    """None when zoo model ``name`` is ready (held, or loaded within ``INLINE_WAIT_S``), else its load's
+    status: the load goes on on a loader thread, the page shows its progress. Raises the load's error."""
+    got = loads().get(name, wait_s=INLINE_WAIT_S)
+    return got if isinstance(got, LoadStatus) else None
+
+
+def load_status(name: str) -> LoadStatus | None:
+    """The status of zoo model ``name``'s load while it runs, else None (ready, failed or never asked)."""
+    return loads().status(name)
 
 
 @st.cache_resource(show_spinner=False)
-def labs() -> ModelBudget[Lab]:
-    """The zoo models this server holds, within its memory budget (``$PRUNEKIT_MEMORY_GB``, ``--memory-gb``):
-    least recently used ones are dropped to make room, the default never; one too large is refused."""
-    return ModelBudget(
+def loads() -> Loads[Lab]:
+    """The zoo models this server holds, within its memory budget (``$PRUNEKIT_MEMORY_GB``, ``--memory-gb``),
+    loaded on loader threads: least recently used ones are dropped to make room, the default never; one too
+    large is refused."""
+    budget = ModelBudget(
         budget_bytes(),
         estimate=lambda name: footprint(zoo.param_count(name)),
-        load=lambda name: Lab(zoo.load(name)),
+        load=_load_zoo_lab,
         keep=frozenset({DEFAULTS.model}),
         on_evict=_evicted,
+        in_use_s=memory.IN_USE_S,  # read at start: a test may shorten it
     )
+    return Loads(budget)
+
+
+def labs() -> ModelBudget[Lab]:
+    """The zoo models this server holds (see :func:`loads`)."""
+    return loads().budget
+
+
+def _load_zoo_lab(name: str, progress: Callable[[int], None]) -> Lab:
+    first = DEFAULTS.copy(model=name)
+    return prepared_lab(lambda: zoo.load(name), [first.spec(scope) for scope in COMPARED_SCOPES], progress)
 
 
 def budget_line() -> str:

@@ -11,14 +11,15 @@ from prunekit.app.server_state import (
     defaults,
     eval_folder,
     folder_lab,
+    load_status,
     model_names,
     own_lab,
     service,
-    shared_lab,
+    start_loading,
     zoo_names,
 )
 from prunekit.app.session_state import bind, cfg, error_text, init_state
-from prunekit.errors import MemoryBudgetError, PrunekitError
+from prunekit.errors import PrunekitError
 from prunekit.models import checkpoints, zoo
 
 UPLOAD_TYPES = ["safetensors", "pt", "pth", "bin", "ckpt", "ts"]
@@ -63,16 +64,41 @@ def sidebar() -> None:
 
 
 def _settle_model() -> None:
-    """Load the zoo model asked for (a pick or a link) within the server's memory budget before the picker is
-    drawn: one that does not fit is refused in its one sentence, and the default is shown instead."""
+    """Start the zoo model asked for (a pick or a link) within the server's memory budget before the picker is
+    drawn: one that does not fit is refused in its one sentence, and the default is shown instead; one that
+    takes longer than a moment goes on loading apart while this page shows its progress (:func:`loading_panel`)."""
+    st.session_state.loading = None
     wanted = st.session_state.get("w_model", cfg().model)
     if wanted in st.session_state.user_labs or wanted not in zoo_names():
         return
     try:
-        shared_lab(wanted)
-    except MemoryBudgetError as exc:
+        st.session_state.loading = start_loading(wanted)
+    except PrunekitError as exc:  # too large for the budget, or it cannot be built here
         st.session_state.notices.append(f"{error_text(exc)}. Showing {defaults().model} instead.")
         cfg().model = st.session_state["w_model"] = defaults().model
+
+
+def loading_panel() -> bool:
+    """In place of the page while the session's model loads apart: its progress, refreshed until it is ready
+    (then the whole page runs again). True while it is shown."""
+    status = st.session_state.get("loading")
+    if status is None:
+        return False
+    st.subheader(f"Loading {status.name}")
+    _load_progress(status.name)
+    st.caption(
+        "Every other session goes on meanwhile. Pick another model in the sidebar if you would rather not wait; "
+        "this one goes on loading, and is ready when you come back to it."
+    )
+    return True
+
+
+@st.fragment(run_every=1.0)
+def _load_progress(name: str) -> None:
+    status = load_status(name)
+    if status is None:  # ready, or failed: the page runs again and shows the model, or says why it cannot
+        st.rerun()
+    st.progress(status.fraction, text=status.sentence())
 
 
 def _folder_choice() -> None:

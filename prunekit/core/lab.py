@@ -243,6 +243,12 @@ class Lab:
         """Whether the path test is cheap enough to run inside a slider move (see INLINE_PATHS_MACS)."""
         return self.profile.total_macs <= INLINE_PATHS_MACS
 
+    @property
+    def paths_in_move(self) -> bool:
+        """Whether a slider move measures the path test itself: when it is cheap, or when the probe cannot
+        represent the model (the result then carries the reason); else an evaluation worker measures it apart."""
+        return self.paths_inline or self.probe_unavailable is not None
+
     def collapse_point(self, spec: PruneSpec) -> float | None:
         """Shared :meth:`Pruner.collapse_point` of ``spec``'s scope, computed once per configuration."""
         return self._results.get(

@@ -75,6 +75,10 @@ def gigabytes(n: int) -> str:
     return f"{n / GB:.1f} GB"
 
 
+def _silent(step: int) -> None:
+    pass
+
+
 @dataclass
 class _Held(Generic[T]):
     value: T
@@ -85,15 +89,16 @@ class _Held(Generic[T]):
 class ModelBudget(Generic[T]):
     """Models by name under a byte budget, loaded once however many sessions ask at the same moment.
 
-    ``estimate(name)`` gives a model's bytes before it is loaded, ``load(name)`` loads it, ``on_evict(name)``
-    hears of every eviction (the evaluation workers drop it too). ``keep`` names are never evicted.
+    ``estimate(name)`` gives a model's bytes before it is loaded, ``load(name, progress)`` loads it (calling
+    ``progress(step)`` as it goes, see :mod:`prunekit.service.loading`), ``on_evict(name)`` hears of every
+    eviction (the evaluation workers drop it too). ``keep`` names are never evicted.
     """
 
     def __init__(
         self,
         budget: int,
         estimate: Callable[[Hashable], int],
-        load: Callable[[Hashable], T],
+        load: Callable[[Hashable, Callable[[int], None]], T],
         keep: frozenset = frozenset(),
         on_evict: Callable[[Hashable], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -110,9 +115,9 @@ class ModelBudget(Generic[T]):
         self._loading: dict[Hashable, threading.Event] = {}  # a second asker of a name waits for the first
         self._lock = threading.Lock()
 
-    def get(self, name: Hashable) -> T:
-        """The model ``name``, loading it (after making room) if it is not held. Raises MemoryBudgetError
-        when it alone exceeds the budget, or when the models in use leave no room for it now."""
+    def get(self, name: Hashable, progress: Callable[[int], None] | None = None) -> T:
+        """The model ``name``, loading it (after making room) if it is not held; a load calls ``progress(step)``.
+        Raises MemoryBudgetError when it alone exceeds the budget, or when the models in use leave no room now."""
         while True:
             with self._lock:
                 held = self._held.get(name)
@@ -126,12 +131,12 @@ class ModelBudget(Generic[T]):
                     break
             loading.wait()  # then look again: held now, or the first load failed and this one tries
         try:
-            return self._load_within_budget(name)
+            return self._load_within_budget(name, progress or _silent)
         finally:
             with self._lock:
                 self._loading.pop(name).set()
 
-    def _load_within_budget(self, name: Hashable) -> T:
+    def _load_within_budget(self, name: Hashable, progress: Callable[[int], None]) -> T:
         need = self._estimate(name)
         if need > self.budget:
             raise MemoryBudgetError(
@@ -147,7 +152,7 @@ class ModelBudget(Generic[T]):
         if evicted:
             release_freed_memory()
         try:
-            value = self._load(name)
+            value = self._load(name, progress)
         finally:
             with self._lock:
                 self._reserved.pop(name, None)
@@ -177,6 +182,10 @@ class ModelBudget(Generic[T]):
         for other in victims:
             del self._held[other]
         return victims
+
+    def estimate(self, name: Hashable) -> int:
+        """Estimated bytes ``name`` holds once loaded (nothing is loaded to say it)."""
+        return self._estimate(name)
 
     def __contains__(self, name: Hashable) -> bool:
         """Whether ``name`` is held now (a get would not load it)."""

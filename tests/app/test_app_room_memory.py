@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import fnmatch
+import threading
 
 import pytest
 from hypothesis import given, settings
@@ -14,6 +15,8 @@ from prunekit.app.links import read_settings
 from prunekit.app.settings import Settings
 from prunekit.errors import InvalidArgumentError
 from prunekit.models import zoo
+from prunekit.service import memory
+from prunekit.service.evaluation import EvalService
 from prunekit.service.memory import MEMORY_ENV, footprint
 from tests.apptest import app, rerun
 
@@ -72,10 +75,10 @@ def test_the_picker_offers_only_the_chosen_models_and_a_link_to_another_gets_the
 def small_budget(monkeypatch):
     """A server whose model budget fits the default (and fmnist-vgg) but not resnet18 (11.7M parameters)."""
     monkeypatch.setenv(MEMORY_ENV, repr((footprint(zoo.param_count("resnet18")) - 1) / 1024**3))
-    server_state.labs.clear()
+    server_state.loads.clear()
     yield
     monkeypatch.delenv(MEMORY_ENV)
-    server_state.labs.clear()
+    server_state.loads.clear()
 
 
 def test_a_model_larger_than_the_budget_is_refused_in_one_sentence_and_the_default_shown(small_budget):
@@ -91,3 +94,70 @@ def test_a_model_larger_than_the_budget_is_refused_in_one_sentence_and_the_defau
     assert at.selectbox(key="w_model").value == "fmnist-vgg" and "fmnist-vgg" in server_state.labs()
     line = next(c.value for c in at.caption if c.value.startswith("Memory budget for models"))
     assert "fmnist-vgg" in line and DEFAULT in line
+
+
+@pytest.fixture
+def gated_loads(monkeypatch):
+    """A server whose zoo loads wait for ``gate`` (so a test sees a load under way), shown after 0.1 s."""
+    gate = threading.Event()
+    real = server_state._load_zoo_lab
+
+    def gated(name, progress):
+        progress(1)
+        assert gate.wait(60)
+        return real(name, progress)
+
+    monkeypatch.setattr(server_state, "_load_zoo_lab", gated)
+    monkeypatch.setattr(server_state, "INLINE_WAIT_S", 0.1)
+    server_state.loads.clear()
+    yield gate
+    gate.set()
+    server_state.loads.clear()
+
+
+def test_a_long_load_shows_its_progress_in_place_of_the_page_and_the_page_once_ready(gated_loads):
+    at = app({"model": "resnet18"}).run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="w_model").value == "resnet18"  # the picker stays usable
+    assert [h.value for h in at.subheader] == ["Loading resnet18"]
+    bar = at.get("progress")[0].proto
+    assert bar.value == 25 and "step 1 of 4: building the model and reading its weights" in bar.text
+    assert "resnet18" not in server_state.labs()
+    gated_loads.set()
+    assert server_state.loads().get("resnet18") is server_state.labs().get("resnet18")  # the load ends apart
+    rerun(at)
+    assert "Loading resnet18" not in [h.value for h in at.subheader] and not at.get("progress")
+    line = next(c.value for c in at.caption if c.value.startswith("Memory budget for models"))
+    assert "resnet18" in line
+
+
+@pytest.fixture
+def room_for_one(monkeypatch):
+    """A budget that holds the default beside resnet34 but not beside resnet18 and resnet34, with no minute's grace."""
+    fits = footprint(zoo.param_count(DEFAULT)) + footprint(zoo.param_count("resnet34")) + 2**20
+    monkeypatch.setenv(MEMORY_ENV, repr(fits / 1024**3))
+    monkeypatch.setattr(memory, "IN_USE_S", 0.0)
+    dropped = []
+    drop = EvalService.drop_model
+    monkeypatch.setattr(EvalService, "drop_model", lambda svc, key: (dropped.append(key), drop(svc, key)))
+    server_state.loads.clear()
+    yield dropped
+    monkeypatch.delenv(MEMORY_ENV)
+    server_state.loads.clear()
+
+
+def test_opening_a_model_that_needs_room_evicts_the_least_recently_used_and_the_workers_drop_it(
+    room_for_one, caplog
+):
+    at = app({"model": "resnet18"}).run()
+    assert not at.exception, at.exception
+    assert server_state.loads().get("resnet18") is not None  # loaded (inline or apart)
+    at.selectbox(key="w_model").set_value("resnet34")
+    rerun(at)
+    assert server_state.loads().get("resnet34") is not None
+    assert [n for n, _ in server_state.labs().held() if n != DEFAULT] == ["resnet34"]
+    assert room_for_one == ["resnet18"]  # the evaluation workers were told to forget it
+    assert any("dropped resnet18, the least recently used model" in r.getMessage() for r in caplog.records)
+    rerun(at)
+    line = next(c.value for c in at.caption if c.value.startswith("Memory budget for models"))
+    assert "resnet34" in line and "resnet18" not in line

@@ -25,7 +25,7 @@ class Clock:
 
 
 def _budget(clock: Clock, budget_gb: float = 10, evicted: list | None = None, loads: list | None = None):
-    def load(name):
+    def load(name, progress):
         if loads is not None:
             loads.append(name)
         return f"lab of {name}"
@@ -88,7 +88,7 @@ def test_concurrent_askers_of_one_model_load_it_once():
     clock, loads = Clock(), []
     release = threading.Event()
 
-    def slow(name):
+    def slow(name, progress):
         loads.append(name)
         release.wait(5)
         return object()
@@ -107,7 +107,7 @@ def test_concurrent_askers_of_one_model_load_it_once():
 def test_a_failed_load_holds_nothing_and_can_be_retried():
     clock, calls = Clock(), []
 
-    def flaky(name):
+    def flaky(name, progress):
         calls.append(name)
         if len(calls) == 1:
             raise OSError("disk")
