@@ -39,7 +39,7 @@ def open_page(path: str, query: dict | None = None) -> AppTest:
 def past_loading(at: AppTest) -> AppTest:
     """When the session's model is loading apart (its progress shown in place of the page), wait for the load
     and run the page again, as the browser's refresh does once it is ready."""
-    status = at.session_state["loading"] if "loading" in at.session_state else None
+    status = at.session_state["loading"] if "loading" in at.session_state else None  # noqa: SIM401 - no .get here
     if status is not None:
         server_state.loads().get(status.name)
         at.run()

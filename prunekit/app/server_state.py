@@ -27,10 +27,10 @@ from prunekit.core.shared import SingleFlight
 from prunekit.core.spec import COMPARED_SCOPES
 from prunekit.errors import InvalidArgumentError
 from prunekit.models import custom, zoo
+from prunekit.service import memory
 from prunekit.service.evaluation import RAY_ENV, EvalService, open_service
 from prunekit.service.jobs import ESTIMATE_IMAGES, EvalJob
-from prunekit.service import memory
-from prunekit.service.loading import LoadStatus, Loads, prepared_lab
+from prunekit.service.loading import Loads, LoadStatus, prepared_lab
 from prunekit.service.memory import MEMORY_ENV, ModelBudget, budget_bytes, footprint, gigabytes
 from prunekit.service.store import ResultStore
 

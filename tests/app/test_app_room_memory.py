@@ -146,9 +146,7 @@ def room_for_one(monkeypatch):
     server_state.loads.clear()
 
 
-def test_opening_a_model_that_needs_room_evicts_the_least_recently_used_and_the_workers_drop_it(
-    room_for_one, caplog
-):
+def test_opening_a_model_that_needs_room_evicts_the_least_recently_used_and_the_workers_drop_it(room_for_one, caplog):
     at = app({"model": "resnet18"}).run()
     assert not at.exception, at.exception
     assert server_state.loads().get("resnet18") is not None  # loaded (inline or apart)
