@@ -17,7 +17,9 @@ so that one run prints both designs side by side.
 
 Scenarios: teacher (K=30, everyone moves to the same value at once, 3 rounds, values off the coarse
 grid), crowd (the same with K=100), explore (K=10, distinct values, 2-4 s think time, 5 moves each), vgg-filters (K=30 together on
-fmnist-vgg, filters, L1: nothing precomputed, 2 rounds), vgg16 (K=30 on vgg16, structure only: memory).
+fmnist-vgg, filters, L1: nothing precomputed, 2 rounds), vgg16 (K=30 on vgg16, structure only: memory), big-links (the
+explore room keeps moving while another visitor opens eight large models by link in turn, on a server started with
+``--memory-gb 8``: peak RSS of the server and its workers, and when each model was shown).
 The client runs on the same 2 cores as the server, which the numbers include.
 """
 
@@ -74,6 +76,7 @@ class Session:
     widgets: list = field(default_factory=list)
     full_runs: int = 0
     fragment_runs: int = 0
+    alerts: list[str] = field(default_factory=list)  # warnings and errors the page showed
     pushed: int = 0  # figures that arrived on the live channel
     streams: int = 0  # channel connections opened
     listener: asyncio.Task | None = None
@@ -171,6 +174,8 @@ class Session:
         which = el.WhichOneof("type")
         if which == "metric":
             self.metrics[el.metric.label] = el.metric.body
+        elif which == "alert":
+            self.alerts.append(el.alert.body)
         elif which == "slider" and not self.slider_id:
             self.slider_id = el.slider.id
         elif which == "bidi_component" and el.bidi_component.component_name == "prunekit_readouts":
@@ -249,7 +254,7 @@ class Server:
     """The app as ``prunekit app`` starts it, on a free port with a fresh result store (so nothing is cached from earlier runs);
     ``live=False``: the polling design (``PRUNEKIT_LIVE=0``)."""
 
-    def __init__(self, live: bool = True) -> None:
+    def __init__(self, live: bool = True, args: tuple[str, ...] = ()) -> None:
         self.port = _free_port()
         self.cache = tempfile.mkdtemp(prefix="prunekit-bench-")
         env = os.environ | {"PRUNEKIT_CACHE_DIR": self.cache, "PRUNEKIT_LIVE": "1" if live else "0"}
@@ -262,6 +267,7 @@ class Server:
             str(self.port),
             "--server.address",
             "127.0.0.1",
+            *args,
         ]
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -275,6 +281,8 @@ class Server:
                 time.sleep(0.2)
         self.start_s = time.perf_counter() - t0
         self.rss_first = float("nan")
+        self.rss_peak: dict[str, float] | None = None  # big-links: sampled while it runs
+        self.opened: list[dict] | None = None  # big-links: the models opened by link
 
     @property
     def ws(self) -> str:
@@ -289,6 +297,16 @@ class Server:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
+
+    def workers_rss_mb(self) -> float:
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
+        total = 0.0
+        for p in out:
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) / 1024
+        return total
 
     def worker_cpu_s(self) -> float:
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
@@ -356,7 +374,81 @@ async def vgg16(server: Server, k: int = 30) -> tuple[list[Move], list[Session]]
     return [], sessions
 
 
-SCENARIOS = {"teacher": teacher, "crowd": crowd, "explore": explore, "vgg-filters": vgg_filters, "vgg16": vgg16}
+BIG = (
+    "vgg16",
+    "regnet_y_16gf",
+    "convnext_base",
+    "wide_resnet101_2",
+    "resnet152",
+    "vit_b_16",
+    "densenet201",
+    "efficientnet_b7",
+)
+BIG_BUDGET_GB = 8.0  # the server's --memory-gb in big-links: about two of the large models at once
+
+
+async def _open_model(server: Server, name: str) -> dict:
+    """One visitor opening a link to ``name`` on the Prune page, waiting until the page shows it (its load's
+    progress first); a "try again in a minute" refusal is tried again as a person would, half a minute later."""
+    t0, refusals = time.perf_counter(), 0
+    while True:
+        s = Session(server.ws, f"model={name}&sparsity=0.5")
+        await s.open()
+        while not s.metrics and not any("needs about" in a for a in s.alerts):
+            s.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(s.changed.wait(), 1.0)
+            if time.perf_counter() - t0 > 900:
+                break
+        await s.close()
+        if s.metrics or not any("try again in a minute" in a for a in s.alerts):
+            refused = "" if s.metrics else next((a for a in s.alerts if "needs about" in a), "timed out")
+            return {"model": name, "shown_s": time.perf_counter() - t0, "refusals": refusals, "refused": refused}
+        refusals += 1
+        await asyncio.sleep(30)
+
+
+async def big_links(server: Server, k: int = 10, seed: int = 0) -> tuple[list[Move], list[Session]]:
+    """``k`` sessions keep moving on the default model (as ``explore`` does) while another visitor opens the
+    eight ``BIG`` models by link in turn, structure only, on a server with a ``BIG_BUDGET_GB`` budget."""
+    rng = random.Random(seed)
+    sessions = await _open_all(server, k, "sparsity=0.5")
+    server.rss_peak = {"server": server.rss_mb(), "workers": server.workers_rss_mb()}
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        while not done.is_set():
+            server.rss_peak["server"] = max(server.rss_peak["server"], server.rss_mb())
+            server.rss_peak["workers"] = max(server.rss_peak["workers"], server.workers_rss_mb())
+            await asyncio.sleep(0.5)
+
+    async def opener() -> None:
+        for name in BIG:
+            server.opened.append(await _open_model(server, name))
+        done.set()
+
+    async def person(s: Session) -> list[Move]:
+        out = []
+        while not done.is_set():
+            await asyncio.sleep(rng.uniform(2.0, 4.0))
+            out.append(await s.move(rng.choice([v / 100 for v in range(1, 99) if v % 10])))
+        return out
+
+    server.opened = []
+    *per, _, _ = await asyncio.gather(*(person(s) for s in sessions), opener(), sample())
+    return [m for ms in per for m in ms], sessions
+
+
+SCENARIO_ARGS = {"big-links": ("--memory-gb", str(BIG_BUDGET_GB))}
+
+SCENARIOS = {
+    "teacher": teacher,
+    "crowd": crowd,
+    "explore": explore,
+    "vgg-filters": vgg_filters,
+    "vgg16": vgg16,
+    "big-links": big_links,
+}
 
 
 def _stats(values: list[float | None]) -> dict:
@@ -374,7 +466,7 @@ def _stats(values: list[float | None]) -> dict:
 
 
 async def _run(name: str, live: bool) -> dict:
-    server = Server(live)
+    server = Server(live, SCENARIO_ARGS.get(name, ()))
     try:
         cpu0, wcpu0 = server.cpu_s(), server.worker_cpu_s()
         moves, sessions = await SCENARIOS[name](server)
@@ -408,6 +500,8 @@ async def _run(name: str, live: bool) -> dict:
             "server_rss_after_first_session_mb": server.rss_first,
             "server_rss_mb": rss,
             "errors": errors,
+            "rss_peak_mb": server.rss_peak,
+            "opened": server.opened,
         }
     finally:
         server.stop()
@@ -443,6 +537,17 @@ def main() -> None:
             f"| {r['full_reruns']} | {r['fragment_reruns']} | {r['pushed']} | {r['streams']} "
             f"| {r['mb_per_extra_session']:.1f} | {r['lost_moves']} | {r['errors']} |"
         )
+    for r in rows:
+        if r["opened"]:
+            peak = r["rss_peak_mb"]
+            print(
+                f"\n{r['scenario']}: budget {BIG_BUDGET_GB:.0f} GB; peak RSS: server {peak['server'] / 1024:.2f} GB, "
+                f"workers together {peak['workers'] / 1024:.2f} GB"
+            )
+            print("| model opened by link | shown after s | 'try again' refusals | refused |")
+            print("|---|---|---|---|")
+            for o in r["opened"]:
+                print(f"| {o['model']} | {o['shown_s']:.1f} | {o['refusals']} | {o['refused'] or '-'} |")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
@@ -59,11 +60,21 @@ def shared_lab(name: str) -> Lab:
     return mine if mine is not None and name == mine.loaded.name else _zoo_lab(name)
 
 
-def _zoo_lab(name: str) -> Lab:
-    if name in labs():
-        return labs().get(name)
-    with st.spinner(f"Loading {name} (first time only)..."):
-        return loads().get(name)
+def _zoo_lab(key: str | OnFolder) -> Lab:
+    if key in labs():
+        return labs().get(key)
+    with st.spinner(f"Loading {key} (first time only)..."):
+        return loads().get(key)
+
+
+@dataclass(frozen=True)
+class OnFolder:
+    """The budget's key of zoo model ``name`` evaluated on the server's folder (a zoo model's key is its name)."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.name} on the folder {Path(eval_folder() or '').name!r}"
 
 
 INLINE_WAIT_S = 2.0  # a load this quick shows its page at once; a longer one shows its progress instead
@@ -88,7 +99,7 @@ def loads() -> Loads[Lab]:
     large is refused."""
     budget = ModelBudget(
         budget_bytes(),
-        estimate=lambda name: footprint(zoo.param_count(name)),
+        estimate=lambda key: footprint(zoo.param_count(key.name if isinstance(key, OnFolder) else key)),
         load=_load_zoo_lab,
         keep=frozenset({DEFAULTS.model}),
         on_evict=_evicted,
@@ -102,9 +113,11 @@ def labs() -> ModelBudget[Lab]:
     return loads().budget
 
 
-def _load_zoo_lab(name: str, progress: Callable[[int], None]) -> Lab:
-    first = DEFAULTS.copy(model=name)
-    return prepared_lab(lambda: zoo.load(name), [first.spec(scope) for scope in COMPARED_SCOPES], progress)
+def _load_zoo_lab(key: str | OnFolder, progress: Callable[[int], None]) -> Lab:
+    if isinstance(key, OnFolder):
+        return Lab(zoo.load_on_folder(key.name, eval_folder()))
+    first = DEFAULTS.copy(model=key)
+    return prepared_lab(lambda: zoo.load(key), [first.spec(scope) for scope in COMPARED_SCOPES], progress)
 
 
 def budget_line() -> str:
@@ -117,10 +130,10 @@ def budget_line() -> str:
     )
 
 
-def _evicted(name: str) -> None:
-    """A zoo model the budget let go: the evaluation workers forget it too (a zoo model's key is its name)."""
-    log.warning("prunekit: memory budget: dropped %s, the least recently used model", name)  # the operator sees it
-    service().drop_model(name)
+def _evicted(key: str | OnFolder, lab: Lab) -> None:
+    """A zoo model the budget let go: the evaluation workers forget it too."""
+    log.warning("prunekit: memory budget: dropped %s, the least recently used model", key)  # the operator sees it
+    service().drop_model(model_key(lab))
 
 
 MODELS_ENV = "PRUNEKIT_MODELS"  # set by `prunekit app --models PATTERNS`
@@ -141,10 +154,10 @@ def eval_folder() -> str | None:
     return os.environ.get(EVAL_FOLDER_ENV) or None
 
 
-@st.cache_resource(show_spinner="Reading your folder (first time only)...")
 def folder_lab(name: str) -> Lab:
-    """Zoo model ``name`` evaluated on :func:`eval_folder` (raises when the folder's classes do not fit)."""
-    return Lab(zoo.load_on_folder(name, eval_folder()))
+    """Zoo model ``name`` evaluated on :func:`eval_folder` (raises when the folder's classes do not fit), held
+    within the memory budget as a model of its own."""
+    return _zoo_lab(OnFolder(name))
 
 
 @st.cache_resource(show_spinner=False)

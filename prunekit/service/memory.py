@@ -90,7 +90,7 @@ class ModelBudget(Generic[T]):
     """Models by name under a byte budget, loaded once however many sessions ask at the same moment.
 
     ``estimate(name)`` gives a model's bytes before it is loaded, ``load(name, progress)`` loads it (calling
-    ``progress(step)`` as it goes, see :mod:`prunekit.service.loading`), ``on_evict(name)`` hears of every
+    ``progress(step)`` as it goes, see :mod:`prunekit.service.loading`), ``on_evict(name, value)`` hears of every
     eviction (the evaluation workers drop it too). ``keep`` names are never evicted.
     """
 
@@ -100,7 +100,7 @@ class ModelBudget(Generic[T]):
         estimate: Callable[[Hashable], int],
         load: Callable[[Hashable, Callable[[int], None]], T],
         keep: frozenset = frozenset(),
-        on_evict: Callable[[Hashable], None] | None = None,
+        on_evict: Callable[[Hashable, T], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         in_use_s: float = IN_USE_S,
     ) -> None:
@@ -108,7 +108,7 @@ class ModelBudget(Generic[T]):
             raise InvalidArgumentError(f"the memory budget must be positive, got {budget} bytes")
         self.budget = budget
         self._estimate, self._load, self._keep = estimate, load, keep
-        self._on_evict = on_evict or (lambda name: None)
+        self._on_evict = on_evict or (lambda name, value: None)
         self._clock, self._in_use_s = clock, in_use_s
         self._held: OrderedDict[Hashable, _Held[T]] = OrderedDict()  # least recently used first
         self._reserved: dict[Hashable, int] = {}  # loads under way
@@ -147,8 +147,8 @@ class ModelBudget(Generic[T]):
         with self._lock:
             evicted = self._make_room(name, need)
             self._reserved[name] = need
-        for gone in evicted:
-            self._on_evict(gone)
+        for gone, value in evicted:
+            self._on_evict(gone, value)
         if evicted:
             release_freed_memory()
         try:
@@ -160,7 +160,7 @@ class ModelBudget(Generic[T]):
             self._held[name] = _Held(value, need, self._clock())
         return value
 
-    def _make_room(self, name: Hashable, need: int) -> list[Hashable]:
+    def _make_room(self, name: Hashable, need: int) -> list[tuple[Hashable, T]]:
         """Evict least recently used models until ``need`` fits; raises, evicting nothing, if it cannot."""
         now = self._clock()
         free = self.budget - self._used()
@@ -179,9 +179,7 @@ class ModelBudget(Generic[T]):
                 f"{gigabytes(self.budget)} budget can be freed now: {', '.join(map(str, busy))} "
                 f"{'is' if len(busy) == 1 else 'are'} in use; try again in a minute"
             )
-        for other in victims:
-            del self._held[other]
-        return victims
+        return [(other, self._held.pop(other).value) for other in victims]
 
     def estimate(self, name: Hashable) -> int:
         """Estimated bytes ``name`` holds once loaded (nothing is loaded to say it)."""

@@ -25,9 +25,9 @@ def folder(tmp_path, monkeypatch):
         for k, i in enumerate((data.labels == c).nonzero().flatten()[:PER_CLASS].tolist()):
             Image.fromarray(pixels[i, 0].round().to(torch.uint8).numpy(), mode="L").save(where / f"{k}.png")
     monkeypatch.setenv(server_state.EVAL_FOLDER_ENV, str(tmp_path))
-    server_state.folder_lab.clear()
+    server_state.loads.clear()
     yield tmp_path
-    server_state.folder_lab.clear()
+    server_state.loads.clear()
 
 
 def _by_hand(root) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,6 +50,8 @@ def test_a_session_evaluates_on_the_servers_folder(folder):
         want = float((model(images).argmax(1) == labels).float().mean())
     assert metric(at, "Dense") == f"{want:.2%}"
     assert any(f"on {10 * PER_CLASS} images" in text for text in notes(at))
+    held = dict(server_state.labs().held())  # within the server's memory budget, as a model of its own
+    assert held[server_state.OnFolder("fmnist-cnn")] == held["fmnist-cnn"]
 
 
 def test_a_folder_that_does_not_fit_the_model_is_said_so_and_not_used(tmp_path, monkeypatch):

@@ -35,7 +35,7 @@ def _budget(clock: Clock, budget_gb: float = 10, evicted: list | None = None, lo
         estimate=lambda name: SIZES[name] * GB,
         load=load,
         keep=frozenset({"default"}),
-        on_evict=(evicted.append if evicted is not None else None),
+        on_evict=((lambda name, lab: evicted.append(name)) if evicted is not None else None),
         clock=clock,
     )
 
