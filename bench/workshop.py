@@ -254,7 +254,7 @@ class Server:
     """The app as ``prunekit app`` starts it, on a free port with a fresh result store (so nothing is cached from earlier runs);
     ``live=False``: the polling design (``PRUNEKIT_LIVE=0``)."""
 
-    def __init__(self, live: bool = True, args: tuple[str, ...] = ()) -> None:
+    def __init__(self, live: bool = True, args: tuple[str, ...] = (), log: str | None = None) -> None:
         self.port = _free_port()
         self.cache = tempfile.mkdtemp(prefix="prunekit-bench-")
         env = os.environ | {"PRUNEKIT_CACHE_DIR": self.cache, "PRUNEKIT_LIVE": "1" if live else "0"}
@@ -270,7 +270,8 @@ class Server:
             *args,
         ]
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - the server's whole life
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=out)
         while True:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_stcore/health", timeout=2)
@@ -401,8 +402,8 @@ async def _open_model(server: Server, name: str) -> dict:
             if time.perf_counter() - t0 > 900:
                 break
         await s.close()
-        if s.metrics or not any("try again in a minute" in a for a in s.alerts):
-            refused = "" if s.metrics else next((a for a in s.alerts if "needs about" in a), "timed out")
+        refused = next((a for a in s.alerts if "needs about" in a), "" if s.metrics else "timed out")
+        if "try again in a minute" not in refused:  # shown, or refused for good (the default shown instead)
             return {"model": name, "shown_s": time.perf_counter() - t0, "refusals": refusals, "refused": refused}
         refusals += 1
         await asyncio.sleep(30)
@@ -425,6 +426,7 @@ async def big_links(server: Server, k: int = 10, seed: int = 0) -> tuple[list[Mo
     async def opener() -> None:
         for name in BIG:
             server.opened.append(await _open_model(server, name))
+            print(f"big-links: {server.opened[-1]}", file=sys.stderr, flush=True)  # a long run shows it goes on
         done.set()
 
     async def person(s: Session) -> list[Move]:

@@ -4,6 +4,7 @@ and the context a page's panels draw from (:class:`PageContext`)."""
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -24,17 +25,26 @@ from prunekit.service.evaluation import EvalService
 @dataclass(frozen=True)
 class PageContext:
     """What a page's panels draw from: the session's lab and settings (the same object the widgets write to),
-    the evaluation service, and the session's id (its requests replace each other there)."""
+    the evaluation service, and the session's id (its requests replace each other there).
 
-    lab: Lab
+    The lab is held weakly: a page part that refreshes itself keeps its context, and Streamlit keeps a closed
+    session's parts for minutes; the server's memory budget alone decides how long a model stays."""
+
+    held: weakref.ref[Lab]
     settings: Settings
     service: EvalService
     session: str
 
+    @property
+    def lab(self) -> Lab:
+        """The session's lab (through the budget again if it was dropped since this run began)."""
+        current = self.held()
+        return current if current is not None else lab()
+
 
 def context() -> PageContext:
     """The context of this run of the page (call after the sidebar has settled the model)."""
-    return PageContext(lab(), cfg(), service(), session_id())
+    return PageContext(weakref.ref(lab()), cfg(), service(), session_id())
 
 
 def init_state() -> None:

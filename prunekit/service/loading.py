@@ -157,9 +157,12 @@ class Loads(Generic[T]):
             return
         task.started = self._clock()  # waiting for a thread is not part of the load's time
         try:
-            task.future.set_result(self.budget.get(name, task.advance))
-        except BaseException as exc:  # handed to the asker, whose page shows it (or whose test fails)
+            value = self.budget.get(name, task.advance)
+        except BaseException as exc:  # kept for the next asker, whose page shows it (or whose test fails)
             task.future.set_exception(exc)
+            return
+        self._forget(name, task)  # the budget holds it now: a task kept here would outlive its eviction
+        task.future.set_result(value)  # to the askers waiting on it
 
     def _forget(self, name: Hashable, task: _Task) -> None:
         with self._lock:

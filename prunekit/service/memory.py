@@ -147,9 +147,10 @@ class ModelBudget(Generic[T]):
         with self._lock:
             evicted = self._make_room(name, need)
             self._reserved[name] = need
-        for gone, value in evicted:
-            self._on_evict(gone, value)
-        if evicted:
+        freed = bool(evicted)
+        while evicted:  # popped one by one: no reference to a dropped model outlives its notice
+            self._on_evict(*evicted.pop())
+        if freed:
             release_freed_memory()
         try:
             value = self._load(name, progress)

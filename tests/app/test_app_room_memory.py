@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import fnmatch
+import gc
+import weakref
 import threading
 
 import pytest
@@ -18,7 +20,8 @@ from prunekit.models import zoo
 from prunekit.service import memory
 from prunekit.service.evaluation import EvalService
 from prunekit.service.memory import MEMORY_ENV, footprint
-from tests.apptest import app, rerun
+from tests.apptest import app, past_loading, rerun
+from tests.helpers import page
 
 ALL = zoo.model_names()
 DEFAULT = Settings().model
@@ -147,15 +150,19 @@ def room_for_one(monkeypatch):
 
 
 def test_opening_a_model_that_needs_room_evicts_the_least_recently_used_and_the_workers_drop_it(room_for_one, caplog):
-    at = app({"model": "resnet18"}).run()
-    assert not at.exception, at.exception
-    assert server_state.loads().get("resnet18") is not None  # loaded (inline or apart)
+    at = past_loading(app({"model": "resnet18"}).run())
+    at.switch_page(page("prune"))
+    rerun(at)  # the Prune page of resnet18: figures, overlays, the path test's job
+    gone = weakref.ref(server_state.labs().get("resnet18"))
     at.selectbox(key="w_model").set_value("resnet34")
     rerun(at)
     assert server_state.loads().get("resnet34") is not None
     assert [n for n, _ in server_state.labs().held() if n != DEFAULT] == ["resnet34"]
     assert room_for_one == ["resnet18"]  # the evaluation workers were told to forget it
     assert any("dropped resnet18, the least recently used model" in r.getMessage() for r in caplog.records)
+    gc.collect()
+    assert gone() is None, [type(r).__name__ for r in gc.get_referrers(gone())]  # nothing else holds it: freed
+    at.switch_page(page("model"))
     rerun(at)
     line = next(c.value for c in at.caption if c.value.startswith("Memory budget for models"))
     assert "resnet34" in line and "resnet18" not in line

@@ -3,8 +3,10 @@ the model (or the load's error) once it is there; loader threads run below the p
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
+import weakref
 
 import pytest
 
@@ -128,3 +130,27 @@ def test_a_prepared_lab_has_its_one_off_work_done_in_the_named_steps(monkeypatch
     monkeypatch.setattr(Pruner, "prune", recomputed)
     for spec in specs:  # the first page's results are lookups now
         assert lab.result(spec, paths=lab.paths_in_move).achieved_sparsity == pytest.approx(0.5, abs=0.05)
+
+
+def test_a_loaded_model_is_held_by_the_budget_alone():
+    """Once loaded, nothing of the load keeps the model (a page that saw its progress asks again only once it is
+    held): an eviction frees it."""
+
+    class Model:
+        pass
+
+    gate = threading.Event()
+
+    def load(name, progress):
+        assert gate.wait(10)
+        return Model()
+
+    budget = ModelBudget(int(1.5 * GB), estimate=lambda n: GB, load=load, in_use_s=0)  # room for one
+    loads = Loads(budget, STEPS)
+    assert isinstance(loads.get("a", wait_s=0), LoadStatus)
+    gate.set()
+    _until(lambda: "a" in budget)
+    gone = weakref.ref(loads.get("a", wait_s=0))
+    loads.get("b")  # evicts a
+    gc.collect()
+    assert gone() is None

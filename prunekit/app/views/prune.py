@@ -161,7 +161,7 @@ def collapse_notes(ctx: PageContext, results: dict[Scope, PruneResult]) -> None:
     lab = ctx.lab
     if lab.probe_unavailable:
         st.info(f"Effective sparsity and layer collapse are not shown: {lab.probe_unavailable}.")
-    live("paths", lambda: computed.paths_panel(lab), 0.5, any(r.paths_pending for r in results.values()))
+    live("paths", lambda: computed.paths_panel(ctx.lab), 0.5, any(r.paths_pending for r in results.values()))
     for scope, r in results.items():
         if r.collapse or r.collapsed_layers:
             named = ", ".join(f"`{n}`" for n in r.collapsed_layers) or "no single layer, but every path is cut"
