@@ -44,6 +44,7 @@ from prunekit.service.jobs import (
     RecoverJob,
     SpeedJob,
 )
+from prunekit.service.memory import release_freed_memory
 from prunekit.service.protocol import Order, Status
 from prunekit.service.store import default_path, digest
 
@@ -90,6 +91,7 @@ class JobRunner:
         for cache in (self.pruners, self._compacted, self._subsets):
             for k in [k for k in cache if k[0] == key]:
                 del cache[k]
+        release_freed_memory()  # else the heap keeps the pages, and the worker's memory only grows
 
     @staticmethod
     def _warm(lab: Lab, images: torch.Tensor) -> None:
