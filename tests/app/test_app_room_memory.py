@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import fnmatch
 import gc
-import weakref
 import threading
+import weakref
 
 import pytest
 from hypothesis import given, settings
