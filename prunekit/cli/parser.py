@@ -171,7 +171,7 @@ def _add_app(sub) -> None:
         "--memory-gb",
         type=float,
         metavar="GB",
-        help="memory budget for the models the server holds (default: half of this machine's); least recently "
+        help="memory budget for the models the server holds (default: a third of this machine's); least recently "
         "used models are dropped to stay within it, and a model larger than it is refused",
     )
     app.add_argument(

@@ -26,7 +26,9 @@ from prunekit.errors import InvalidArgumentError, MemoryBudgetError
 T = TypeVar("T")
 
 MEMORY_ENV = "PRUNEKIT_MEMORY_GB"  # set by `prunekit app --memory-gb`
-DEFAULT_SHARE = 0.5  # of the machine's memory: the rest is the workers', the OS's and the room's sessions'
+# Of the machine's memory. The evaluation workers hold the same models again, about twice what the server does
+# (docs/workshop.md, big-links: server 5.1 GB, two workers 10.4 GB in an 8 GB budget), so a third leaves them room.
+DEFAULT_SHARE = 1 / 3
 IN_USE_S = 60.0  # a model any session used this recently is never evicted
 GB = 1024**3
 
@@ -50,7 +52,7 @@ def machine_bytes() -> int:
 
 
 def budget_bytes(environ: dict[str, str] | None = None) -> int:
-    """The server's model budget: ``$PRUNEKIT_MEMORY_GB`` gigabytes, else half of the machine's memory."""
+    """The server's model budget: ``$PRUNEKIT_MEMORY_GB`` gigabytes, else a third of the machine's memory."""
     raw = (environ if environ is not None else os.environ).get(MEMORY_ENV, "").strip()
     if not raw:
         return int(DEFAULT_SHARE * machine_bytes())

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from prunekit.errors import InvalidArgumentError, MemoryBudgetError
-from prunekit.service.memory import GB, IN_USE_S, ModelBudget, budget_bytes, footprint
+from prunekit.service.memory import GB, IN_USE_S, ModelBudget, budget_bytes, footprint, machine_bytes
 
 SIZES = {"default": 1, "a": 3, "b": 3, "c": 4, "huge": 11}  # in GB
 
@@ -120,11 +120,11 @@ def test_a_failed_load_holds_nothing_and_can_be_retried():
     assert labs.get("a") == "a" and labs.used() == 2 * GB
 
 
-def test_the_budget_comes_from_the_environment_or_half_the_machine():
+def test_the_budget_comes_from_the_environment_or_a_third_of_the_machine():
     assert budget_bytes({"PRUNEKIT_MEMORY_GB": "6"}) == 6 * GB
     assert budget_bytes({"PRUNEKIT_MEMORY_GB": "0.5"}) == GB // 2
-    half = budget_bytes({})
-    assert 0 < half < budget_bytes({"PRUNEKIT_MEMORY_GB": str(4 * half / GB)})
+    third = budget_bytes({})
+    assert third == int(machine_bytes() / 3) and 0 < third < budget_bytes({"PRUNEKIT_MEMORY_GB": str(4 * third / GB)})
     for bad in ("lots", "0", "-2", "nan", "inf"):
         with pytest.raises(InvalidArgumentError, match="PRUNEKIT_MEMORY_GB"):
             budget_bytes({"PRUNEKIT_MEMORY_GB": bad})
