@@ -94,6 +94,7 @@ def test_every_page_opens_on_the_launched_model_and_its_accuracy_comes_from_a_wo
 @pytest.mark.xdist_group("ray")
 def test_local_workers_and_a_local_ray_instance_give_the_same_numbers(mine, tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("RAY_worker_niceness", "0")  # as in tests/service/test_ray.py: the suite's other worker is busy
     model, images, labels = mine
     lab = prunekit.Lab.from_model(model, images[0], (images, labels), name=NAME)
     spec = custom.portable(lab.loaded).spec

@@ -41,6 +41,9 @@ def no_ray_tokens():
     """Ray reads its auth mode once per process: one mode for every head these tests start and join."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_AUTH_MODE", "disabled")
+        # Ray starts its workers at nice 15: beside the suite's other xdist worker (a full core at nice 0) the
+        # first two tasks' imports took 84 s instead of 5 (the image-folder test: 135 s in CI, 16 s alone)
+        mp.setenv("RAY_worker_niceness", "0")
         yield
 
 
