@@ -14,6 +14,7 @@ import torch
 
 from prunekit.app import plots
 from prunekit.app.server_state import (
+    aside_unless,
     bundles,
     curve_fill_enabled,
     estimate_size,
@@ -105,8 +106,10 @@ def prune_both(current: Lab) -> dict[str, PruneResult]:
     """Both scopes' shared results (computed once per configuration; read-only). On a big model the path
     test is left to an evaluation worker, so the move stays instant: see ``paths_panel``."""
     inline = current.paths_in_move
-    with st.spinner("Scoring once for this criterion; every later slider move is a lookup..."):
-        results = {scope: current.result(spec(scope), paths=inline) for scope in COMPARED_SCOPES}
+    specs = {scope: spec(scope) for scope in COMPARED_SCOPES}
+    ready = all(current.has_result(s, paths=inline) for s in specs.values())
+    with aside_unless(ready), st.spinner("Scoring once for this criterion; every later slider move is a lookup..."):
+        results = {scope: current.result(s, paths=inline) for scope, s in specs.items()}
     if inline:
         return results
     svc = service()

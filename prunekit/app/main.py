@@ -8,26 +8,27 @@ script's own folder has no ``pages/``, so a direct link to any page runs through
 
 import streamlit as st
 
-from prunekit.app import session_state, sidebar
+from prunekit.app import server_state, session_state, sidebar
 from prunekit.shipped import folder
 
 PAGES = folder("pages")
 
+PAGE_LIST = [
+    st.Page(PAGES / "model.py", title="Model", icon="🔎", default=True, url_path="model"),
+    st.Page(PAGES / "prune.py", title="Prune", icon="✂️", url_path="prune"),
+    st.Page(PAGES / "importance.py", title="Filter importance", icon="🌡️", url_path="importance"),
+    st.Page(PAGES / "sensitivity.py", title="Sensitivity", icon="📉", url_path="sensitivity"),
+    st.Page(PAGES / "tradeoffs.py", title="Trade-offs", icon="⚖️", url_path="tradeoffs"),
+    st.Page(PAGES / "forget.py", title="Forgetting", icon="🧩", url_path="forget"),
+    st.Page(PAGES / "methods.py", title="Methods", icon="🧪", url_path="methods"),
+]
+
 st.set_page_config(page_title="prunekit", page_icon="✂️", layout="wide")
-sidebar.sidebar()
-page = st.navigation(
-    [
-        st.Page(PAGES / "model.py", title="Model", icon="🔎", default=True, url_path="model"),
-        st.Page(PAGES / "prune.py", title="Prune", icon="✂️", url_path="prune"),
-        st.Page(PAGES / "importance.py", title="Filter importance", icon="🌡️", url_path="importance"),
-        st.Page(PAGES / "sensitivity.py", title="Sensitivity", icon="📉", url_path="sensitivity"),
-        st.Page(PAGES / "tradeoffs.py", title="Trade-offs", icon="⚖️", url_path="tradeoffs"),
-        st.Page(PAGES / "forget.py", title="Forgetting", icon="🧩", url_path="forget"),
-        st.Page(PAGES / "methods.py", title="Methods", icon="🧪", url_path="methods"),
-    ]
-)
-sidebar.show_notices()
-if not sidebar.loading_panel():  # the session's model is ready
-    with session_state.reported("This page cannot be shown"):  # typed errors only: a bug fails loudly (and in AppTest)
-        page.run()
-session_state.sync_query()
+with server_state.turns().turn():  # runs take turns: a room's reruns queue instead of starving each other
+    sidebar.sidebar()
+    page = st.navigation(PAGE_LIST)
+    sidebar.show_notices()
+    if not sidebar.loading_panel():  # the session's model is ready
+        with session_state.reported("This page cannot be shown"):  # typed errors only: a bug fails loudly
+            page.run()
+    session_state.sync_query()

@@ -9,6 +9,7 @@ computation and the server process never evaluates while holding a lock.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -22,6 +23,7 @@ import torch
 from prunekit.app.channel import CHANNEL
 from prunekit.app.pacing import Pacing
 from prunekit.app.settings import Settings
+from prunekit.app.turns import Turns
 from prunekit.core.evaluate import interval_label
 from prunekit.core.lab import Lab
 from prunekit.core.shared import SingleFlight
@@ -83,7 +85,10 @@ INLINE_WAIT_S = 2.0  # a load this quick shows its page at once; a longer one sh
 def start_loading(name: str) -> LoadStatus | None:
     """None when zoo model ``name`` is ready (held, or loaded within ``INLINE_WAIT_S``), else its load's
     status: the load goes on on a loader thread, the page shows its progress. Raises the load's error."""
-    got = loads().get(name, wait_s=INLINE_WAIT_S)
+    got = loads().get(name, wait_s=0)
+    if isinstance(got, LoadStatus):  # not held: wait a moment, leaving the turn to other runs meanwhile
+        with turns().aside():
+            got = loads().get(name, wait_s=INLINE_WAIT_S)
     return got if isinstance(got, LoadStatus) else None
 
 
@@ -232,8 +237,13 @@ def zoo_names() -> list[str]:
 
 
 def shared(key: tuple, compute: Callable[[], object]):
-    """Compute once per process; a hit never waits behind someone else's computation."""
-    return _computed().get(key, compute)
+    """Compute once per process; a hit never waits behind someone else's computation, and a miss leaves the
+    run's turn to others while it computes (or waits for whoever computes it)."""
+    got = _computed().peek(key)
+    if got is not None:
+        return got
+    with turns().aside():
+        return _computed().get(key, compute)
 
 
 def model_key(current: Lab) -> str:
@@ -276,6 +286,17 @@ def bundles() -> SingleFlight:
 @st.cache_resource
 def pacing() -> Pacing:
     return Pacing()
+
+
+@st.cache_resource
+def turns() -> Turns:
+    """The turns every session's script run takes (:mod:`prunekit.app.turns`)."""
+    return Turns()
+
+
+def aside_unless(ready: bool) -> contextlib.AbstractContextManager:
+    """Around work that may take a while unless ``ready``: the run leaves its turn to others meanwhile."""
+    return contextlib.nullcontext() if ready else turns().aside()
 
 
 def pace(session: str, base: float) -> float:

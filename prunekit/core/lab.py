@@ -238,6 +238,10 @@ class Lab:
             ("result", spec.key(), paths), lambda: self._on_pooled(spec, lambda p: p.prune(spec, paths))
         )
 
+    def has_result(self, spec: PruneSpec, paths: bool = True) -> bool:
+        """Whether :meth:`result` of ``spec`` is computed already (a lookup, never a computation)."""
+        return self._results.peek(("result", spec.key(), paths)) is not None
+
     @cached_property
     def paths_inline(self) -> bool:
         """Whether the path test is cheap enough to run inside a slider move (see INLINE_PATHS_MACS)."""

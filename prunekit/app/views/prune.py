@@ -58,6 +58,7 @@ def page() -> None:
     link_overrides(ctx)
     if not untrained and readouts.usable():  # right under the slider: each figure lands here as it is measured
         accuracy.point_readouts(ctx)
+    server_state.turns().head_done()  # what a person waits for is on screen: the room's heads go first
     results = computed.prune_both(ctx.lab)
     collapse_notes(ctx, results)
     overlaid = allocation_chart(ctx, results)
