@@ -126,14 +126,14 @@ class Session:
         m, t0 = Move(value), time.perf_counter()
         await self._rerun()
         deadline = t0 + TIMEOUT
-        while m.full is None and time.perf_counter() < deadline:
+        while (m.full is None or m.rerun is None) and time.perf_counter() < deadline:  # figures may come first
             self.changed.clear()
             now = time.perf_counter() - t0
             if m.rerun is None and self.finished.is_set():
                 m.rerun = now
             if m.first is None and self._figure(f"Global at {pct}", estimate_ok=True):
                 m.first = now
-            if all(self._figure(f"{s} at {pct}", estimate_ok=False) for s in ("Global", "Local")):
+            if m.full is None and all(self._figure(f"{s} at {pct}", estimate_ok=False) for s in ("Global", "Local")):
                 m.full, m.first = now, m.first or now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), 0.5)

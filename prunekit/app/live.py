@@ -7,6 +7,8 @@ from functools import partial
 
 import streamlit as st
 
+from prunekit.app import server_state
+from prunekit.app.turns import TAIL
 from prunekit.core.lab import Lab
 
 
@@ -20,7 +22,8 @@ def live(name: str, panel: Callable[[], bool], every: float, pending: bool | Non
         st.session_state[key] = pending
 
     def part() -> None:
-        now = bool(panel())
+        with server_state.turns().turn(TAIL):  # a refresh on its own waits behind every page's head
+            now = bool(panel())
         if now != st.session_state.get(key, False):
             st.session_state[key] = now
             st.rerun()  # only a full rerun changes how often a fragment refreshes

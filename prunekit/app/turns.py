@@ -43,12 +43,13 @@ class Turns:
         self.waited_out = 0  # runs that went on without a turn (counted, for the benchmark and the tests)
 
     @contextlib.contextmanager
-    def turn(self) -> Iterator[None]:
-        """Hold a turn for the head of a run; a nested call (a page run inside the main script) is a no-op."""
+    def turn(self, line: int = HEAD) -> Iterator[None]:
+        """Hold a turn for a run, from ``line``: ``HEAD`` for a page's run, ``TAIL`` for a part refreshing
+        itself (behind every head); a nested call (a part drawn within its page's run) is a no-op."""
         if self.holding() is not None:
             yield
             return
-        self._take(HEAD)
+        self._take(line)
         try:
             yield
         finally:

@@ -158,3 +158,27 @@ def test_nested_turns_and_a_remainder_outside_a_turn_are_no_ops():
 def test_slots_must_be_positive():
     with pytest.raises(ValueError, match="slots must be at least 1, got 0"):
         Turns(slots=0)
+
+
+def test_a_part_refreshing_itself_waits_behind_every_head():
+    turns = Turns(slots=1)
+    order, go = [], threading.Event()
+    with turns.turn():
+
+        def run(name: str, line: int) -> threading.Thread:
+            def body() -> None:
+                with turns.turn(line):
+                    order.append(name)
+                    go.wait(5)
+
+            t = threading.Thread(target=body, daemon=True)
+            before = turns.waiting()
+            t.start()
+            _wait_until(lambda: turns.waiting() > before)
+            return t
+
+        threads = [run("refresh", TAIL), run("page", HEAD)]
+    go.set()
+    for t in threads:
+        t.join(5)
+    assert order == ["page", "refresh"]
