@@ -15,6 +15,7 @@ from prunekit.core.data import EvalData
 from prunekit.errors import InvalidArgumentError
 
 Progress = Callable[[int, int], None]  # (images done, images total)
+Forward = Callable[[torch.Tensor], torch.Tensor]  # (N, C, H, W) images -> (N, classes) logits
 DEFAULT_BATCH = 256
 
 
@@ -107,11 +108,18 @@ def stratified_indices(labels: torch.Tensor, n: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def predict_logits(
-    model: nn.Module, images: torch.Tensor, batch_size: int = DEFAULT_BATCH, progress: Progress | None = None
+    model: nn.Module | Forward,
+    images: torch.Tensor,
+    batch_size: int = DEFAULT_BATCH,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
-    """Logits (N, classes) of ``model`` in eval mode over ``images`` (N, C, H, W), batch by batch."""
-    device = next(model.parameters()).device
-    model.eval()
+    """Logits (N, classes) of ``model`` in eval mode (or of a forward pass that is not a module, e.g. an
+    inference engine's, on the images' device) over ``images`` (N, C, H, W), batch by batch."""
+    if isinstance(model, nn.Module):
+        device = next(model.parameters()).device
+        model.eval()
+    else:
+        device = images.device
     out = []
     total = images.shape[0]
     for start in range(0, total, batch_size):
@@ -157,7 +165,11 @@ class Counts:
 
 
 def count_correct(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = DEFAULT_BATCH, progress=None
+    model: nn.Module | Forward,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = DEFAULT_BATCH,
+    progress=None,
 ) -> Counts:
     """Correct top-1 (and top-5) predictions of ``model`` on ``images`` (N, C, H, W) / ``labels`` (N,)."""
     t0 = time.perf_counter()

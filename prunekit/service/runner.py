@@ -3,6 +3,8 @@ turns a run into a protocol message, and :func:`worker_main` is a local worker p
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import time
 from collections import OrderedDict
@@ -23,11 +25,12 @@ from prunekit.core.evaluate import (
 )
 from prunekit.core.lab import Lab, Pruner
 from prunekit.core.loaded import ModelSpec
+from prunekit.deploy.engine import Choice, Engine, EngineKind, checked, eager, fastest, onnxruntime
 from prunekit.deploy.latency import UNSTRUCTURED_NOTE, Latency, measure
 from prunekit.deploy.methods import train_sparse, write_result
 from prunekit.deploy.recover import Recovery, recover
 from prunekit.deploy.training import MethodResult
-from prunekit.errors import CompactionError, InvalidArgumentError, ProbeUnsupportedError
+from prunekit.errors import CompactionError, ExportError, InvalidArgumentError, ProbeUnsupportedError
 from prunekit.service.chunks import Control, Preempted, Resume
 from prunekit.service.jobs import (
     CHUNK_IMAGES,
@@ -48,12 +51,21 @@ from prunekit.service.memory import release_freed_memory
 from prunekit.service.protocol import Order, Status
 from prunekit.service.store import default_path, digest
 
+log = logging.getLogger(__name__)
+MAX_ENGINES = 2  # configurations whose engine a worker keeps (the shards and chunks of one pass share it)
+CHOICE_MACS = 2e9  # the engine choice at load times each engine on about this much work
+
 
 class JobRunner:
     """Worker-side state: loaded models and a bounded set of pruners (working copies) per process."""
 
-    def __init__(self, max_pruners: int = 4, channels_last: bool = True, writes_weights: bool = True) -> None:
+    def __init__(
+        self, max_pruners: int = 4, channels_last: bool = True, writes_weights: bool = True, engines: bool = True
+    ) -> None:
         self.writes_weights = writes_weights  # False on a Ray node: the driver writes a method's weights itself
+        self.engines = engines  # False: every pass runs eager (the benchmark's baseline, a test's reference)
+        self.choices: dict[str, Choice] = {}  # per model: the engine its full passes run on, as measured at load
+        self._engines: OrderedDict[tuple, Engine | str] = OrderedDict()  # per configuration: built, or why not
         self.labs: dict[str, Lab] = {}
         self.pruners: OrderedDict[tuple, Pruner] = OrderedDict()
         self.max_pruners = max_pruners
@@ -80,6 +92,8 @@ class JobRunner:
             images = images.contiguous(memory_format=torch.channels_last)
         self._images[key] = images
         self._warm(lab, images)
+        if self.engines:
+            self.choices[key] = fastest(lab.loaded.model, *_sample(lab, images), threads=torch.get_num_threads())
         self.labs[key] = lab
 
     def drop(self, key: str) -> None:
@@ -88,7 +102,8 @@ class JobRunner:
         self.labs.pop(key, None)
         self._images.pop(key, None)
         self._folder_data.pop(key, None)
-        for cache in (self.pruners, self._compacted, self._subsets):
+        self.choices.pop(key, None)
+        for cache in (self.pruners, self._compacted, self._subsets, self._engines):
             for k in [k for k in cache if k[0] == key]:
                 del cache[k]
         release_freed_memory()  # else the heap keeps the pages, and the worker's memory only grows
@@ -129,12 +144,20 @@ class JobRunner:
         the service shares a live pass among idle workers) answers their counts; the service adds them up."""
         start = control.resume or Resume()
         counted, todo = dict(start.counted), start.todo if start.todo is not None else range(len(chunks))
+        engine = None
         for i in todo:
             if i in counted:
                 continue
             if counted and control.preempted():
                 raise Preempted(Resume(tuple(sorted(counted.items())), len(chunks), total))
-            counted[i] = count_correct(model, *chunks[i], EVAL_BATCH)
+            if i == 0:  # the estimate's images: at once, eager (building an engine would delay the first figure)
+                counted[i] = count_correct(model, *chunks[i], EVAL_BATCH)
+            else:
+                spent = 0.0
+                if engine is None:
+                    engine, spent = self._engine(job, model, *chunks[i])
+                got = count_correct(engine, *chunks[i], EVAL_BATCH)
+                counted[i] = dataclasses.replace(got, seconds=got.seconds + spent)  # the build counts in the figure
             if i == 0 and control.partial is not None:
                 control.partial(job.with_subset(ESTIMATE_IMAGES), from_counts([counted[0]], total))
         done = Resume(tuple(sorted(counted.items())), len(chunks), total)
@@ -186,7 +209,39 @@ class JobRunner:
             images, labels = self._images[job.model][start:stop], lab.loaded.eval_data().labels[start:stop]
         if self.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
-        return accuracy_of(model, images, labels, len(labels), EVAL_BATCH)
+        engine, spent = self._engine(job, model, images, labels)
+        got = accuracy_of(engine, images, labels, len(labels), EVAL_BATCH)
+        return dataclasses.replace(got, seconds=got.seconds + spent)
+
+    def _engine(
+        self, job: EvalJob, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[Engine, float]:
+        """The engine ``job``'s configuration runs on (``model`` is it, eager) and the seconds spent building it
+        now: built once per configuration if the model's measured choice is not eager, checked on ``images``
+        (N, C, H, W) / ``labels`` (N,) first; one that cannot be built or disagrees is remembered as its reason."""
+        choice = self.choices.get(job.model)
+        if choice is None or choice.kind is EngineKind.EAGER:
+            return eager(model, choice.note if choice else None), 0.0
+        key = (
+            (job.model, "dense")
+            if job.is_dense
+            else (job.model, job.spec.criterion, job.spec.normalise, job.config().key())
+        )
+        known = self._engines.get(key)
+        if known is None:
+            try:
+                built = onnxruntime(model, tuple(images.shape[1:]), torch.get_num_threads())
+                engine = checked(built, model, images, labels)
+            except ExportError as exc:
+                log.warning("evaluation falls back to eager for %s: %s", job.model, exc)
+                engine = eager(model, str(exc))
+            self._engines[key] = engine if engine.kind is not EngineKind.EAGER else engine.note or ""
+            while len(self._engines) > MAX_ENGINES:
+                self._engines.popitem(last=False)
+            return engine, engine.build_s
+        self._engines.move_to_end(key)
+        # an eager fallback is rebuilt around today's model: the working copy moves on to other configurations
+        return (known, 0.0) if isinstance(known, Engine) else (eager(model, known), 0.0)
 
     def _pruner(self, lab: Lab, job: EvalJob) -> Pruner:
         key = (job.model, *job.spec.table_key)
@@ -255,6 +310,12 @@ class JobRunner:
         if (model, n) not in self._subsets:
             self._subsets[(model, n)] = self._pick(images, labels, stratified_indices(labels, n))
         return self._subsets[(model, n)]
+
+
+def _sample(lab: Lab, images: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The images an engine choice is timed on, and the batch: about ``CHOICE_MACS`` of work, 16-256 images."""
+    n = int(max(16, min(256, CHOICE_MACS // max(lab.profile.total_macs, 1))))
+    return images[:n], min(EVAL_BATCH, n)
 
 
 def _collapse(runner: JobRunner, lab: Lab, job: CollapseJob, control: Control) -> Collapse:

@@ -1,0 +1,126 @@
+"""Inference engines: ONNX Runtime counts what the eager model counts on every bundled model, and an engine that
+cannot be built or disagrees falls back to eager with its reason, in the engine and in a worker's pass."""
+
+import pytest
+import torch
+from torch import nn
+
+from prunekit.core.evaluate import count_correct
+from prunekit.core.lab import Lab
+from prunekit.core.loaded import ModelSpec
+from prunekit.core.spec import PruneSpec
+from prunekit.deploy.engine import Engine, EngineKind, checked, eager, fastest, onnxruntime
+from prunekit.errors import ExportError
+from prunekit.models import zoo
+from prunekit.service import runner as runner_module
+from prunekit.service.jobs import EvalJob
+from prunekit.service.runner import JobRunner
+
+BUNDLED = ["fmnist-cnn", "fmnist-resnet", "fmnist-mobilenet", "fmnist-vgg"]
+CONFIGS = {
+    "dense": None,
+    "50% unstructured": PruneSpec("magnitude", "unstructured", sparsity=0.5),
+    "50% filters": PruneSpec("l1", "filter", sparsity=0.5),
+}
+IMAGES = 2000
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_onnxruntime_counts_what_the_eager_model_counts(name):
+    lab = Lab(zoo.load(name))
+    data = lab.loaded.eval_data()
+    images, labels = data.images[:IMAGES], data.labels[:IMAGES]
+    for label, spec in CONFIGS.items():
+        if spec is None:
+            model = lab.loaded.model
+        else:
+            pruner = lab.pruner(spec)
+            pruner.apply_(spec)
+            model = pruner.model
+        engine = checked(onnxruntime(model, tuple(images.shape[1:])), model, images, labels)
+        assert engine.kind is EngineKind.ONNXRUNTIME, (label, engine.note)
+        want = count_correct(model, images, labels, 64)
+        got = count_correct(engine, images, labels, 64)
+        assert (got.correct, got.n) == (want.correct, want.n), label
+        if spec is not None:  # the pruned weights, not the dense ones, were exported
+            dense = eager(lab.loaded.model)(images[:64])
+            assert not torch.allclose(engine(images[:64]), dense, rtol=1e-3, atol=1e-3), label
+
+
+class Unexportable(nn.Module):
+    """A small CNN with an operation ONNX does not have (cumulative max)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.cummax(self.conv(x), 1).values.mean((2, 3)))
+
+
+def test_a_model_that_cannot_be_exported_runs_eager_and_says_why():
+    model, images = Unexportable().eval(), torch.randn(32, 1, 28, 28)
+    with pytest.raises(ExportError, match="cummax"):
+        onnxruntime(model, (1, 28, 28))
+    choice = fastest(model, images, batch=16)
+    assert choice.kind is EngineKind.EAGER
+    assert "cummax" in choice.note and list(choice.seconds) == [EngineKind.EAGER]
+
+
+def test_an_engine_that_disagrees_is_replaced_by_eager_with_the_reason():
+    model = Unexportable().eval()
+    images, labels = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    right = eager(model)
+    off = Engine(EngineKind.ONNXRUNTIME, lambda x: right(x) * (1 + 1e-3), build_s=0.25)  # same argmax, logits off
+    fell = checked(off, model, images, labels)
+    assert fell.kind is EngineKind.EAGER and fell.build_s == 0.25
+    assert "logits differ by 1.0e-03" in fell.note
+    wrong = Engine(EngineKind.ONNXRUNTIME, lambda x: -right(x))  # other predictions
+    assert "checked images right" in checked(wrong, model, images, labels).note
+    fine = Engine(EngineKind.ONNXRUNTIME, right.forward)
+    assert checked(fine, model, images, labels) is fine
+
+
+@pytest.fixture(scope="module")
+def workers():
+    """Two workers on fmnist-cnn: one choosing its engine by measurement, one always eager (the reference)."""
+    spec = ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",))
+    fast, plain = JobRunner(), JobRunner(engines=False)
+    fast.load("fmnist-cnn", spec)
+    plain.load("fmnist-cnn", spec)
+    return fast, plain
+
+
+def _figure(acc) -> tuple:
+    return acc.top1, acc.n, acc.total
+
+
+def test_a_worker_runs_full_passes_on_its_measured_engine_with_the_same_figures(workers):
+    fast, plain = workers
+    assert fast.choices["fmnist-cnn"].kind is EngineKind.ONNXRUNTIME  # 1.7x on this VM: see deploy/engine.py
+    assert "fmnist-cnn" not in plain.choices
+    job = EvalJob("fmnist-cnn", PruneSpec("magnitude", sparsity=0.7))
+    got, want = fast.run(job), plain.run(job)
+    assert _figure(got) == _figure(want)
+    key = next(k for k in fast._engines if k[0] == "fmnist-cnn" and "magnitude" in k)
+    assert isinstance(fast._engines[key], Engine) and fast._engines[key].build_s > 0
+
+
+@pytest.mark.parametrize("failure", ["export", "disagreement"])
+def test_a_configuration_whose_engine_fails_is_measured_eager_with_the_reason(workers, monkeypatch, failure):
+    fast, plain = workers
+
+    def broken(model, input_shape, threads=1):
+        if failure == "export":
+            raise ExportError("the model cannot be exported to ONNX (a test)")
+        right = eager(model)
+        return Engine(EngineKind.ONNXRUNTIME, lambda x: right(x).roll(1, dims=1))
+
+    monkeypatch.setattr(runner_module, "onnxruntime", broken)
+    job = EvalJob("fmnist-cnn", PruneSpec("magnitude", sparsity=0.55 if failure == "export" else 0.45))
+    got, want = fast.run(job), plain.run(job)
+    assert _figure(got) == _figure(want)
+    (reason,) = [v for k, v in fast._engines.items() if k[-1] == job.config().key()]
+    assert isinstance(reason, str)
+    assert ("a test" in reason) if failure == "export" else ("checked images right" in reason)
