@@ -52,6 +52,7 @@ from prunekit.service.protocol import Order, Status
 from prunekit.service.store import default_path, digest
 
 log = logging.getLogger(__name__)
+ENGINE_ENV = "PRUNEKIT_ENGINE"  # "eager": never build another engine
 MAX_ENGINES = 2  # configurations whose engine a worker keeps (the shards and chunks of one pass share it)
 CHOICE_MACS = 2e9  # the engine choice at load times each engine on about this much work
 
@@ -60,10 +61,15 @@ class JobRunner:
     """Worker-side state: loaded models and a bounded set of pruners (working copies) per process."""
 
     def __init__(
-        self, max_pruners: int = 4, channels_last: bool = True, writes_weights: bool = True, engines: bool = True
+        self,
+        max_pruners: int = 4,
+        channels_last: bool = True,
+        writes_weights: bool = True,
+        engines: bool | None = None,
     ) -> None:
         self.writes_weights = writes_weights  # False on a Ray node: the driver writes a method's weights itself
-        self.engines = engines  # False: every pass runs eager (the benchmark's baseline, a test's reference)
+        # False: every pass runs eager (a test's reference; ``PRUNEKIT_ENGINE=eager`` if an engine misbehaves)
+        self.engines = os.environ.get(ENGINE_ENV, "auto") != "eager" if engines is None else engines
         self.choices: dict[str, Choice] = {}  # per model: the engine its full passes run on, as measured at load
         self._engines: OrderedDict[tuple, Engine | str] = OrderedDict()  # per configuration: built, or why not
         self.labs: dict[str, Lab] = {}
