@@ -73,13 +73,14 @@ def test_only_the_app_imports_streamlit():
 
 APP_ORDER = [
     "launch",
-    "live",
     "channel",
     "settings",
     "links",
     "pacing",
+    "turns",
     "plots",
     "server_state",
+    "live",
     "session_state",
     "readouts",
     "computed",
