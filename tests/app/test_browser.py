@@ -120,6 +120,33 @@ def test_a_browser_that_cannot_reach_the_channel_falls_back_to_refreshing(server
         browser.close()
 
 
+def test_a_stream_that_is_cut_reconnects_and_its_figures_still_arrive(server):
+    """The first stream the page opens is answered and then ends with nothing in it (a proxy or a server
+    restart cutting the connection): the browser connects again by itself, the figures arrive on the new
+    stream, and the page does not fall back to refreshing itself."""
+    from playwright.sync_api import sync_playwright
+
+    asked = []
+
+    def cut_first(route):
+        asked.append(route.request.url)
+        if len(asked) == 1:
+            route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body="retry: 300\n\n")
+        else:
+            route.continue_()
+
+    with sync_playwright() as pw:
+        browser = launch_browser(pw)
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.route("**/prunekit/live**", cut_first)
+        page.goto(f"{server}/prune?model=fmnist-vgg&sparsity=0.43", timeout=120_000)
+        _full(page, "Global at 43%").wait_for(timeout=180_000)
+        fell_back = page.get_by_text("could not open the live channel").count()
+        browser.close()
+    assert len(asked) >= 2 and asked[1] == asked[0], asked  # the same stream, asked again
+    assert fell_back == 0
+
+
 def test_quick_moves_while_figures_are_pending_all_land_and_the_last_one_shows(server):
     """No move is lost: six slider steps 0.2 s apart on fmnist-vgg (whose full passes take seconds), each arriving
     while the page's last run and its figures are still pending; the page settles on the last position, with
