@@ -54,7 +54,7 @@ def sidebar() -> None:
             "model",
             label="Pretrained CNN",
             options=names,
-            format_func=_model_label,
+            format_func=_model_labels(names).__getitem__,  # one lookup per option: the picker lists ~90
             help="Bundled Fashion-MNIST models load instantly and offline; torchvision models are untrained unless their weights are cached.",
         )
         _folder_choice()
@@ -117,15 +117,20 @@ def _folder_choice() -> None:
     st.session_state.on_folder = name
 
 
-def _model_label(name: str) -> str:
-    mine = own_lab()
-    if mine is not None and name == mine.loaded.name:
+def _model_labels(names: list[str]) -> dict[str, str]:
+    """Each picker option's label: the name and where the model comes from."""
+    mine, zoo_set = own_lab(), set(zoo_names())
+    return {name: _model_label(name, mine.loaded.name if mine is not None else None, zoo_set) for name in names}
+
+
+def _model_label(name: str, mine: str | None, zoo_set: set[str]) -> str:
+    if name == mine:
         return f"{name} (your model)"
     if name in zoo.BUNDLED:
         return f"{name} (bundled, Fashion-MNIST)"
     if name in zoo.EFFICIENTNET:
         return f"{name} (ImageNet weights)"
-    if name in zoo_names():
+    if name in zoo_set:
         return f"{name} (torchvision)"
     return f"{name} (your weights)"  # an upload, or a method's trained weights (no session state read here)
 

@@ -50,6 +50,10 @@ class Latency:
     def speedup(self, variant: str, batch: int, over: str = "dense") -> float:
         return self.ms[over][batch] / self.ms[variant][batch]
 
+    def not_faster(self, variant: str, over: str = "dense") -> list[int]:
+        """The batch sizes at which ``variant`` took at least as long as ``over``."""
+        return [b for b, t in self.ms[variant].items() if t >= self.ms[over][b]]
+
     def rows(self) -> list[dict]:
         """One table row per variant: milliseconds and speedup over dense at each batch size."""
         return [

@@ -66,3 +66,28 @@ def test_tradeoffs_compares_one_shot_iterative_and_agp_at_one_budget():
     assert list(rows["schedule"]) == ["one-shot (1 step)", "iterative (3 steps)", "agp (3 steps)"]
     assert all(re.fullmatch(r"\d+\.\d\d% \(95% interval .+ on 10,000 images\)", v) for v in rows["fine-tuned top-1"])
     assert len(at.get("plotly_chart")) == 3  # two trade-off charts and the schedules' curves
+
+
+def _latency(dense: dict[int, float], compact: dict[int, float]):
+    from prunekit.deploy.latency import Latency
+
+    return Latency({"dense": dense, "masked": dense, "compact": compact}, {1: 21, 64: 21}, 1, "a test machine")
+
+
+@pytest.mark.parametrize("slow", [True, False])
+def test_a_compacted_model_no_faster_than_dense_is_flagged(monkeypatch, slow):
+    """An injected latency table: the compacted model is slower than dense at batch 1 (or faster at both)."""
+    from prunekit.app import computed
+
+    compact = {1: 0.25, 64: 3.0} if slow else {1: 0.15, 64: 3.0}
+    monkeypatch.setattr(computed, "speed", lambda *a, **k: _latency({1: 0.2, 64: 5.0}, compact))
+    at = open_page(page("prune"), FILTERS)
+    warned = [w.value for w in at.warning if "Not faster" in w.value]
+    if not slow:
+        assert warned == []
+        return
+    (text,) = warned
+    assert "batch 1: 0.25 ms against the dense model's 0.2 ms" in text and "batch 64" not in text
+    fewer = int(re.search(r"needs (\d+)% fewer multiply-adds", text).group(1))
+    theoretical = float(metric(at, "Theoretical speedup").rstrip("x"))  # dense MACs / remaining MACs
+    assert abs(fewer - 100 * (1 - 1 / theoretical)) <= 1

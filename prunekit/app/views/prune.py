@@ -22,6 +22,7 @@ from prunekit.core.spec import (
     Structure,
 )
 from prunekit.deploy.export import FILES
+from prunekit.deploy.latency import Latency
 from prunekit.deploy.recover import CURVE_IMAGES, Recipe
 from prunekit.service.jobs import JobError
 from prunekit.units import short_number
@@ -44,6 +45,12 @@ NM_NOTE = (
     'matrices (PyTorch #111339 measured a 0.11x "speedup" at batch 1).'
 )
 RECOVERY_LABELS = {"dense": "Dense", "pruned": "Pruned", "recalibrated": "BN-recalibrated", "finetuned": "Fine-tuned"}
+NOT_FASTER = (
+    "**Not faster** although the compacted model needs {fewer:.0%} fewer multiply-adds ({times}). Channel counts "
+    "that are not a multiple of the CPU's vector width (8 or 16 floats) can run slower than the full layer, and "
+    "small layers are bound by memory, not arithmetic; Torch-Pruning and ModelOpt round kept channels to such a "
+    "multiple for this reason."
+)
 SPEED_POLL = 0.5  # seconds between refreshes while results are on their way
 
 
@@ -269,7 +276,24 @@ def speed_panel(ctx: PageContext, scope: Scope, chosen: PruneResult) -> bool:
     )
     if outcome.note:
         st.info(outcome.note)
+    slow = not_faster_note(outcome, chosen)
+    if slow:
+        st.warning(slow)
     return False
+
+
+def not_faster_note(outcome: Latency, chosen: PruneResult) -> str | None:
+    """Say where the compacted model, with fewer multiply-adds, was measured no faster than the dense one."""
+    if "compact" not in outcome.ms or chosen.remaining_macs >= chosen.total_macs:
+        return None
+    batches = outcome.not_faster("compact")
+    if not batches:
+        return None
+    times = "; ".join(
+        f"batch {b}: {outcome.ms['compact'][b]:.3g} ms against the dense model's {outcome.ms['dense'][b]:.3g} ms"
+        for b in batches
+    )
+    return NOT_FASTER.format(times=times, fewer=1 - chosen.macs_ratio)
 
 
 def export_panel(ctx: PageContext, scope: Scope) -> None:
