@@ -174,11 +174,16 @@ def count_correct(
     """Correct top-1 (and top-5) predictions of ``model`` on ``images`` (N, C, H, W) / ``labels`` (N,)."""
     t0 = time.perf_counter()
     logits = predict_logits(model, images, batch_size, progress)
+    return counts_of(logits, labels, time.perf_counter() - t0)
+
+
+def counts_of(logits: torch.Tensor, labels: torch.Tensor, seconds: float) -> Counts:
+    """Correct top-1 (and top-5 for more than 10 classes) of ``logits`` (N, classes) against ``labels`` (N,)."""
     correct5 = None
     if logits.shape[1] > 10:
         k = min(5, logits.shape[1])
         correct5 = int((logits.topk(k, 1).indices == labels[:, None]).any(1).sum())
-    return Counts(int((logits.argmax(1) == labels).sum()), correct5, int(labels.shape[0]), time.perf_counter() - t0)
+    return Counts(int((logits.argmax(1) == labels).sum()), correct5, int(labels.shape[0]), seconds)
 
 
 def from_counts(parts: list[Counts], total: int) -> Accuracy:

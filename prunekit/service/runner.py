@@ -13,12 +13,15 @@ from pathlib import Path
 
 import torch
 
+from prunekit.core import prefix
 from prunekit.core.connectivity import Connectivity
 from prunekit.core.data import EvalData
 from prunekit.core.evaluate import (
     Accuracy,
+    Counts,
     accuracy_of,
     count_correct,
+    counts_of,
     from_counts,
     predict_logits,
     stratified_indices,
@@ -66,12 +69,15 @@ class JobRunner:
         channels_last: bool = True,
         writes_weights: bool = True,
         engines: bool | None = None,
+        prefixes: bool = True,
     ) -> None:
         self.writes_weights = writes_weights  # False on a Ray node: the driver writes a method's weights itself
         # False: every pass runs eager (a test's reference; ``PRUNEKIT_ENGINE=eager`` if an engine misbehaves)
         self.engines = os.environ.get(ENGINE_ENV, "auto") != "eager" if engines is None else engines
         self.choices: dict[str, Choice] = {}  # per model: the engine its full passes run on, as measured at load
         self._engines: OrderedDict[tuple, Engine | str] = OrderedDict()  # per configuration: built, or why not
+        self.prefixes: prefix.PrefixCache | None = prefix.PrefixCache() if prefixes else None
+        self._traced: dict[str, torch.fx.GraphModule | None] = {}
         self.labs: dict[str, Lab] = {}
         self.pruners: OrderedDict[tuple, Pruner] = OrderedDict()
         self.max_pruners = max_pruners
@@ -109,6 +115,9 @@ class JobRunner:
         self._images.pop(key, None)
         self._folder_data.pop(key, None)
         self.choices.pop(key, None)
+        self._traced.pop(key, None)
+        if self.prefixes is not None:
+            self.prefixes.forget(key)
         for cache in (self.pruners, self._compacted, self._subsets, self._engines):
             for k in [k for k in cache if k[0] == key]:
                 del cache[k]
@@ -140,7 +149,28 @@ class JobRunner:
         if job.subset is None or job.subset >= len(data):
             return accuracy_of(model, images, data.labels, len(data), EVAL_BATCH)
         sub_images, sub_labels = self._subset(job.model, images, data.labels, job.subset)
+        if not job.is_dense and self.prefixes is not None:
+            counted = self._by_prefix(lab, job, model, sub_images, sub_labels)
+            if counted is not None:
+                return from_counts([counted], len(data))
         return accuracy_of(model, sub_images, sub_labels, len(data), EVAL_BATCH)
+
+    def _by_prefix(
+        self, lab: Lab, job: EvalJob, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor
+    ) -> Counts | None:
+        """The counts of ``model`` (a pruned working copy) on ``images`` / ``labels`` running only what pruning
+        changed, on the dense activations before it (kept per subset); None where that saves nothing or the
+        model cannot be traced. The logits are the plain pass's, bit for bit (tests/core/test_prefix.py)."""
+        t0 = time.perf_counter()
+        if job.model not in self._traced:
+            self._traced[job.model] = prefix.trace(lab.loaded.model)
+        traced = self._traced[job.model]
+        changed = prefix.changed_modules(lab.loaded.model, model) if traced is not None else None
+        split = prefix.cut(traced, changed, model) if changed else None
+        if split is None:
+            return None
+        logits = self.prefixes.logits((job.model, len(labels)), split, images, EVAL_BATCH)
+        return counts_of(logits, labels, time.perf_counter() - t0)
 
     def _progressive(self, job: EvalJob, model, chunks: list, total: int, control: Control) -> Accuracy | Resume:
         """One pass over the set in chunks: the estimate's stratified images first (reported at once as the
