@@ -132,18 +132,25 @@ class PrefixCache:
         """Logits (N, classes) of the pruned model on ``images`` (N, C, H, W), batch by batch: the suffix on the
         kept dense frontier of ``(key, split.frontier)``, computed first if it is not kept."""
         name = (*key, split.frontier)
-        frontiers = self._kept.get(name)
-        if frontiers is None:
-            frontiers = [split.prefix(images[s : s + batch]) for s in range(0, len(images), batch)]
-            self._keep(name, frontiers)
-        else:
+        kept = self._kept.get(name)
+        if kept is not None:
             self._kept.move_to_end(name)
-        return torch.cat([split.suffix(*f).float() for f in frontiers])
+            return torch.cat([split.suffix(*_fresh(f)).float() for f in kept])
+        out, frontiers, size = [], [], 0
+        for start in range(0, len(images), batch):  # batch by batch: a frontier too big to keep is never held whole
+            f = split.prefix(images[start : start + batch])
+            out.append(split.suffix(*_fresh(f)).float())
+            if frontiers is not None:
+                size += sum(t.numel() * t.element_size() for t in f if isinstance(t, torch.Tensor))
+                if size <= self.max_bytes:
+                    frontiers.append(f)
+                else:
+                    frontiers = None  # too big to keep: the next point computes it again
+        if frontiers is not None:
+            self._keep(name, frontiers, size)
+        return torch.cat(out)
 
-    def _keep(self, name: tuple, frontiers: list[tuple[torch.Tensor, ...]]) -> None:
-        size = sum(t.numel() * t.element_size() for f in frontiers for t in f if isinstance(t, torch.Tensor))
-        if size > self.max_bytes:
-            return  # too big to keep: this point computed it, the next computes it again
+    def _keep(self, name: tuple, frontiers: list[tuple[torch.Tensor, ...]], size: int) -> None:
         self._kept[name], self._bytes[name] = frontiers, size
         while sum(self._bytes.values()) > self.max_bytes:
             old, _ = self._kept.popitem(last=False)
@@ -156,3 +163,9 @@ class PrefixCache:
     @property
     def bytes(self) -> int:
         return sum(self._bytes.values())
+
+
+def _fresh(frontier: tuple) -> tuple:
+    """Copies of a kept frontier's tensors: an in-place operation in the suffix (``out += identity``, an in-place
+    ReLU) must not change what the next point starts from."""
+    return tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in frontier)

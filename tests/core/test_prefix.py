@@ -106,3 +106,23 @@ def test_a_workers_scan_points_equal_a_worker_without_reuse():
         got, want = reuse.run(job), plain.run(job)
         assert (got.top1, got.n, got.total) == (want.top1, want.n, want.total), job
     assert reuse.prefixes.bytes > 0 and plain.prefixes is None
+
+
+class InPlaceSkip(Residual):
+    """The suffix adds into the skip connection in place (``x += y``): the kept frontier must not change."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x += self.b(torch.relu(self.bn(self.a(x))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_an_in_place_operation_after_the_cut_leaves_the_kept_activations_alone():
+    dense, pruned = InPlaceSkip().eval(), InPlaceSkip().eval()
+    with torch.no_grad():
+        pruned.b.weight[:4] = 0
+    split = prefix.cut(prefix.trace(dense), {"b"}, pruned)
+    cache, images = prefix.PrefixCache(), torch.randn(40, 1, 12, 12)
+    want = predict_logits(pruned, images, 16)
+    for _ in range(3):
+        assert torch.equal(cache.logits(("r", 40), split, images, 16), want)
