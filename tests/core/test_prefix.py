@@ -109,11 +109,12 @@ def test_a_workers_scan_points_equal_a_worker_without_reuse():
 
 
 class InPlaceSkip(Residual):
-    """The suffix adds into the skip connection in place (``x += y``): the kept frontier must not change."""
+    """The suffix adds into the skip connection in place (``x.add_(y)``; ``fx`` traces ``x += y`` as an
+    out-of-place add): the kept frontier must not change."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.stem(x))
-        x += self.b(torch.relu(self.bn(self.a(x))))
+        x = x.add_(self.b(torch.relu(self.bn(self.a(x)))))
         return self.head(x.mean((2, 3)))
 
 
