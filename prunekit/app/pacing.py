@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 POLLS_PER_S = 60.0  # a poll costs the server ~10 ms (bench/workshop.py): about 0.6 of a core for the room
+BACKGROUND_POLLS_PER_S = 10.0  # a figure filling in the background (the curve): a sixth of the room's rate
 ACTIVE_WINDOW_S = 30.0  # a session that drew a pending part this recently counts as polling
 
 
@@ -35,6 +36,7 @@ class Pacing:
             self._seen = {s: t for s, t in self._seen.items() if t >= cutoff}
             return len(self._seen)
 
-    def every(self, base: float) -> float:
-        """The interval for a part that would poll every ``base`` seconds alone: slower as the room grows."""
-        return max(base, self.active() / self.polls_per_s)
+    def every(self, base: float, polls_per_s: float | None = None) -> float:
+        """The interval for a part that would poll every ``base`` seconds alone: slower as the room grows, so that
+        the room's polls of this part stay near ``polls_per_s`` (default: the room's whole rate)."""
+        return max(base, self.active() / (polls_per_s or self.polls_per_s))

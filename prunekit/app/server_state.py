@@ -299,8 +299,9 @@ def aside_unless(ready: bool) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext() if ready else turns().aside()
 
 
-def pace(session: str, base: float) -> float:
-    """How often ``session``'s fast-polling part refreshes while pending (``base`` alone, slower in a full room)."""
+def pace(session: str, base: float, polls_per_s: float | None = None) -> float:
+    """How often ``session``'s polling part refreshes while pending (``base`` alone, slower in a full room, so
+    that the room's polls of it stay near ``polls_per_s``)."""
     shared = pacing()
     shared.seen(session)
-    return shared.every(base)
+    return shared.every(base, polls_per_s)

@@ -1,7 +1,7 @@
 """Poll pacing with an injected clock: one session polls at its own pace, a full room slower, so that the
 room's polls together stay near the rate the server can serve."""
 
-from prunekit.app.pacing import Pacing
+from prunekit.app.pacing import BACKGROUND_POLLS_PER_S, Pacing
 
 
 class Clock:
@@ -34,3 +34,11 @@ def test_sessions_that_left_stop_counting_after_the_window():
     assert pacing.active() == 21
     clock.now += 15.0  # the twenty were last seen 35 s ago
     assert pacing.active() == 1 and pacing.every(0.25) == 0.25
+
+
+def test_a_background_part_polls_at_its_own_smaller_share_of_the_room():
+    pacing = Pacing(polls_per_s=60, clock=lambda: 0.0)
+    for i in range(100):
+        pacing.seen(f"s{i}")
+    assert pacing.every(2.0, BACKGROUND_POLLS_PER_S) == 100 / BACKGROUND_POLLS_PER_S == 10.0
+    assert pacing.every(2.0) == 2.0  # at the room's whole rate a 2-s part would be left alone

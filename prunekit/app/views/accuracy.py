@@ -7,6 +7,7 @@ import streamlit as st
 
 from prunekit.app import computed, overlay, plots, readouts, server_state
 from prunekit.app.live import live
+from prunekit.app.pacing import BACKGROUND_POLLS_PER_S
 from prunekit.app.session_state import PageContext
 from prunekit.core.spec import ALLOCATIONS
 from prunekit.service.queue import CURVE_GRIDS
@@ -39,7 +40,8 @@ def panel(ctx: PageContext, overlaid: list[str]) -> None:
     curve_pending = computed.curve_view(lab).pending or (
         computed.has_curve() and overlay.curves_pending(overlay.curves(lab, overlaid))
     )
-    live("curve", partial(curve_panel, ctx, overlaid), CURVE_POLL, curve_pending)
+    every = server_state.pace(ctx.session, CURVE_POLL, BACKGROUND_POLLS_PER_S)  # a room of 100: every 10 s
+    live("curve", partial(curve_panel, ctx, overlaid), every, curve_pending)
 
 
 def _metric(slot, label: str, reading, dense=None) -> None:
