@@ -29,6 +29,7 @@ from prunekit.errors import ExportError
 log = logging.getLogger(__name__)
 
 RTOL = 1e-4  # logits within this fraction of the largest eager logit on the checked batch
+TIE_RTOL = 1e-3  # an image whose best logits are closer than this (of its largest) is scored eager too
 CHECK_IMAGES = 64
 MAX_EXPORT_BYTES = 200 * 2**20  # a bigger model is not exported per configuration: its export would cost more
 
@@ -85,6 +86,36 @@ def onnxruntime(model: nn.Module, input_shape: tuple[int, ...], threads: int = 1
         return torch.from_numpy(logits)
 
     return Engine(EngineKind.ONNXRUNTIME, forward, build_s=time.perf_counter() - t0)
+
+
+def refereed(engine: Engine, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``engine``'s forward with near ties decided by ``model`` (eager): an image whose two best logits (or,
+    over 10 classes, fifth and sixth) lie within ``TIE_RTOL`` of its largest logit is scored again by the model
+    itself, so a rounding difference between the engines (at most ``RTOL`` on the checked batch) cannot flip
+    its prediction."""
+    if engine.kind is EngineKind.EAGER:
+        return engine
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        logits = engine(batch).float()
+        near = near_ties(logits)
+        if bool(near.any()):
+            with torch.inference_mode():
+                logits[near] = model.eval()(batch[near]).float()
+        return logits
+
+    return forward
+
+
+def near_ties(logits: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: the rows of ``logits`` (N, classes) whose top-1 (or top-5 boundary) is within ``TIE_RTOL``."""
+    k = min(6, logits.shape[1])
+    top = logits.topk(k, 1).values
+    tol = TIE_RTOL * logits.abs().amax(1)
+    near = top[:, 0] - top[:, 1] <= tol if k > 1 else torch.zeros(len(logits), dtype=torch.bool)
+    if logits.shape[1] > 10:
+        near |= top[:, 4] - top[:, 5] <= tol
+    return near
 
 
 def agrees(engine: Engine, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> str | None:

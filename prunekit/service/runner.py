@@ -28,7 +28,7 @@ from prunekit.core.evaluate import (
 )
 from prunekit.core.lab import Lab, Pruner
 from prunekit.core.loaded import ModelSpec
-from prunekit.deploy.engine import Choice, Engine, EngineKind, checked, eager, fastest, onnxruntime
+from prunekit.deploy.engine import Choice, Engine, EngineKind, checked, eager, fastest, onnxruntime, refereed
 from prunekit.deploy.latency import UNSTRUCTURED_NOTE, Latency, measure
 from prunekit.deploy.methods import train_sparse, write_result
 from prunekit.deploy.recover import Recovery, recover
@@ -192,7 +192,7 @@ class JobRunner:
                 spent = 0.0
                 if engine is None:
                     engine, spent = self._engine(job, model, *chunks[i])
-                got = count_correct(engine, *chunks[i], EVAL_BATCH)
+                got = count_correct(refereed(engine, model), *chunks[i], EVAL_BATCH)
                 counted[i] = dataclasses.replace(got, seconds=got.seconds + spent)  # the build counts in the figure
             if i == 0 and control.partial is not None:
                 control.partial(job.with_subset(ESTIMATE_IMAGES), from_counts([counted[0]], total))
@@ -246,7 +246,7 @@ class JobRunner:
         if self.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         engine, spent = self._engine(job, model, images, labels)
-        got = accuracy_of(engine, images, labels, len(labels), EVAL_BATCH)
+        got = accuracy_of(refereed(engine, model), images, labels, len(labels), EVAL_BATCH)
         return dataclasses.replace(got, seconds=got.seconds + spent)
 
     def _engine(
@@ -258,11 +258,7 @@ class JobRunner:
         choice = self.choices.get(job.model)
         if choice is None or choice.kind is EngineKind.EAGER:
             return eager(model, choice.note if choice else None), 0.0
-        key = (
-            (job.model, "dense")
-            if job.is_dense
-            else (job.model, job.spec.criterion, job.spec.normalise, job.config().key())
-        )
+        key = (job.model, "dense") if job.is_dense else (job.model, *job.spec.key())  # the structure too
         known = self._engines.get(key)
         if known is None:
             try:

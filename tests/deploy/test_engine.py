@@ -9,7 +9,7 @@ from prunekit.core.evaluate import count_correct
 from prunekit.core.lab import Lab
 from prunekit.core.loaded import ModelSpec
 from prunekit.core.spec import PruneSpec
-from prunekit.deploy.engine import Engine, EngineKind, checked, eager, fastest, onnxruntime
+from prunekit.deploy.engine import Engine, EngineKind, checked, eager, fastest, onnxruntime, refereed
 from prunekit.errors import ExportError
 from prunekit.models import zoo
 from prunekit.service import runner as runner_module
@@ -103,7 +103,7 @@ def test_a_worker_runs_full_passes_on_its_measured_engine_with_the_same_figures(
     job = EvalJob("fmnist-cnn", PruneSpec("magnitude", sparsity=0.7))
     got, want = fast.run(job), plain.run(job)
     assert _figure(got) == _figure(want)
-    key = next(k for k in fast._engines if k[0] == "fmnist-cnn" and "magnitude" in k)
+    key = ("fmnist-cnn", *job.spec.key())
     assert isinstance(fast._engines[key], Engine) and fast._engines[key].build_s > 0
 
 
@@ -121,6 +121,30 @@ def test_a_configuration_whose_engine_fails_is_measured_eager_with_the_reason(wo
     job = EvalJob("fmnist-cnn", PruneSpec("magnitude", sparsity=0.55 if failure == "export" else 0.45))
     got, want = fast.run(job), plain.run(job)
     assert _figure(got) == _figure(want)
-    (reason,) = [v for k, v in fast._engines.items() if k[-1] == job.config().key()]
+    (reason,) = [v for k, v in fast._engines.items() if k[1:] == job.spec.key()]
     assert isinstance(reason, str)
     assert ("a test" in reason) if failure == "export" else ("checked images right" in reason)
+
+
+def test_configurations_that_differ_only_in_structure_get_their_own_engines(workers):
+    """The granularity ladder's rungs share criterion, scope and sparsity: each must be scored on its own model
+    (a cache keyed without the structure once scored a collapsed filter rung as 81.79% instead of 10%)."""
+    fast, plain = workers
+    from prunekit.service.ladder import ladder_specs
+
+    for structure, spec in ladder_specs(PruneSpec("magnitude", "unstructured", sparsity=0.6)).items():
+        job = EvalJob("fmnist-cnn", spec)
+        assert _figure(fast.run(job)) == _figure(plain.run(job)), structure
+
+
+def test_near_ties_are_scored_by_the_model_itself():
+    model = Unexportable().eval()
+    images = torch.randn(8, 1, 28, 28)
+    mine = eager(model)(images).float()
+    theirs = torch.zeros(8, 10)
+    theirs[:, 3] = 10.0  # a clear prediction for every image...
+    theirs[0, 7] = 10.0 - 1e-3  # ...but the first: two classes within 1e-3 of 10 (TIE_RTOL is 1e-3 of the largest)
+    got = refereed(Engine(EngineKind.ONNXRUNTIME, lambda x: theirs.clone()), model)(images)
+    # the model's own logits for the near tie (scored alone, so equal to the last bits only within rounding)
+    assert torch.allclose(got[0], mine[0], rtol=1e-5, atol=1e-6) and torch.equal(got[1:], theirs[1:])
+    assert refereed(eager(model), model)(images).equal(mine)
