@@ -8,13 +8,7 @@ import time
 import pytest
 
 from prunekit.app.turns import HEAD, TAIL, Turns
-
-
-def _wait_until(cond, timeout=5.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.002)
+from tests.helpers import wait_until
 
 
 class Room:
@@ -34,17 +28,17 @@ class Room:
         def body() -> None:
             with self.turns.turn():
                 self._record(name)
-                self.go[name].wait(5)
+                self.go[name].wait(60)
                 if head_then_tail:
                     self.turns.head_done()
                     self._record(name + "/tail")
-                    self.go[name + "/tail"].wait(5)
+                    self.go[name + "/tail"].wait(60)
 
         before = self.turns.waiting()
         t = threading.Thread(target=body, daemon=True)
         t.start()
         self.threads.append(t)
-        _wait_until(lambda: self.turns.waiting() > before or name in self.order)  # in line, in this order
+        wait_until(lambda: self.turns.waiting() > before or name in self.order)  # in line, in this order
 
     def _record(self, name: str) -> None:
         with self.lock:
@@ -55,7 +49,7 @@ class Room:
 
     def join(self) -> None:
         for t in self.threads:
-            t.join(5)
+            t.join(60)
             assert not t.is_alive()
 
 
@@ -77,14 +71,14 @@ def test_every_waiting_head_goes_before_a_remainder():
     room.run("a", head_then_tail=True)
     room.run("b", head_then_tail=True)  # waits behind a's head
     room.release("a")  # a's head is done: a's remainder waits behind b's head
-    _wait_until(lambda: "b" in room.order)
+    wait_until(lambda: "b" in room.order)
     room.run("c")  # a head that came after a's remainder queued still goes first
     room.release("b")
-    _wait_until(lambda: "c" in room.order)
+    wait_until(lambda: "c" in room.order)
     room.release("c")
-    _wait_until(lambda: "a/tail" in room.order)
+    wait_until(lambda: "a/tail" in room.order)
     room.release("a/tail")
-    _wait_until(lambda: "b/tail" in room.order)
+    wait_until(lambda: "b/tail" in room.order)
     room.release("b/tail")
     room.join()
     assert room.order == ["a", "b", "c", "a/tail", "b/tail"]
@@ -100,19 +94,19 @@ def test_a_run_that_steps_aside_lets_the_next_one_in_and_comes_back():
             with turns.aside():
                 assert turns.holding() is None
                 stepped.set()
-                finish.wait(5)
+                finish.wait(60)
             assert turns.holding() == HEAD
             back.set()
 
     t = threading.Thread(target=loader, daemon=True)
     t.start()
-    stepped.wait(5)
+    stepped.wait(60)
     with turns.turn():  # the turn is free while the loader waits aside
         assert turns.holding() == HEAD
         finish.set()
         time.sleep(0.05)
         assert not back.is_set()  # it waits for this turn to end
-    t.join(5)
+    t.join(60)
     assert back.is_set()
 
 
@@ -123,17 +117,17 @@ def test_a_stuck_run_slows_the_room_but_never_stops_it():
     def hog() -> None:
         with turns.turn():
             stuck.set()
-            release.wait(5)
+            release.wait(60)
 
     t = threading.Thread(target=hog, daemon=True)
     t.start()
-    stuck.wait(5)
+    stuck.wait(60)
     with turns.turn():  # waits 0.1 s, then goes on without a turn
         assert turns.holding() is None
         turns.head_done()  # nothing to hand over
     assert turns.waited_out == 1
     release.set()
-    t.join(5)
+    t.join(60)
     # the hog's turn went back: exactly one slot is free, not two
     room = Room(turns)
     room.run("a")
@@ -169,16 +163,16 @@ def test_a_part_refreshing_itself_waits_behind_every_head():
             def body() -> None:
                 with turns.turn(line):
                     order.append(name)
-                    go.wait(5)
+                    go.wait(60)
 
             t = threading.Thread(target=body, daemon=True)
             before = turns.waiting()
             t.start()
-            _wait_until(lambda: turns.waiting() > before)
+            wait_until(lambda: turns.waiting() > before)
             return t
 
         threads = [run("refresh", TAIL), run("page", HEAD)]
     go.set()
     for t in threads:
-        t.join(5)
+        t.join(60)
     assert order == ["page", "refresh"]
