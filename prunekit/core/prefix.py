@@ -47,17 +47,16 @@ def changed_modules(dense: nn.Module, pruned: nn.Module) -> set[str] | None:
         other = theirs.get(name)
         if other is None:
             return None
-        for (_, a), (_, b) in zip(_own_tensors(mine), _own_tensors(other), strict=True):
-            if a.shape != b.shape:
-                return None
-            if not torch.equal(a, b):
-                changed.add(name)
-                break
+        a, b = _own_tensors(mine), _own_tensors(other)
+        if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+            return None  # not the same architecture (compacted, or masks kept as extra buffers)
+        if any(not torch.equal(a[k], b[k]) for k in a):
+            changed.add(name)
     return changed
 
 
-def _own_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    return [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+def _own_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {**dict(module.named_parameters(recurse=False)), **dict(module.named_buffers(recurse=False))}
 
 
 def cut(graph_module: fx.GraphModule, changed: Iterable[str], root: nn.Module) -> Cut | None:

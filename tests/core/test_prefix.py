@@ -127,3 +127,14 @@ def test_an_in_place_operation_after_the_cut_leaves_the_kept_activations_alone()
     want = predict_logits(pruned, images, 16)
     for _ in range(3):
         assert torch.equal(cache.logits(("r", 40), split, images, 16), want)
+
+
+def test_models_that_are_not_the_same_architecture_are_run_plain():
+    from torch.nn.utils import prune
+
+    dense, masked = Residual().eval(), Residual().eval()
+    prune.l1_unstructured(masked.b, "weight", 0.5)  # masks kept as extra tensors (weight_orig, weight_mask)
+    assert prefix.changed_modules(dense, masked) is None
+    smaller = Residual().eval()
+    smaller.b = nn.Conv2d(8, 4, 3, padding=1)  # a compacted layer
+    assert prefix.changed_modules(dense, smaller) is None
