@@ -16,7 +16,7 @@ from prunekit.app.server_state import defaults, folder_lab, model_names, service
 from prunekit.app.settings import Settings
 from prunekit.core.importance import CRITERIA
 from prunekit.core.lab import Lab
-from prunekit.core.spec import NORMALISATIONS, STRUCTURES, PruneSpec, Scope
+from prunekit.core.spec import NORMALISATIONS, ROUND_TO_CHOICES, STRUCTURES, PruneSpec, Scope
 from prunekit.errors import PrunekitError, without_server_paths
 from prunekit.models import zoo
 from prunekit.service.evaluation import EvalService
@@ -75,6 +75,7 @@ def _choices() -> dict[str, list[str]]:
         "criterion": list(CRITERIA),
         "structure": list(STRUCTURES),
         "normalise": list(NORMALISATIONS),
+        "round_to": [str(r) for r in ROUND_TO_CHOICES],
     }
 
 

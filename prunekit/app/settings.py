@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields
 
 from prunekit.core.spec import Allocation, Normalisation, PruneSpec, Scope, Structure
 
-_PARSE = {"structure": Structure.parse, "normalise": Normalisation.parse, "overrides": dict}
+_PARSE = {"structure": Structure.parse, "normalise": Normalisation.parse, "overrides": dict, "round_to": int}
 
 
 @dataclass
@@ -20,6 +20,7 @@ class Settings:
     keep: bool = False  # keep the first and last layers dense
     normalise: Normalisation = Normalisation.NONE
     overrides: dict[str, float] = field(default_factory=dict)  # per-layer sparsities from a plan's link
+    round_to: int = 1  # filters: channels kept in multiples of this (inert for other structures)
 
     def __setattr__(self, name: str, value: object) -> None:
         parse = _PARSE.get(name)
@@ -41,6 +42,7 @@ class Settings:
             self.sparsity if sparsity is None else sparsity,
             self.keep,
             self.overrides,
+            self.round_to if self.structure.is_filter else 1,
         )
 
     def key(self) -> tuple:

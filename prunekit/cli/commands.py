@@ -134,7 +134,8 @@ def _run(args) -> tasks.RunOptions:
 def _spec(args, sparsity: float = 0.0) -> PruneSpec:
     """The spec the options give (a command without --scope or --normalise prunes globally on raw scores)."""
     allocation = Allocation(getattr(args, "scope", Scope.GLOBAL), getattr(args, "normalise", Normalisation.NONE))
-    return PruneSpec(args.criterion, args.structure, allocation, sparsity, getattr(args, "keep_first_last", False))
+    keep, round_to = getattr(args, "keep_first_last", False), getattr(args, "round_to", 1)
+    return PruneSpec(args.criterion, args.structure, allocation, sparsity, keep, round_to=round_to)
 
 
 def cmd_sweep(args) -> tuple[object, str]:

@@ -14,6 +14,7 @@ from prunekit.core.spec import (
     ALLOCATIONS,
     KNOB_STRUCTURES,
     NORMALISATIONS,
+    ROUND_TO_CHOICES,
     SCOPES,
     STRUCTURES,
     Structure,
@@ -101,6 +102,13 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
     p.add_argument("--structure", choices=STRUCTURES, type=Structure, default=Structure.UNSTRUCTURED)
     p.add_argument("--normalise", choices=list(NORMALISATIONS), default=None, help="score normalisation (default none)")
     p.add_argument("--keep-first-last", action="store_true", help="keep the first and last layer dense")
+    p.add_argument(
+        "--round-to",
+        type=int,
+        choices=ROUND_TO_CHOICES,
+        default=1,
+        help="filters: keep channel counts to multiples of this (SIMD-friendly widths; 1: any count)",
+    )
 
 
 def _add_fan_out(p: argparse.ArgumentParser) -> None:

@@ -3,7 +3,8 @@
 A *unit set* is one layer (unstructured: its weights are the units; vector, kernel: slices of its kernels) or one cluster of coupled
 channels (filter: its channels are the units). ``ScoreTable`` holds each set's sorted scores and the
 rank of every unit; ``allocate`` turns a :class:`PruneConfig` into removal counts per set. Global scope
-finds one threshold by bisection over the float bit patterns (exact, O(sets x log n) per call). LAMP's scores
+finds one threshold by bisection over the float bit patterns (exact, O(sets x log n) per call); with
+``round_to`` (channel counts kept to multiples) a knapsack over the total finds the nearest reachable one. LAMP's scores
 and ERK's densities, the two allocations with math of their own, are here too.
 """
 
@@ -189,18 +190,86 @@ def allocate(table: ScoreTable, config: PruneConfig, first_last: frozenset[str] 
     dense = frozenset(s.name for s in table.sets if config.keep_first_last and s.layers & first_last)
     if table.pattern is not None:
         return _pattern_allocation(table, config, dense)
+    if config.round_to > 1 and not table.structure.is_filter:
+        raise InvalidArgumentError(
+            f"round_to={config.round_to} keeps channel counts to multiples; {table.structure.label} removes no channels"
+        )
     counts = {s.name: 0 for s in table.sets}
     for s in table.sets:
         if s.name in config.overrides and s.name not in dense:
-            counts[s.name] = round(config.overrides[s.name] * s.size)
+            counts[s.name] = nearest_multiple(s.size, round(config.overrides[s.name] * s.size), config.round_to)
     pool = [s for s in table.sets if s.name not in dense and s.name not in config.overrides]
     if config.scope is Scope.ERK and (table.structure.is_filter or table.structure.is_grouped):
         raise InvalidArgumentError(
             f"ERK sets per-layer weight densities: it allocates unstructured pruning only, not {table.structure.label}"
         )
-    pooled, threshold = _POOL_COUNTS[config.scope](pool, config.sparsity)
+    if config.round_to > 1:
+        pooled, threshold = _rounded_counts(pool, config), None
+    else:
+        pooled, threshold = _POOL_COUNTS[config.scope](pool, config.sparsity)
     counts.update(pooled)
     return Removal(counts, {s.name: s.size for s in table.sets}, dense, threshold)
+
+
+def removal_choices(size: int, round_to: int) -> list[int]:
+    """The removal counts that leave a non-zero multiple of ``round_to`` channels, or all ``size`` of them:
+    ascending. Never all: a set rounded to whole multiples is one to compact, and a layer with no channel
+    cannot be built (so a set of fewer than ``round_to`` channels stays whole)."""
+    return sorted({0} | {size - kept for kept in range(round_to, size + 1, round_to)})
+
+
+def nearest_multiple(size: int, removed: int, round_to: int) -> int:
+    """The removal count nearest ``removed`` among :func:`removal_choices` (a tie keeps more channels)."""
+    return min(removal_choices(size, round_to), key=lambda c: (abs(c - removed), c))
+
+
+def _rounded_counts(pool: list[UnitSet], config: PruneConfig) -> dict[str, int]:
+    """Removal counts with every set keeping a multiple of ``round_to`` channels (or all of them). Local: each
+    set's count nearest its own target. Global: the total nearest the pool's target that such counts can
+    reach, and among the allocations that reach it, the one whose removed units score least in sum (what
+    removing the lowest-scoring units does when every count is allowed)."""
+    r = config.round_to
+    if config.scope is Scope.LOCAL:
+        return {s.name: nearest_multiple(s.size, round(config.sparsity * s.size), r) for s in pool}
+    return _knapsack(pool, round(config.sparsity * sum(s.size for s in pool)), r)
+
+
+def _knapsack(pool: list[UnitSet], target: int, round_to: int) -> dict[str, int]:
+    """A dynamic programme over the total removed: ``best[t]`` is the least summed score of removing ``t``
+    units from the sets seen so far. O(total units x choices): about 10^8 steps for ResNet-50's 26k channels at
+    ``round_to=4``, a fraction of a second in numpy."""
+    best = np.zeros(1)
+    picks: list[tuple[np.ndarray, np.ndarray]] = []
+    for s in pool:
+        choices = np.array(removal_choices(s.size, round_to))
+        costs = np.concatenate([[0.0], np.cumsum(_finite(s.sorted_scores))])[choices]
+        new = np.full(best.size + s.size, np.inf)
+        pick = np.full(new.size, -1, dtype=np.int32)
+        for j, (c, cost) in enumerate(zip(choices.tolist(), costs.tolist(), strict=True)):
+            candidate, window = best + cost, slice(c, c + best.size)
+            better = candidate < new[window]
+            new[window] = np.where(better, candidate, new[window])
+            pick[window] = np.where(better, j, pick[window])
+        best = new
+        picks.append((choices, pick))
+    reachable = np.flatnonzero(np.isfinite(best))
+    total = int(reachable[np.argmin(np.abs(reachable - target))])  # a tie: the smaller total (argmin's first)
+    counts: dict[str, int] = {}
+    for s, (choices, pick) in zip(reversed(pool), reversed(picks), strict=True):
+        counts[s.name] = int(choices[pick[total]])
+        total -= counts[s.name]
+    assert total == 0
+    return counts
+
+
+def _finite(scores: torch.Tensor) -> np.ndarray:
+    """Scores as float64 with NaN and infinities past every finite score (they go last, and sums stay finite)."""
+    values = scores.double().numpy()
+    finite = np.isfinite(values)
+    if finite.all():
+        return values
+    top = float(np.abs(values[finite]).max()) if finite.any() else 1.0
+    return np.where(finite, values, 2.0 * top + 1.0)
 
 
 def _pattern_allocation(table: ScoreTable, config: PruneConfig, dense: frozenset[str]) -> Removal:

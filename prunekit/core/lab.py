@@ -76,6 +76,7 @@ class PruneResult:
     pretrained: bool = True
     accuracy: dict | None = None
     probe_note: str | None = None  # why effective sparsity and collapse are not reported, if they are not
+    round_to: int = 1  # channel counts kept to multiples of this (filter structure)
 
     @property
     def paths_pending(self) -> bool:
@@ -406,6 +407,7 @@ class Pruner:
             unscored=list(self.table.unscored),
             pretrained=self.lab.loaded.pretrained,
             probe_note=self.lab.probe_unavailable,
+            round_to=config.round_to,
         )
         conn = self._paths() if paths else None
         return result.with_paths(conn) if conn is not None else result
@@ -437,7 +439,7 @@ class Pruner:
         total = sum(s.size for s in self.table.sets)
 
         def collapsed(k: int) -> bool:
-            self.apply_(PruneConfig(k / total, config.scope, config.keep_first_last, config.overrides))
+            self.apply_(dataclasses.replace(config, sparsity=k / total))
             self.probe.load_(self.model)
             return self.probe.output_mass() == 0.0
 

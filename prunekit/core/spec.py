@@ -13,6 +13,7 @@ The structures, scopes, normalisations and named allocations are ``StrEnum`` mem
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -25,6 +26,16 @@ def check_sparsity(value: float, what: str = "sparsity") -> float:
     if not isinstance(value, (int, float)) or value != value or not 0.0 <= float(value) < 1.0:
         raise InvalidArgumentError(f"{what} must be a number in [0, 1), got {value!r}")
     return float(value)
+
+
+ROUND_TO_CHOICES = (1, 4, 8, 16)  # what the app and the CLI offer (1: no rounding); the engine takes any
+
+
+def check_round_to(value: object) -> int:
+    """A channel multiple: a positive int (bools and floats are refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise InvalidArgumentError(f"round_to must be a positive whole number of channels, got {value!r}")
+    return int(value)
 
 
 def _parse(kind: type[StrEnum], what: str, value: object) -> StrEnum:
@@ -246,15 +257,18 @@ class PruneConfig:
     scope: Scope = Scope.GLOBAL
     keep_first_last: bool = False
     overrides: Mapping[str, float] = dataclasses.field(default_factory=dict)  # set name -> its own sparsity
+    round_to: int = 1  # filter structure: every cluster keeps a multiple of this many channels (or all of them)
 
     def __post_init__(self) -> None:
         check_sparsity(self.sparsity)
         object.__setattr__(self, "scope", Scope.parse(self.scope))
+        object.__setattr__(self, "round_to", check_round_to(self.round_to))
         for name, value in self.overrides.items():
             check_sparsity(value, f"override for {name!r}")
 
     def key(self) -> tuple:
-        return (round(self.sparsity, 6), self.scope, self.keep_first_last, tuple(sorted(self.overrides.items())))
+        overrides = tuple(sorted(self.overrides.items()))
+        return (round(self.sparsity, 6), self.scope, self.keep_first_last, overrides, self.round_to)
 
 
 @dataclass(frozen=True)
@@ -272,9 +286,16 @@ class PruneSpec:
     sparsity: float = 0.0
     keep_first_last: bool = False
     overrides: Overrides = ()
+    round_to: int = 1  # filter structure: channel counts kept to a multiple of this (1: any count)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "structure", Structure.parse(self.structure))
+        object.__setattr__(self, "round_to", check_round_to(self.round_to))
+        if self.round_to > 1 and not self.structure.is_filter:
+            raise InvalidArgumentError(
+                f"round_to={self.round_to} keeps channel counts to multiples, so it needs the filter structure; "
+                f"the {self.structure.value} structure removes no whole channels"
+            )
         allocation = self.allocation
         if isinstance(allocation, str):
             allocation = Allocation.named(allocation)
@@ -301,7 +322,7 @@ class PruneSpec:
 
     def config(self) -> PruneConfig:
         """What allocation reads of this spec (the table it allocates over is :attr:`table_key`'s)."""
-        return PruneConfig(self.sparsity, self.scope, self.keep_first_last, dict(self.overrides))
+        return PruneConfig(self.sparsity, self.scope, self.keep_first_last, dict(self.overrides), self.round_to)
 
     def at(self, sparsity: float) -> PruneSpec:
         """This spec at another sparsity."""
@@ -315,4 +336,5 @@ class PruneSpec:
         return dataclasses.replace(self, allocation=allocation)
 
     def key(self) -> tuple:
-        return (*self.table_key, round(self.sparsity, 6), self.scope, self.keep_first_last, self.overrides)
+        rounded = (self.round_to,) if self.round_to > 1 else ()  # specs without rounding keep the keys they had
+        return (*self.table_key, round(self.sparsity, 6), self.scope, self.keep_first_last, self.overrides, *rounded)

@@ -102,6 +102,7 @@ def ratio_dict(pruner: Pruner, alloc, result: PruneResult) -> dict:
         "criterion": result.criterion,
         "scope": result.scope,
         "sparsity": result.sparsity,
+        "round_to": result.round_to,
         "usage": "{model.get_submodule(name): ratio for name, ratio in pruning_ratio_dict.items()}",
         "pruning_ratio_dict": ratios,
     }

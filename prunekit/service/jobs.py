@@ -91,6 +91,7 @@ class EvalJob:
             [list(o) for o in spec.overrides],
             self.subset,
             *([list(self.shard)] if self.shard else []),  # unsharded keys stay as they were
+            *([{"round_to": spec.round_to}] if spec.round_to > 1 else []),  # as unrounded ones do
         ]
 
 

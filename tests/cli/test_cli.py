@@ -284,3 +284,16 @@ def test_app_hands_its_models_and_memory_budget_to_the_server_and_refuses_bad_on
         err = capsys.readouterr().err
         assert needle in err and err.count("\n") == 1, err
     assert len(got) == 1  # neither started a server
+
+
+def test_round_to_keeps_channel_counts_to_multiples(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    args = ["export", "fmnist-cnn", "--sparsity", "0.5", "--out", str(tmp_path)]
+    assert main([*args, "--round-to", "8"]) == 0
+    weights = load_file(tmp_path / "model.safetensors")
+    widths = {k: v.shape[0] for k, v in weights.items() if k.endswith("weight") and v.dim() == 4}
+    assert widths and all(w % 8 == 0 for w in widths.values()), widths
+    assert json.loads((tmp_path / "ratios.json").read_text())["round_to"] == 8
+    assert main(["prune", "fmnist-cnn", "--sparsity", "0.5", "--round-to", "8"]) == 2
+    assert "needs the filter structure" in capsys.readouterr().err

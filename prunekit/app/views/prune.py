@@ -16,6 +16,7 @@ from prunekit.core.spec import (
     ALLOCATIONS,
     COMPARED_SCOPES,
     NORMALISATIONS,
+    ROUND_TO_CHOICES,
     STRUCTURES,
     Normalisation,
     Scope,
@@ -95,6 +96,15 @@ def intro() -> None:
     )
 
 
+ROUND_TO_HELP = (
+    "Every cluster of coupled channels keeps a non-zero multiple of this many channels, or all of them; a cluster "
+    "with fewer stays whole. Global scope removes the total nearest the slider's that such counts can reach, "
+    "choosing the channels whose scores sum least. A CPU's vector units work on 4, 8 or 16 floats at once, so a "
+    "layer of another width may run no faster than the next multiple up: see the latency staircase under "
+    "Measured speed."
+)
+
+
 def presets() -> None:
     for col, (label, values) in zip(st.columns(len(PRESETS)), PRESETS.items(), strict=True):
         col.button(label, on_click=session_state.apply_preset, kwargs=values, width="stretch")
@@ -127,6 +137,8 @@ def controls(ctx: PageContext) -> None:
         help="; ".join(f"{k}: {k.description}" for k in NORMALISATIONS),
     )
     bind(e.checkbox, "keep", label="Keep first and last layer dense")
+    if structure.is_filter:
+        round_to_control(e)
     bind(
         st.slider,
         "sparsity",
@@ -146,6 +158,18 @@ def controls(ctx: PageContext) -> None:
         f" Calibration: the last {CALIBRATION_IMAGES} images of the evaluation set." if crit.needs_data else ""
     )
     st.caption(crit.description + calibration)
+
+
+def round_to_control(column) -> None:
+    """How many channels a layer may keep: any count, or multiples of 4, 8 or 16 (SIMD-friendly widths)."""
+    session_state.bind(
+        column.selectbox,
+        "round_to",
+        label="Channels kept in multiples of",
+        options=list(ROUND_TO_CHOICES),
+        format_func=lambda r: "any count" if r == 1 else str(r),
+        help=ROUND_TO_HELP,
+    )
 
 
 def link_overrides(ctx: PageContext) -> None:
