@@ -96,6 +96,7 @@ APP_CHOICES = {  # cheap valid values (one small model, data-free criteria) besi
     "normalise": ["none", "mean", "??"],
     "sparsity": ["0.3", "0.999999", "1", "-1", "nan", "1e309", "inf", "0.123", "half"],
     "keep": ["0", "1", "yes"],
+    "round_to": ["1", "8", "7", "x"],
     "zoom": ["2"],
 }
 APP_VALID = {
@@ -104,6 +105,7 @@ APP_VALID = {
     "structure": {"unstructured", "filter"},
     "normalise": {"none", "mean"},
     "keep": {"0", "1"},
+    "round_to": {"1", "8"},
 }
 
 
@@ -152,3 +154,21 @@ def test_per_layer_overrides_keep_only_layer_names_with_allowed_sparsities(raw, 
     assert decode_overrides(got["overrides"]) == kept
     assert len(notices) == (1 if ignored else 0) and (not ignored or f"Ignored {ignored} per-layer" in notices[0])
     assert decode_overrides(encode_overrides(kept)) == kept
+
+
+def test_round_to_travels_in_a_link_and_a_bad_one_falls_back():
+    from prunekit.app.links import read_settings, to_query
+    from prunekit.app.settings import Settings
+    from prunekit.core.spec import ROUND_TO_CHOICES
+
+    choices = {
+        "model": ["fmnist-cnn"],
+        "structure": ["unstructured", "filter"],
+        "round_to": [str(r) for r in ROUND_TO_CHOICES],
+    }
+    want = Settings(structure="filter", round_to=8)
+    got, notices = read_settings(to_query(want), Settings(), choices)
+    assert got == want and got.spec().round_to == 8 and not notices
+    got, notices = read_settings({"round_to": "7"}, Settings(), choices)
+    assert got.round_to == 1 and len(notices) == 1 and "round_to" in notices[0]
+    assert Settings(round_to=8).spec().round_to == 1  # inert for unstructured pruning, not an error
