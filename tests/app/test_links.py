@@ -163,7 +163,9 @@ def test_round_to_travels_in_a_link_and_a_bad_one_falls_back():
 
     choices = {
         "model": ["fmnist-cnn"],
+        "criterion": ["magnitude"],
         "structure": ["unstructured", "filter"],
+        "normalise": ["none"],
         "round_to": [str(r) for r in ROUND_TO_CHOICES],
     }
     want = Settings(structure="filter", round_to=8)
