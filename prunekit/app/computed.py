@@ -32,13 +32,14 @@ from prunekit.core.spec import COMPARED_SCOPES, PruneSpec, Structure
 from prunekit.core.structure import Coupling
 from prunekit.deploy.export import Bundle, build_bundle
 from prunekit.deploy.recover import Recipe, Recovery, has_training_split, training_images
+from prunekit.deploy.staircase import check_layer
 from prunekit.deploy.training import Budget
 from prunekit.errors import DataNotFoundError, InvalidArgumentError
 from prunekit.models import checkpoints
 from prunekit.service import readings
 from prunekit.service.codec import Outcome
 from prunekit.service.evaluation import ServiceStatus
-from prunekit.service.jobs import EvalJob, MethodJob, RecoverJob, SpeedJob
+from prunekit.service.jobs import EvalJob, MethodJob, RecoverJob, SpeedJob, StaircaseJob
 from prunekit.service.ladder import Rung, read_ladder
 from prunekit.service.queue import LIVE_FULL
 
@@ -222,6 +223,50 @@ def speed_key(current: Lab, scope: str) -> EvalJob:
 def speed_pending(current: Lab, scope: str) -> bool:
     """True while this session asked for the latency at the slider and it is not there yet."""
     return st.session_state.get("speed_asked") == speed_key(current, scope) and speed(current, scope, False) is None
+
+
+def staircase_layers(current: Lab) -> list[str]:
+    """The layers a staircase can time (plain convolutions, linear layers), the one with the most MACs first."""
+    rows = sorted((layer for layer in current.profile.layers if layer.prunable), key=lambda layer: -layer.macs)
+    return [layer.name for layer in rows if _times_alone(current, layer.name)]
+
+
+def _times_alone(current: Lab, name: str) -> bool:
+    try:
+        check_layer(name, current.loaded.model.get_submodule(name))
+    except InvalidArgumentError:
+        return False
+    return True
+
+
+def staircase(current: Lab, layer: str, measure: bool) -> Outcome | None:
+    """The latency staircase of ``layer`` (from a worker); ``measure`` queues it, else only a known one."""
+    svc, job = service(), staircase_key(current, layer)
+    register(svc, current)
+    if not measure:
+        return svc.lookup(job)
+    return svc.request([(job, LIVE_FULL)], f"{session_id()}:staircase")[job]
+
+
+def staircase_key(current: Lab, layer: str) -> StaircaseJob:
+    return StaircaseJob(model_key(current), layer=layer)
+
+
+def staircase_pending(current: Lab, layer: str) -> bool:
+    """True while this session asked for ``layer``'s staircase and it is not there yet."""
+    asked = st.session_state.get("staircase_asked") == staircase_key(current, layer)
+    return asked and staircase(current, layer, False) is None
+
+
+def kept_width(current: Lab, scope: str, layer: str) -> int | None:
+    """Output channels ``layer`` keeps in the on-screen filter configuration (None for other structures,
+    which keep every width)."""
+    if not cfg().structure.is_filter:
+        return None
+    at = spec(scope)
+    table = current.table(*at.table_key)
+    dense = check_layer(layer, current.loaded.model.get_submodule(layer))
+    return dense - analysis.removed_outputs(table, at.config(), current.first_last, layer)
 
 
 def recover_job(current: Lab, scope: str, recipe: Recipe) -> RecoverJob:

@@ -148,6 +148,32 @@ def agreement_matrix(names: list[str], matrix: list[list[float]], title: str) ->
     return fig
 
 
+def latency_staircase(counts: list[int], ms: list[float], layer: str, kept: int | None) -> go.Figure:
+    """One layer's measured latency against its output width; widths that are multiples of 8 marked, and
+    the width the configuration keeps as a dashed line."""
+    colors = ["#1f77b4" if c % 8 == 0 else "#aec7e8" for c in counts]
+    fig = go.Figure(
+        go.Scatter(
+            x=counts,
+            y=ms,
+            mode="lines+markers",
+            marker=dict(color=colors, size=7),
+            line=dict(color="#aec7e8", width=1),
+            hovertemplate="%{x} channels: %{y:.3f} ms<extra></extra>",
+        )
+    )
+    shapes = [] if kept is None else [_vrule(kept, color="#d62728", dash="dash")]
+    fig.update_layout(
+        title=f"{layer} alone: median time per forward (dark: multiples of 8; dashed: this configuration)",
+        xaxis_title="output channels kept",
+        yaxis_title="ms",
+        height=320,
+        margin=dict(t=50),
+        shapes=shapes,
+    )
+    return fig
+
+
 def scores_bar(scores: list[float], removed: list[bool], layer: str) -> go.Figure:
     colors = ["#d62728" if r else "#2ca02c" for r in removed]
     fig = go.Figure(go.Bar(x=list(range(len(scores))), y=scores, marker_color=colors))

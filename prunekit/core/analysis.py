@@ -10,6 +10,7 @@ from torch import nn
 
 from prunekit.core.allocate import ScoreTable, allocate
 from prunekit.core.spec import PruneConfig
+from prunekit.core.structure import OUT
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,19 @@ def removed_set(table: ScoreTable, config: PruneConfig, first_last: frozenset[st
     return {
         (name, j) for name, flags in zip(view.layers, view.removed, strict=True) for j, gone in enumerate(flags) if gone
     }
+
+
+def removed_outputs(table: ScoreTable, config: PruneConfig, first_last: frozenset[str], layer: str) -> int:
+    """Output channels of ``layer`` that a filter ``config`` removes (0 for a layer no scored cluster
+    produces for: it is never pruned)."""
+    alloc = allocate(table, config, first_last)
+    gone = 0
+    for unit_set, cluster in zip(table.sets, table.clusters, strict=True):
+        removed = (unit_set.rank < alloc.counts[unit_set.name]).nonzero().flatten().tolist()
+        for member in cluster.members:
+            if member.layer == layer and member.role == OUT:
+                gone += sum(len(member.index[j]) for j in removed)
+    return gone
 
 
 def jaccard(a: set, b: set) -> float:

@@ -10,6 +10,7 @@ from prunekit.core.connectivity import Connectivity
 from prunekit.core.evaluate import Accuracy
 from prunekit.deploy.latency import Latency
 from prunekit.deploy.recover import CurvePoint, Recovery
+from prunekit.deploy.staircase import Staircase
 from prunekit.deploy.training import Budget, MethodResult
 from prunekit.service.jobs import (
     Collapse,
@@ -22,10 +23,11 @@ from prunekit.service.jobs import (
     PredictJob,
     RecoverJob,
     SpeedJob,
+    StaircaseJob,
 )
 
 Measurement = (
-    Accuracy | Latency | Recovery | MethodResult | Connectivity | Collapse | Predictions
+    Accuracy | Latency | Staircase | Recovery | MethodResult | Connectivity | Collapse | Predictions
 )  # what the store holds
 Outcome = Measurement | JobError  # what a job ends with
 
@@ -80,6 +82,7 @@ CODECS: dict[type[EvalJob], Codec] = {
     PathJob: Codec(asdict, lambda v: Connectivity(**v)),
     CollapseJob: Codec(asdict, lambda v: Collapse(**v)),
     SpeedJob: Codec(lambda o: o.to_json(), Latency.from_json),
+    StaircaseJob: Codec(lambda o: o.to_json(), Staircase.from_json),
     RecoverJob: Codec(_recovery_json, _recovery),
     MethodJob: Codec(_method_json, _method),
 }

@@ -107,6 +107,20 @@ class SpeedJob(EvalJob):
 
 
 @dataclass(frozen=True)
+class StaircaseJob(EvalJob):
+    """One layer's latency against the output width it keeps (``prunekit.deploy.staircase``), on this
+    machine; the model is dense (the layer is rebuilt alone at every width)."""
+
+    layer: str = ""
+
+    def canonical(self) -> StaircaseJob:
+        return self
+
+    def key(self) -> list:
+        return ["staircase", machine_name(), self.model, self.layer]
+
+
+@dataclass(frozen=True)
 class PathJob(EvalJob):
     """The path test (effective sparsity, collapse) of one configuration: a whole forward and backward of
     the linearised model, measured apart from the slider move on models too big to do it inline."""

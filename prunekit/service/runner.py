@@ -32,8 +32,15 @@ from prunekit.deploy.engine import Choice, Engine, EngineKind, checked, eager, f
 from prunekit.deploy.latency import UNSTRUCTURED_NOTE, Latency, measure
 from prunekit.deploy.methods import train_sparse, write_result
 from prunekit.deploy.recover import Recovery, recover
+from prunekit.deploy.staircase import Staircase, staircase
 from prunekit.deploy.training import MethodResult
-from prunekit.errors import CompactionError, ExportError, InvalidArgumentError, ProbeUnsupportedError
+from prunekit.errors import (
+    CompactionError,
+    ExportError,
+    InvalidArgumentError,
+    ProbeUnsupportedError,
+    UnknownNameError,
+)
 from prunekit.service.chunks import Control, Preempted, Resume
 from prunekit.service.jobs import (
     CHUNK_IMAGES,
@@ -49,6 +56,7 @@ from prunekit.service.jobs import (
     PredictJob,
     RecoverJob,
     SpeedJob,
+    StaircaseJob,
 )
 from prunekit.service.memory import release_freed_memory
 from prunekit.service.protocol import Order, Status
@@ -336,6 +344,16 @@ class JobRunner:
         latency.note = note
         return latency
 
+    def _staircase(self, lab: Lab, job: StaircaseJob) -> Staircase:
+        """One layer's latency at every width, in this worker's memory layout and thread count."""
+        info = next((layer for layer in lab.profile.layers if layer.name == job.layer and layer.prunable), None)
+        if info is None:
+            prunable = [layer.name for layer in lab.profile.layers if layer.prunable]
+            raise UnknownNameError("layer", job.layer, prunable)
+        layer = lab.loaded.model.get_submodule(job.layer)
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        return staircase(job.layer, layer, info.input_shape, info.macs, memory_format=layout)
+
     def _subset(
         self, model: str, images: torch.Tensor, labels: torch.Tensor, n: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -380,6 +398,7 @@ def _train_sparse(runner: JobRunner, lab: Lab, job: MethodJob, control: Control)
 # How each kind of job other than an accuracy is measured: (runner, lab, job, control) -> outcome.
 _KINDS = {
     SpeedJob: lambda runner, lab, job, control: runner._speed(lab, job),
+    StaircaseJob: lambda runner, lab, job, control: runner._staircase(lab, job),
     PathJob: lambda runner, lab, job, control: runner._paths(lab, job),
     CollapseJob: _collapse,
     PredictJob: lambda runner, lab, job, control: runner._predict(lab, job),

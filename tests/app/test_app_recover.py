@@ -91,3 +91,35 @@ def test_a_compacted_model_no_faster_than_dense_is_flagged(monkeypatch, slow):
     fewer = int(re.search(r"needs (\d+)% fewer multiply-adds", text).group(1))
     theoretical = float(metric(at, "Theoretical speedup").rstrip("x"))  # dense MACs / remaining MACs
     assert abs(fewer - 100 * (1 - 1 / theoretical)) <= 1
+
+
+@pytest.mark.parametrize("round_to", ["1", "8"])
+def test_the_staircase_marks_the_kept_width_and_says_when_a_wider_one_costs_nothing(monkeypatch, round_to):
+    """An injected staircase whose every block of 8 widths costs the same: the note names the width this
+    configuration keeps (checked against the compacted model's) and the extra channels free of time."""
+    from prunekit.app import computed
+    from prunekit.core.lab import Lab
+    from prunekit.core.spec import Allocation, PruneSpec
+    from prunekit.deploy.staircase import Staircase, widths
+    from prunekit.models import zoo
+
+    lab = Lab(zoo.load("fmnist-vgg"))
+    layer = computed.staircase_layers(lab)[0]
+    spec = PruneSpec("l1", "filter", Allocation("global", "mean"), 0.5, round_to=int(round_to))
+    conv = dict(lab.pruner(spec).compact(spec).model.named_modules())[layer]
+    dense = lab.loaded.model.get_submodule(layer).out_channels
+    kept = conv.out_channels
+    counts = widths(dense)
+    steps = Staircase(layer, counts, [1.0 + -(-c // 8) for c in counts], dense, 64, 9, 1, "a test machine")
+    monkeypatch.setattr(computed, "staircase", lambda *a, **k: steps)
+    at = open_page(page("prune"), FILTERS | {"round_to": round_to})
+    (note,) = [i.value for i in at.info if "This configuration keeps" in i.value]
+    assert f"keeps {kept} of {dense} channels here" in note
+    free = min(dense, -(-kept // 8) * 8) - kept
+    assert (f"could keep {free} more" in note) == (free > 0)
+    if round_to == "8":
+        assert free == 0
+    assert any(
+        layer in str(chart.proto.spec) and "output channels kept" in str(chart.proto.spec)
+        for chart in at.get("plotly_chart")
+    )

@@ -127,3 +127,15 @@ def lab(request):
     if request.param == "tiny":
         return Lab(tiny_loaded(TinyResNet))
     return Lab(zoo.load(request.param))
+
+
+@pytest.mark.parametrize("lab", ["fmnist-resnet"], indirect=True)
+def test_removed_outputs_are_what_compaction_takes_away(lab):
+    from prunekit.core.analysis import removed_outputs
+
+    spec = PruneSpec("l1", Structure.FILTER, Allocation("global", "mean"), 0.4, round_to=4)
+    compacted = lab.pruner(spec).compact(spec)
+    dense, widths = _out_channels(lab.loaded.model), _out_channels(compacted.model)
+    table = lab.table(*spec.table_key)
+    for name, width in dense.items():
+        assert width - removed_outputs(table, spec.config(), lab.first_last, name) == widths[name], name

@@ -71,3 +71,17 @@ def test_recover_job_errors_name_the_missing_training_data(service):
     job = RecoverJob("tiny", PruneSpec("l1", "filter", sparsity=0.5), recipe=Recipe(epochs=1))
     got = wait_for(service, [job])[job]
     assert isinstance(got, JobError) and "recovery needs TinyResNet's training data" in got.message
+
+
+def test_staircase_job_times_every_width_and_is_stored(service, services):
+    from prunekit.deploy.staircase import Staircase
+    from prunekit.service.jobs import StaircaseJob
+
+    job, bad = StaircaseJob("fmnist-cnn", layer="features.0"), StaircaseJob("fmnist-cnn", layer="nope")
+    got = wait_for(service, [job, bad])
+    assert isinstance(got[job], Staircase), got[job]
+    assert got[job].counts == list(range(1, 17)) and got[job].dense == 16 and all(t > 0 for t in got[job].ms)
+    assert isinstance(got[bad], JobError) and "unknown layer 'nope'" in got[bad].message
+    again = services(1, store="r.sqlite3", tiny=True)
+    again.register("fmnist-cnn", CNN, fingerprint="cnn")
+    assert again.lookup(job) == got[job]  # from the store, not re-measured

@@ -8,13 +8,13 @@ from prunekit.app import computed, overlay, plots, readouts, server_state, sessi
 from prunekit.app.links import SPARSITY_MAX, SPARSITY_STEP
 from prunekit.app.live import live
 from prunekit.app.session_state import PageContext, reported
-from prunekit.app.views import accuracy, ladder
+from prunekit.app.views import accuracy, ladder, speed
+from prunekit.app.views.speed import SPEED_POLL
 from prunekit.core.importance import CRITERIA
 from prunekit.core.lab import CALIBRATION_IMAGES, PruneResult
 from prunekit.core.nm import pattern_sparsity
 from prunekit.core.spec import (
     ALLOCATIONS,
-    COMPARED_SCOPES,
     NORMALISATIONS,
     ROUND_TO_CHOICES,
     STRUCTURES,
@@ -22,8 +22,6 @@ from prunekit.core.spec import (
     Scope,
     Structure,
 )
-from prunekit.deploy.export import FILES
-from prunekit.deploy.latency import Latency
 from prunekit.deploy.recover import CURVE_IMAGES, Recipe
 from prunekit.service.jobs import JobError
 from prunekit.units import short_number
@@ -46,13 +44,6 @@ NM_NOTE = (
     'matrices (PyTorch #111339 measured a 0.11x "speedup" at batch 1).'
 )
 RECOVERY_LABELS = {"dense": "Dense", "pruned": "Pruned", "recalibrated": "BN-recalibrated", "finetuned": "Fine-tuned"}
-NOT_FASTER = (
-    "**Not faster** although the compacted model needs {fewer:.0%} fewer multiply-adds ({times}). Channel counts "
-    "that are not a multiple of the CPU's vector width (8 or 16 floats) can run slower than the full layer, and "
-    "small layers are bound by memory, not arithmetic; Torch-Pruning and ModelOpt round kept channels to such a "
-    "multiple for this reason."
-)
-SPEED_POLL = 0.5  # seconds between refreshes while results are on their way
 
 
 def page() -> None:
@@ -71,7 +62,7 @@ def page() -> None:
     collapse_notes(ctx, results)
     overlaid = allocation_chart(ctx, results)
     scope_metrics(results)
-    scope = speed_and_export(ctx, results)
+    scope = speed.speed_and_export(ctx, results)
     st.subheader("Accuracy")
     if untrained:
         st.info("Accuracy is not shown: the model is untrained.")
@@ -261,90 +252,6 @@ def scope_metrics(results: dict[Scope, PruneResult]) -> None:
             else:
                 m6.metric("Effective sparsity", f"{r.effective_sparsity:.1%}", help=computed.EFFECTIVE_HELP)
             st.caption(f"{params:.1%} of {r.total_params:,} parameters and {macs:.1%} of {r.total_macs:,} MACs remain.")
-
-
-def speed_and_export(ctx: PageContext, results: dict[Scope, PruneResult]) -> Scope:
-    """Measured latency and the export files of one scope; returns that scope (recovery uses it too)."""
-    st.subheader("Measured speed and export")
-    scope = st.radio("Scope for speed, export and recovery", list(COMPARED_SCOPES), horizontal=True, key="action_scope")
-    live("speed", partial(speed_panel, ctx, scope, results[scope]), SPEED_POLL, computed.speed_pending(ctx.lab, scope))
-    with st.expander("Download the pruned model (masks, ratios, prune snippet, safetensors, ONNX)"):
-        export_panel(ctx, scope)
-    return scope
-
-
-def speed_panel(ctx: PageContext, scope: Scope, chosen: PruneResult) -> bool:
-    """The measured latency at the slider; True while it is being measured."""
-    lab = ctx.lab
-    asked = st.session_state.get("speed_asked") == computed.speed_key(lab, scope)
-    outcome = computed.speed(lab, scope, measure=asked)
-    left, right = st.columns([1, 2])
-    left.metric("Theoretical speedup", f"{chosen.theoretical_speedup:.2f}x" if chosen.remaining_macs else "inf")
-    if outcome is None and not asked:
-        if left.button("Measure latency", help="Times dense, masked and compacted models in an evaluation worker."):
-            st.session_state.speed_asked = computed.speed_key(lab, scope)
-            st.rerun(scope="fragment")
-        return False
-    if outcome is None:
-        left.metric("Measured speedup", "measuring...")
-        return True
-    if isinstance(outcome, JobError):
-        left.error(f"Latency could not be measured: {session_state.error_text(outcome.message)}")
-        return False
-    best = "compact" if "compact" in outcome.ms else "masked"
-    left.metric(f"Measured speedup ({best}, batch 64)", f"{outcome.speedup(best, 64):.2f}x")
-    right.dataframe(outcome.rows(), hide_index=True, width="stretch")
-    right.caption(
-        f"Median of {outcome.runs[1]} (batch 1) and {outcome.runs[64]} (batch 64) interleaved runs, {outcome.threads} "
-        f"thread(s), in an evaluation worker on {outcome.machine}; other jobs may share the machine."
-    )
-    if outcome.note:
-        st.info(outcome.note)
-    slow = not_faster_note(outcome, chosen)
-    if slow:
-        st.warning(slow)
-    return False
-
-
-def not_faster_note(outcome: Latency, chosen: PruneResult) -> str | None:
-    """Say where the compacted model, with fewer multiply-adds, was measured no faster than the dense one."""
-    if "compact" not in outcome.ms or chosen.remaining_macs >= chosen.total_macs:
-        return None
-    batches = outcome.not_faster("compact")
-    if not batches:
-        return None
-    times = "; ".join(
-        f"batch {b}: {outcome.ms['compact'][b]:.3g} ms against the dense model's {outcome.ms['dense'][b]:.3g} ms"
-        for b in batches
-    )
-    return NOT_FASTER.format(times=times, fewer=1 - chosen.macs_ratio)
-
-
-def export_panel(ctx: PageContext, scope: Scope) -> None:
-    key = computed.speed_key(ctx.lab, scope)
-    if st.button("Prepare the files", help="Compacts the model (filters) and exports it; a few seconds on big models."):
-        st.session_state.export_key = key
-    if st.session_state.get("export_key") != key:
-        return
-    with reported("Could not export"):
-        with st.spinner("Compacting and exporting..."):
-            bundle = computed.export_bundle(ctx.lab, scope)
-        export_buttons(bundle)
-
-
-def export_buttons(bundle) -> None:
-    c = bundle.compacted
-    if c is not None:
-        st.caption(
-            f"Compacted: {c.params_compact:,} parameters (of {c.params_dense:,}; the masked model has exactly that "
-            f"many non-zero), {c.channels_removed:,} channels removed; outputs differ from the masked model's by at "
-            f"most {c.max_abs_diff:.1e}."
-        )
-    else:
-        st.caption(session_state.error_text(bundle.note))
-    cols = st.columns(len(bundle.files))
-    for col, (name, data) in zip(cols, bundle.files.items(), strict=True):
-        col.download_button(name, data, file_name=name, help=FILES[name], key=f"dl-{name}")
 
 
 def recovery(ctx: PageContext, scope: Scope) -> None:
