@@ -53,6 +53,10 @@ class ProbeUnsupportedError(PrunekitError, NotImplementedError):
         )
 
 
+class StoppedError(PrunekitError, RuntimeError):
+    """A long computation was stopped by its caller (its progress callback said so)."""
+
+
 class ExportError(PrunekitError, RuntimeError):
     """The model cannot be written in a format asked for (an operation the ONNX exporter does not know)."""
 

@@ -14,9 +14,13 @@ from pathlib import Path
 
 from prunekit.core import lab as engine
 from prunekit.core.budget import Costs, Plan, Target, plan
-from prunekit.core.evaluate import Accuracy
+from prunekit.core.evaluate import Accuracy, stratified_indices
 from prunekit.core.forget import Forgetting, compare
+from prunekit.core.importance import CRITERIA
 from prunekit.core.lab import PruneResult
+from prunekit.core.oracle import Agreement, Oracle, agreement
+from prunekit.core.oracle import Progress as OracleProgress
+from prunekit.core.oracle import oracle as measure_oracle
 from prunekit.core.sensitivity import SensitivityRow
 from prunekit.core.spec import PruneSpec, Structure
 from prunekit.deploy.export import Bundle, build_bundle, export_report, write_bundle
@@ -288,6 +292,58 @@ def forget(lab: engine.Lab, spec: PruneSpec, run: RunOptions | None = None) -> F
     return compare(labels, got[dense].tensor(), got[pruned].tensor(), lab.loaded.classes)
 
 
+@dataclass(frozen=True)
+class OracleReport:
+    """The oracle of a model (every channel's measured loss increase) and each criterion against it;
+    ``skipped``: criteria that could not score this model's filters, and why."""
+
+    model: str
+    truth: Oracle
+    agreements: list[Agreement]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model,
+            "oracle": self.truth.to_json(),
+            "criteria": [
+                {"criterion": a.criterion, "overall": a.overall, "median_per_layer": a.median_group}
+                | {"per_layer": a.per_group, "channels": a.channels}
+                for a in self.agreements
+            ],
+            "skipped": self.skipped,
+        }
+
+
+def oracle(
+    lab: engine.Lab,
+    images: int | None = None,
+    criteria: Sequence[str] | None = None,
+    progress: OracleProgress | None = None,
+) -> OracleReport:
+    """Every channel group's true importance (``prunekit.core.oracle``) on a stratified subset of ``images``
+    evaluation images (None: the whole split), and every filter criterion (or ``criteria``) against it.
+    ``progress(done, total)`` is told as it goes; returning False stops it (:class:`StoppedError`)."""
+    require_trained(lab)
+    if lab.loaded.eval_folder is not None:
+        raise InvalidArgumentError("the oracle scores its images in memory: not on an evaluation folder")
+    data = lab.loaded.eval_data()
+    if images is not None and images <= 0:
+        raise InvalidArgumentError(f"images must be a positive count or None (the whole split), got {images}")
+    picked = stratified_indices(data.labels, images) if images is not None and images < len(data) else None
+    x, y = (data.images, data.labels) if picked is None else (data.images[picked], data.labels[picked])
+    device = lab.loaded.device
+    truth = measure_oracle(lab.loaded.model, lab.clusters, x.to(device), y.to(device), progress)
+    names = list(criteria) if criteria is not None else [n for n, c in CRITERIA.items() if c.supports(Structure.FILTER)]
+    agreements, skipped = [], {}
+    for name in names:
+        try:
+            agreements.append(agreement(truth, lab.table(name, Structure.FILTER)))
+        except PrunekitError as exc:
+            skipped[name] = str(exc)
+    return OracleReport(lab.loaded.name, truth, agreements, skipped)
+
+
 class Lab(engine.Lab):
     """The engine's lab (profile, score tables, ``prune``, ``result``, ``pruner``) with the use cases as
     methods; ``prunekit.load`` and ``prunekit.Lab.from_model`` give one."""
@@ -322,6 +378,11 @@ class Lab(engine.Lab):
     def forget(self, spec: PruneSpec, run: RunOptions | None = None) -> Forgetting:
         """See :func:`prunekit.tasks.forget`."""
         return forget(self, spec, run)
+
+    def oracle(self, images: int | None = None, criteria: Sequence[str] | None = None,
+               progress: OracleProgress | None = None) -> OracleReport:  # fmt: skip
+        """See :func:`prunekit.tasks.oracle`."""
+        return oracle(self, images, criteria, progress)
 
     def train_sparse(self, method: str, sparsity: float, budget: Budget | None = None,
                      progress: Callable[[MethodResult], bool] | None = None) -> MethodResult:  # fmt: skip

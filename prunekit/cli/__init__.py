@@ -1,4 +1,4 @@
-"""``prunekit list|profile|prune|sweep|sensitivity|plan|forget|export|recover MODEL ... [--json]`` and
+"""``prunekit list|profile|prune|sweep|sensitivity|plan|forget|oracle|export|recover MODEL ... [--json]`` and
 ``prunekit app`` (also ``python -m prunekit ...``): ``parser`` reads the arguments, ``commands`` runs the use case,
 ``render`` prints it.
 

@@ -151,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_sensitivity,
         _add_plan,
         _add_forget,
+        _add_oracle,
     ):
         add(sub)
     return parser
@@ -260,6 +261,17 @@ def _add_forget(sub) -> None:
     _add_recipe(p)
     _add_backend(p)
     p.set_defaults(eval_limit=None)  # the whole evaluation set, always
+
+
+def _add_oracle(sub) -> None:
+    p = sub.add_parser(
+        "oracle", help="every filter's true importance (loss increase when removed alone) and each criterion against it"
+    )
+    _add_model(p)
+    p.add_argument(
+        "--images", type=int, default=None, help="a stratified subset of N evaluation images (default: the whole split)"
+    )
+    p.add_argument("--criteria", type=lambda s: [c for c in s.split(",") if c], default=None, help="e.g. l1,taylor")
 
 
 def _add_plan(sub) -> None:

@@ -85,6 +85,35 @@ def progress_bar(done: int, total: int) -> None:
     print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} points", end=end, file=sys.stderr, flush=True)
 
 
+def work_bar(done: int, total: int) -> bool:
+    """A long computation's share done (the oracle's), on stderr; always goes on."""
+    filled = round(30 * done / max(total, 1))
+    end = "\n" if done == total else ""
+    print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done / max(total, 1):.0%}", end=end, file=sys.stderr, flush=True)
+    return True
+
+
+def oracle_lines(report) -> list[str]:
+    """Each criterion's rank correlation with the oracle, best first, and the most important channels."""
+    truth = report.truth
+    lines = [
+        f"oracle: {truth.channels:,} channels in {len(truth.groups)} groups, loss increase when each is removed alone, "
+        f"on {truth.images:,} images (dense loss {truth.dense_loss:.4f}); {truth.seconds:.1f} s",
+        f"{'criterion':14} {'Spearman, all channels':>24} {'median per layer':>18}",
+    ]
+    ranked = sorted(report.agreements, key=lambda a: -(a.overall if a.overall is not None else -2.0))
+    for a in ranked:
+        lines.append(f"{a.criterion:14} {_rho(a.overall):>24} {_rho(a.median_group):>18}")
+    lines += [f"{name:14} not compared: {why}" for name, why in report.skipped.items()]
+    top = sorted(truth.flat(), key=lambda t: -t[2])[:5]
+    lines.append("most important: " + ", ".join(f"{g}[{j}] +{v:.4f}" for g, j, v in top))
+    return lines
+
+
+def _rho(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.3f}"
+
+
 def progress_line(r) -> bool:
     if r.total_steps:
         last = f", estimate {r.curve[-1].top1:.2%}" if r.curve else ""

@@ -8,21 +8,49 @@ one copy. Pruned entries are always +0.0 (never ``-w * 0``), so zeros can be cou
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from prunekit.core.allocate import Removal, ScoreTable
-from prunekit.core.structure import OUT
+from prunekit.core.structure import OUT, Cluster
 from prunekit.errors import InvalidArgumentError
 
 
-def _keep_vectors(table: ScoreTable, alloc: Removal, modules: dict[str, nn.Module]):
-    """Filter structure: per layer, boolean keep vectors over output and input channels."""
+def _removals(table: ScoreTable, alloc: Removal) -> list[tuple[Cluster, list[int]]]:
+    """Filter structure: each cluster and the channels ``alloc`` removes from it."""
+    return [
+        (cluster, (unit_set.rank < alloc.counts[unit_set.name]).nonzero().flatten().tolist())
+        for unit_set, cluster in zip(table.sets, table.clusters, strict=True)
+    ]
+
+
+def filter_masks(
+    removals: Iterable[tuple[Cluster, list[int]]], modules: dict[str, nn.Module], layers: Iterable[str]
+) -> dict[str, torch.Tensor]:
+    """Boolean keep masks by parameter name for ``layers`` when each ``(cluster, channels)`` of ``removals``
+    loses those channels: filters and biases of producers, BatchNorm entries, consumers' input kernels."""
+    out_keep, in_keep = keep_vectors(removals, modules)
+    masks = {}
+    for name in layers:
+        base, o, i = modules[name], out_keep.get(name), in_keep.get(name)
+        if isinstance(base, nn.modules.batchnorm._BatchNorm):
+            o = o if o is not None else torch.ones(base.num_features, dtype=torch.bool)
+            masks[f"{name}.weight"], masks[f"{name}.bias"] = o.clone(), o.clone()
+            continue
+        masks[f"{name}.weight"] = weight_keep(base, o, i)
+        if base.bias is not None:
+            masks[f"{name}.bias"] = o.clone() if o is not None else torch.ones_like(base.bias, dtype=torch.bool).cpu()
+    return masks
+
+
+def keep_vectors(removals: Iterable[tuple[Cluster, list[int]]], modules: dict[str, nn.Module]):
+    """Per layer, boolean keep vectors over output and input channels (``{layer: (C,)}`` twice) when each
+    ``(cluster, channels)`` of ``removals`` loses those cluster channels."""
     out_keep: dict[str, torch.Tensor] = {}
     in_keep: dict[str, torch.Tensor] = {}
-    for unit_set, cluster in zip(table.sets, table.clusters, strict=True):
-        removed = (unit_set.rank < alloc.counts[unit_set.name]).nonzero().flatten().tolist()
+    for cluster, removed in removals:
         for member in cluster.members:
             module = modules[member.layer]
             target = out_keep if member.role == OUT else in_keep
@@ -98,20 +126,7 @@ class WorkingCopy:
         tensor (filter structure: also biases and BatchNorm entries); True = kept. Shapes = the parameters'."""
         if not self.table.structure.is_filter:
             return {f"{s.name}.weight": (s.rank >= alloc.counts[s.name]).cpu() for s in self.table.sets}
-        out_keep, in_keep = _keep_vectors(self.table, alloc, self._base)
-        masks = {}
-        for name in self.touched:
-            base, o, i = self._base[name], out_keep.get(name), in_keep.get(name)
-            if isinstance(base, nn.modules.batchnorm._BatchNorm):
-                o = o if o is not None else torch.ones(base.num_features, dtype=torch.bool)
-                masks[f"{name}.weight"], masks[f"{name}.bias"] = o.clone(), o.clone()
-                continue
-            masks[f"{name}.weight"] = weight_keep(base, o, i)
-            if base.bias is not None:
-                masks[f"{name}.bias"] = (
-                    o.clone() if o is not None else torch.ones_like(base.bias, dtype=torch.bool).cpu()
-                )
-        return masks
+        return filter_masks(_removals(self.table, alloc), self._base, self.touched)
 
     def _apply_filters(self, alloc: Removal) -> None:
         for name, keep in self.keep_masks(alloc).items():
