@@ -30,7 +30,7 @@ from prunekit.core import prefix
 from prunekit.core.allocate import ScoreTable
 from prunekit.core.analysis import spearman
 from prunekit.core.masks import apply_masks_, filter_masks
-from prunekit.core.structure import Cluster
+from prunekit.core.structure import Cluster, Member
 from prunekit.errors import InvalidArgumentError, StoppedError
 
 FORWARD_IMAGES = 256  # images per suffix forward: the batch times the removals run together
@@ -161,22 +161,27 @@ def _report(progress: Progress | None, done: int, total: int) -> None:
 @dataclass(frozen=True)
 class _Split:
     """How one cluster's removals run: ``prefix(images) -> frontier`` once per batch, ``suffix(*frontier)`` per
-    removal block; ``batched``: every frontier value is a per-image tensor, so blocks can be stacked."""
+    removal block; ``batched``: every frontier value is a per-image tensor, so blocks can be stacked;
+    ``zeroed``: per frontier value, the producer (OUT member) whose output it is, to zero there, or None."""
 
     prefix: Callable[[torch.Tensor], tuple]
     suffix: Callable[..., torch.Tensor]
     batched: bool
+    zeroed: tuple[Member | None, ...] = ()
 
 
 def _split(traced, cluster: Cluster, model: nn.Module, sample: torch.Tensor) -> _Split:
+    """The cut after the cluster's producers (they run once per batch, dense, and their outputs are zeroed
+    per removal where the rest of the network reads them), or the whole model with hooks."""
     whole = _Split(lambda x: (x,), model, True)
-    producers = {m.layer for m in cluster.producers()}
-    found = prefix.cut(traced, producers, model) if traced is not None else None
+    producers = {m.layer: m for m in cluster.producers()}
+    found = prefix.cut(traced, producers, model, after=True) if traced is not None else None
     if found is None:
         return whole
     probe = found.prefix(sample)
-    batched = all(isinstance(t, torch.Tensor) and t.dim() > 0 and len(t) == len(sample) for t in probe)
-    return _Split(found.prefix, found.suffix, True) if batched else whole
+    if not all(isinstance(t, torch.Tensor) and t.dim() > 1 and len(t) == len(sample) for t in probe):
+        return whole
+    return _Split(found.prefix, found.suffix, True, tuple(producers.get(name) for name in found.modules))
 
 
 def _removed_sums(
@@ -184,10 +189,16 @@ def _removed_sums(
 ) -> torch.Tensor:
     """The summed cross-entropy of each removal in ``channels`` on one batch (k removals: k stacked copies)."""
     k, n = len(channels), len(labels)
-    stacked = tuple(t.repeat(k, *([1] * (t.dim() - 1))) for t in frontier)
+    stacked = tuple(
+        _zeroed(t.repeat(k, *([1] * (t.dim() - 1))), member.index, channels, n)
+        if member
+        else t.repeat(k, *([1] * (t.dim() - 1)))
+        for t, member in zip(frontier, split.zeroed or (None,) * len(frontier), strict=True)
+    )
+    in_suffix = [m for m in cluster.producers() if m not in split.zeroed]
     handles = [
-        model.get_submodule(member.layer).register_forward_hook(_zeroing(member.index, channels, n))
-        for member in cluster.producers()
+        model.get_submodule(member.layer).register_forward_hook(_hook(member.index, channels, n))
+        for member in in_suffix
     ]
     try:
         logits = split.suffix(*stacked).float()
@@ -198,18 +209,19 @@ def _removed_sums(
     return losses.view(k, n).sum(1)
 
 
-def _zeroing(index: tuple[tuple[int, ...], ...], channels: list[int], n: int):
-    """A forward hook: block b of the output (n images each) loses the module's channels of cluster channel
-    ``channels[b]`` (set to +0.0, as a masked filter's output is)."""
+def _hook(index: tuple[tuple[int, ...], ...], channels: list[int], n: int):
+    """A forward hook that applies :func:`_zeroed` to a producer's output."""
+    return lambda module, inputs, output: _zeroed(output, index, channels, n)
 
-    def hook(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
-        keep = torch.ones(len(channels), output.shape[1], dtype=torch.bool)
-        for b, j in enumerate(channels):
-            keep[b, list(index[j])] = False
-        keep = keep.repeat_interleave(n, dim=0).view(len(channels) * n, output.shape[1], *([1] * (output.dim() - 2)))
-        return torch.where(keep, output, torch.zeros((), dtype=output.dtype))
 
-    return hook
+def _zeroed(output: torch.Tensor, index: tuple[tuple[int, ...], ...], channels: list[int], n: int) -> torch.Tensor:
+    """``output`` (k blocks of n images) with block b's channels of cluster channel ``channels[b]`` set to +0.0,
+    as a masked filter's output is."""
+    keep = torch.ones(len(channels), output.shape[1], dtype=torch.bool)
+    for b, j in enumerate(channels):
+        keep[b, list(index[j])] = False
+    keep = keep.repeat_interleave(n, dim=0).view(len(channels) * n, output.shape[1], *([1] * (output.dim() - 2)))
+    return torch.where(keep, output, torch.zeros((), dtype=output.dtype))
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ class Cut:
     prefix: fx.GraphModule
     suffix: fx.GraphModule
     changed_share: float  # the fraction of the graph's call nodes that run per point (1.0: no gain)
+    modules: tuple[str | None, ...] = ()  # per frontier value, the module whose output it is (None: another op)
 
 
 def trace(model: nn.Module) -> fx.GraphModule | None:
@@ -59,17 +60,25 @@ def _own_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
     return {**dict(module.named_parameters(recurse=False)), **dict(module.named_buffers(recurse=False))}
 
 
-def cut(graph_module: fx.GraphModule, changed: Iterable[str], root: nn.Module) -> Cut | None:
+def cut(graph_module: fx.GraphModule, changed: Iterable[str], root: nn.Module, after: bool = False) -> Cut | None:
     """The split of ``graph_module`` (traced from a model with ``root``'s architecture) at the modules
-    ``changed``; the suffix runs ``root``'s modules (the pruned ones). None when nothing would be saved."""
+    ``changed``; the suffix runs ``root``'s modules (the pruned ones). None when nothing would be saved.
+
+    ``after``: split after the changed modules instead, where their outputs are first read (a changed module
+    whose input is another's output still runs in the prefix): for changes the caller makes to those outputs
+    itself (the oracle zeroes channels there); :attr:`Cut.modules` names them in the frontier."""
     changed = set(changed)
     nodes = list(graph_module.graph.nodes)
     down: set[fx.Node] = set()
+    kept: set[fx.Node] = set()  # after=True: changed modules that still run in the prefix
     for node in nodes:
         own = (node.op == "call_module" and node.target in changed) or (
             node.op == "get_attr" and str(node.target).rpartition(".")[0] in changed
         )
-        if own or any(arg in down for arg in node.all_input_nodes):
+        from_down = any(arg in down for arg in node.all_input_nodes)
+        if after and own and not from_down:
+            kept.add(node)
+        elif (own and not after) or from_down or (after and any(arg in kept for arg in node.all_input_nodes)):
             down.add(node)
     body = [n for n in nodes if n.op not in ("placeholder", "output", "get_attr")]
     if not down or all(n in down for n in body):
@@ -85,6 +94,7 @@ def cut(graph_module: fx.GraphModule, changed: Iterable[str], root: nn.Module) -
         _prefix(graph_module, nodes, down, frontier),
         _suffix(graph_module, nodes, down, frontier, output, root),
         sum(1 for n in body if n in down) / len(body),
+        tuple(str(n.target) if n.op == "call_module" else None for n in frontier),
     )
 
 
