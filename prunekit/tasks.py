@@ -14,13 +14,11 @@ from pathlib import Path
 
 from prunekit.core import lab as engine
 from prunekit.core.budget import Costs, Plan, Target, plan
-from prunekit.core.evaluate import Accuracy, stratified_indices
+from prunekit.core.evaluate import Accuracy
 from prunekit.core.forget import Forgetting, compare
-from prunekit.core.importance import CRITERIA
+from prunekit.core.importance import CRITERIA, get_criterion
 from prunekit.core.lab import PruneResult
 from prunekit.core.oracle import Agreement, Oracle, agreement
-from prunekit.core.oracle import Progress as OracleProgress
-from prunekit.core.oracle import oracle as measure_oracle
 from prunekit.core.sensitivity import SensitivityRow
 from prunekit.core.spec import PruneSpec, Structure
 from prunekit.deploy.export import Bundle, build_bundle, export_report, write_bundle
@@ -35,6 +33,7 @@ from prunekit.service.codec import Outcome
 from prunekit.service.fanout import (
     Backend,
     Progress,
+    oracle_jobs,
     plan_job,
     run_jobs,
     run_sharded,
@@ -319,22 +318,22 @@ def oracle(
     lab: engine.Lab,
     images: int | None = None,
     criteria: Sequence[str] | None = None,
-    progress: OracleProgress | None = None,
+    run: RunOptions | None = None,
 ) -> OracleReport:
     """Every channel group's true importance (``prunekit.core.oracle``) on a stratified subset of ``images``
-    evaluation images (None: the whole split), and every filter criterion (or ``criteria``) against it.
-    ``progress(done, total)`` is told as it goes; returning False stops it (:class:`StoppedError`)."""
+    evaluation images (None: the whole split), and every filter criterion (or ``criteria``) against it. The
+    groups are measured in slices, in this process or by ``run``'s workers or Ray cluster, with its progress."""
     require_trained(lab)
     if lab.loaded.eval_folder is not None:
         raise InvalidArgumentError("the oracle scores its images in memory: not on an evaluation folder")
-    data = lab.loaded.eval_data()
     if images is not None and images <= 0:
         raise InvalidArgumentError(f"images must be a positive count or None (the whole split), got {images}")
-    picked = stratified_indices(data.labels, images) if images is not None and images < len(data) else None
-    x, y = (data.images, data.labels) if picked is None else (data.images[picked], data.labels[picked])
-    device = lab.loaded.device
-    truth = measure_oracle(lab.loaded.model, lab.clusters, x.to(device), y.to(device), progress)
     names = list(criteria) if criteria is not None else [n for n, c in CRITERIA.items() if c.supports(Structure.FILTER)]
+    for name in names:
+        get_criterion(name)  # an unknown name fails before the long part
+    jobs = oracle_jobs(lab, lab.loaded.name, images)
+    got = measure(lab, jobs, run)
+    truth = Oracle.merged([got[job] for job in jobs])
     agreements, skipped = [], {}
     for name in names:
         try:
@@ -380,9 +379,9 @@ class Lab(engine.Lab):
         return forget(self, spec, run)
 
     def oracle(self, images: int | None = None, criteria: Sequence[str] | None = None,
-               progress: OracleProgress | None = None) -> OracleReport:  # fmt: skip
+               run: RunOptions | None = None) -> OracleReport:  # fmt: skip
         """See :func:`prunekit.tasks.oracle`."""
-        return oracle(self, images, criteria, progress)
+        return oracle(self, images, criteria, run)
 
     def train_sparse(self, method: str, sparsity: float, budget: Budget | None = None,
                      progress: Callable[[MethodResult], bool] | None = None) -> MethodResult:  # fmt: skip

@@ -87,6 +87,7 @@ APP_ORDER = [
     "overlay",
     "planning",
     "forgetting",
+    "oracles",
     "sidebar",
     "views",
     "main",

@@ -174,6 +174,51 @@ def latency_staircase(counts: list[int], ms: list[float], layer: str, kept: int 
     return fig
 
 
+def oracle_agreement_bars(rows: list[dict]) -> go.Figure:
+    """Each criterion's Spearman with the oracle: over all channels and the median over layers."""
+    names = [r["criterion"] for r in rows]
+    fig = go.Figure(
+        [
+            go.Bar(name="all channels", x=names, y=[r["all channels"] for r in rows]),
+            go.Bar(name="median per layer", x=names, y=[r["median per layer"] for r in rows]),
+        ]
+    )
+    fig.update_layout(
+        barmode="group",
+        title="Spearman rank correlation with the measured loss increase (1: ranks filters as the truth does)",
+        yaxis=dict(range=[-1, 1], title="Spearman's rho"),
+        height=340,
+        margin=dict(t=50),
+        **_hrule(0.93, "Molchanov et al. 2019: Taylor > 0.93", dash="dot", color="#888"),
+    )
+    return fig
+
+
+def oracle_scatter(points: dict[str, tuple[list[float], list[float], list[str]]], criterion: str) -> go.Figure:
+    """Per layer: a criterion's score against the oracle's loss increase, log axes (points > 0 only)."""
+    fig = go.Figure(
+        [
+            go.Scatter(
+                x=x,
+                y=y,
+                mode="markers",
+                name=layer,
+                text=names,
+                hovertemplate="%{text}<br>score %{x:.3g}<br>loss +%{y:.3g}",
+            )
+            for layer, (x, y, names) in points.items()
+        ]
+    )
+    fig.update_layout(
+        title=f"{criterion}: score against the loss increase when the filter alone is removed",
+        xaxis=dict(type="log", title=f"{criterion} score"),
+        yaxis=dict(type="log", title="loss increase (mean cross-entropy)"),
+        height=420,
+        margin=dict(t=50),
+    )
+    return fig
+
+
 def scores_bar(scores: list[float], removed: list[bool], layer: str) -> go.Figure:
     colors = ["#d62728" if r else "#2ca02c" for r in removed]
     fig = go.Figure(go.Bar(x=list(range(len(scores))), y=scores, marker_color=colors))

@@ -12,13 +12,12 @@ from prunekit import tasks
 from prunekit.cli import render
 from prunekit.core.budget import Target
 from prunekit.core.evaluate import Accuracy, accuracy, interval_label
-from prunekit.core.importance import CRITERIA
 from prunekit.core.lab import Lab
 from prunekit.core.spec import Allocation, Normalisation, PruneSpec, Scope
 from prunekit.deploy.export import report_lines
 from prunekit.deploy.methods import Budget, write_result
 from prunekit.deploy.recover import Recipe
-from prunekit.errors import InvalidArgumentError, UnknownNameError, UntrainedModelError
+from prunekit.errors import InvalidArgumentError, UntrainedModelError
 from prunekit.models import custom, zoo
 from prunekit.service.fanout import Backend
 from prunekit.service.store import ResultStore
@@ -221,10 +220,7 @@ def cmd_train_sparse(args) -> tuple[object, str]:
 def cmd_oracle(args) -> tuple[object, str]:
     lab = _load(args)
     _require_trained(lab.loaded)
-    unknown = [c for c in args.criteria or [] if c not in CRITERIA]
-    if unknown:
-        raise UnknownNameError("criterion", unknown[0], list(CRITERIA))
-    report = lab.oracle(args.images, args.criteria, None if args.json else render.work_bar)
+    report = lab.oracle(args.images, args.criteria, _run(args))
     return report.to_json(), "\n".join(render.oracle_lines(report))
 
 

@@ -272,6 +272,7 @@ def _add_oracle(sub) -> None:
         "--images", type=int, default=None, help="a stratified subset of N evaluation images (default: the whole split)"
     )
     p.add_argument("--criteria", type=lambda s: [c for c in s.split(",") if c], default=None, help="e.g. l1,taylor")
+    _add_backend(p)
 
 
 def _add_plan(sub) -> None:

@@ -85,14 +85,6 @@ def progress_bar(done: int, total: int) -> None:
     print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} points", end=end, file=sys.stderr, flush=True)
 
 
-def work_bar(done: int, total: int) -> bool:
-    """A long computation's share done (the oracle's), on stderr; always goes on."""
-    filled = round(30 * done / max(total, 1))
-    end = "\n" if done == total else ""
-    print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done / max(total, 1):.0%}", end=end, file=sys.stderr, flush=True)
-    return True
-
-
 def oracle_lines(report) -> list[str]:
     """Each criterion's rank correlation with the oracle, best first, and the most important channels."""
     truth = report.truth

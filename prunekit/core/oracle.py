@@ -18,6 +18,7 @@ take different kernels); tests check them against each other.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -34,6 +35,7 @@ from prunekit.core.structure import Cluster, Member
 from prunekit.errors import InvalidArgumentError, StoppedError
 
 FORWARD_IMAGES = 256  # images per suffix forward: the batch times the removals run together
+SLICE_MACS = 4e10  # a slice of a group (one worker job) removes at most about this much work: ~1 s of a core
 Progress = Callable[[int, int], bool]  # (work done, work in all; a channel on one batch is one unit) -> go on?
 
 
@@ -57,12 +59,39 @@ class Oracle:
     def channels(self) -> int:
         return sum(len(row) for row in self.increases)
 
+    @classmethod
+    def merged(cls, parts: Sequence[Oracle]) -> Oracle:
+        """One oracle from parts on the same images (slices of groups, in order): a group's slices are joined."""
+        if not parts or len({(p.images, p.dense_loss) for p in parts}) > 1:
+            raise InvalidArgumentError("oracle parts to merge must exist and share their images and dense loss")
+        rows: dict[str, list[float]] = {}
+        for part in parts:
+            for group, row in zip(part.groups, part.increases, strict=True):
+                rows.setdefault(group, []).extend(row)
+        seconds = sum(p.seconds for p in parts)
+        return cls(parts[0].images, parts[0].dense_loss, list(rows), list(rows.values()), seconds, parts[0].method)
+
     def to_json(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_json(cls, d: dict) -> Oracle:
         return cls(**d)
+
+
+def channel_slice(cluster: Cluster, start: int, stop: int) -> Cluster:
+    """Cluster channels [start, stop) as a cluster of their own (each member's indices for them unchanged)."""
+    if not 0 <= start < stop <= cluster.size:
+        raise InvalidArgumentError(f"channels [{start}, {stop}) are not within {cluster.root!r}'s {cluster.size}")
+    members = tuple(dataclasses.replace(m, index=m.index[start:stop]) for m in cluster.members)
+    return dataclasses.replace(cluster, size=stop - start, members=members)
+
+
+def slices(clusters: Sequence[Cluster], images: int, macs_per_image: int) -> list[tuple[str, int, int]]:
+    """(group, start, stop) slices of every group, each about :data:`SLICE_MACS` of removals' work (a removal
+    costs at most a whole forward of ``images`` images of ``macs_per_image``): the jobs a service shares out."""
+    per_slice = max(1, int(SLICE_MACS // max(1, images * macs_per_image)))
+    return [(c.root, a, min(a + per_slice, c.size)) for c in clusters for a in range(0, c.size, per_slice)]
 
 
 def check_images(images: torch.Tensor, labels: torch.Tensor) -> None:
@@ -115,14 +144,19 @@ def oracle(
     labels: torch.Tensor,
     progress: Progress | None = None,
     forward_images: int = FORWARD_IMAGES,
+    dense: float | None = None,
+    private: bool = False,
 ) -> Oracle:
     """Every channel's loss increase, fast (module docstring): ``images`` (N, ...) and ``labels`` (N,) are the
     images it is measured on; ``progress(done, total)`` is told after each image batch of a cluster and stops
-    the run (:class:`StoppedError`) by returning False. ``model`` is not changed: a private copy is hooked."""
+    the run (:class:`StoppedError`) by returning False. ``model`` is not changed: a copy is hooked, unless
+    ``private`` says the caller owns it (hooks come off at the end). ``dense``: the dense loss on these images,
+    when the caller knows it (a worker measuring a model's groups slice by slice)."""
     check_images(images, labels)
     t0 = time.perf_counter()
-    model, images = _private(model, images)
-    base = dense_loss(model, images, labels)
+    if not private:
+        model, images = _private(model, images)
+    base = dense_loss(model, images, labels) if dense is None else dense
     traced = prefix.trace(model)
     batch = max(1, min(len(images), forward_images // 4))
     starts = range(0, len(images), batch)
@@ -242,18 +276,23 @@ class Agreement:
         return values[len(values) // 2] if values else None
 
 
+def paired(truth: Oracle, table: ScoreTable) -> dict[str, tuple[list[float], list[float]]]:
+    """Per group that both know: (the criterion's score of each channel, its measured loss increase)."""
+    by_root = dict(zip(truth.groups, truth.increases, strict=True))
+    out = {}
+    for unit_set, cluster in zip(table.sets, table.clusters, strict=True):
+        if cluster.root in by_root:
+            out[cluster.root] = (unit_set.sorted_scores[unit_set.rank.long()].tolist(), by_root[cluster.root])
+    return out
+
+
 def agreement(truth: Oracle, table: ScoreTable) -> Agreement:
     """``table`` (a filter table of one criterion, raw scores) against ``truth``; clusters the criterion could
     not score are left out."""
-    by_root = dict(zip(truth.groups, truth.increases, strict=True))
-    scores, increases, per_group = [], [], {}
-    for unit_set, cluster in zip(table.sets, table.clusters, strict=True):
-        if cluster.root not in by_root:
-            continue
-        mine = unit_set.sorted_scores[unit_set.rank.long()].tolist()  # channel j's score sits at its rank
-        per_group[cluster.root] = rank_correlation(mine, by_root[cluster.root])
-        scores += mine
-        increases += by_root[cluster.root]
+    pairs = paired(truth, table)
+    scores = [v for s, _ in pairs.values() for v in s]
+    increases = [v for _, t in pairs.values() for v in t]
+    per_group = {root: rank_correlation(s, t) for root, (s, t) in pairs.items()}
     return Agreement(table.criterion, rank_correlation(scores, increases), per_group, len(scores))
 
 

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 
 from prunekit.core.connectivity import Connectivity
 from prunekit.core.evaluate import Accuracy
+from prunekit.core.oracle import Oracle
 from prunekit.deploy.latency import Latency
 from prunekit.deploy.recover import CurvePoint, Recovery
 from prunekit.deploy.staircase import Staircase
@@ -18,6 +19,7 @@ from prunekit.service.jobs import (
     EvalJob,
     JobError,
     MethodJob,
+    OracleJob,
     PathJob,
     Predictions,
     PredictJob,
@@ -27,7 +29,7 @@ from prunekit.service.jobs import (
 )
 
 Measurement = (
-    Accuracy | Latency | Staircase | Recovery | MethodResult | Connectivity | Collapse | Predictions
+    Accuracy | Latency | Staircase | Oracle | Recovery | MethodResult | Connectivity | Collapse | Predictions
 )  # what the store holds
 Outcome = Measurement | JobError  # what a job ends with
 
@@ -83,6 +85,7 @@ CODECS: dict[type[EvalJob], Codec] = {
     CollapseJob: Codec(asdict, lambda v: Collapse(**v)),
     SpeedJob: Codec(lambda o: o.to_json(), Latency.from_json),
     StaircaseJob: Codec(lambda o: o.to_json(), Staircase.from_json),
+    OracleJob: Codec(lambda o: o.to_json(), Oracle.from_json),
     RecoverJob: Codec(_recovery_json, _recovery),
     MethodJob: Codec(_method_json, _method),
 }

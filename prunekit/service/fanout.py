@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from prunekit.core.evaluate import Accuracy, combine
 from prunekit.core.lab import Lab
 from prunekit.core.loaded import ModelSpec
+from prunekit.core.oracle import slices
 from prunekit.core.sensitivity import SensitivityRow
 from prunekit.core.spec import Allocation, Scope
 from prunekit.errors import InvalidArgumentError
 from prunekit.service.codec import Outcome
 from prunekit.service.evaluation import EvalService, open_service
-from prunekit.service.jobs import EvalJob, JobError
+from prunekit.service.jobs import EvalJob, JobError, OracleJob
 from prunekit.service.protocol import Status
 from prunekit.service.queue import LIVE_FULL
 from prunekit.service.runner import JobRunner, answer
@@ -54,6 +55,16 @@ def sensitivity_jobs(lab: Lab, template: EvalJob, sparsities: Iterable[float]) -
     sets = lab.table(*template.spec.table_key).sets
     points = [_alone(template, ((unit_set.name, s),)) for unit_set in sets for s in sparsities]
     return [EvalJob(template.model, subset=template.subset), *points]
+
+
+def oracle_jobs(lab: Lab, model: str, images: int | None) -> list[OracleJob]:
+    """The oracle of ``lab``'s model as slices of its channel groups (``core.oracle.slices``), on a stratified
+    subset of ``images`` evaluation images (None: the whole split); ``model`` is its key in the service."""
+    count = len(lab.loaded.eval_data()) if images is None else images
+    return [
+        OracleJob(model, subset=images, group=group, channels=(start, stop))
+        for group, start, stop in slices(lab.clusters, count, lab.profile.total_macs)
+    ]
 
 
 def _alone(template: EvalJob, overrides: tuple[tuple[str, float], ...]) -> EvalJob:

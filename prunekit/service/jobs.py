@@ -121,6 +121,26 @@ class StaircaseJob(EvalJob):
 
 
 @dataclass(frozen=True)
+class OracleJob(EvalJob):
+    """The oracle (``prunekit.core.oracle``) for channels [start, stop) of the group rooted at ``group``: each
+    removed alone from the dense model, on the stratified subset of ``subset`` images (None: the whole split)."""
+
+    group: str = ""
+    channels: tuple[int, int] = (0, 1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.channels[0] < self.channels[1]:
+            raise InvalidArgumentError(f"an oracle job's channels are [start, stop), start < stop; got {self.channels}")
+
+    def canonical(self) -> OracleJob:
+        return self
+
+    def key(self) -> list:
+        return ["oracle", self.model, self.subset, self.group, list(self.channels)]
+
+
+@dataclass(frozen=True)
 class PathJob(EvalJob):
     """The path test (effective sparsity, collapse) of one configuration: a whole forward and backward of
     the linearised model, measured apart from the slider move on models too big to do it inline."""

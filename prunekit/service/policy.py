@@ -22,14 +22,23 @@ from collections.abc import Sequence, Set
 from dataclasses import dataclass
 
 from prunekit.service.chunks import Resume
-from prunekit.service.jobs import ESTIMATE_IMAGES, CollapseJob, EvalJob, MethodJob, PathJob, PredictJob, RecoverJob
+from prunekit.service.jobs import (
+    ESTIMATE_IMAGES,
+    CollapseJob,
+    EvalJob,
+    MethodJob,
+    OracleJob,
+    PathJob,
+    PredictJob,
+    RecoverJob,
+)
 from prunekit.service.queue import STALE, Entry, JobQueue
 
 
 def runs_remotely(job: EvalJob) -> bool:
     """Every job but a latency (bound to this machine) may run on a remote pool: accuracies, path tests,
-    recoveries and training methods (their progress and stop travel through the pool, see raypool)."""
-    return type(job) in (EvalJob, PathJob, CollapseJob, PredictJob, RecoverJob, MethodJob)
+    recoveries, training methods (their progress and stop travel through the pool, see raypool) and the oracle."""
+    return type(job) in (EvalJob, PathJob, CollapseJob, PredictJob, RecoverJob, MethodJob, OracleJob)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from prunekit.service.chunks import Resume
 from prunekit.service.jobs import EvalJob
 
 LIVE_ESTIMATE, LIVE_FULL, CURVE, STALE = 0, 1, 10, 100  # lower runs first; curve levels add 0, 1, 2
+ASKED = 5  # long work a person asked for (the oracle's slices): after the room's live figures, before curves
 CURVE_GRIDS = (0.1, 0.05, 0.01)  # the slider's accuracy curve fills in coarse to fine
 
 

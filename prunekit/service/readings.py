@@ -12,15 +12,16 @@ from dataclasses import dataclass, field
 from prunekit.core.connectivity import Connectivity
 from prunekit.core.evaluate import Accuracy
 from prunekit.core.lab import Lab, PruneResult
+from prunekit.core.oracle import Oracle
 from prunekit.core.sensitivity import SensitivityRow
 from prunekit.core.spec import PruneSpec
 from prunekit.deploy.recover import Recovery
 from prunekit.deploy.training import MethodResult
 from prunekit.service.codec import Outcome
 from prunekit.service.evaluation import EvalService
-from prunekit.service.fanout import sensitivity_jobs, sensitivity_rows
+from prunekit.service.fanout import oracle_jobs, sensitivity_jobs, sensitivity_rows
 from prunekit.service.jobs import Collapse, CollapseJob, EvalJob, JobError, MethodJob, PathJob, RecoverJob
-from prunekit.service.queue import LIVE_ESTIMATE, LIVE_FULL, curve_grid
+from prunekit.service.queue import ASKED, LIVE_ESTIMATE, LIVE_FULL, curve_grid
 
 
 @dataclass(frozen=True)
@@ -251,3 +252,32 @@ def read_methods(svc: EvalService, jobs: Iterable[MethodJob], session: str, star
     jobs = list(jobs)
     known = svc.request([(job, LIVE_FULL) for job in jobs], f"{session}:methods") if start else {}
     return [MethodReading(job, known.get(job) or svc.lookup(job), svc.progress(job)) for job in jobs]
+
+
+@dataclass(frozen=True)
+class OracleView:
+    """The oracle of one model on one image set as far as it is measured: ``truth`` once every slice is in
+    (None before), the channels measured so far of ``total``, and the first failure's words."""
+
+    truth: Oracle | None
+    done: int
+    total: int
+    error: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.truth is None and self.error is None and self.done < self.total
+
+
+def read_oracle(svc: EvalService, lab: Lab, model: str, images: int | None, session: str, start: bool) -> OracleView:
+    """The oracle's slices (``fanout.oracle_jobs``) as known; ``start`` asks for the missing ones (at
+    :data:`ASKED`, after every live figure of the room), otherwise only what is stored is read."""
+    jobs = oracle_jobs(lab, model, images)
+    known = svc.request([(job, ASKED) for job in jobs], f"{session}:oracle") if start else {}
+    got = {job: known.get(job) or svc.lookup(job) for job in jobs}
+    error = next((o.message for o in got.values() if isinstance(o, JobError)), None)
+    done = [o for o in got.values() if isinstance(o, Oracle)]
+    measured = sum(o.channels for o in done)
+    total = sum(job.channels[1] - job.channels[0] for job in jobs)
+    truth = Oracle.merged([got[job] for job in jobs]) if len(done) == len(jobs) else None
+    return OracleView(truth, measured, total, error)

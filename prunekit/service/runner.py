@@ -28,6 +28,7 @@ from prunekit.core.evaluate import (
 )
 from prunekit.core.lab import Lab, Pruner
 from prunekit.core.loaded import ModelSpec
+from prunekit.core.oracle import Oracle, channel_slice, dense_loss, oracle
 from prunekit.deploy.engine import Choice, Engine, EngineKind, checked, eager, fastest, onnxruntime, refereed
 from prunekit.deploy.latency import UNSTRUCTURED_NOTE, Latency, measure
 from prunekit.deploy.methods import train_sparse, write_result
@@ -51,6 +52,7 @@ from prunekit.service.jobs import (
     CollapseJob,
     EvalJob,
     MethodJob,
+    OracleJob,
     PathJob,
     Predictions,
     PredictJob,
@@ -94,6 +96,7 @@ class JobRunner:
         self._folder_data: dict[str, EvalData] = {}
         self._compacted: OrderedDict[tuple, torch.nn.Module | None] = OrderedDict()
         self._subsets: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._dense_losses: dict[tuple[str, int | None], float] = {}  # the oracle's baseline per image set
 
     def load(self, key: str, spec: ModelSpec) -> None:
         """Load a model into this worker. Its copy and images go channels_last (bench/evalspeed.py:
@@ -126,7 +129,7 @@ class JobRunner:
         self._traced.pop(key, None)
         if self.prefixes is not None:
             self.prefixes.forget(key)
-        for cache in (self.pruners, self._compacted, self._subsets, self._engines):
+        for cache in (self.pruners, self._compacted, self._subsets, self._engines, self._dense_losses):
             for k in [k for k in cache if k[0] == key]:
                 del cache[k]
         release_freed_memory()  # else the heap keeps the pages, and the worker's memory only grows
@@ -354,6 +357,22 @@ class JobRunner:
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
         return staircase(job.layer, layer, info.input_shape, info.macs, memory_format=layout)
 
+    def _oracle(self, lab: Lab, job: OracleJob) -> Oracle:
+        """Loss increases of one slice of one channel group (the dense model's images as this worker keeps them)."""
+        cluster = next((c for c in lab.clusters if c.root == job.group), None)
+        if cluster is None:
+            raise UnknownNameError("channel group", job.group, [c.root for c in lab.clusters])
+        data, images = self._whole(job.model, lab)
+        labels = data.labels
+        if job.subset is not None and job.subset < len(data):
+            images, labels = self._subset(job.model, images, labels, job.subset)
+        key = (job.model, job.subset)
+        if key not in self._dense_losses:  # one dense pass for all of a model's slices
+            self._dense_losses[key] = dense_loss(lab.loaded.model, images, labels)
+        part = channel_slice(cluster, *job.channels)
+        # the worker owns its model (hooked for the run, unhooked after) and keeps it channels_last already
+        return oracle(lab.loaded.model, [part], images, labels, dense=self._dense_losses[key], private=True)
+
     def _subset(
         self, model: str, images: torch.Tensor, labels: torch.Tensor, n: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -399,6 +418,7 @@ def _train_sparse(runner: JobRunner, lab: Lab, job: MethodJob, control: Control)
 _KINDS = {
     SpeedJob: lambda runner, lab, job, control: runner._speed(lab, job),
     StaircaseJob: lambda runner, lab, job, control: runner._staircase(lab, job),
+    OracleJob: lambda runner, lab, job, control: runner._oracle(lab, job),
     PathJob: lambda runner, lab, job, control: runner._paths(lab, job),
     CollapseJob: _collapse,
     PredictJob: lambda runner, lab, job, control: runner._predict(lab, job),

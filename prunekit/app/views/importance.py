@@ -5,6 +5,7 @@ import streamlit as st
 from prunekit.app import computed, plots, session_state, views
 from prunekit.app.links import SPARSITY_MAX, SPARSITY_STEP
 from prunekit.app.session_state import PageContext, reported
+from prunekit.app.views import oracle
 from prunekit.core.analysis import FilterView
 from prunekit.core.importance import CRITERIA
 from prunekit.core.spec import COMPARED_SCOPES, Scope, Structure
@@ -26,6 +27,7 @@ def page() -> None:
         view = computed.filter_view(ctx.lab, criterion, scope)
     heatmap(view, sort)
     agreement(ctx, scope)
+    oracle.panel(ctx)
     one_group(ctx, view)
     first_kernels(ctx)
     attribution(ctx)
