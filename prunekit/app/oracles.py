@@ -54,3 +54,20 @@ def oracle_points(current: Lab, truth: Oracle, criterion: str) -> tuple[dict, in
         if kept:
             points[root] = ([s for s, _, _ in kept], [t for _, t, _ in kept], [f"{root}[{j}]" for _, _, j in kept])
     return points, left_out
+
+
+def data_criteria() -> list[str]:
+    """The filter criteria whose scores read images: the ones a calibration size changes."""
+    return [n for n, c in CRITERIA.items() if c.needs_data and c.supports(Structure.FILTER)]
+
+
+def calibration_curve(
+    current: Lab, truth: Oracle, start: bool
+) -> dict[str, list[tuple[int | None, float | None, bool]]]:
+    """Each data-driven criterion's Spearman with ``truth`` at every calibration size on offer (the workers
+    score them; ``start`` asks for the missing ones)."""
+    svc = service()
+    register(svc, current)
+    total = len(current.loaded.eval_data())
+    sizes = [n for n in ORACLE_IMAGES if n is None or n < total]
+    return readings.read_calibration(svc, model_key(current), truth, data_criteria(), sizes, session_id(), start)

@@ -219,6 +219,24 @@ def oracle_scatter(points: dict[str, tuple[list[float], list[float], list[str]]]
     return fig
 
 
+def calibration_lines(curves: dict[str, list[tuple[str, float | None]]]) -> go.Figure:
+    """Per data-driven criterion: its Spearman with the oracle against the calibration images its scores read."""
+    fig = go.Figure(
+        [
+            go.Scatter(x=[x for x, _ in points], y=[y for _, y in points], mode="lines+markers", name=name)
+            for name, points in curves.items()
+        ]
+    )
+    fig.update_layout(
+        title="Data-driven criteria against the truth, by the calibration images they read",
+        xaxis=dict(type="category", title="calibration images (the last ones of the evaluation split)"),
+        yaxis=dict(range=[-1, 1], title="Spearman's rho, all channels"),
+        height=320,
+        margin=dict(t=50),
+    )
+    return fig
+
+
 def scores_bar(scores: list[float], removed: list[bool], layer: str) -> go.Figure:
     colors = ["#d62728" if r else "#2ca02c" for r in removed]
     fig = go.Figure(go.Bar(x=list(range(len(scores))), y=scores, marker_color=colors))

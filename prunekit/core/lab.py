@@ -188,13 +188,14 @@ class Lab:
         names = [layer.name for layer in self.profile.prunable()]
         return frozenset(names[:1] + names[-1:])
 
-    def calibration(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def calibration(self, images: int | None = CALIBRATION_IMAGES) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last ``images`` images of the evaluation split and their labels (None: all of them)."""
         folder = self.loaded.eval_folder
         if folder is not None:  # read only the tail of an ImageFolder
-            data = folder.read(max(0, len(folder) - CALIBRATION_IMAGES), len(folder))
+            data = folder.read(0 if images is None else max(0, len(folder) - images), len(folder))
         else:
             data = self.loaded.eval_data()
-        n = min(CALIBRATION_IMAGES, len(data))
+        n = len(data) if images is None else min(images, len(data))
         device = self.loaded.device
         return data.images[-n:].to(device), data.labels[-n:].to(device)
 
@@ -208,17 +209,24 @@ class Lab:
         key = (criterion, Structure.parse(structure), Normalisation.parse(normalise))
         return self._tables.get(key, lambda: self._build(*key))
 
-    def _build(self, criterion: str, structure: Structure, normalise: Normalisation) -> ScoreTable:
+    def _build(
+        self, criterion: str, structure: Structure, normalise: Normalisation, images: int | None = CALIBRATION_IMAGES
+    ) -> ScoreTable:
         crit = get_criterion(criterion)
         ctx = ScoreContext(
             model=self.loaded.model,
             input_shape=self.loaded.input_spec.shape,
-            calib=self.calibration() if crit.needs_data else None,
+            calib=self.calibration(images) if crit.needs_data else None,
             layers=frozenset(layer.name for layer in self.profile.prunable()),
         )
         scores = crit.score(ctx, structure)
         clusters = self.clusters if structure.is_filter else ()
         return build_table(scores, structure, criterion, normalise, clusters)
+
+    def table_on(self, criterion: str, structure: Structure | str, images: int | None) -> ScoreTable:
+        """A fresh table of ``criterion`` whose data-driven scores read the last ``images`` evaluation images
+        (None: all) instead of the usual :data:`CALIBRATION_IMAGES`; raw scores, not cached."""
+        return self._build(criterion, Structure.parse(structure), Normalisation.NONE, images)
 
     def pruner(self, spec: PruneSpec | None = None) -> Pruner:
         """A private pruner (its own working copy) on ``spec``'s score table: for scripts and sweeps that own it.

@@ -276,24 +276,46 @@ class Agreement:
         return values[len(values) // 2] if values else None
 
 
-def paired(truth: Oracle, table: ScoreTable) -> dict[str, tuple[list[float], list[float]]]:
+@dataclass(frozen=True)
+class GroupScores:
+    """One criterion's score of every channel of every group it scored (a filter table, raw scores), and the
+    calibration images its data-driven scores read (0: none)."""
+
+    criterion: str
+    scores: dict[str, list[float]]
+    images: int = 0
+
+    @classmethod
+    def of(cls, table: ScoreTable, images: int = 0) -> GroupScores:
+        channel = {
+            c.root: s.sorted_scores[s.rank.long()].tolist() for s, c in zip(table.sets, table.clusters, strict=True)
+        }
+        return cls(table.criterion, channel, images)  # channel j's score sits at its rank
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> GroupScores:
+        return cls(**d)
+
+
+def paired(truth: Oracle, table: ScoreTable | GroupScores) -> dict[str, tuple[list[float], list[float]]]:
     """Per group that both know: (the criterion's score of each channel, its measured loss increase)."""
+    scores = table if isinstance(table, GroupScores) else GroupScores.of(table)
     by_root = dict(zip(truth.groups, truth.increases, strict=True))
-    out = {}
-    for unit_set, cluster in zip(table.sets, table.clusters, strict=True):
-        if cluster.root in by_root:
-            out[cluster.root] = (unit_set.sorted_scores[unit_set.rank.long()].tolist(), by_root[cluster.root])
-    return out
+    return {root: (s, by_root[root]) for root, s in scores.scores.items() if root in by_root}
 
 
-def agreement(truth: Oracle, table: ScoreTable) -> Agreement:
-    """``table`` (a filter table of one criterion, raw scores) against ``truth``; clusters the criterion could
-    not score are left out."""
+def agreement(truth: Oracle, table: ScoreTable | GroupScores) -> Agreement:
+    """``table`` (one criterion's filter scores, raw) against ``truth``; groups the criterion could not score
+    are left out."""
+    criterion = table.criterion
     pairs = paired(truth, table)
     scores = [v for s, _ in pairs.values() for v in s]
     increases = [v for _, t in pairs.values() for v in t]
     per_group = {root: rank_correlation(s, t) for root, (s, t) in pairs.items()}
-    return Agreement(table.criterion, rank_correlation(scores, increases), per_group, len(scores))
+    return Agreement(criterion, rank_correlation(scores, increases), per_group, len(scores))
 
 
 def rank_correlation(a: Sequence[float], b: Sequence[float]) -> float | None:

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 from prunekit.core.connectivity import Connectivity
 from prunekit.core.evaluate import Accuracy
-from prunekit.core.oracle import Oracle
+from prunekit.core.oracle import GroupScores, Oracle
 from prunekit.deploy.latency import Latency
 from prunekit.deploy.recover import CurvePoint, Recovery
 from prunekit.deploy.staircase import Staircase
@@ -24,12 +24,22 @@ from prunekit.service.jobs import (
     Predictions,
     PredictJob,
     RecoverJob,
+    ScoresJob,
     SpeedJob,
     StaircaseJob,
 )
 
 Measurement = (
-    Accuracy | Latency | Staircase | Oracle | Recovery | MethodResult | Connectivity | Collapse | Predictions
+    Accuracy
+    | Latency
+    | Staircase
+    | Oracle
+    | GroupScores
+    | Recovery
+    | MethodResult
+    | Connectivity
+    | Collapse
+    | Predictions
 )  # what the store holds
 Outcome = Measurement | JobError  # what a job ends with
 
@@ -86,6 +96,7 @@ CODECS: dict[type[EvalJob], Codec] = {
     SpeedJob: Codec(lambda o: o.to_json(), Latency.from_json),
     StaircaseJob: Codec(lambda o: o.to_json(), Staircase.from_json),
     OracleJob: Codec(lambda o: o.to_json(), Oracle.from_json),
+    ScoresJob: Codec(lambda o: o.to_json(), GroupScores.from_json),
     RecoverJob: Codec(_recovery_json, _recovery),
     MethodJob: Codec(_method_json, _method),
 }

@@ -141,6 +141,19 @@ class OracleJob(EvalJob):
 
 
 @dataclass(frozen=True)
+class ScoresJob(EvalJob):
+    """``spec.criterion``'s filter scores of every channel group (``core.oracle.GroupScores``), its data-driven
+    part reading the last ``subset`` evaluation images (None: all of them): how a criterion's agreement with the
+    oracle moves with the data it sees."""
+
+    def canonical(self) -> ScoresJob:
+        return self
+
+    def key(self) -> list:
+        return ["scores", self.model, self.spec.criterion, self.spec.structure.value, self.subset]
+
+
+@dataclass(frozen=True)
 class PathJob(EvalJob):
     """The path test (effective sparsity, collapse) of one configuration: a whole forward and backward of
     the linearised model, measured apart from the slider move on models too big to do it inline."""

@@ -31,6 +31,7 @@ from prunekit.service.jobs import (
     PathJob,
     PredictJob,
     RecoverJob,
+    ScoresJob,
 )
 from prunekit.service.queue import STALE, Entry, JobQueue
 
@@ -38,7 +39,7 @@ from prunekit.service.queue import STALE, Entry, JobQueue
 def runs_remotely(job: EvalJob) -> bool:
     """Every job but a latency (bound to this machine) may run on a remote pool: accuracies, path tests,
     recoveries, training methods (their progress and stop travel through the pool, see raypool) and the oracle."""
-    return type(job) in (EvalJob, PathJob, CollapseJob, PredictJob, RecoverJob, MethodJob, OracleJob)
+    return type(job) in (EvalJob, PathJob, CollapseJob, PredictJob, RecoverJob, MethodJob, OracleJob, ScoresJob)
 
 
 @dataclass

@@ -12,15 +12,24 @@ from dataclasses import dataclass, field
 from prunekit.core.connectivity import Connectivity
 from prunekit.core.evaluate import Accuracy
 from prunekit.core.lab import Lab, PruneResult
-from prunekit.core.oracle import Oracle
+from prunekit.core.oracle import GroupScores, Oracle, agreement
 from prunekit.core.sensitivity import SensitivityRow
-from prunekit.core.spec import PruneSpec
+from prunekit.core.spec import PruneSpec, Structure
 from prunekit.deploy.recover import Recovery
 from prunekit.deploy.training import MethodResult
 from prunekit.service.codec import Outcome
 from prunekit.service.evaluation import EvalService
 from prunekit.service.fanout import oracle_jobs, sensitivity_jobs, sensitivity_rows
-from prunekit.service.jobs import Collapse, CollapseJob, EvalJob, JobError, MethodJob, PathJob, RecoverJob
+from prunekit.service.jobs import (
+    Collapse,
+    CollapseJob,
+    EvalJob,
+    JobError,
+    MethodJob,
+    PathJob,
+    RecoverJob,
+    ScoresJob,
+)
 from prunekit.service.queue import ASKED, LIVE_ESTIMATE, LIVE_FULL, curve_grid
 
 
@@ -281,3 +290,24 @@ def read_oracle(svc: EvalService, lab: Lab, model: str, images: int | None, sess
     total = sum(job.channels[1] - job.channels[0] for job in jobs)
     truth = Oracle.merged([got[job] for job in jobs]) if len(done) == len(jobs) else None
     return OracleView(truth, measured, total, error)
+
+
+def read_calibration(
+    svc: EvalService,
+    model: str,
+    truth: Oracle,
+    criteria: Iterable[str],
+    sizes: Iterable[int | None],
+    session: str,
+    start: bool,
+) -> dict[str, list[tuple[int | None, float | None, bool]]]:
+    """Per criterion and calibration size: (size, its Spearman with ``truth`` or None, still measuring?).
+    ``start`` asks the workers for the scores not known yet (at :data:`ASKED`)."""
+    jobs = {(c, n): ScoresJob(model, PruneSpec(c, Structure.FILTER), subset=n) for c in criteria for n in sizes}
+    known = svc.request([(job, ASKED) for job in jobs.values()], f"{session}:calibration") if start else {}
+    out: dict[str, list[tuple[int | None, float | None, bool]]] = {}
+    for (criterion, n), job in jobs.items():
+        got = known.get(job) or svc.lookup(job)
+        rho = agreement(truth, got).overall if isinstance(got, GroupScores) else None
+        out.setdefault(criterion, []).append((n, rho, got is None))
+    return out

@@ -26,9 +26,11 @@ from prunekit.core.evaluate import (
     predict_logits,
     stratified_indices,
 )
+from prunekit.core.importance import get_criterion
 from prunekit.core.lab import Lab, Pruner
 from prunekit.core.loaded import ModelSpec
-from prunekit.core.oracle import Oracle, channel_slice, dense_loss, oracle
+from prunekit.core.oracle import GroupScores, Oracle, channel_slice, dense_loss, oracle
+from prunekit.core.spec import Structure
 from prunekit.deploy.engine import Choice, Engine, EngineKind, checked, eager, fastest, onnxruntime, refereed
 from prunekit.deploy.latency import UNSTRUCTURED_NOTE, Latency, measure
 from prunekit.deploy.methods import train_sparse, write_result
@@ -57,6 +59,7 @@ from prunekit.service.jobs import (
     Predictions,
     PredictJob,
     RecoverJob,
+    ScoresJob,
     SpeedJob,
     StaircaseJob,
 )
@@ -373,6 +376,12 @@ class JobRunner:
         # the worker owns its model (hooked for the run, unhooked after) and keeps it channels_last already
         return oracle(lab.loaded.model, [part], images, labels, dense=self._dense_losses[key], private=True)
 
+    def _scores(self, lab: Lab, job: ScoresJob) -> GroupScores:
+        """A criterion's filter scores with its data-driven part on the last ``job.subset`` images."""
+        table = lab.table_on(job.spec.criterion, Structure.FILTER, job.subset)
+        reads = get_criterion(job.spec.criterion).needs_data
+        return GroupScores.of(table, len(lab.calibration(job.subset)[1]) if reads else 0)
+
     def _subset(
         self, model: str, images: torch.Tensor, labels: torch.Tensor, n: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -419,6 +428,7 @@ _KINDS = {
     SpeedJob: lambda runner, lab, job, control: runner._speed(lab, job),
     StaircaseJob: lambda runner, lab, job, control: runner._staircase(lab, job),
     OracleJob: lambda runner, lab, job, control: runner._oracle(lab, job),
+    ScoresJob: lambda runner, lab, job, control: runner._scores(lab, job),
     PathJob: lambda runner, lab, job, control: runner._paths(lab, job),
     CollapseJob: _collapse,
     PredictJob: lambda runner, lab, job, control: runner._predict(lab, job),

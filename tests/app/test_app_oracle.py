@@ -14,7 +14,7 @@ def _table(at):
     return next((d.value for d in at.dataframe if "median per layer" in d.value.columns), None)
 
 
-def test_the_oracle_is_measured_by_the_workers_and_every_criterion_set_against_it():
+def test_the_oracle_is_measured_by_the_workers_and_every_criterion_set_against_it(monkeypatch):
     from prunekit.app import oracles
     from prunekit.app.server_state import service
     from prunekit.core.evaluate import stratified_indices
@@ -23,6 +23,7 @@ def test_the_oracle_is_measured_by_the_workers_and_every_criterion_set_against_i
     from prunekit.models import zoo
     from prunekit.service.readings import read_oracle
 
+    monkeypatch.setattr(oracles, "ORACLE_IMAGES", (256, 500))  # small image counts: the calibration part's too
     at = open_page(page("importance"), CNN)
     at.select_slider(key="oracle_images").set_value(256).run()
     next(b for b in at.button if b.label == "Measure the oracle").click().run()
@@ -44,6 +45,16 @@ def test_the_oracle_is_measured_by_the_workers_and_every_criterion_set_against_i
     assert any(
         "bn-scale" not in str(c.proto.spec) and "loss increase" in str(c.proto.spec) for c in at.get("plotly_chart")
     )
+    # the calibration part: at the usual 256 calibration images, Taylor's Spearman is the table's
+    at.toggle(key="oracle_calibration").set_value(True).run()
+    chart = lambda: next(c for c in at.get("plotly_chart") if "calibration images" in str(c.proto.spec))  # noqa: E731
+    wait_until(lambda: "on their way" not in " ".join(c.value for c in at.caption), step=lambda: rerun(at))
+    import json
+
+    lines = {t["name"]: t for t in json.loads(chart().proto.spec)["data"]}
+    assert set(lines) == {"First-order Taylor", "captum Gradient x Activation", "Second order (OBD)"}
+    assert lines["First-order Taylor"]["x"] == ["256", "500"]
+    assert lines["First-order Taylor"]["y"][0] == pytest.approx(taylor.overall, abs=1e-9)
 
 
 def test_an_oracle_on_its_way_shows_its_progress_and_can_be_stopped(monkeypatch):

@@ -99,6 +99,7 @@ def truth(ctx: PageContext, found) -> None:
         format_func=lambda n: CRITERIA[n].title,
         key="oracle_criterion",
     )
+    calibration(ctx, found)
     points, left_out = oracles.oracle_points(lab, found, criterion)
     st.plotly_chart(plots.oracle_scatter(points, CRITERIA[criterion].title), key="oracle_scatter")
     if left_out:
@@ -106,6 +107,28 @@ def truth(ctx: PageContext, found) -> None:
             f"{left_out:,} channels are not on the log axes: their removal left the loss as it was or lowered it, "
             "or the criterion scored them 0."
         )
+
+
+def calibration(ctx: PageContext, found) -> None:
+    """How the data-driven criteria's agreement with the truth moves with the calibration images they read."""
+    if not st.toggle("Vary the data-driven criteria's calibration images", key="oracle_calibration"):
+        return
+    live("calibration", partial(calibration_part, ctx, found), ORACLE_POLL)
+
+
+def calibration_part(ctx: PageContext, found) -> bool:
+    total = len(ctx.lab.loaded.eval_data())
+    curves = oracles.calibration_curve(ctx.lab, found, start=True)
+    label = lambda n: f"all {total:,}" if n is None else f"{n:,}"  # noqa: E731
+    drawn = {CRITERIA[c].title: [(label(n), rho) for n, rho, _ in points] for c, points in curves.items()}
+    st.plotly_chart(plots.calibration_lines(drawn), key="oracle_calibration_chart")
+    waiting = sum(pending for points in curves.values() for _, _, pending in points)
+    st.caption(
+        "The scores of each size are measured in the workers and stored"
+        + (f"; {waiting} still on their way." if waiting else ".")
+        + " The calibration images are the last of the evaluation split; the oracle's are a stratified subset of it."
+    )
+    return waiting > 0
 
 
 def _row(a: Agreement) -> dict:
