@@ -11,7 +11,8 @@
 
 ``lab.recover(spec, prunekit.Recipe(epochs=1))`` fine-tunes, ``lab.train_sparse("lth", 0.9, prunekit.Budget(epochs=1))``
 reaches a sparsity by a training method (``prunekit.METHODS``), ``lab.forget(spec)`` shows what pruning forgets,
-``lab.sweep(spec)`` traces accuracy against sparsity; ``prunekit.RunOptions`` sends their evaluations to worker
+``lab.sweep(spec)`` traces accuracy against sparsity, ``lab.oracle(images=1000)`` measures every filter's true importance
+and each criterion's rank correlation with it; ``prunekit.RunOptions`` sends their evaluations to worker
 processes or Ray. Layers, each importing only those before it: ``core`` (the engine), ``models`` (zoo, data,
 training), ``deploy`` (latency, export, recovery), ``service`` (evaluation workers, store, Ray), ``tasks``
 (the use cases above), ``app`` (the Streamlit lab, the only part that imports streamlit) and ``cli``.
@@ -48,11 +49,12 @@ from prunekit.errors import (
     MemoryBudgetError,
     ProbeUnsupportedError,
     PrunekitError,
+    StoppedError,
     UnknownNameError,
     UntrainedModelError,
 )
 from prunekit.service.fanout import Backend
-from prunekit.tasks import Lab, RunOptions, list_models, load
+from prunekit.tasks import Lab, OracleReport, RunOptions, list_models, load
 
 __all__ = [
     "ALLOCATIONS",
@@ -78,6 +80,7 @@ __all__ = [
     "MemoryBudgetError",
     "MethodResult",
     "Normalisation",
+    "OracleReport",
     "ProbeUnsupportedError",
     "PruneConfig",
     "PruneResult",
@@ -87,6 +90,7 @@ __all__ = [
     "Recipe",
     "RunOptions",
     "Scope",
+    "StoppedError",
     "Structure",
     "Target",
     "UnknownNameError",
