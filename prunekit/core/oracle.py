@@ -31,6 +31,7 @@ from prunekit.core import prefix
 from prunekit.core.allocate import ScoreTable
 from prunekit.core.analysis import spearman
 from prunekit.core.masks import apply_masks_, filter_masks
+from prunekit.core.profile import Profile
 from prunekit.core.structure import Cluster, Member
 from prunekit.errors import InvalidArgumentError, StoppedError
 
@@ -87,11 +88,21 @@ def channel_slice(cluster: Cluster, start: int, stop: int) -> Cluster:
     return dataclasses.replace(cluster, size=stop - start, members=members)
 
 
-def slices(clusters: Sequence[Cluster], images: int, macs_per_image: int) -> list[tuple[str, int, int]]:
-    """(group, start, stop) slices of every group, each about :data:`SLICE_MACS` of removals' work (a removal
-    costs at most a whole forward of ``images`` images of ``macs_per_image``): the jobs a service shares out."""
-    per_slice = max(1, int(SLICE_MACS // max(1, images * macs_per_image)))
-    return [(c.root, a, min(a + per_slice, c.size)) for c in clusters for a in range(0, c.size, per_slice)]
+def slices(clusters: Sequence[Cluster], images: int, profile: Profile) -> list[tuple[str, int, int]]:
+    """(group, start, stop) slices of every group: the jobs a service shares out. A slice runs the network before
+    its group once (the prefix) and the rest once per channel, so it takes enough channels that the prefix is
+    at most a fifth of its work, and more while the whole stays under :data:`SLICE_MACS` (MACs from ``profile``,
+    the layers in forward order; a group's prefix is every layer before its first member)."""
+    order = {layer.name: i for i, layer in enumerate(profile.layers)}
+    total = max(1, profile.total_macs)
+    out = []
+    for c in clusters:
+        first = min((order[m.layer] for m in c.members if m.layer in order), default=0)
+        before = sum(layer.macs for layer in profile.layers[:first])
+        after = max(1, total - before)
+        per_slice = max(4 * before // after, int(SLICE_MACS // max(1, images * after)), 1)
+        out += [(c.root, a, min(a + per_slice, c.size)) for a in range(0, c.size, per_slice)]
+    return out
 
 
 def check_images(images: torch.Tensor, labels: torch.Tensor) -> None:

@@ -24,8 +24,9 @@ from prunekit.service.evaluation import EvalService, open_service
 from prunekit.service.jobs import EvalJob, JobError, OracleJob
 from prunekit.service.protocol import Status
 from prunekit.service.queue import LIVE_FULL
-from prunekit.service.runner import JobRunner, answer
+from prunekit.service.runner import JobRunner
 from prunekit.service.store import ResultStore
+from prunekit.service.worker import answer
 
 Progress = Callable[[int, int], None]  # (points done, points in all)
 POLL_S = 0.05
@@ -63,7 +64,7 @@ def oracle_jobs(lab: Lab, model: str, images: int | None) -> list[OracleJob]:
     count = len(lab.loaded.eval_data()) if images is None else images
     return [
         OracleJob(model, subset=images, group=group, channels=(start, stop))
-        for group, start, stop in slices(lab.clusters, count, lab.profile.total_macs)
+        for group, start, stop in slices(lab.clusters, count, lab.profile)
     ]
 
 

@@ -39,8 +39,9 @@ from prunekit.service.chunks import Control
 from prunekit.service.jobs import EvalJob, MethodJob, Report, reports_progress
 from prunekit.service.protocol import Order, Status
 from prunekit.service.rayline import Line
-from prunekit.service.runner import PROGRESS_EVERY_S, JobRunner, answer, jobs_from, keep_weights
+from prunekit.service.runner import JobRunner, keep_weights
 from prunekit.service.threadproc import ThreadProcess
+from prunekit.service.worker import PROGRESS_EVERY_S, answer, jobs_from
 
 log = logging.getLogger(__name__)
 LOCAL = "local"  # the address that starts a private Ray instance on this machine

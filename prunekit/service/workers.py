@@ -16,7 +16,7 @@ from typing import Protocol
 
 from prunekit.service.jobs import EvalJob
 from prunekit.service.policy import Slot
-from prunekit.service.runner import worker_main
+from prunekit.service.worker import worker_main
 
 log = logging.getLogger(__name__)
 MAX_DEATHS_IN_A_ROW = 6  # workers dying with no job finished in between: they cannot start, so stop trying

@@ -15,8 +15,9 @@ from prunekit.service import policy, scheduler, workers
 from prunekit.service.chunks import Control, Resume
 from prunekit.service.jobs import CHUNK_IMAGES, ESTIMATE_IMAGES, EvalJob, JobError
 from prunekit.service.queue import CURVE, LIVE_ESTIMATE, LIVE_FULL
-from prunekit.service.runner import JobRunner, answer, jobs_from
+from prunekit.service.runner import JobRunner
 from prunekit.service.threadproc import ThreadProcess
+from prunekit.service.worker import answer, jobs_from
 from tests.helpers import wait_until
 
 FMNIST = ModelSpec("prunekit.models.zoo:load", ("fmnist-cnn",))
