@@ -39,13 +39,15 @@ def panel(ctx: PageContext) -> None:
         return
     total = len(lab.loaded.eval_data())
     choices = [n for n in oracles.ORACLE_IMAGES if n is None or n < total]
-    images = st.select_slider(
-        "Images the oracle measures on (a stratified subset)",
-        options=choices,
-        value=choices[1] if len(choices) > 1 else choices[0],
-        format_func=lambda n: f"all {total:,}" if n is None else f"{n:,}",
-        key="oracle_images",
-    )
+    images = choices[0]
+    if len(choices) > 1:  # a few labelled images (ImageNet's offline ones): all of them, no choice to make
+        images = st.select_slider(
+            "Images the oracle measures on (a stratified subset)",
+            options=choices,
+            value=choices[1],
+            format_func=lambda n: f"all {total:,}" if n is None else f"{n:,}",
+            key="oracle_images",
+        )
     asked = st.session_state.get("oracle_asked") == (lab.fingerprint, images)
     view = oracles.oracle_view(lab, images, start=asked)
     live("oracle", partial(measured, ctx, images), ORACLE_POLL, asked and view.running)
