@@ -237,3 +237,17 @@ def test_export_of_your_model_says_why_it_is_masked_and_its_snippet_asks_for_you
         for k, v in masks.items()
         if k.endswith("weight")
     )
+
+
+def test_the_oracle_runs_on_your_own_model_through_the_api():
+    """Your model travels to the oracle's jobs (cloudpickled) and comes back with the same numbers as the core."""
+    from prunekit.core.oracle import oracle
+
+    model, images, labels = _model_and_data()
+    lab = prunekit.Lab.from_model(model, images[0], eval_data=(images, labels))
+    report = lab.oracle(criteria=["l1", "taylor"])
+    want = oracle(model, lab.clusters, images, labels)
+    assert report.truth.groups == want.groups and report.truth.images == len(labels)
+    for got, ref in zip(report.truth.increases, want.increases, strict=True):
+        assert got == pytest.approx(ref, abs=1e-6)
+    assert [a.criterion for a in report.agreements] == ["l1", "taylor"]

@@ -92,6 +92,10 @@ def truth(ctx: PageContext, found) -> None:
     rows = [_row(a) for a in sorted(agreements, key=lambda a: -(a.overall if a.overall is not None else -2.0))]
     st.plotly_chart(plots.oracle_agreement_bars(rows), key="oracle_bars")
     st.dataframe(rows, hide_index=True, width="stretch")
+    st.caption(
+        "Within each layer (group of coupled channels, by its first layer): Spearman's rho, blank where undefined."
+    )
+    st.dataframe([_per_layer(a, found.groups) for a in agreements], hide_index=True, width="stretch")
     for name, why in skipped.items():
         st.caption(f"{CRITERIA[name].title}: not compared ({why}).")
     claim(next((a for a in agreements if a.criterion == "taylor"), None))
@@ -131,6 +135,11 @@ def calibration_part(ctx: PageContext, found) -> bool:
         + " The calibration images are the last of the evaluation split; the oracle's are a stratified subset of it."
     )
     return waiting > 0
+
+
+def _per_layer(a: Agreement, groups: list[str]) -> dict:
+    rho = a.per_group
+    return {"criterion": a.criterion} | {g: None if rho.get(g) is None else round(rho[g], 3) for g in groups}
 
 
 def _row(a: Agreement) -> dict:
