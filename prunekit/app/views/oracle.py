@@ -39,8 +39,8 @@ def panel(ctx: PageContext) -> None:
         return
     total = len(lab.loaded.eval_data())
     choices = [n for n in oracles.ORACLE_IMAGES if n is None or n < total]
-    images = choices[0]
-    if len(choices) > 1:  # a few labelled images (ImageNet's offline ones): all of them, no choice to make
+    images = choices[0]  # a model with few labelled images (ImageNet's offline ones): all of them, no choice
+    if len(choices) > 1:
         images = st.select_slider(
             "Images the oracle measures on (a stratified subset)",
             options=choices,
@@ -49,7 +49,7 @@ def panel(ctx: PageContext) -> None:
             key="oracle_images",
         )
     asked = st.session_state.get("oracle_asked") == (lab.fingerprint, images)
-    view = oracles.oracle_view(lab, images, start=asked)
+    view = oracles.oracle_view(lab, images, start=False)  # whether to poll; the part itself asks
     live("oracle", partial(measured, ctx, images), ORACLE_POLL, asked and view.running)
 
 
