@@ -17,10 +17,11 @@ from prunekit.cli import main
 from prunekit.core.evaluate import Accuracy
 from prunekit.core.lab import Lab
 from prunekit.core.loaded import ModelSpec
+from prunekit.core.oracle import Oracle
 from prunekit.core.spec import Allocation, PruneSpec
 from prunekit.models.zoo import load
-from prunekit.service.fanout import Backend, run_jobs, sensitivity_jobs, sweep_jobs
-from prunekit.service.jobs import EvalJob
+from prunekit.service.fanout import Backend, oracle_jobs, run_jobs, sensitivity_jobs, sweep_jobs
+from prunekit.service.jobs import EvalJob, OracleJob
 from prunekit.service.raypool import RayPool
 from prunekit.service.store import ResultStore
 from tests.helpers import ROOT, page
@@ -52,9 +53,10 @@ def lab():
     return Lab(load("fmnist-cnn"))
 
 
-def test_ray_sweep_and_sensitivity_equal_local_workers_exactly(lab, tmp_path):
+def test_ray_sweep_sensitivity_and_oracle_equal_local_workers(lab, tmp_path):
     template = EvalJob("fmnist-cnn", PruneSpec("magnitude", "unstructured", allocation=Allocation("global")))
     jobs = sweep_jobs(template, [0.3, 0.6, 0.9]) + sensitivity_jobs(lab, template.with_subset(500), [0.5, 0.9])[1:]
+    jobs += oracle_jobs(lab, "fmnist-cnn", 60)  # the oracle's slices travel to Ray as any job does
     local = run_jobs(jobs, SPEC, lab.fingerprint, Backend(workers=2, store=ResultStore(tmp_path / "local.sqlite3")))
     seen = []
     on_ray = run_jobs(
@@ -64,8 +66,14 @@ def test_ray_sweep_and_sensitivity_equal_local_workers_exactly(lab, tmp_path):
         Backend(ray="local", store=ResultStore(tmp_path / "ray.sqlite3")),
         lambda done, total: seen.append((done, total)),
     )
-    assert all(isinstance(o, Accuracy) for o in on_ray.values())
-    assert _figures(on_ray) == _figures(local)
+    slices = [job for job in jobs if isinstance(job, OracleJob)]
+    assert all(isinstance(on_ray[job], Oracle) for job in slices)
+    ray_rows = Oracle.merged([on_ray[job] for job in slices]).flat()
+    local_rows = Oracle.merged([local[job] for job in slices]).flat()
+    assert [v for _, _, v in ray_rows] == pytest.approx([v for _, _, v in local_rows], abs=1e-6)
+    points = {job: o for job, o in on_ray.items() if job not in slices}
+    assert all(isinstance(o, Accuracy) for o in points.values())
+    assert _figures(points) == _figures({job: o for job, o in local.items() if job not in slices})
     assert seen[-1] == (len(jobs), len(jobs)) and len(seen) > 2  # the progress bar moved
 
 
