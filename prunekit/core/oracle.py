@@ -132,7 +132,7 @@ def plain_oracle(
 ) -> Oracle:
     """The reference: for every channel, a copy of ``model`` with that channel's masks applied, run whole."""
     check_images(images, labels)
-    t0, model = time.perf_counter(), model.eval()
+    t0, model = time.perf_counter(), copy.deepcopy(model).eval()  # the caller's model keeps its mode
     base = dense_loss(model, images, labels)
     modules = dict(model.named_modules())
     total, done, increases = sum(c.size for c in clusters), 0, []
