@@ -29,6 +29,7 @@ from prunekit.deploy.recover import Recipe, Recovery
 from prunekit.deploy.recover import recover as recover_model
 from prunekit.errors import InvalidArgumentError, PrunekitError, UntrainedModelError
 from prunekit.models import custom, zoo
+from prunekit.progress import Bar
 from prunekit.service.codec import Outcome
 from prunekit.service.fanout import (
     Backend,
@@ -51,14 +52,15 @@ SWEEP_GRID = (0.1, 0.3, 0.5, 0.7, 0.9)
 @dataclass(frozen=True)
 class RunOptions:
     """Where evaluation jobs run and how their progress is told: ``backend`` (this process by default),
-    ``shard_size`` images per job on an ImageFolder, ``progress(done, total)`` as points finish."""
+    ``shard_size`` images per job on an ImageFolder, ``progress(done, total)`` as points finish (by default a
+    tqdm bar: a widget in a notebook, a bar on a terminal, a plain line now and then in a log; None: silent)."""
 
     backend: Backend = field(default_factory=Backend)
     shard_size: int = 1000
-    progress: Progress | None = None
+    progress: Progress | None = field(default_factory=lambda: Bar("evaluating"))
 
 
-def list_models() -> list[zoo.ModelInfo]:
+def list_models() -> list[zoo.ZooEntry]:
     """Every model the zoo offers (name, family, data set, parameters, whether its weights are here)."""
     return zoo.list_models()
 
@@ -244,10 +246,41 @@ def export(
 ) -> ExportReport:
     """Masks, the per-layer ratio dict, a loading snippet, safetensors and ONNX of ``spec`` (the compacted model
     for filters, checked against the masked one), timed; written into the folder ``out`` when given."""
+    bar = Bar("export", unit="step")
+    bar.update(0, 3, "masks, compaction, ONNX")
     pruner = lab.pruner(spec)
     bundle = build_bundle(pruner, spec)
+    bar.update(1, 3, "writing files" if out is not None else "")
     files = write_bundle(bundle, Path(out)) if out is not None else {}
-    return ExportReport(bundle, export_report(lab, pruner, bundle, latency), files)
+    bar.update(2, 3, "timing latency")
+    report = export_report(lab, pruner, bundle, latency)
+    bar.update(3, 3)
+    return ExportReport(bundle, report, files)
+
+
+def recovery_bar(desc: str = "fine-tune") -> Callable[[Recovery], bool]:
+    """A recovery's ``progress`` drawn as a tqdm bar of optimizer steps, the last estimate beside it."""
+    bar = Bar(desc, unit="step")
+
+    def show(r: Recovery) -> bool:
+        if r.total_steps:
+            bar.update(r.step, r.total_steps, f"estimate {r.curve[-1].top1:.2%}" if r.curve else "")
+        return True
+
+    return show
+
+
+def method_bar() -> Callable[[MethodResult], bool]:
+    """A training method's ``progress`` drawn as a tqdm bar of steps (the total is the method's own estimate)."""
+    bar = Bar("training", unit="step")
+
+    def show(r: MethodResult) -> bool:
+        if r.total_steps:
+            bar.desc = r.method
+            bar.update(min(r.steps, r.total_steps), r.total_steps, f"estimate {r.curve[-1][1]:.2%}" if r.curve else "")
+        return True
+
+    return show
 
 
 def recover(
@@ -258,9 +291,9 @@ def recover(
 ) -> Recovery:
     """``spec`` applied, then recovered by ``recipe`` (BatchNorm recalibration, a masked fine-tune, one-shot,
     iterative or AGP): the accuracies before and after, the fine-tune's curve and the recovered model.
-    ``progress`` sees the recovery as it grows and may stop it by returning False."""
+    ``progress`` sees the recovery as it grows and may stop it by returning False (None: a tqdm bar of steps)."""
     require_trained(lab)
-    return recover_model(lab, spec, recipe or Recipe(), progress)
+    return recover_model(lab, spec, recipe or Recipe(), progress or recovery_bar())
 
 
 def train_sparse(
@@ -273,10 +306,10 @@ def train_sparse(
     """Reach ``sparsity`` by ``method`` (see ``prunekit.deploy.methods.METHODS``: lottery ticket, learning-rate
     rewinding, SNIP, GraSP, SynFlow, SET, RigL, slimming, distillation, train-prune-fine-tune), its final training
     ``budget`` the same for every method: the trained sparse model, its masks, its top-1 on the test split and its
-    cost. ``progress`` sees the run as it grows and may stop it by returning False."""
+    cost. ``progress`` sees the run as it grows and may stop it by returning False (None: a tqdm bar of steps)."""
     if get_method(method).needs_trained:
         require_trained(lab)
-    return train_sparse_model(lab, method, sparsity, budget or Budget(), progress)
+    return train_sparse_model(lab, method, sparsity, budget or Budget(), progress or method_bar())
 
 
 def forget(lab: engine.Lab, spec: PruneSpec, run: RunOptions | None = None) -> Forgetting:

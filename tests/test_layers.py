@@ -10,6 +10,7 @@ PACKAGE = Path(prunekit.__file__).parent
 LAYERS = {
     "errors": 0,
     "units": 0,
+    "progress": 0,
     "shipped": 0,
     "core": 1,
     "models": 2,

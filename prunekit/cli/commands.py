@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import asdict
 
@@ -19,6 +18,7 @@ from prunekit.deploy.methods import Budget, write_result
 from prunekit.deploy.recover import Recipe
 from prunekit.errors import InvalidArgumentError, UntrainedModelError
 from prunekit.models import custom, zoo
+from prunekit.progress import Bar
 from prunekit.service.fanout import Backend
 from prunekit.service.store import ResultStore
 
@@ -128,7 +128,7 @@ def _definition(args) -> custom.Definition:
 def _run(args) -> tasks.RunOptions:
     """Where ``--ray``/``--workers`` say the points run (an ImageFolder in shards), with a progress bar."""
     backend = Backend(args.ray, args.workers, ResultStore() if args.ray or args.workers else None)
-    return tasks.RunOptions(backend, args.shard_size, render.progress_bar)
+    return tasks.RunOptions(backend, args.shard_size, Bar("evaluating"))
 
 
 def _spec(args, sparsity: float = 0.0) -> PruneSpec:
@@ -199,8 +199,7 @@ def cmd_recover(args) -> tuple[object, str]:
         steps=args.steps,
         lr=args.lr,
     )
-    result = lab.recover(_spec(args, args.sparsity), recipe, render.progress_line)
-    print(file=sys.stderr)
+    result = lab.recover(_spec(args, args.sparsity), recipe, tasks.recovery_bar())
     data = {"model": lab.loaded.name, "sparsity": args.sparsity, "recipe": asdict(recipe), **result.to_json()}
     data["intervals"] = {k: v.interval() for k, v in result.accuracy.items() if v}
     lines = [f"{k:13} {'skipped' if v is None else interval_label(v.top1, v.n)}" for k, v in result.accuracy.items()]
@@ -210,8 +209,7 @@ def cmd_recover(args) -> tuple[object, str]:
 def cmd_train_sparse(args) -> tuple[object, str]:
     lab = _load(args)
     budget = Budget(args.epochs, args.train_images, args.batch_size, args.rounds, args.rewind_step)
-    result = lab.train_sparse(args.method, args.sparsity, budget, render.method_progress)
-    print(file=sys.stderr)
+    result = lab.train_sparse(args.method, args.sparsity, budget, tasks.method_bar())
     paths = write_result(result, lab.loaded.name, args.out)
     data = {"model": lab.loaded.name, **result.to_json(), "files": {k: str(v) for k, v in paths.items()}}
     return data, "\n".join(render.method_lines(result) + [f"wrote {', '.join(paths)} to {args.out}"])

@@ -3,8 +3,6 @@ on stderr."""
 
 from __future__ import annotations
 
-import sys
-
 from prunekit.core.evaluate import Accuracy, interval_label
 from prunekit.core.lab import PruneResult
 from prunekit.core.spec import allocation_of
@@ -79,12 +77,6 @@ def forget_lines(report) -> list[str]:
     return lines
 
 
-def progress_bar(done: int, total: int) -> None:
-    filled = round(30 * done / max(total, 1))
-    end = "\n" if done == total else ""
-    print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} points", end=end, file=sys.stderr, flush=True)
-
-
 def oracle_lines(report) -> list[str]:
     """Each criterion's rank correlation with the oracle, best first, and the most important channels."""
     truth = report.truth
@@ -104,19 +96,6 @@ def oracle_lines(report) -> list[str]:
 
 def _rho(value: float | None) -> str:
     return "n/a" if value is None else f"{value:+.3f}"
-
-
-def progress_line(r) -> bool:
-    if r.total_steps:
-        last = f", estimate {r.curve[-1].top1:.2%}" if r.curve else ""
-        print(f"\rfine-tune step {r.step}/{r.total_steps}{last}   ", end="", file=sys.stderr, flush=True)
-    return True
-
-
-def method_progress(r) -> bool:
-    last = f", estimate {r.curve[-1][1]:.2%}" if r.curve else ""
-    print(f"\r{r.method}: step {r.steps}/{r.total_steps}{last}   ", end="", file=sys.stderr, flush=True)
-    return True
 
 
 def method_lines(r) -> list[str]:

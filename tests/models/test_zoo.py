@@ -102,3 +102,17 @@ def test_card_files_are_valid_json():
     for name in BUNDLED:
         card = json.loads((zoo.MODELS_DIR / f"{name}.json").read_text())
         assert card["name"] == name and card["test_images"] == 10_000
+
+
+def test_bundled_cards_reproduce_commands_exist():
+    """A card's ``reproduce`` line names a module that exists today and takes the model's name."""
+    import shlex
+    import subprocess
+    import sys
+
+    for name in BUNDLED:
+        argv = shlex.split(zoo.bundled_card(name)["reproduce"])
+        assert argv[:2] == ["python", "-m"] and argv[-1] == name
+        run = subprocess.run([sys.executable, *argv[1:-1], "--help"], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert name in "".join(run.stdout.split())  # the help lists the recipes it can train (wrapped)
