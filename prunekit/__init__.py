@@ -8,6 +8,7 @@
     plan = lab.plan("macs=0.6")                        # per-layer sparsities for a budget, measured
     files = lab.export(prunekit.PruneSpec("l1", prunekit.Structure.FILTER, sparsity=0.3), out="export/")
     app = prunekit.launch(model, example_input, eval_data=(images, labels))  # the browser lab on your own model
+    lab = prunekit.load("timm/resnet50.a1_in1k", eval_folder=prunekit.imagenette_folder())  # after download_imagenette()
 
 ``lab.recover(spec, prunekit.Recipe(epochs=1))`` fine-tunes, ``lab.train_sparse("lth", 0.9, prunekit.Budget(epochs=1))``
 reaches a sparsity by a training method (``prunekit.METHODS``), ``lab.forget(spec)`` shows what pruning forgets,
@@ -53,6 +54,8 @@ from prunekit.errors import (
     UnknownNameError,
     UntrainedModelError,
 )
+from prunekit.models.imagenette import download as download_imagenette
+from prunekit.models.imagenette import require as imagenette_folder
 from prunekit.service.fanout import Backend
 from prunekit.tasks import Lab, OracleReport, RunOptions, list_models, load
 
@@ -95,6 +98,8 @@ __all__ = [
     "Target",
     "UnknownNameError",
     "UntrainedModelError",
+    "download_imagenette",
+    "imagenette_folder",
     "launch",
     "list_models",
     "load",

@@ -5,6 +5,10 @@ import os
 import tempfile
 
 os.environ["PRUNEKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="prunekit-test-cache-")
+# timm weights come from a Hugging Face cache that the tests themselves write (tests.helpers.write_hf_weights),
+# never from the machine's own cache nor the network; set before any worker process starts, so workers see it too.
+os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="prunekit-test-hf-")
+os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("PRUNEKIT_WORKERS", "1")
 os.environ.setdefault("PRUNEKIT_CURVE_FILL", "0")
 # The app's workers run niced below the server (pages stay responsive). Here the "server" is an AppTest that

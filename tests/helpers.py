@@ -178,3 +178,20 @@ def wait_for(service, jobs, session: str = "t") -> dict:
 
     wait_until(done, what=f"jobs {jobs}")
     return known
+
+
+def write_hf_weights(hub_id: str, state: dict[str, torch.Tensor], cache: Path | None = None) -> Path:
+    """A Hugging Face hub cache entry of ``hub_id`` ('timm/resnet10t.c3_in1k') holding ``state`` as
+    model.safetensors, laid out as huggingface_hub writes it (refs/main -> snapshots/<commit>/), in ``cache``
+    (default: ``$HF_HUB_CACHE``, which tests/conftest.py points at a throw-away folder)."""
+    from safetensors.torch import save_file
+
+    cache = Path(cache or os.environ["HF_HUB_CACHE"])
+    repo = cache / f"models--{hub_id.replace('/', '--')}"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    target = repo / "snapshots" / commit / "model.safetensors"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(target))
+    return target

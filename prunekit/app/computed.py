@@ -91,6 +91,8 @@ def coupling_panel(current: Lab, key: str) -> frozenset[str]:
 
 def untrained_banner(current: Lab) -> bool:
     """Show the banner for untrained models; True when accuracy and importance are meaningless."""
+    if (note := current.profile.note()) is not None:
+        st.info(error_text(note[0].upper() + note[1:] + "."))
     if current.loaded.pretrained:
         if current.loaded.notes:  # e.g. an upload's half-precision tensors converted to float32
             st.info(error_text(" ".join(current.loaded.notes)))

@@ -7,6 +7,7 @@ workers, as cloudpickle bytes (:mod:`prunekit.models.custom`); this module does 
 
 from __future__ import annotations
 
+import html
 import os
 import signal
 import subprocess
@@ -29,13 +30,25 @@ class LaunchError(PrunekitError, RuntimeError):
 
 @dataclass
 class App:
-    """A running lab: open ``url``; ``stop()`` ends the server and its workers."""
+    """A running lab: open ``url``; ``stop()`` ends the server and its workers. In Jupyter, an ``App`` as a cell's
+    value shows the lab inline (an iframe ``height`` pixels tall) with its URL."""
 
     url: str
     process: subprocess.Popen
     model_file: Path
     log_file: Path
+    height: int = 800
     _stopped: bool = field(default=False, repr=False)
+
+    def _repr_html_(self) -> str:
+        url = html.escape(self.url, quote=True)
+        if not self.running():
+            return f"<p>prunekit lab at {url}: its server has stopped.</p>"
+        return (
+            f'<iframe src="{url}/?embed=true" width="100%" height="{int(self.height)}" '
+            'style="border: 1px solid #ddd; border-radius: 4px" title="prunekit lab"></iframe>'
+            f'<p>prunekit lab: <a href="{url}" target="_blank" rel="noopener">{url}</a> (opens in its own tab)</p>'
+        )
 
     def running(self) -> bool:
         return self.process.poll() is None
@@ -90,13 +103,15 @@ def launch(
     port: int = 8501,
     open_browser: bool = False,
     address: str = "localhost",
+    height: int = 800,
     **options,
 ) -> App:
     """Start the browser lab on ``model`` and return at once (see :meth:`App.wait_ready`).
 
     Arguments as :meth:`prunekit.Lab.from_model` (checked here, before anything starts); ``options`` may
     also hold ``name`` and ``normalisation``. The model and data are the caller's own, so no trust switch
-    is needed; uploads through the browser stay weights-only.
+    is needed; uploads through the browser stay weights-only. In a notebook the returned ``App`` shows the lab
+    inline, ``height`` pixels tall.
     """
     if not 0 < int(port) < 65536:
         raise InvalidArgumentError(f"port must be in 1..65535, got {port}")
@@ -105,7 +120,10 @@ def launch(
     os.close(handle)
     model_file = custom.write(loaded, Path(name))
     log_file = model_file.with_suffix(".log")
-    app = App(f"http://{address}:{port}", _start(model_file, log_file, port, address), model_file, log_file)
+    if int(height) < 100:
+        raise InvalidArgumentError(f"height is in pixels, at least 100, got {height}")
+    server = _start(model_file, log_file, port, address)
+    app = App(f"http://{address}:{port}", server, model_file, log_file, int(height))
     if open_browser:
         webbrowser.open(app.url)
     return app

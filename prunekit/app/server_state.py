@@ -29,7 +29,7 @@ from prunekit.core.lab import Lab
 from prunekit.core.shared import SingleFlight
 from prunekit.core.spec import COMPARED_SCOPES
 from prunekit.errors import InvalidArgumentError
-from prunekit.models import custom, zoo
+from prunekit.models import custom, imagenette, zoo
 from prunekit.service import memory
 from prunekit.service.evaluation import RAY_ENV, EvalService, open_service
 from prunekit.service.jobs import ESTIMATE_IMAGES, EvalJob
@@ -76,7 +76,7 @@ class OnFolder:
     name: str
 
     def __str__(self) -> str:
-        return f"{self.name} on the folder {Path(eval_folder() or '').name!r}"
+        return f"{self.name} on {folder_title()}"
 
 
 INLINE_WAIT_S = 2.0  # a load this quick shows its page at once; a longer one shows its progress instead
@@ -155,8 +155,24 @@ EVAL_FOLDER_ENV = "PRUNEKIT_EVAL_FOLDER"  # set by `prunekit app --eval-folder D
 
 
 def eval_folder() -> str | None:
-    """The ImageFolder the person starting the server offered as evaluation data, or None."""
-    return os.environ.get(EVAL_FOLDER_ENV) or None
+    """The ImageFolder the person starting the server offered as evaluation data, else Imagenette's validation
+    images when they were downloaded here (`prunekit data imagenette`), else None."""
+    if os.environ.get(EVAL_FOLDER_ENV):
+        return os.environ[EVAL_FOLDER_ENV]
+    found = imagenette.validation_folder()
+    return str(found) if found is not None else None
+
+
+def folder_title() -> str:
+    """How the pages name :func:`eval_folder`."""
+    folder = eval_folder() or ""
+    return "Imagenette" if folder and not os.environ.get(EVAL_FOLDER_ENV) else f"the folder {Path(folder).name!r}"
+
+
+def folder_fits(name: str) -> bool:
+    """Whether zoo model ``name`` may be offered :func:`eval_folder`: any folder the server was given (its classes
+    are checked when chosen), Imagenette only for ImageNet models."""
+    return bool(os.environ.get(EVAL_FOLDER_ENV)) or zoo.is_imagenet(name)
 
 
 def folder_lab(name: str) -> Lab:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import streamlit as st
 
 from prunekit.app import computed
 from prunekit.app.server_state import (
     defaults,
     eval_folder,
+    folder_fits,
     folder_lab,
+    folder_title,
     load_status,
     model_names,
     own_lab,
@@ -20,13 +20,18 @@ from prunekit.app.server_state import (
 )
 from prunekit.app.session_state import bind, cfg, error_text, init_state
 from prunekit.errors import PrunekitError
-from prunekit.models import checkpoints, zoo
+from prunekit.models import checkpoints, timm_zoo, zoo
 
 UPLOAD_TYPES = ["safetensors", "pt", "pth", "bin", "ckpt", "ts"]
 FOLDER_HELP = (
     "Images the person starting the server offered (`prunekit app --eval-folder DIR`): one sub-folder per class "
     "in sorted order, or ImageNet WNID folders (n01440764/...) for an ImageNet model. Accuracy, sensitivity and "
     "the data-driven criteria then use these images."
+)
+
+IMAGENETTE_HELP = (
+    "Imagenette's 3,925 validation images (10 ImageNet classes, downloaded with `prunekit data imagenette`). "
+    "Accuracy is over the model's 1000-way prediction, so a wrong class outside the ten counts as wrong."
 )
 
 
@@ -55,7 +60,10 @@ def sidebar() -> None:
             label="Pretrained CNN",
             options=names,
             format_func=_model_labels(names).__getitem__,  # one lookup per option: the picker lists ~90
-            help="Bundled Fashion-MNIST models load instantly and offline; torchvision models are untrained unless their weights are cached.",
+            help=(
+                "Bundled Fashion-MNIST models load instantly and offline; torchvision and timm models (timm/...) "
+                "are untrained, structure only, unless their weights are cached (torch hub, Hugging Face)."
+            ),
         )
         _folder_choice()
         mode = "trusted mode: uploads may run code" if checkpoints.trusted_mode() else "safe mode"
@@ -105,9 +113,11 @@ def _folder_choice() -> None:
     """Offer the server's evaluation folder for a zoo model; say why when it does not fit the model."""
     folder, name = eval_folder(), cfg().model
     st.session_state.on_folder = None
-    if folder is None or name in st.session_state.user_labs or name not in zoo_names():
+    if folder is None or name in st.session_state.user_labs or name not in zoo_names() or not folder_fits(name):
         return
-    if not st.toggle(f"Evaluate on the folder '{Path(folder).name}'", key="w_folder", help=FOLDER_HELP):
+    title = folder_title()
+    help_text = IMAGENETTE_HELP if title == "Imagenette" else FOLDER_HELP
+    if not st.toggle(f"Evaluate on {title}", key="w_folder", help=help_text):
         return
     try:
         folder_lab(name)
@@ -131,7 +141,7 @@ def _model_label(name: str, mine: str | None, zoo_set: set[str]) -> str:
     if name in zoo.EFFICIENTNET:
         return f"{name} (ImageNet weights)"
     if name in zoo_set:
-        return f"{name} (torchvision)"
+        return f"{name} (timm)" if timm_zoo.is_timm(name) else f"{name} (torchvision)"
     return f"{name} (your weights)"  # an upload, or a method's trained weights (no session state read here)
 
 

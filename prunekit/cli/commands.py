@@ -17,7 +17,7 @@ from prunekit.deploy.export import report_lines
 from prunekit.deploy.methods import Budget, write_result
 from prunekit.deploy.recover import Recipe
 from prunekit.errors import InvalidArgumentError, UntrainedModelError
-from prunekit.models import custom, zoo
+from prunekit.models import custom, imagenette, zoo
 from prunekit.progress import Bar
 from prunekit.service.fanout import Backend
 from prunekit.service.store import ResultStore
@@ -35,10 +35,29 @@ def cmd_list(args) -> tuple[object, str]:
     rows = zoo.list_models()
     data = [r.__dict__ for r in rows]
     status = {True: "pretrained", False: "untrained"}
+    width = max(len(r.name) for r in rows)
     lines = [
-        f"{r.name:28} {r.family:18} {r.dataset:14} {r.params or 0:>12,}  {status[r.pretrained]}  {r.note}" for r in rows
+        f"{r.name:{width}} {r.family:18} {r.dataset:14} {_count(r.params):>12}  {status[r.pretrained]}  {r.note}"
+        for r in rows
     ]
     return data, "\n".join(lines)
+
+
+def cmd_data(args) -> tuple[object, str]:
+    folder = imagenette.download(args.size)
+    count = sum(1 for f in folder.rglob("*") if f.is_file())
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    data = {"dataset": "imagenette", "size": args.size, "folder": str(folder), "images": count, "classes": classes}
+    text = (
+        f"Imagenette ({args.size}): {count:,} validation images in {len(classes)} classes at {folder}; evaluate an "
+        "ImageNet model on them with --imagenette (CLI), eval_folder=prunekit.imagenette_folder() (API), or the "
+        "sidebar's Imagenette switch (app)"
+    )
+    return data, text
+
+
+def _count(params: int | None) -> str:
+    return "-" if params is None else f"{params:,}"  # timm's counts cost a build each: `prunekit profile` has it
 
 
 def cmd_profile(args) -> tuple[object, str]:
@@ -97,7 +116,7 @@ def cmd_prune(args) -> tuple[object, str]:
 
 def _load(args) -> tasks.Lab:
     """The zoo's MODEL, or your own (--model-def), evaluated on --eval-folder when given."""
-    if args.eval_folder is not None and getattr(args, "eval_limit", None) is not None:
+    if (args.eval_folder is not None or args.imagenette) and getattr(args, "eval_limit", None) is not None:
         raise InvalidArgumentError("--eval-limit and --eval-folder do not go together: a folder is scored whole")
     if args.model_def is not None:
         return tasks.Lab(custom.from_definition(_definition(args)))
@@ -108,7 +127,10 @@ def _load(args) -> tasks.Lab:
         raise InvalidArgumentError(
             f"{', '.join(own)} go with --model-def" if own and args.model else "name a MODEL or give --model-def"
         )
-    return tasks.load(args.model, args.download, args.eval_folder)
+    if args.imagenette and args.eval_folder is not None:
+        raise InvalidArgumentError("--imagenette and --eval-folder name two evaluation sets: give one")
+    folder = imagenette.require() if args.imagenette else args.eval_folder
+    return tasks.load(args.model, args.download, folder)
 
 
 def _definition(args) -> custom.Definition:
@@ -227,6 +249,7 @@ COMMANDS: dict[str, Callable] = {
     "recover": cmd_recover,
     "train-sparse": cmd_train_sparse,
     "list": cmd_list,
+    "data": cmd_data,
     "profile": cmd_profile,
     "prune": cmd_prune,
     "sweep": cmd_sweep,

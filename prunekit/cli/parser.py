@@ -24,6 +24,7 @@ from prunekit.core.spec import (
 from prunekit.deploy.methods import METHODS
 from prunekit.deploy.recover import SCHEDULES
 from prunekit.errors import InvalidArgumentError
+from prunekit.models import imagenette
 from prunekit.service.evaluation import RAY_ENV
 from prunekit.service.jobs import ESTIMATE_IMAGES
 
@@ -47,7 +48,7 @@ def _sparsity_list(text: str) -> list[float]:
 
 def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="a name from the zoo (prunekit list), or --model-def for your own")
-    p.add_argument("--download", action="store_true", help="let torchvision download missing weights (online)")
+    p.add_argument("--download", action="store_true", help="let torchvision or timm download missing weights (online)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     own = p.add_argument_group("your own model (instead of MODEL)")
     own.add_argument(
@@ -65,6 +66,11 @@ def _add_model(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="DIR",
         help="evaluate on an ImageFolder (DIR/<class>/<image>, classes in sorted order)",
+    )
+    p.add_argument(
+        "--imagenette",
+        action="store_true",
+        help="evaluate an ImageNet model on Imagenette's validation images (after `prunekit data imagenette`)",
     )
 
 
@@ -140,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="prunekit", description="prunekit: profile and prune pretrained CNNs")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("list", help="list the models").add_argument("--json", action="store_true")
+    _add_data(sub)
     _add_app(sub)
     _add_model(sub.add_parser("profile", help="per-layer params and MACs"))
     for add in (
@@ -155,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         add(sub)
     return parser
+
+
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="download an evaluation set into the cache folder (Imagenette)")
+    p.add_argument("dataset", choices=["imagenette"], help="Imagenette: 3,925 ImageNet validation images, 10 classes")
+    p.add_argument("--size", choices=list(imagenette.SIZES), default="160", help="shorter image side (default 160)")
+    p.add_argument("--json", action="store_true")
 
 
 def _add_app(sub) -> None:

@@ -112,7 +112,17 @@ def compact(
     )
     with torch.no_grad():
         want = masked.eval()(x.to(_device(masked)))
-        got = model(x.to(_device(model)))
+        try:
+            got = model(x.to(_device(model)))
+        except RuntimeError as exc:  # a parameter the surgery did not follow (e.g. NFNet's per-filter gains)
+            raise CompactionError(
+                f"cannot compact: the surgery's model does not run ({exc}), so it is not offered"
+            ) from None
+    if got.shape != want.shape:
+        raise CompactionError(
+            f"cannot compact: the surgery's model gives outputs of shape {tuple(got.shape)}, the masked one "
+            f"{tuple(want.shape)} (it removed channels the output depends on), so it is not offered"
+        )
     diff, scale = float((got - want).abs().max()), float(want.abs().max())
     if diff > AGREEMENT * max(scale, 1e-12):
         raise CompactionError(

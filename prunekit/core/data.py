@@ -31,13 +31,38 @@ class EvalData:
         return int(self.labels.shape[0])
 
 
-def load_image(path: Path, size: int, mean, std, mode: str = "RGB") -> torch.Tensor:
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
+
+
+@dataclass(frozen=True)
+class Resize:
+    """How an image becomes a model input: its shorter side resized to ``size / crop_pct`` with
+    ``interpolation``, then centre-cropped to ``size`` (timm's ``crop_pct``; 1.0 crops nothing off)."""
+
+    interpolation: str = "bilinear"
+    crop_pct: float = 1.0
+
+    def __post_init__(self):
+        if self.interpolation not in INTERPOLATIONS:
+            raise InvalidArgumentError(
+                f"interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}"
+            )
+        if not 0 < self.crop_pct <= 1:
+            raise InvalidArgumentError(f"crop_pct is in (0, 1], got {self.crop_pct}")
+
+
+PLAIN = Resize()  # bilinear, no crop: how prunekit read images before models brought their own config
+
+
+def load_image(path: Path, size: int, mean, std, mode: str = "RGB", resize: Resize = PLAIN) -> torch.Tensor:
+    """One image file as a normalised (C, size, size) tensor (C = 1 for mode 'L', 3 for 'RGB')."""
     from PIL import Image
+    from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as F
 
     with Image.open(path) as img:
         img = img.convert(mode)
-        img = F.resize(img, size)
+        img = F.resize(img, int(size / resize.crop_pct), InterpolationMode(resize.interpolation))
         img = F.center_crop(img, size)
         return F.normalize(F.to_tensor(img), list(mean), list(std))
 
@@ -77,28 +102,32 @@ class FolderSet:
     std: tuple[float, ...]
     index: tuple[int, ...] | None = None  # folder i -> the model's class index (WNID folders); None: i itself
     model_classes: tuple[str, ...] | None = None  # the model's class names when ``index`` maps into them
+    resize: Resize = PLAIN
 
     @classmethod
-    def for_model(cls, root: str, shape: tuple[int, int, int], mean, std, model_classes: tuple[str, ...]) -> FolderSet:
+    def for_model(
+        cls, root: str, shape: tuple[int, int, int], mean, std, model_classes: tuple[str, ...], resize: Resize = PLAIN
+    ) -> FolderSet:
         """The folder read for a model with ``model_classes``: one sub-folder per class in sorted order, or
         ImageNet WNID folders (any subset, e.g. Imagenette's 10) for a 1000-class ImageNet model."""
         names = folder_listing(root)[0]
         if len(model_classes) == imagenet.CLASSES and (index := imagenet.wnid_indices(names)) is not None:
-            return cls(root, shape, tuple(mean), tuple(std), index, tuple(model_classes))
+            return cls(root, shape, tuple(mean), tuple(std), index, tuple(model_classes), resize)
         if len(names) != len(model_classes):
             raise InvalidArgumentError(
                 f"folder {Path(root).name!r} has {len(names)} class folders but the model predicts "
                 f"{len(model_classes)} classes (give one folder per class in sorted order, or ImageNet WNID folders "
                 "for a 1000-class ImageNet model)"
             )
-        return cls(root, shape, tuple(mean), tuple(std))
+        return cls(root, shape, tuple(mean), tuple(std), resize=resize)
 
     def __len__(self) -> int:
         return len(folder_listing(self.root)[1])
 
     def fingerprint(self) -> str:
         """sha256 of the reading settings and each file's name, size, mtime and label (not its bytes)."""
-        h = hashlib.sha256(repr((self.shape, self.mean, self.std, self.index)).encode())
+        how = (self.shape, self.mean, self.std, self.index)
+        h = hashlib.sha256(repr(how if self.resize == PLAIN else (*how, self.resize)).encode())
         for f, label in folder_listing(self.root)[1]:
             stat = f.stat()
             h.update(f"{f.relative_to(self.root)}|{stat.st_size}|{stat.st_mtime_ns}|{label}\n".encode())
@@ -111,7 +140,7 @@ class FolderSet:
         if not 0 <= start < stop <= len(items):
             raise InvalidArgumentError(f"a shard is [start, stop) within [0, {len(items)}], got [{start}, {stop})")
         part, mode = items[start:stop], "L" if self.shape[0] == 1 else "RGB"
-        images = torch.stack([load_image(f, self.shape[1], self.mean, self.std, mode) for f, _ in part])
+        images = torch.stack([load_image(f, self.shape[1], self.mean, self.std, mode, self.resize) for f, _ in part])
         labels = [i if self.index is None else self.index[i] for _, i in part]
         how = (
             "class index = sorted folder name"

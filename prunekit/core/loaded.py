@@ -10,17 +10,19 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from prunekit.core.data import EvalData, FolderSet
+from prunekit.core.data import PLAIN, EvalData, FolderSet, Resize
 from prunekit.errors import InvalidArgumentError
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What one input image looks like: shape (C, H, W) and the normalisation already applied."""
+    """What one input image looks like: shape (C, H, W), the normalisation already applied, and how an image
+    file is resized to it."""
 
     shape: tuple[int, int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    resize: Resize = PLAIN
 
 
 @dataclass(frozen=True)

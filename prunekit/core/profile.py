@@ -33,6 +33,7 @@ class LayerInfo:
     params: int
     macs: int
     prunable: bool  # a Conv2d/Linear whose weight pruning acts on
+    standardised: bool = False  # its weight is transformed before use (NFNet's ScaledStdConv2d): zeros do not stay
 
     @property
     def is_conv(self) -> bool:
@@ -66,6 +67,17 @@ class Profile:
     def prunable(self) -> list[LayerInfo]:
         return [layer for layer in self.layers if layer.prunable]
 
+    def note(self) -> str | None:
+        """A sentence on the layers left unpruned because their weight is standardised before use, or None."""
+        names = [layer.name for layer in self.layers if layer.standardised]
+        if not names:
+            return None
+        return (
+            f"{len(names)} layers (e.g. {names[0]!r}) standardise their weight before using it, as NFNet's "
+            "weight-standardised convolutions do: a zero there is renormalised into a weight again, so pruning "
+            "cannot remove it and these layers are left out of pruning (their MACs are counted)"
+        )
+
 
 def _leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Modules without children, plus Conv/Linear subclasses that wrap a helper (e.g. a padding module)."""
@@ -80,7 +92,14 @@ def layer_kind(module: nn.Module) -> str:
     return type(module).__name__
 
 
-_WEIGHT_CALLS = {F.conv2d, torch.conv2d, F.linear}
+_WEIGHT_CALLS = {F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d, F.linear}
+# What a weight-standardised layer does to its weight before the convolution (timm's StdConv2d and
+# ScaledStdConv2d: reshape, batch_norm over each filter, a gain; or by hand: subtract a mean, divide by a std).
+_WEIGHT_TRANSFORMS = {
+    torch.Tensor.reshape, torch.Tensor.view, torch.Tensor.reshape_as, torch.Tensor.view_as, torch.Tensor.flatten,
+    F.batch_norm, torch.batch_norm, torch.Tensor.__sub__, torch.Tensor.__truediv__, torch.Tensor.__mul__,
+    torch.Tensor.sub, torch.Tensor.div, torch.Tensor.mul, torch.sub, torch.div, torch.mul,
+}  # fmt: skip
 _MHA_ARGS = inspect.signature(F.multi_head_attention_forward)
 
 
@@ -93,6 +112,9 @@ class _Recorder(TorchFunctionMode):
         super().__init__()
         self.modules = dict(model.named_modules())
         self.owner = {id(p): n for n, m in self.modules.items() for p in m.parameters(recurse=False)}
+        self.weights = {id(m.weight): n for n, m in self.modules.items() if isinstance(m, PRUNABLE_TYPES)}
+        self.derived: dict[int, str] = {}  # id of a tensor computed from a layer's weight -> the layer
+        self._alive: list[torch.Tensor] = []  # the derived tensors, held so that no other tensor reuses an id
         self.rows: dict[str, LayerInfo] = {}
         self.leaves = {m: n for n, m in _leaf_modules(model)}
 
@@ -102,12 +124,23 @@ class _Recorder(TorchFunctionMode):
         if func in _WEIGHT_CALLS:
             weight = args[1] if len(args) > 1 else kwargs["weight"]
             self._charge(weight, args[0], out)
+        elif func in _WEIGHT_TRANSFORMS and args and isinstance(out, torch.Tensor):
+            self._derive(args[0], out)
         elif func is F.multi_head_attention_forward:
             self._attention(_MHA_ARGS.bind(*args, **kwargs).arguments, out[0])
         return out
 
+    def _derive(self, source, out: torch.Tensor) -> None:
+        name = self.weights.get(id(source)) or self.derived.get(id(source))
+        if name is not None and out.numel() == source.numel():
+            self.derived[id(out)] = name
+            self._alive.append(out)
+
     def _charge(self, weight: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> None:
         name = self.owner.get(id(weight))
+        if name is None and (name := self.derived.get(id(weight))) is not None:
+            row = self.row(name, x, out)
+            row.standardised, row.prunable = True, False
         if name is not None:  # a tensor the model does not own is an activation, not a weight
             self.row(name, x, out).macs += out.numel() * weight[0].numel()
 

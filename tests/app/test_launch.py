@@ -139,6 +139,11 @@ def test_launch_returns_at_once_and_serves_the_lab_until_stop(mine, tmp_path, mo
             page.goto(f"{app.url}/prune", timeout=120_000)
             full = page.get_by_test_id("pkReadout").filter(has_text="Global at 50%").filter(has_not_text="estimate")
             full.filter(has_text=want).first.wait_for(timeout=240_000)
+            inline = browser.new_page(viewport={"width": 1200, "height": 1000})
+            inline.set_content(app._repr_html_())  # what Jupyter shows for `app` as a cell's value
+            assert inline.locator("iframe").get_attribute("height") == str(app.height)
+            inline.frame_locator("iframe").get_by_text(NAME, exact=True).first.wait_for(timeout=120_000)
+            assert inline.get_by_role("link", name=app.url).get_attribute("href") == app.url
             browser.close()
     finally:
         app.stop()
@@ -146,4 +151,5 @@ def test_launch_returns_at_once_and_serves_the_lab_until_stop(mine, tmp_path, mo
     while app.running() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not app.running() and not app.model_file.exists()
+    assert "its server has stopped" in app._repr_html_()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
