@@ -88,6 +88,7 @@ def _map_once(tp) -> None:
 
 
 # The most parts a group may gather while we build clusters (None: no bound, anyone else's use of the library).
+GROUP_PARTS = 5000  # real groups: ResNeSt's largest has 679 parts, DenseNet-201's 198
 _GROUP_LIMIT: ContextVar[int | None] = ContextVar("prunekit_group_limit", default=None)
 
 
@@ -100,8 +101,9 @@ def _bound_groups(tp) -> None:
 
     ReXNet adds its shortcut into the first channels of a wider tensor; Torch-Pruning's traversal of such a
     graph keeps meeting new index sets of the same layers and never ends (over six minutes, no progress,
-    no way out). A real group has at most a few hundred parts (DenseNet-201: 198 for 713 modules), so a group
-    past twice the model's module count is a cycle. Installed once per process; unbounded outside our calls.
+    no way out). A real group has at most several hundred parts (ResNeSt: 679, DenseNet-201: 198), so a group
+    past ``GROUP_PARTS`` (or four per module of a larger model) is a cycle; reaching it takes seconds (the
+    library's duplicate check is quadratic). Installed once per process; unbounded outside our calls.
     """
     group_cls = tp.dependency.group.Group
     if getattr(group_cls.add_dep, "prunekit_bounded", False):
@@ -149,7 +151,7 @@ def build_clusters(model: nn.Module, input_shape: tuple[int, ...], map_once: boo
     _map_once(tp)
     clusters = []
     _bound_groups(tp)
-    bound = _GROUP_LIMIT.set(2 * len(names) + 100)
+    bound = _GROUP_LIMIT.set(max(GROUP_PARTS, 4 * len(names)))
     try:
         groups = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=list(PRUNABLE_TYPES)))
     except _RunawayGroup as exc:

@@ -82,3 +82,23 @@ def test_unknown_timm_names_are_refused_with_the_zoo_names():
         zoo.load("timm/not_a_model.in1k")
     with pytest.raises(UnknownNameError):
         zoo.load("timm/resnet50")  # an architecture: give a pretrained tag, as timm lists them
+
+
+def test_evaluation_images_are_read_as_timms_own_eval_transform_reads_them():
+    """The ImageNet sample photos through the model's config (bicubic, crop_pct 0.95 here) equal timm's
+    create_transform output, to float rounding."""
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    from prunekit.models import datasets
+
+    folder = datasets.imagenet_samples_dir()
+    if folder is None:
+        pytest.skip("the ImageNet sample photos (foolbox) are not installed")
+    loaded = zoo.load(BARE)
+    ours = loaded.eval_data().images
+    transform = create_transform(**resolve_data_config({}, model=loaded.model))
+    files = sorted(folder.glob("imagenet_*"))
+    theirs = torch.stack([transform(Image.open(f).convert("RGB")) for f in files])
+    assert ours.shape == theirs.shape and loaded.input_spec.resize.interpolation == "bicubic"
+    assert torch.allclose(ours, theirs, atol=1e-5)
