@@ -66,7 +66,9 @@ def list_models() -> list[zoo.ZooEntry]:
 
 
 def load(name: str, download: bool = False, eval_folder: str | Path | None = None) -> Lab:
-    """The zoo's model ``name`` as a lab (evaluated on ``eval_folder``, an ImageFolder, when given)."""
+    """The zoo's model ``name`` as a lab: a bundled one, a torchvision name, or ``timm/<name>`` (``prunekit
+    list``), evaluated on ``eval_folder`` (an ImageFolder, e.g. :func:`prunekit.imagenette_folder`) when given.
+    ``download`` lets torchvision or timm fetch missing weights (online); without them a model is untrained."""
     if eval_folder is None:
         return Lab(zoo.load(name, download=download))
     return Lab(zoo.load_on_folder(name, str(eval_folder), download))

@@ -11,6 +11,7 @@ from torch import nn
 
 from prunekit.core.lab import Lab
 from prunekit.core.structure import coupling
+from prunekit.errors import InvalidArgumentError
 from prunekit.models import zoo
 
 
@@ -61,7 +62,7 @@ def test_other_bundled_models_group_as_torch_pruning_does(name):
 
 
 class _DenseConcat(nn.Module):
-    """A DenseNet-like block: each conv sees the concat of all before it; a split feeds two heads."""
+    """A DenseNet-like block: each conv sees the concat of all before it."""
 
     def __init__(self):
         super().__init__()
@@ -70,13 +71,35 @@ class _DenseConcat(nn.Module):
         self.bn = nn.BatchNorm2d(16)
         self.head = nn.Linear(16, 5)
 
-    def forward(self, x):
+    def dense(self, x):
         features = [self.stem(x)]
         for conv in self.grow:
             features.append(conv(torch.cat(features, 1)))
-        y = self.bn(torch.cat(features, 1))
-        a, b = torch.chunk(y, 2, dim=1)
+        return self.bn(torch.cat(features, 1))
+
+    def forward(self, x):
+        return self.head(self.dense(x).mean((2, 3)))
+
+
+class _SwappedHalves(_DenseConcat):
+    """The same block whose two halves are swapped before the head: Torch-Pruning maps the split's
+    indices past the end of 'bn' (channel 16 of 16), so filter pruning must be refused, not crash later."""
+
+    def forward(self, x):
+        a, b = torch.chunk(self.dense(x), 2, dim=1)
         return self.head(torch.cat([b, a], 1).mean((2, 3)))
+
+
+def test_a_split_torch_pruning_cannot_follow_is_refused_by_both_mappings():
+    from prunekit.core.structure import build_clusters
+
+    torch.manual_seed(0)
+    messages = []
+    for once in (True, False):
+        with pytest.raises(InvalidArgumentError, match="channel 16 of 'bn', which has 16") as caught:
+            build_clusters(_SwappedHalves(), (1, 8, 8), map_once=once)
+        messages.append(str(caught.value))
+    assert messages[0] == messages[1]
 
 
 @pytest.mark.parametrize("name", ["tiny-concat", "densenet121"])

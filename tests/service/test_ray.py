@@ -158,7 +158,7 @@ def test_cli_ray_sweep_prints_what_local_workers_print(tmp_path, monkeypatch, ca
         monkeypatch.setenv("PRUNEKIT_CACHE_DIR", str(tmp_path / str(i)))
         assert main(args + where) == 0
         captured = capsys.readouterr()
-        assert "0/3 points" in captured.err and "3/3 points" in captured.err  # the progress bar
+        assert "| 0/3 [" in captured.err and "| 3/3 [" in captured.err  # tqdm's bar, in points
         outputs.append(json.loads(captured.out))
     assert outputs[0] == outputs[1]
 
@@ -180,7 +180,7 @@ def test_ray_workers_read_an_image_folder_in_shards(tmp_path, monkeypatch, capsy
         monkeypatch.setenv("PRUNEKIT_CACHE_DIR", str(tmp_path / str(i)))
         assert main([*args, "--shard-size", "40", *where, "--json"]) == 0
         captured = capsys.readouterr()
-        assert "20/20 points" in captured.err  # 5 jobs x 4 shards of the 150 images
+        assert "| 20/20 [" in captured.err  # 5 jobs x 4 shards of the 150 images
         outputs.append(json.loads(captured.out))
     assert outputs[0] == outputs[1] and outputs[0]["results"][0]["images"] == 150
 
