@@ -8,6 +8,7 @@ the consuming layers' input kernels, and a depthwise conv's matching filter.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -149,29 +150,34 @@ def build_clusters(model: nn.Module, input_shape: tuple[int, ...], map_once: boo
         ) from None
     graph._prunekit_mapped = map_once  # build_dependency has just mapped every index (see _map_once)
     _map_once(tp)
-    clusters = []
     _bound_groups(tp)
     bound = _GROUP_LIMIT.set(max(GROUP_PARTS, 4 * len(names)))
-    try:
-        groups = list(graph.get_all_groups(ignored_layers=ignored, root_module_types=list(PRUNABLE_TYPES)))
-    except _RunawayGroup as exc:
-        raise InvalidArgumentError(
-            f"filter pruning is not supported for this model: Torch-Pruning's channel coupling runs round a cycle "
-            f"(a group grew past {exc.args[0]} parts; a shortcut added into part of a wider tensor, as in ReXNet, "
-            "does this); unstructured pruning works"
-        ) from None
-    except Exception as exc:  # e.g. lambda layers: Torch-Pruning's index mapping divides by a zero-sized dimension
-        raise InvalidArgumentError(
-            f"filter pruning is not supported for this model: Torch-Pruning could not group its coupled channels "
-            f"({type(exc).__name__}: {exc}); unstructured pruning works"
-        ) from None
+    try:  # each group is read as it comes: a refusal stops the walk (ResNeSt: 1 s instead of 20)
+        groups = graph.get_all_groups(ignored_layers=ignored, root_module_types=list(PRUNABLE_TYPES))
+        return [c for g in _walked(groups) if (c := _cluster_from_group(g, names)) is not None]
     finally:
         _GROUP_LIMIT.reset(bound)
-    for group in groups:
-        cluster = _cluster_from_group(group, names)
-        if cluster is not None:
-            clusters.append(cluster)
-    return clusters
+
+
+def _walked(groups: Iterator) -> Iterator:
+    """Torch-Pruning's groups, one at a time; its failures become refusals (our own code's are not caught)."""
+    while True:
+        try:
+            group = next(groups)
+        except StopIteration:
+            return
+        except _RunawayGroup as exc:
+            raise InvalidArgumentError(
+                f"filter pruning is not supported for this model: Torch-Pruning's channel coupling runs round a "
+                f"cycle (a group grew past {exc.args[0]} parts; a shortcut added into part of a wider tensor, as in "
+                "ReXNet, does this); unstructured pruning works"
+            ) from None
+        except Exception as exc:  # e.g. lambda layers: Torch-Pruning's index mapping divides by a zero-sized dim
+            raise InvalidArgumentError(
+                f"filter pruning is not supported for this model: Torch-Pruning could not group its coupled "
+                f"channels ({type(exc).__name__}: {exc}); unstructured pruning works"
+            ) from None
+        yield group
 
 
 def _last_run(model: nn.Module, input_shape: tuple[int, ...]) -> list[nn.Module]:
