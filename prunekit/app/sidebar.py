@@ -54,12 +54,13 @@ def sidebar() -> None:
     _settle_model()
     with st.sidebar:
         st.markdown("### Model")
+        shown = names if _timm_listed(names) else [n for n in names if not timm_zoo.is_timm(n)]
         bind(
             st.selectbox,
             "model",
             label="Pretrained CNN",
-            options=names,
-            format_func=_model_labels(names).__getitem__,  # one lookup per option: the picker lists ~90
+            options=shown,
+            format_func=_model_labels(shown).__getitem__,  # one lookup per option: the picker lists ~90 (or ~1,650)
             help=(
                 "Bundled Fashion-MNIST models load instantly and offline; torchvision and timm models (timm/...) "
                 "are untrained, structure only, unless their weights are cached (torch hub, Hugging Face)."
@@ -69,6 +70,24 @@ def sidebar() -> None:
         mode = "trusted mode: uploads may run code" if checkpoints.trusted_mode() else "safe mode"
         with st.expander(f"Upload your own weights ({mode})"):
             _upload()
+
+
+def _timm_listed(names: list[str]) -> bool:
+    """Whether the picker lists timm's models: on request, and always while one is open. Its ~1,550 names make
+    the picker ~70 KB, which Streamlit sends again on every slider move; most sessions never need them."""
+    count = sum(map(timm_zoo.is_timm, names))
+    if not count:
+        return False
+    open_ = timm_zoo.is_timm(st.session_state.get("w_model", cfg().model))  # a pick this run counts
+    if open_:
+        st.session_state.w_timm = True  # before the toggle is drawn: a timm model is open, so its list stays
+    return st.toggle(
+        f"List timm's {count:,} models",
+        key="w_timm",
+        disabled=open_,
+        help="timm's pretrained classifiers (timm/<name>), untrained and structure only unless their weights are "
+        "in the Hugging Face cache. Left out of the picker until asked for: the list is long.",
+    )
 
 
 def _settle_model() -> None:

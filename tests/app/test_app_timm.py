@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tests.apptest import PAGES, open_page
-from tests.helpers import write_hf_weights
+from tests.helpers import page, write_hf_weights
 
 WEIGHTED = "timm/lcnet_050.ra2_in1k"
 BARE = "timm/mobilenetv3_small_075.lamb_in1k"
@@ -33,3 +33,22 @@ def test_every_page_opens_on_a_timm_model_structure_only(path):
     assert at.title
     if path.endswith("model") or path.endswith("prune"):
         assert any("Untrained" in e.value and "Hugging Face cache" in e.value for e in at.error)
+
+
+def test_the_picker_lists_timm_on_request_and_while_a_timm_model_is_open():
+    from prunekit.models import timm_zoo, zoo
+
+    timm_names = [n for n in zoo.model_names() if timm_zoo.is_timm(n)]
+    at = open_page(page("prune"), {"model": "fmnist-cnn"})
+    picker, toggle = at.sidebar.selectbox(key="w_model"), at.sidebar.toggle(key="w_timm")
+    assert toggle.label == f"List timm's {len(timm_names):,} models" and not toggle.value
+    assert not [o for o in picker.options if o.startswith("timm/")]
+    at.sidebar.toggle(key="w_timm").set_value(True).run()
+    listed = [o for o in at.sidebar.selectbox(key="w_model").options if o.startswith("timm/")]
+    assert len(listed) == len(timm_names)
+    at.sidebar.selectbox(key="w_model").set_value(BARE).run()
+    assert at.sidebar.toggle(key="w_timm").value and at.sidebar.toggle(key="w_timm").proto.disabled
+    at.sidebar.selectbox(key="w_model").set_value("fmnist-cnn").run()  # leaving timm keeps the list until turned off
+    assert at.sidebar.toggle(key="w_timm").value and not at.sidebar.toggle(key="w_timm").proto.disabled
+    at.sidebar.toggle(key="w_timm").set_value(False).run()
+    assert not [o for o in at.sidebar.selectbox(key="w_model").options if o.startswith("timm/")]
