@@ -187,7 +187,7 @@ def test_choosing_a_layer_shows_what_is_pruned_with_it():
     lab = Lab(zoo.load("fmnist-resnet"))
     tied = next(c for c in lab.clusters if len(c.producers()) > 1)
     at = open_page(page("model"), {"model": "fmnist-resnet"})
-    at.toggle[-1].set_value(True).run()
+    at.toggle(key="model_show_coupled").set_value(True).run()
     at.selectbox(key="model_coupled").set_value(tied.root).run()
     assert not at.exception, at.exception
     assert {row["layer"] for row in at.dataframe[-1].value.to_dict("records")} == tied.layers()

@@ -120,6 +120,7 @@ def coupled_channels(ctx: PageContext) -> None:
     if st.toggle(
         "Show coupled channels",
         value=False,
+        key="model_show_coupled",
         help="Traces the model's channel dependencies once (seconds on big models).",
     ):
         computed.coupling_panel(ctx.lab, "model_coupled")
