@@ -152,7 +152,7 @@ def build_clusters(model: nn.Module, input_shape: tuple[int, ...], map_once: boo
     _map_once(tp)
     _bound_groups(tp)
     bound = _GROUP_LIMIT.set(max(GROUP_PARTS, 4 * len(names)))
-    try:  # each group is read as it comes: a refusal stops the walk (ResNeSt: 1 s instead of 20)
+    try:  # each group is read as it comes: a refusal stops the walk (the ResNeSt battery: 9 s instead of 23)
         groups = graph.get_all_groups(ignored_layers=ignored, root_module_types=list(PRUNABLE_TYPES))
         return [c for g in _walked(groups) if (c := _cluster_from_group(g, names)) is not None]
     finally:
