@@ -28,10 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from prunekit.core.evaluate import accuracy_of, count_correct  # noqa: E402
+from prunekit.core.evaluate import accuracy_of  # noqa: E402
 from prunekit.core.lab import Lab  # noqa: E402
 from prunekit.core.spec import PruneSpec, Scope  # noqa: E402
-from prunekit.deploy.engine import eager, onnxruntime, refereed  # noqa: E402
+from prunekit.deploy.engine import eager, onnxruntime, refereed_counts  # noqa: E402
 from prunekit.models import zoo  # noqa: E402
 from prunekit.service.jobs import EVAL_BATCH  # noqa: E402
 
@@ -110,9 +110,9 @@ def time_engines(name: str) -> list[dict]:
             t0 = time.perf_counter()
             engine = eager(fast) if kind == "eager" else onnxruntime(fast, tuple(data.images.shape[1:]))
             build = time.perf_counter() - t0
-            engine = refereed(engine, fast)  # as a worker runs it: near ties scored eager
-            counts = count_correct(engine, images, data.labels, EVAL_BATCH)
-            seconds = _best(lambda e=engine, x=images: count_correct(e, x, data.labels, EVAL_BATCH))
+            # as a worker runs it: near ties scored eager
+            counts = refereed_counts(engine, fast, images, data.labels, EVAL_BATCH)
+            seconds = _best(lambda e=engine, m=fast, x=images: refereed_counts(e, m, x, data.labels, EVAL_BATCH))
             base = base or (seconds, counts.correct)
             rows.append(
                 {

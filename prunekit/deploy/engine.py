@@ -23,6 +23,7 @@ from enum import StrEnum
 import torch
 from torch import nn
 
+from prunekit.core.evaluate import Counts, counts_of, predict_logits
 from prunekit.deploy.export import onnx_bytes
 from prunekit.errors import ExportError
 
@@ -88,23 +89,28 @@ def onnxruntime(model: nn.Module, input_shape: tuple[int, ...], threads: int = 1
     return Engine(EngineKind.ONNXRUNTIME, forward, build_s=time.perf_counter() - t0)
 
 
-def refereed(engine: Engine, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``engine``'s forward with near ties decided by ``model`` (eager): an image whose two best logits (or,
-    over 10 classes, fifth and sixth) lie within ``TIE_RTOL`` of its largest logit is scored again by the model
-    itself, so a rounding difference between the engines (at most ``RTOL`` on the checked batch) cannot flip
-    its prediction."""
+def refereed_logits(engine: Engine, model: nn.Module, images: torch.Tensor, batch: int) -> torch.Tensor:
+    """Logits (N, classes) of ``engine`` over ``images`` (N, C, H, W) in batches of ``batch``, with near ties
+    decided by ``model`` (eager): an image whose two best logits (or, over 10 classes, fifth and sixth) lie within
+    ``TIE_RTOL`` of its largest logit is scored again by the model itself, so a rounding difference between the
+    engines (at most ``RTOL`` on the checked batch) cannot flip its prediction. The near ties of the whole pass
+    are found, and scored, at once: per batch, the referee cost ~10% of a small model's pass."""
+    logits = predict_logits(engine, images, batch)
     if engine.kind is EngineKind.EAGER:
-        return engine
-
-    def forward(batch: torch.Tensor) -> torch.Tensor:
-        logits = engine(batch).float()
-        near = near_ties(logits)
-        if bool(near.any()):
-            with torch.inference_mode():
-                logits[near] = model.eval()(batch[near]).float()
         return logits
+    near = near_ties(logits).nonzero().flatten()
+    if near.numel():
+        with torch.inference_mode():
+            logits[near] = predict_logits(model, images[near], batch)
+    return logits
 
-    return forward
+
+def refereed_counts(engine: Engine, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int) -> Counts:
+    """Correct predictions of ``engine`` on ``images`` / ``labels`` (N,), near ties decided by ``model``
+    (:func:`refereed_logits`); the seconds are the whole pass's, referee included."""
+    t0 = time.perf_counter()
+    logits = refereed_logits(engine, model, images, batch)
+    return counts_of(logits, labels, time.perf_counter() - t0)
 
 
 def near_ties(logits: torch.Tensor) -> torch.Tensor:

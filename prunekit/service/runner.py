@@ -30,7 +30,7 @@ from prunekit.core.lab import Lab, Pruner
 from prunekit.core.loaded import ModelSpec
 from prunekit.core.oracle import GroupScores, Oracle, channel_slice, dense_loss, oracle
 from prunekit.core.spec import Structure
-from prunekit.deploy.engine import Choice, Engine, EngineKind, checked, eager, fastest, onnxruntime, refereed
+from prunekit.deploy.engine import Choice, Engine, EngineKind, checked, eager, fastest, onnxruntime, refereed_counts
 from prunekit.deploy.latency import UNSTRUCTURED_NOTE, Latency, measure
 from prunekit.deploy.methods import train_sparse, write_result
 from prunekit.deploy.recover import Recovery, recover
@@ -204,7 +204,7 @@ class JobRunner:
                 spent = 0.0
                 if engine is None:
                     engine, spent = self._engine(job, model, *chunks[i])
-                got = count_correct(refereed(engine, model), *chunks[i], EVAL_BATCH)
+                got = refereed_counts(engine, model, *chunks[i], EVAL_BATCH)
                 counted[i] = dataclasses.replace(got, seconds=got.seconds + spent)  # the build counts in the figure
             if i == 0 and control.partial is not None:
                 control.partial(job.with_subset(ESTIMATE_IMAGES), from_counts([counted[0]], total))
@@ -258,7 +258,7 @@ class JobRunner:
         if self.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         engine, spent = self._engine(job, model, images, labels)
-        got = accuracy_of(refereed(engine, model), images, labels, len(labels), EVAL_BATCH)
+        got = from_counts([refereed_counts(engine, model, images, labels, EVAL_BATCH)], len(labels))
         return dataclasses.replace(got, seconds=got.seconds + spent)
 
     def _engine(

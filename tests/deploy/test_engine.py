@@ -11,7 +11,16 @@ from prunekit.core.evaluate import count_correct
 from prunekit.core.lab import Lab
 from prunekit.core.loaded import ModelSpec
 from prunekit.core.spec import PruneSpec
-from prunekit.deploy.engine import Engine, EngineKind, checked, eager, fastest, onnxruntime, refereed
+from prunekit.deploy.engine import (
+    Engine,
+    EngineKind,
+    checked,
+    eager,
+    fastest,
+    onnxruntime,
+    refereed_counts,
+    refereed_logits,
+)
 from prunekit.errors import ExportError
 from prunekit.models import zoo
 from prunekit.service import runner as runner_module
@@ -148,11 +157,26 @@ def test_near_ties_are_scored_by_the_model_itself():
     mine = eager(model)(images).float()
     theirs = torch.zeros(8, 10)
     theirs[:, 3] = 10.0  # a clear prediction for every image...
-    theirs[0, 7] = 10.0 - 1e-3  # ...but the first: two classes within 1e-3 of 10 (TIE_RTOL is 1e-3 of the largest)
-    got = refereed(Engine(EngineKind.ONNXRUNTIME, lambda x: theirs.clone()), model)(images)
-    # the model's own logits for the near tie (scored alone, so equal to the last bits only within rounding)
-    assert torch.allclose(got[0], mine[0], rtol=1e-5, atol=1e-6) and torch.equal(got[1:], theirs[1:])
-    assert refereed(eager(model), model)(images).equal(mine)
+    theirs[[0, 5], 7] = (
+        10.0 - 1e-3
+    )  # ...but two, in two batches: classes within 1e-3 of 10 (TIE_RTOL: 1e-3 of the largest)
+    got = refereed_logits(_serving(theirs, 4), model, images, 4)
+    # the model's own logits for the near ties (scored apart, so equal to the last bits only within rounding)
+    near = [0, 5]
+    assert torch.allclose(got[near], mine[near], rtol=1e-5, atol=1e-6)
+    rest = [i for i in range(8) if i not in near]
+    assert torch.equal(got[rest], theirs[rest])
+    assert refereed_logits(eager(model), model, images, 4).equal(mine)
+    labels = mine.argmax(1)
+    assert refereed_counts(_serving(theirs, 4), model, images, labels, 4).correct == int(
+        (got.argmax(1) == labels).sum()
+    )
+
+
+def _serving(logits: torch.Tensor, batch: int) -> Engine:
+    """A fake engine answering ``logits`` (N, classes) batch by batch, in order."""
+    answers = iter(logits.split(batch))
+    return Engine(EngineKind.ONNXRUNTIME, lambda x: next(answers).clone())
 
 
 @pytest.mark.parametrize("onnx_s", [0.5, 2.0])
