@@ -9,7 +9,8 @@ eager with its reason otherwise. bench/evalspeed.py prints each engine's speed a
 Measured on the 2-core VM, one thread, full 10k split (eager: channels_last, batch 64; ONNX Runtime: batch 64),
 eager / ONNX Runtime / frozen TorchScript: fmnist-cnn 0.72 / 0.42 / 0.64 s, fmnist-resnet 4.03 / 3.18 / 3.81 s,
 fmnist-mobilenet 4.08 / 1.35 / 2.38 s, fmnist-vgg 5.60 / 4.36 / 5.38 s, with equal correct counts. TorchScript
-is slower than ONNX Runtime on all four, so it is not offered.
+is slower than ONNX Runtime on all four, so it is not offered; OpenVINO wins on two of four and costs 180 MB
+(docs/benchmarks.md), so it is not either.
 """
 
 from __future__ import annotations
