@@ -53,10 +53,12 @@ def _source_copy(target: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
-    """``pip install .`` into a fresh venv; returns the venv's bin directory."""
+    """``pip install .`` into a fresh venv; returns the venv's bin directory. The venv has no pip of its own and
+    builds with the setuptools it finds among the linked dependencies: this environment's pip installs into it
+    (``--python``), 4 s instead of 10 (a venv's own pip took 3.5 s to set up, an isolated build env 3 more)."""
     base = tmp_path_factory.mktemp("pkg")
     venv = base / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
     purelib = subprocess.run(
         [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         check=True,
@@ -64,16 +66,9 @@ def installed(tmp_path_factory) -> Path:
         text=True,
     ).stdout.strip()
     (Path(purelib) / "dependencies.pth").write_text(str(_dependencies_only(base / "deps")) + "\n")
+    install = ["install", "-q", "--disable-pip-version-check", "--no-build-isolation", str(_source_copy(base / "src"))]
     pip = subprocess.run(
-        [
-            str(venv / "bin" / "python"),
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            str(_source_copy(base / "src")),
-        ],
+        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), *install],
         capture_output=True,
         text=True,
         timeout=600,

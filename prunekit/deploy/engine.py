@@ -15,6 +15,7 @@ is slower than ONNX Runtime on all four, so it is not offered; OpenVINO wins on 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -24,7 +25,8 @@ from enum import StrEnum
 import torch
 from torch import nn
 
-from prunekit.core.evaluate import Counts, counts_of, predict_logits
+from prunekit.core.data import EvalData
+from prunekit.core.evaluate import DEFAULT_BATCH, Accuracy, Counts, counts_of, from_counts, predict_logits
 from prunekit.deploy.export import onnx_bytes
 from prunekit.errors import ExportError
 
@@ -156,6 +158,23 @@ def checked(engine: Engine, model: nn.Module, images: torch.Tensor, labels: torc
     fallback = eager(model, note)
     fallback.build_s = engine.build_s  # what was spent on the engine still counts
     return fallback
+
+
+def engine_accuracy(model: nn.Module, data: EvalData, kind: EngineKind, batch: int = DEFAULT_BATCH) -> Accuracy:
+    """Accuracy of ``model`` on ``data``, run on an engine of ``kind`` built for it, checked against it on the
+    first images and its near ties refereed (:func:`refereed_counts`), as a worker's full passes run; eager where
+    the engine cannot be built or disagrees. The same figure as :func:`prunekit.core.evaluate.accuracy`'s."""
+    model.eval()
+    engine = eager(model)
+    if kind is not EngineKind.EAGER:
+        try:
+            built = onnxruntime(model, tuple(data.images.shape[1:]), torch.get_num_threads())
+            engine = checked(built, model, data.images, data.labels)
+        except ExportError as exc:
+            log.warning("evaluation falls back to eager: %s", exc)
+    with torch.inference_mode():
+        counts = refereed_counts(engine, model, data.images, data.labels, batch)
+    return from_counts([dataclasses.replace(counts, seconds=counts.seconds + engine.build_s)], len(data))
 
 
 @dataclass

@@ -19,10 +19,11 @@ import torch
 from torch import nn
 
 from prunekit.core.data import EvalData
-from prunekit.core.evaluate import Accuracy, accuracy, accuracy_of, stratified_indices
+from prunekit.core.evaluate import Accuracy, accuracy_of, stratified_indices
 from prunekit.core.lab import Lab
 from prunekit.core.masks import apply_masks_
 from prunekit.core.spec import PruneSpec
+from prunekit.deploy.engine import EngineKind, engine_accuracy
 from prunekit.errors import DataNotFoundError, InvalidArgumentError, UnknownNameError
 from prunekit.models.datasets import FMNIST_CLASSES, fashion_mnist, fashion_mnist_size
 
@@ -175,7 +176,11 @@ class _Run:
     report: Report | None
     result: Recovery
     curve_images: tuple[torch.Tensor, torch.Tensor]
+    engine: EngineKind = EngineKind.EAGER
     started: float = field(default_factory=time.perf_counter)
+
+    def accuracy(self, model: nn.Module, data: EvalData) -> Accuracy:
+        return engine_accuracy(model, data, self.engine)
 
     def tell(self) -> bool:
         self.result.seconds = time.perf_counter() - self.started
@@ -188,26 +193,29 @@ def recover(
     recipe: Recipe,
     report: Report | None = None,
     train: EvalData | None = None,
+    engine: EngineKind = EngineKind.EAGER,
 ) -> Recovery:
     """Prune ``lab``'s model by ``spec``, then recover by ``recipe``.
 
     ``report`` sees the growing :class:`Recovery` (its curve, its step count) and may stop the fine-tune
     by returning False; the result then has ``stopped=True`` and the accuracy of the model as it was.
     ``train``: the training images (default: the task's training split, see :func:`training_split`).
+    ``engine``: what the full-split accuracies run on (a worker passes the engine it measured faster for the
+    model; :func:`prunekit.deploy.engine.engine_accuracy`: the same figures as eager).
     """
     train = train if train is not None else training_split(lab)
     if recipe.train_images is not None:
         train = _first(train, recipe.train_images)
     test = lab.loaded.eval_data()
     idx = stratified_indices(test.labels, CURVE_IMAGES)
-    run = _Run(lab, spec, recipe, train, report, Recovery({}), (test.images[idx], test.labels[idx]))
+    run = _Run(lab, spec, recipe, train, report, Recovery({}), (test.images[idx], test.labels[idx]), engine)
     run.result.train_images = len(train)
-    run.result.accuracy["dense"] = accuracy(lab.loaded.model, test)
+    run.result.accuracy["dense"] = run.accuracy(lab.loaded.model, test)
     model, masks = _one_shot_baselines(run, test)
     if recipe.schedule != "one-shot":
         model, masks = _trainable(lab.loaded.model), None
     _fine_tune_schedule(run, model, masks)
-    run.result.accuracy["finetuned"] = accuracy(model.eval(), test) if recipe.epochs else None
+    run.result.accuracy["finetuned"] = run.accuracy(model.eval(), test) if recipe.epochs else None
     for p in model.parameters():
         p.requires_grad_(False)
     run.result.model = model.to(memory_format=torch.contiguous_format)
@@ -230,10 +238,10 @@ def _trainable(model: nn.Module) -> nn.Module:
 def _one_shot_baselines(run: _Run, test: EvalData) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     """The pruned model (masks applied to the dense weights) and its BN-recalibrated twin's accuracies."""
     model, masks = _pruned(run, run.lab.loaded.model, run.spec, None)
-    run.result.accuracy["pruned"] = accuracy(model, test)
+    run.result.accuracy["pruned"] = run.accuracy(model, test)
     if run.recipe.bn_images:
         recalibrate_bn_(model, run.train.images[: run.recipe.bn_images], run.recipe.batch_size)
-        run.result.accuracy["recalibrated"] = accuracy(model, test)
+        run.result.accuracy["recalibrated"] = run.accuracy(model, test)
     else:
         run.result.accuracy["recalibrated"] = None
     run.tell()

@@ -399,7 +399,9 @@ def _collapse(runner: JobRunner, lab: Lab, job: CollapseJob, control: Control) -
 
 
 def _recover(runner: JobRunner, lab: Lab, job: RecoverJob, control: Control) -> Recovery:
-    return recover(lab, job.spec, job.recipe, control.report).without_weights()
+    choice = runner.choices.get(job.model)
+    engine = choice.kind if choice is not None else EngineKind.EAGER  # the full passes run as the model's do
+    return recover(lab, job.spec, job.recipe, control.report, engine=engine).without_weights()
 
 
 def weights_folder(job: MethodJob) -> Path:

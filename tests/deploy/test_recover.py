@@ -9,6 +9,7 @@ from prunekit.core.data import EvalData
 from prunekit.core.evaluate import accuracy_of, stratified_indices
 from prunekit.core.lab import Lab
 from prunekit.core.spec import PruneConfig, PruneSpec
+from prunekit.deploy.engine import EngineKind
 from prunekit.deploy.recover import CURVE_IMAGES, Recipe, recalibrate_bn_, recover
 from prunekit.errors import DataNotFoundError, InvalidArgumentError, UnknownNameError
 from prunekit.models import zoo
@@ -97,7 +98,10 @@ def test_recovery_refuses_a_model_without_training_data():
 def test_recovery_on_a_bundled_model_recalibrates_then_fine_tunes_upwards():
     lab = Lab(zoo.load("fmnist-resnet"))
     recipe = Recipe(bn_images=512, epochs=1, train_images=2048)
-    out = recover(lab, spec_of("l1", "filter", "none", PruneConfig(0.5, "local")), recipe)
+    # full passes on ONNX Runtime, as a worker runs them (the same figures as eager: the test below)
+    out = recover(
+        lab, spec_of("l1", "filter", "none", PruneConfig(0.5, "local")), recipe, engine=EngineKind.ONNXRUNTIME
+    )
     acc = {k: v.top1 for k, v in out.accuracy.items()}
     assert acc["dense"] == pytest.approx(zoo.bundled_card("fmnist-resnet")["test_accuracy"], abs=1e-4)
     assert acc["pruned"] < acc["recalibrated"] < acc["finetuned"] < acc["dense"]
@@ -107,6 +111,16 @@ def test_recovery_on_a_bundled_model_recalibrates_then_fine_tunes_upwards():
     idx = stratified_indices(test.labels, CURVE_IMAGES)
     last = accuracy_of(out.model, test.images[idx], test.labels[idx], len(idx))
     assert out.curve[-1].top1 == last.top1 and out.curve[-1].n == last.n == CURVE_IMAGES
+
+
+def test_recovery_on_an_engine_reports_the_eager_figures():
+    lab = Lab(zoo.load("fmnist-cnn"))
+    spec = spec_of("l1", "filter", "none", PruneConfig(0.5, "local"))
+    recipe = Recipe(bn_images=0, epochs=0.5, train_images=512, schedule="iterative", steps=2)
+    runs = [recover(lab, spec, recipe, engine=kind) for kind in (EngineKind.EAGER, EngineKind.ONNXRUNTIME)]
+    eager_run, onnx_run = ({k: (v.top1, v.n) for k, v in r.accuracy.items() if v} for r in runs)
+    assert eager_run == onnx_run and set(eager_run) == {"dense", "pruned", "finetuned"}
+    assert eager_run["dense"][0] == pytest.approx(zoo.bundled_card("fmnist-cnn")["test_accuracy"], abs=1e-4)
 
 
 def test_the_training_split_size_is_read_from_its_header_and_equals_the_split():
