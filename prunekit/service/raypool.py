@@ -143,10 +143,12 @@ def _split(address: str) -> tuple[str, int]:
 def connect(address: str, cpus: int | None = None) -> str:
     """Join the Ray cluster at ``address`` ('host:port', 'auto', or 'local' for a private instance with
     ``cpus`` CPUs); returns the GCS address. Raises ClusterUnavailableError naming the address."""
-    if ray.is_initialized():
-        return ray.get_runtime_context().gcs_address
+    # an address named is checked even where this process has joined a cluster already: it must not be told
+    # that an unreachable cluster works because another one does
     if address not in (LOCAL, "auto") and not _reachable(*_split(address.removeprefix("ray://"))):
         raise ClusterUnavailableError(f"no Ray cluster answers at {address!r}")
+    if ray.is_initialized():
+        return ray.get_runtime_context().gcs_address
     # Ray ends a driver whose GCS stays unreachable for 60 s; this process is a web server that falls
     # back to local workers instead (read by Ray once per process, at its first init).
     os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(GCS_PATIENCE_S))
@@ -197,6 +199,7 @@ class RayPool:
 
     def __init__(self, address: str, threads: int = 1, cpus: int | None = None) -> None:
         self.address, self.threads = address, threads
+        self._owns = not ray.is_initialized()  # a pool leaves a cluster only if it joined it
         self.gcs = connect(address, cpus)
         self._gcs_host_port = _split(self.gcs)
         self._cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -290,9 +293,11 @@ class RayPool:
             conn.send((Status.PROGRESS, job, pickle.loads(progress)))
 
     def close(self) -> None:
-        """Leave the cluster (stops a private instance); safe after the cluster is gone; idempotent."""
+        """Leave the cluster (stops a private instance) if this pool joined it; safe after the cluster is
+        gone; idempotent. A pool made while the process was in a cluster already leaves it to its owner."""
         if self._closed.is_set():
             return
         self._closed.set()
-        with contextlib.suppress(Exception):
-            ray.shutdown()
+        if self._owns:
+            with contextlib.suppress(Exception):
+                ray.shutdown()

@@ -48,6 +48,20 @@ def no_ray_tokens():
         yield
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_instance(no_ray_tokens):
+    """One private Ray instance for the module, as a server keeps one: every pool the tests make joins it and
+    leaves it running (RayPool.close stops only an instance it started), so its workers stay warm between
+    tests (each test starting its own cost 3-4 s, and as much again for its workers' first imports)."""
+    import ray
+
+    from prunekit.service.raypool import connect
+
+    connect("local", cpus=2)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(scope="module")
 def lab():
     return Lab(load("fmnist-cnn"))
@@ -306,3 +320,11 @@ def test_training_methods_run_on_ray_with_progress_a_stop_and_their_weights_writ
     model = load("fmnist-cnn").model
     model.load_state_dict(load_file(Path(done.folder) / "model.safetensors"))
     assert accuracy(model, load("fmnist-cnn").eval_data()).top1 == done.accuracy.top1
+
+
+def test_a_pool_leaves_running_an_instance_it_did_not_start():
+    import ray
+
+    pool = RayPool("local", cpus=2)  # the module's instance is running: the pool joins it
+    pool.close()
+    assert ray.is_initialized() and ray.cluster_resources().get("CPU") == 2
