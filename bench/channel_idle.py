@@ -1,23 +1,28 @@
-"""What do open live-channel streams cost the server while nothing lands? N streams held open, server CPU measured.
+"""What do open live-channel streams cost the server while nothing lands, and what does one landing result cost
+to push to all of them? N streams held open, server CPU, threads and sockets measured.
 
     python bench/channel_idle.py [--streams 100] [--seconds 30]
 
 A server process runs the live channel's route (``prunekit/app/channel.py``, under uvicorn as Streamlit runs it)
-with an evaluation service on which nothing ever lands, and offers one session's pending job. The client opens
-``--streams`` connections to it (as 100 students' pages waiting on a figure do), waits until each has its first
-line, and then reads the server's CPU time from /proc over ``--seconds``. Printed beside it: what the same
-sessions cost the polling design, at its paced rate of 60 polls a second at about 10 ms of server CPU each
-(bench/workshop.py, docs/workshop.md), i.e. about 0.6 of a core.
+with an evaluation service on which nothing lands until told, and offers one session's pending job. The client
+opens ``--streams`` connections to it (as 100 students' pages waiting on a figure do), waits until each has its
+first line, and then reads the server's CPU time from /proc over ``--seconds``, and its threads and open sockets
+before and after the streams opened. Then the result lands (as a worker's would, through ``EvalService.watch``)
+and the server's CPU is read again once every stream has its figure: the cost of one pushed update per listener.
+Printed beside it: what the same sessions cost the polling design, at its paced rate of 60 polls a second at
+about 10 ms of server CPU each (bench/workshop.py, docs/workshop.md), i.e. about 0.6 of a core.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,25 +31,50 @@ POLL_CORE_SHARE = 60 * 0.010  # the polling design's paced polls: 60 per second,
 
 
 def serve(port: int) -> None:
-    """The server side: the channel's route on uvicorn, a service where nothing lands, one offered job."""
+    """The server side: the channel's route on uvicorn, a service whose job lands when told, one offered job."""
     import uvicorn  # noqa: PLC0415
     from starlette.applications import Starlette  # noqa: PLC0415
 
     from prunekit.app.channel import CHANNEL, PATH, routes  # noqa: PLC0415
+    from prunekit.core.evaluate import Counts, from_counts  # noqa: PLC0415
     from prunekit.service.jobs import EvalJob  # noqa: PLC0415
 
-    class Silent:  # an evaluation service whose job never lands: every stream stays open and idle
+    class Held:  # an evaluation service whose job lands when the client says so (a line on stdin)
+        def __init__(self) -> None:
+            self.listeners: list = []
+
         def watch(self, jobs, callback):
+            self.listeners.append((list(jobs), callback))
             return lambda: None
 
         def lookup(self, job):
             return None
 
-    CHANNEL.service = Silent()
+        def land_on_stdin(self) -> None:
+            sys.stdin.readline()
+            outcome = from_counts([Counts(9_013, None, 10_000, 0.4)], 10_000)
+            for jobs, callback in self.listeners:
+                for job in jobs:
+                    callback(job, outcome)
+
+    held = Held()
+    CHANNEL.service = held
     token = CHANNEL.token()
     (key,) = CHANNEL.offer(token, [EvalJob("fmnist-cnn")]).values()
+    threading.Thread(target=held.land_on_stdin, daemon=True).start()
     print(f"{PATH}?t={token}&k={key}", flush=True)
     uvicorn.run(Starlette(routes=routes()), host="127.0.0.1", port=port, log_level="warning")
+
+
+def threads_and_sockets(pid: int) -> tuple[int, int]:
+    """The process's threads and its open sockets (every kind: TCP streams, the pipes of its workers)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    threads = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
+    sockets = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            sockets += os.readlink(fd).startswith("socket:")
+    return threads, sockets
 
 
 def cpu_s(pid: int) -> float:
@@ -52,7 +82,9 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def hold(port: int, query: str, n: int, seconds: float, pid: int) -> dict:
+async def hold(port: int, query: str, n: int, seconds: float, proc: subprocess.Popen) -> dict:
+    pid = proc.pid
+    before = threads_and_sockets(pid)
     streams = []
     for _ in range(n):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -61,22 +93,42 @@ async def hold(port: int, query: str, n: int, seconds: float, pid: int) -> dict:
     for reader, _ in streams:  # each stream answered: headers, then its first event line
         while not (await reader.readline()).startswith(b"retry:"):
             pass
-    keep_alive = 0
+    keep_alive, figures = 0, 0
+    all_figures = asyncio.Event()
 
     async def drain(reader) -> None:
-        nonlocal keep_alive
+        nonlocal keep_alive, figures
         while line := await reader.readline():
             keep_alive += line.startswith(b": still waiting")
+            if line.startswith(b'data: {"key"'):
+                figures += 1
+                if figures == n:
+                    all_figures.set()
 
     readers = [asyncio.create_task(drain(r)) for r, _ in streams]
+    held = threads_and_sockets(pid)
     cpu0, t0 = cpu_s(pid), time.perf_counter()
     await asyncio.sleep(seconds)
     cpu, wall = cpu_s(pid) - cpu0, time.perf_counter() - t0
+    cpu0, t0 = cpu_s(pid), time.perf_counter()
+    proc.stdin.write("land\n")
+    proc.stdin.flush()
+    await asyncio.wait_for(all_figures.wait(), 60)
+    push_cpu, push_wall = cpu_s(pid) - cpu0, time.perf_counter() - t0
     for task in readers:
         task.cancel()
     for _, writer in streams:
         writer.close()
-    return {"streams": n, "seconds": wall, "server_cpu_s": cpu, "keep_alive_lines": keep_alive}
+    return {
+        "streams": n,
+        "seconds": wall,
+        "server_cpu_s": cpu,
+        "keep_alive_lines": keep_alive,
+        "push_cpu_s": push_cpu,
+        "push_wall_s": push_wall,
+        "threads": (before[0], held[0]),
+        "sockets": (before[1], held[1]),
+    }
 
 
 def main() -> None:
@@ -94,7 +146,11 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(port)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        [sys.executable, __file__, "--serve", str(port)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         query = proc.stdout.readline().strip()
@@ -104,7 +160,7 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.1)
-        row = asyncio.run(hold(port, query, args.streams, args.seconds, proc.pid))
+        row = asyncio.run(hold(port, query, args.streams, args.seconds, proc))
     finally:
         proc.terminate()
         proc.wait(10)
@@ -117,6 +173,17 @@ def main() -> None:
         f"| {row['keep_alive_lines']} |"
     )
     print(f"| polling (paced: 60 polls/s at ~10 ms) | - | - | - | about {POLL_CORE_SHARE:.0%} | - |")
+    n = row["streams"]
+    (t0, t1), (s0, s1) = row["threads"], row["sockets"]
+    print(
+        f"\nOne result landing, pushed to all {n} streams: {1000 * row['push_cpu_s']:.1f} ms of server CPU "
+        f"({1000 * row['push_cpu_s'] / n:.2f} ms per pushed update), every stream had it after "
+        f"{1000 * row['push_wall_s']:.0f} ms."
+    )
+    print(
+        f"Held per open stream: {(t1 - t0) / n:.2f} threads ({t0} before the streams, {t1} with them), "
+        f"{(s1 - s0) / n:.2f} sockets ({s0} before, {s1} with them)."
+    )
 
 
 if __name__ == "__main__":

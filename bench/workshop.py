@@ -8,7 +8,8 @@ ForwardMsg), moves their sliders and measures, per move: the time to the full re
 (``script_finished``), to the first accuracy figure for the new position (estimate or full) and to
 the full-split figures of both scopes. Fragment refreshes (``auto_rerun``) are honoured like a
 browser does. Server CPU comes from /proc (the Streamlit process only; the workers are reported
-apart), memory per extra session from its RSS before and after the sessions join.
+apart), memory per extra session from its RSS before and after the sessions join, and so do its
+threads and open sockets.
 
 The readouts that listen on the live channel (``GET /prunekit/live``, server-sent events) are followed as a
 browser follows them: each session opens the stream the page names and takes every pushed figure. With
@@ -282,6 +283,7 @@ class Server:
                 time.sleep(0.2)
         self.start_s = time.perf_counter() - t0
         self.rss_first = float("nan")
+        self.held_first = (0, 0)  # threads and sockets once the first session is in
         self.rss_peak: dict[str, float] | None = None  # big-links: sampled while it runs
         self.opened: list[dict] | None = None  # big-links: the models opened by link
 
@@ -298,6 +300,16 @@ class Server:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
+
+    def threads_and_sockets(self) -> tuple[int, int]:
+        """The server process's threads and open sockets (websockets, channel streams, its workers' pipes)."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        threads = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
+        sockets = 0
+        for fd in Path(f"/proc/{self.proc.pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                sockets += os.readlink(fd).startswith("socket:")
+        return threads, sockets
 
     def workers_rss_mb(self) -> float:
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
@@ -327,6 +339,7 @@ async def _open_all(server: Server, k: int, query: str) -> list[Session]:
         await s.open()
         if i == 0:  # the model, its tables and working copies are loaded once: not per session
             server.rss_first = server.rss_mb()
+            server.held_first = server.threads_and_sockets()
     return sessions
 
 
@@ -472,7 +485,7 @@ async def _run(name: str, live: bool) -> dict:
     try:
         cpu0, wcpu0 = server.cpu_s(), server.worker_cpu_s()
         moves, sessions = await SCENARIOS[name](server)
-        rss = server.rss_mb()
+        rss, held = server.rss_mb(), server.threads_and_sockets()
         cpu, wcpu = server.cpu_s() - cpu0, server.worker_cpu_s() - wcpu0
         full_runs = sum(s.full_runs for s in sessions)
         fragment_runs = sum(s.fragment_runs for s in sessions)
@@ -499,6 +512,9 @@ async def _run(name: str, live: bool) -> dict:
             "fragment_reruns": fragment_runs,
             "worker_cpu_s": wcpu,
             "mb_per_extra_session": (rss - server.rss_first) / max(len(sessions) - 1, 1),
+            # sessions still connected (their streams done or open): what each holds beyond the first
+            "threads_per_extra_session": (held[0] - server.held_first[0]) / max(len(sessions) - 1, 1),
+            "sockets_per_extra_session": (held[1] - server.held_first[1]) / max(len(sessions) - 1, 1),
             "server_rss_after_first_session_mb": server.rss_first,
             "server_rss_mb": rss,
             "errors": errors,
@@ -538,6 +554,17 @@ def main() -> None:
             f"| {_fmt(r['first_accuracy_s'])} | {_fmt(r['full_accuracy_s'])} | {r['server_cpu_s']:.1f} "
             f"| {r['full_reruns']} | {r['fragment_reruns']} | {r['pushed']} | {r['streams']} "
             f"| {r['mb_per_extra_session']:.1f} | {r['lost_moves']} | {r['errors']} |"
+        )
+    print(
+        "\n| scenario | design | server CPU ms per full rerun | per rerun, full and fragment "
+        "| threads per extra session | sockets per extra session |"
+    )
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['scenario']} | {r['design']} | {r['server_cpu_ms_per_full_rerun']:.1f} "
+            f"| {r['server_cpu_ms_per_rerun']:.1f} | {r['threads_per_extra_session']:.2f} "
+            f"| {r['sockets_per_extra_session']:.2f} |"
         )
     for r in rows:
         if r["opened"]:

@@ -25,8 +25,9 @@ from prunekit.app.launch import App, launch
 from prunekit.core.budget import Target
 from prunekit.core.evaluate import Accuracy
 from prunekit.core.importance import CRITERIA
-from prunekit.core.lab import LayerResult, Pruner, PruneResult
+from prunekit.core.lab import Pruner
 from prunekit.core.loaded import InputSpec, Loaded
+from prunekit.core.result import LayerResult, PruneResult
 from prunekit.core.spec import (
     ALLOCATIONS,
     STRUCTURES,

@@ -17,8 +17,8 @@ from prunekit.core.budget import Costs, Plan, Target, plan
 from prunekit.core.evaluate import Accuracy
 from prunekit.core.forget import Forgetting, compare
 from prunekit.core.importance import CRITERIA, get_criterion
-from prunekit.core.lab import PruneResult
 from prunekit.core.oracle import Agreement, Oracle, agreement
+from prunekit.core.result import PruneResult
 from prunekit.core.sensitivity import SensitivityRow
 from prunekit.core.spec import PruneSpec, Structure
 from prunekit.deploy.export import Bundle, build_bundle, export_report, write_bundle

@@ -80,6 +80,7 @@ APP_ORDER = [
     "pacing",
     "turns",
     "plots",
+    "accuracy_plots",
     "server_state",
     "live",
     "session_state",

@@ -12,7 +12,7 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from prunekit.app import plots
+from prunekit.app import accuracy_plots
 from prunekit.app.server_state import (
     aside_unless,
     bundles,
@@ -27,7 +27,8 @@ from prunekit.app.server_state import (
 from prunekit.app.session_state import cfg, error_text, session_id, spec
 from prunekit.core import analysis, structure
 from prunekit.core.importance import CRITERIA
-from prunekit.core.lab import Lab, PruneResult
+from prunekit.core.lab import Lab
+from prunekit.core.result import PruneResult
 from prunekit.core.spec import COMPARED_SCOPES, PruneSpec, Structure
 from prunekit.core.structure import Coupling
 from prunekit.deploy.export import Bundle, build_bundle
@@ -308,7 +309,7 @@ def recovery(current: Lab, job: RecoverJob, start: bool) -> tuple[Outcome | None
 def recovery_figure(curves: dict, r: Recovery | None):
     accs = r.accuracy if r is not None else {}
     base = {k: (v.top1 if v else None) for k, v in accs.items() if k in ("dense", "recalibrated")}
-    return plots.recovery_curve(curves, base)
+    return accuracy_plots.recovery_curve(curves, base)
 
 
 def schedule_jobs(current: Lab, scope: str, epochs: float, steps: int, train: int | None) -> tuple[RecoverJob, ...]:

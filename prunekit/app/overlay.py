@@ -7,7 +7,8 @@ import streamlit as st
 
 from prunekit.app.server_state import curve_fill_enabled, estimate_size, register, service, template
 from prunekit.app.session_state import cfg, session_id
-from prunekit.core.lab import Lab, PruneResult
+from prunekit.core.lab import Lab
+from prunekit.core.result import PruneResult
 from prunekit.core.spec import ALLOCATIONS, Allocation, AllocationMethod, Scope
 from prunekit.service import readings
 

@@ -10,7 +10,8 @@ from prunekit.app import links
 from prunekit.app.server_state import model_key, register, service
 from prunekit.app.session_state import session_id
 from prunekit.core.budget import Costs, Plan, Target, plan
-from prunekit.core.lab import Lab, PruneResult
+from prunekit.core.lab import Lab
+from prunekit.core.result import PruneResult
 from prunekit.core.sensitivity import SensitivityRow
 from prunekit.core.spec import PruneSpec, Structure
 from prunekit.errors import InvalidArgumentError

@@ -4,7 +4,7 @@ on stderr."""
 from __future__ import annotations
 
 from prunekit.core.evaluate import Accuracy, interval_label
-from prunekit.core.lab import PruneResult
+from prunekit.core.result import PruneResult
 from prunekit.core.spec import allocation_of
 
 

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from prunekit.core.compact import Compacted
-from prunekit.core.lab import Pruner, PruneResult
+from prunekit.core.lab import Pruner
+from prunekit.core.result import PruneResult
 from prunekit.core.spec import PruneConfig, PruneSpec
 from prunekit.deploy.latency import UNSTRUCTURED_NOTE, LatencyConfig, measure
 from prunekit.errors import CompactionError, ExportError

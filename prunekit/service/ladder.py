@@ -9,8 +9,9 @@ import dataclasses
 from dataclasses import dataclass
 
 from prunekit.core.importance import CRITERIA
-from prunekit.core.lab import Lab, PruneResult
+from prunekit.core.lab import Lab
 from prunekit.core.nm import pattern_sparsity
+from prunekit.core.result import PruneResult
 from prunekit.core.spec import LADDER, PruneSpec, Structure
 from prunekit.service.codec import Outcome
 from prunekit.service.evaluation import EvalService

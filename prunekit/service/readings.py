@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 from prunekit.core.connectivity import Connectivity
 from prunekit.core.evaluate import Accuracy
-from prunekit.core.lab import Lab, PruneResult
+from prunekit.core.lab import Lab
 from prunekit.core.oracle import GroupScores, Oracle, agreement
+from prunekit.core.result import PruneResult
 from prunekit.core.sensitivity import SensitivityRow
 from prunekit.core.spec import PruneSpec, Structure
 from prunekit.deploy.recover import Recovery

@@ -24,10 +24,9 @@ NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 def build(arch: str, side: int, seed: int = 0) -> nn.Module:
     """timm's ``arch`` with random weights and trained-looking norm layers (no zero-initialised scales, running
     statistics that are not the identity), in eval mode."""
-    import timm
 
     torch.manual_seed(seed)
-    model = timm.create_model(arch, pretrained=False, num_classes=10, **_size_kwargs(arch, side)).eval()
+    model = _create(arch, side).eval()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
@@ -43,14 +42,15 @@ def build(arch: str, side: int, seed: int = 0) -> nn.Module:
     return model
 
 
-def _size_kwargs(arch: str, side: int) -> dict:
+def _create(arch: str, side: int) -> nn.Module:
+    """timm's ``arch`` for 10 classes; attention with a fixed grid (lambda layers) is built for the test's input
+    size. One build: asking first whether ``img_size`` is accepted built every model twice."""
     import timm
 
-    try:  # attention with a fixed grid (lambda layers) is built for the test's input size
-        timm.create_model(arch, pretrained=False, num_classes=10, img_size=side)
-        return {"img_size": side}
+    try:
+        return timm.create_model(arch, pretrained=False, num_classes=10, img_size=side)
     except TypeError:
-        return {}
+        return timm.create_model(arch, pretrained=False, num_classes=10)
 
 
 @dataclass

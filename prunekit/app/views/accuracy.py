@@ -5,7 +5,7 @@ from functools import partial
 
 import streamlit as st
 
-from prunekit.app import computed, overlay, plots, readouts, server_state
+from prunekit.app import accuracy_plots, computed, overlay, readouts, server_state
 from prunekit.app.live import live
 from prunekit.app.pacing import BACKGROUND_POLLS_PER_S
 from prunekit.app.session_state import PageContext
@@ -103,7 +103,9 @@ def curve_panel(ctx: PageContext, overlaid: list[str]) -> bool:
     marks |= {n: r.best for n, r in overlay.points(lab, overlaid, ask=False).items()} if more else {}
     drawn = view.curves | more
     key = (repr(drawn), sparsity, repr(marks), repr(point.dense.best))
-    fig = server_state.figure("curve", key, lambda: plots.accuracy_curve(drawn, sparsity, marks, point.dense.best))
+    fig = server_state.figure(
+        "curve", key, lambda: accuracy_plots.accuracy_curve(drawn, sparsity, marks, point.dense.best)
+    )
     st.plotly_chart(fig, width="stretch")
     s, data = view.status, lab.loaded.eval_data()
     curve = (

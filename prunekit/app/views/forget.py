@@ -4,7 +4,7 @@ from functools import partial
 
 import streamlit as st
 
-from prunekit.app import forgetting, plots, server_state, session_state, views
+from prunekit.app import accuracy_plots, forgetting, server_state, session_state, views
 from prunekit.app.links import SPARSITY_MAX, SPARSITY_STEP
 from prunekit.app.live import live
 from prunekit.app.session_state import PageContext
@@ -74,7 +74,9 @@ def forget_panel(ctx: PageContext) -> bool:
         st.info("Scoring every image with the dense and the pruned models in the evaluation workers...")
         return view.pending
     key = (server_state.model_key(lab), *ctx.settings.key(), tuple(ready))
-    st.plotly_chart(server_state.figure("forget", key, lambda: plots.class_change_bars(ready)), width="stretch")
+    st.plotly_chart(
+        server_state.figure("forget", key, lambda: accuracy_plots.class_change_bars(ready)), width="stretch"
+    )
     for col, (scope, report) in zip(st.columns(len(ready)), ready.items(), strict=True):
         with col:
             scope_summary(ctx, scope, report)

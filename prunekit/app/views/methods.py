@@ -5,7 +5,7 @@ from functools import partial
 
 import streamlit as st
 
-from prunekit.app import computed, forgetting, plots, session_state, views
+from prunekit.app import accuracy_plots, computed, forgetting, session_state, views
 from prunekit.app.live import live
 from prunekit.app.session_state import PageContext
 from prunekit.deploy.methods import METHODS
@@ -110,11 +110,11 @@ def results_panel(ctx: PageContext, jobs: tuple, asked: bool) -> bool:
     if done:
         dense = computed.dense_reading(ctx.lab, False).full
         labels = [METHODS[r.job.method].title for r in done]
-        fig = plots.method_bars(labels, [r.outcome.accuracy for r in done], dense.top1 if dense else None)
+        fig = accuracy_plots.method_bars(labels, [r.outcome.accuracy for r in done], dense.top1 if dense else None)
         st.plotly_chart(fig, width="stretch")
     curves = {METHODS[r.job.method].title: r.result.curve for r in readings if r.result and r.result.curve}
     if curves:
-        st.plotly_chart(plots.method_curves(curves), width="stretch")
+        st.plotly_chart(accuracy_plots.method_curves(curves), width="stretch")
     for r in done:
         if r.outcome.candidates:
             spread(r.outcome)
@@ -125,7 +125,7 @@ def results_panel(ctx: PageContext, jobs: tuple, asked: bool) -> bool:
 def spread(result: MethodResult) -> None:
     """Sub-model sampling's candidates beside the named allocations, before the best one is fine-tuned."""
     st.markdown(f"**Sub-model sampling at {result.sparsity:.0%}: the candidates beside the heuristics**")
-    st.plotly_chart(plots.submodel_spread(result.candidates, result.heuristics, CURVE_IMAGES), width="stretch")
+    st.plotly_chart(accuracy_plots.submodel_spread(result.candidates, result.heuristics, CURVE_IMAGES), width="stretch")
     best, named = max(result.candidates), max(result.heuristics.items(), key=lambda kv: kv[1], default=None)
     versus = f"; the best named allocation, {named[0]}, {named[1]:.1%}" if named else ""
     st.caption(
@@ -245,7 +245,7 @@ def figure_panel(ctx: PageContext, jobs: tuple, asked: bool) -> bool:
         st.caption(f"Not run yet on this budget: {len(readings)} trainings.")
         return False
     dense = computed.dense_reading(ctx.lab, False).full
-    fig = plots.tradeoff_curves(
+    fig = accuracy_plots.tradeoff_curves(
         curves, "sparsity", "sparsity (fraction of weights removed)", dense.top1 if dense else None
     )
     st.plotly_chart(fig, width="stretch")

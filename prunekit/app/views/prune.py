@@ -11,8 +11,9 @@ from prunekit.app.session_state import PageContext, reported
 from prunekit.app.views import accuracy, ladder, speed
 from prunekit.app.views.speed import SPEED_POLL
 from prunekit.core.importance import CRITERIA
-from prunekit.core.lab import CALIBRATION_IMAGES, PruneResult
+from prunekit.core.lab import CALIBRATION_IMAGES
 from prunekit.core.nm import pattern_sparsity
+from prunekit.core.result import PruneResult
 from prunekit.core.spec import (
     ALLOCATIONS,
     NORMALISATIONS,

@@ -7,7 +7,7 @@ import streamlit as st
 from prunekit.app import computed, plots, session_state
 from prunekit.app.live import live
 from prunekit.app.session_state import PageContext, reported
-from prunekit.core.lab import PruneResult
+from prunekit.core.result import PruneResult
 from prunekit.core.spec import COMPARED_SCOPES, Scope
 from prunekit.deploy.export import FILES
 from prunekit.deploy.latency import Latency

@@ -4,7 +4,7 @@ from functools import partial
 
 import streamlit as st
 
-from prunekit.app import computed, forgetting, plots, server_state, session_state, views
+from prunekit.app import accuracy_plots, computed, forgetting, server_state, session_state, views
 from prunekit.app.live import live
 from prunekit.app.session_state import PageContext
 from prunekit.core.spec import COMPARED_SCOPES, PruneSpec
@@ -62,9 +62,11 @@ def curves_panel(ctx: PageContext, recipes: list[PruneSpec], estimate: bool) -> 
             st.error(f"{label}: {session_state.error_text(message)}")
     dense = computed.dense_reading(lab, estimate).full
     top1 = dense.top1 if dense else None
-    st.plotly_chart(plots.tradeoff_curves(labelled, "sparsity", "sparsity (fraction removed)", top1), width="stretch")
     st.plotly_chart(
-        plots.tradeoff_curves(labelled, "speedup", "theoretical speedup (x, log scale)", top1), width="stretch"
+        accuracy_plots.tradeoff_curves(labelled, "sparsity", "sparsity (fraction removed)", top1), width="stretch"
+    )
+    st.plotly_chart(
+        accuracy_plots.tradeoff_curves(labelled, "speedup", "theoretical speedup (x, log scale)", top1), width="stretch"
     )
     missing = _missing(curves)
     done = "all points measured" if missing <= 0 else f"{missing} points still being evaluated (filling in live)"
