@@ -117,7 +117,7 @@ class JobRunner:
         self._images[key] = images
         self._warm(lab, images)
         if self.engines:
-            self.choices[key] = fastest(lab.loaded.model, *_sample(lab, images), threads=torch.get_num_threads())
+            self.choices[key] = _choice(lab, images)
         self.labs[key] = lab
 
     def drop(self, key: str) -> None:
@@ -386,6 +386,18 @@ class JobRunner:
         if (model, n) not in self._subsets:
             self._subsets[(model, n)] = self._pick(images, labels, stratified_indices(labels, n))
         return self._subsets[(model, n)]
+
+
+def _choice(lab: Lab, images: torch.Tensor) -> Choice:
+    """The engine ``lab``'s full passes run on: the faster one, timed on a sample (:func:`_sample`), unless a whole
+    pass is no more work than that sample; then eager, untimed: timing the engines would cost more than any pass
+    they could speed up (and building one costs more than such a pass: 0.6 s to import ONNX Runtime)."""
+    work = lab.profile.total_macs * len(images)
+    if work <= CHOICE_MACS:
+        return Choice(
+            EngineKind.EAGER, note=f"a full pass is {work / 1e6:,.0f} MMAC of work: too little to time engines on"
+        )
+    return fastest(lab.loaded.model, *_sample(lab, images), threads=torch.get_num_threads())
 
 
 def _sample(lab: Lab, images: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -191,3 +191,15 @@ def test_the_engine_that_timed_faster_is_chosen(monkeypatch, onnx_s):
     choice = fastest(model, torch.randn(64, 1, 28, 28), batch=32)
     assert choice.seconds == {EngineKind.EAGER: 1.0, EngineKind.ONNXRUNTIME: onnx_s}
     assert choice.kind is (EngineKind.ONNXRUNTIME if onnx_s < 1.0 else EngineKind.EAGER)
+
+
+def test_a_model_whose_whole_pass_is_less_work_than_the_timing_sample_runs_eager_untimed():
+    from prunekit.service.runner import CHOICE_MACS
+    from tests.helpers import TINY_SPEC
+
+    runner = JobRunner()
+    runner.load("tiny", TINY_SPEC)
+    lab = runner.labs["tiny"]
+    assert lab.profile.total_macs * len(lab.loaded.eval_data()) <= CHOICE_MACS
+    choice = runner.choices["tiny"]
+    assert choice.kind is EngineKind.EAGER and choice.seconds == {} and "too little to time" in choice.note
