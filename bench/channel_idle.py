@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import platform
 import subprocess
@@ -27,6 +26,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.procstat import threads_and_sockets  # noqa: E402
+
 POLL_CORE_SHARE = 60 * 0.010  # the polling design's paced polls: 60 per second, ~10 ms of server CPU each
 
 
@@ -64,17 +67,6 @@ def serve(port: int) -> None:
     threading.Thread(target=held.land_on_stdin, daemon=True).start()
     print(f"{PATH}?t={token}&k={key}", flush=True)
     uvicorn.run(Starlette(routes=routes()), host="127.0.0.1", port=port, log_level="warning")
-
-
-def threads_and_sockets(pid: int) -> tuple[int, int]:
-    """The process's threads and its open sockets (every kind: TCP streams, the pipes of its workers)."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    threads = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
-    sockets = 0
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            sockets += os.readlink(fd).startswith("socket:")
-    return threads, sockets
 
 
 def cpu_s(pid: int) -> float:

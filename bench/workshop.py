@@ -48,6 +48,10 @@ from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 from websockets.asyncio.client import connect
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.procstat import threads_and_sockets  # noqa: E402
+
 FINISHED, EARLY, FRAGMENT_DONE = 0, 2, 3
 TIMEOUT = 120.0
 
@@ -303,13 +307,7 @@ class Server:
 
     def threads_and_sockets(self) -> tuple[int, int]:
         """The server process's threads and open sockets (websockets, channel streams, its workers' pipes)."""
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        threads = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
-        sockets = 0
-        for fd in Path(f"/proc/{self.proc.pid}/fd").iterdir():
-            with contextlib.suppress(OSError):
-                sockets += os.readlink(fd).startswith("socket:")
-        return threads, sockets
+        return threads_and_sockets(self.proc.pid)
 
     def workers_rss_mb(self) -> float:
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
