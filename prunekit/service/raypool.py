@@ -69,6 +69,10 @@ def payload(spec: ModelSpec) -> ModelPayload:
 # --- the worker side: one JobRunner per Ray worker process ------------------------------------------
 
 _RUNNER: JobRunner | None = None
+# model key -> the object-store payload this worker process loaded it from. A Ray worker outlives the pool that
+# sent it a model (a cluster serves many drivers, and a driver's later pools): the same key may come with other
+# weights or images, and a lab kept by key alone would answer with the old ones.
+_LOADED: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,11 @@ def run_remote(job: EvalJob, boxed: list, threads: int, line=None) -> tuple:
     """One job in a Ray worker: ``("ok", job, outcome)`` or ``("error", job, text)``, as a local worker answers;
     a recovery or a training method reports through ``line`` (a :class:`Line`) and stops when it says so."""
     control = None if line is None else Control(report=_reporting(line))
-    return answer(_runner(threads), job, _FromObjectStore(boxed), control)
+    runner, sent = _runner(threads), boxed[0].hex()
+    if _LOADED.get(job.model) != sent:
+        runner.drop(job.model)  # loaded again below, from this payload
+        _LOADED[job.model] = sent
+    return answer(runner, job, _FromObjectStore(boxed), control)
 
 
 def _weights_kept(message: tuple) -> tuple:

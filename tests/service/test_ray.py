@@ -322,6 +322,20 @@ def test_training_methods_run_on_ray_with_progress_a_stop_and_their_weights_writ
     assert accuracy(model, load("fmnist-cnn").eval_data()).top1 == done.accuracy.top1
 
 
+def test_a_key_sent_again_with_another_model_is_loaded_again_by_warm_workers(services):
+    """Ray's worker processes outlive a pool: the same key from a later pool (another driver, or the same one
+    after a restart) with other weights must be answered with them, not with the model a worker kept."""
+    jobs = [EvalJob("m", PruneSpec("magnitude", sparsity=s / 10), subset=200) for s in range(6)]
+    for name in ("fmnist-cnn", "fmnist-resnet"):  # both Ray workers hold the first before the second comes
+        spec = ModelSpec("prunekit.models.zoo:load", (name,))
+        local = services(1, store=f"local-{name}.sqlite3")  # own stores: each figure computed, none read back
+        remote = services(0, remote=RayPool("local", cpus=2), store=f"ray-{name}.sqlite3")
+        for svc in (local, remote):
+            svc.register("m", spec, fingerprint=name)
+            assert svc.wait(jobs, timeout=240)
+        assert _figures({j: remote.lookup(j) for j in jobs}) == _figures({j: local.lookup(j) for j in jobs}), name
+
+
 def test_a_pool_leaves_running_an_instance_it_did_not_start():
     import ray
 
