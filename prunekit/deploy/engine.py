@@ -160,18 +160,23 @@ def checked(engine: Engine, model: nn.Module, images: torch.Tensor, labels: torc
     return fallback
 
 
+def built_for(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, threads: int | None = None) -> Engine:
+    """ONNX Runtime for ``model``, checked on ``images`` (N, C, H, W) / ``labels`` (N,) (:func:`checked`); eager
+    with the reason where it cannot be exported or disagrees."""
+    try:
+        built = onnxruntime(model, tuple(images.shape[1:]), threads or torch.get_num_threads())
+        return checked(built, model, images, labels)
+    except ExportError as exc:
+        log.warning("evaluation falls back to eager: %s", exc)
+        return eager(model, str(exc))
+
+
 def engine_accuracy(model: nn.Module, data: EvalData, kind: EngineKind, batch: int = DEFAULT_BATCH) -> Accuracy:
     """Accuracy of ``model`` on ``data``, run on an engine of ``kind`` built for it, checked against it on the
     first images and its near ties refereed (:func:`refereed_counts`), as a worker's full passes run; eager where
     the engine cannot be built or disagrees. The same figure as :func:`prunekit.core.evaluate.accuracy`'s."""
     model.eval()
-    engine = eager(model)
-    if kind is not EngineKind.EAGER:
-        try:
-            built = onnxruntime(model, tuple(data.images.shape[1:]), torch.get_num_threads())
-            engine = checked(built, model, data.images, data.labels)
-        except ExportError as exc:
-            log.warning("evaluation falls back to eager: %s", exc)
+    engine = eager(model) if kind is EngineKind.EAGER else built_for(model, data.images, data.labels)
     with torch.inference_mode():
         counts = refereed_counts(engine, model, data.images, data.labels, batch)
     return from_counts([dataclasses.replace(counts, seconds=counts.seconds + engine.build_s)], len(data))

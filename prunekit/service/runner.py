@@ -30,7 +30,7 @@ from prunekit.core.lab import Lab, Pruner
 from prunekit.core.loaded import ModelSpec
 from prunekit.core.oracle import GroupScores, Oracle, channel_slice, dense_loss, oracle
 from prunekit.core.spec import Structure
-from prunekit.deploy.engine import Choice, Engine, EngineKind, checked, eager, fastest, onnxruntime, refereed_counts
+from prunekit.deploy.engine import Choice, Engine, EngineKind, built_for, eager, fastest, refereed_counts
 from prunekit.deploy.latency import UNSTRUCTURED_NOTE, Latency, measure
 from prunekit.deploy.methods import train_sparse, write_result
 from prunekit.deploy.recover import Recovery, recover
@@ -38,7 +38,6 @@ from prunekit.deploy.staircase import Staircase, staircase
 from prunekit.deploy.training import MethodResult
 from prunekit.errors import (
     CompactionError,
-    ExportError,
     InvalidArgumentError,
     ProbeUnsupportedError,
     UnknownNameError,
@@ -273,12 +272,7 @@ class JobRunner:
         key = (job.model, "dense") if job.is_dense else (job.model, *job.spec.key())  # the structure too
         known = self._engines.get(key)
         if known is None:
-            try:
-                built = onnxruntime(model, tuple(images.shape[1:]), torch.get_num_threads())
-                engine = checked(built, model, images, labels)
-            except ExportError as exc:
-                log.warning("evaluation falls back to eager for %s: %s", job.model, exc)
-                engine = eager(model, str(exc))
+            engine = built_for(model, images, labels)
             self._engines[key] = engine if engine.kind is not EngineKind.EAGER else engine.note or ""
             while len(self._engines) > MAX_ENGINES:
                 self._engines.popitem(last=False)

@@ -11,6 +11,7 @@ from prunekit.core.evaluate import count_correct
 from prunekit.core.lab import Lab
 from prunekit.core.loaded import ModelSpec
 from prunekit.core.spec import PruneSpec
+from prunekit.deploy import engine as engine_module
 from prunekit.deploy.engine import (
     Engine,
     EngineKind,
@@ -23,7 +24,6 @@ from prunekit.deploy.engine import (
 )
 from prunekit.errors import ExportError
 from prunekit.models import zoo
-from prunekit.service import runner as runner_module
 from prunekit.service.jobs import EvalJob
 from prunekit.service.runner import JobRunner
 
@@ -131,7 +131,7 @@ def test_a_configuration_whose_engine_fails_is_measured_eager_with_the_reason(wo
         right = eager(model)
         return Engine(EngineKind.ONNXRUNTIME, lambda x: right(x).roll(1, dims=1))
 
-    monkeypatch.setattr(runner_module, "onnxruntime", broken)
+    monkeypatch.setattr(engine_module, "onnxruntime", broken)  # what the worker builds its engines with
     job = EvalJob("fmnist-cnn", PruneSpec("magnitude", sparsity=0.55 if failure == "export" else 0.45))
     got, want = fast.run(job), plain.run(job)
     assert _figure(got) == _figure(want)
