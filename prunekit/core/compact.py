@@ -110,6 +110,21 @@ def compact(
         if check is not None
         else torch.randn(CHECK_IMAGES, *input_shape, generator=torch.Generator().manual_seed(0))
     )
+    diff, scale = _agreement(masked, model, x)
+    return Compacted(
+        model=model,
+        params_dense=sum(p.numel() for p in masked.parameters()),
+        params_masked_nonzero=sum(int(torch.count_nonzero(p)) for p in masked.parameters()),
+        params_compact=sum(p.numel() for p in model.parameters()),
+        max_abs_diff=diff,
+        max_abs_output=scale,
+        channels_removed=sum(len(v) for v in removed.values()),
+    )
+
+
+def _agreement(masked: nn.Module, model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
+    """The largest output difference of ``model`` (the surgery's) from ``masked`` on ``x``, and the largest output;
+    raises CompactionError, saying why, where they do not agree within ``AGREEMENT``."""
     with torch.no_grad():
         want = masked.eval()(x.to(_device(masked)))
         try:
@@ -129,15 +144,7 @@ def compact(
             f"cannot compact: the surgery's model differs from the masked one (largest output difference {diff:.3g} "
             f"of {scale:.3g}), so it is not offered"
         )
-    return Compacted(
-        model=model,
-        params_dense=sum(p.numel() for p in masked.parameters()),
-        params_masked_nonzero=sum(int(torch.count_nonzero(p)) for p in masked.parameters()),
-        params_compact=sum(p.numel() for p in model.parameters()),
-        max_abs_diff=diff,
-        max_abs_output=scale,
-        channels_removed=sum(len(v) for v in removed.values()),
-    )
+    return diff, scale
 
 
 def _device(model: nn.Module) -> torch.device:

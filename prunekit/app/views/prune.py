@@ -106,17 +106,7 @@ def controls(ctx: PageContext) -> None:
     """Structure, criterion, normalisation, first/last and the sparsity slider (an N:M pattern fixes it)."""
     c, bind = ctx.settings, session_state.bind
     a, b, d, e = st.columns([1, 1, 1, 1])
-    structure = bind(
-        a.radio,
-        "structure",
-        label="Structure",
-        options=list(STRUCTURES),
-        horizontal=True,
-        format_func=lambda s: s.label,
-    )
-    pattern = structure.pattern
-    if pattern is not None and c.sparsity != pattern_sparsity(pattern):
-        session_state.apply_preset(sparsity=pattern_sparsity(pattern))  # the pattern, not the slider, sets it
+    structure = structure_control(a, c.sparsity)
     criteria = [n for n, crit in CRITERIA.items() if crit.supports(structure)]
     if c.criterion not in criteria:
         session_state.apply_preset(criterion=criteria[0])
@@ -131,7 +121,34 @@ def controls(ctx: PageContext) -> None:
     bind(e.checkbox, "keep", label="Keep first and last layer dense")
     if structure.is_filter:
         round_to_control(e)
-    bind(
+    sparsity_control(ctx, structure)
+    crit = CRITERIA[c.criterion]
+    calibration = (
+        f" Calibration: the last {CALIBRATION_IMAGES} images of the evaluation set." if crit.needs_data else ""
+    )
+    st.caption(crit.description + calibration)
+
+
+def structure_control(column, sparsity: float) -> Structure:
+    """The structure radio; an N:M pattern sets the sparsity it fixes."""
+    structure = session_state.bind(
+        column.radio,
+        "structure",
+        label="Structure",
+        options=list(STRUCTURES),
+        horizontal=True,
+        format_func=lambda s: s.label,
+    )
+    pattern = structure.pattern
+    if pattern is not None and sparsity != pattern_sparsity(pattern):
+        session_state.apply_preset(sparsity=pattern_sparsity(pattern))  # the pattern, not the slider, sets it
+    return structure
+
+
+def sparsity_control(ctx: PageContext, structure: Structure) -> None:
+    """The sparsity slider (disabled under an N:M pattern, which says what it keeps dense)."""
+    pattern = structure.pattern
+    session_state.bind(
         st.slider,
         "sparsity",
         label=f"Sparsity (fraction removed) of {structure.units}",
@@ -145,11 +162,6 @@ def controls(ctx: PageContext) -> None:
         unfit = computed.pattern_unfit(ctx.lab)
         if unfit:
             st.caption(f"Dense here (the pattern does not fit them): {', '.join(f'`{n}`' for n in unfit)}.")
-    crit = CRITERIA[c.criterion]
-    calibration = (
-        f" Calibration: the last {CALIBRATION_IMAGES} images of the evaluation set." if crit.needs_data else ""
-    )
-    st.caption(crit.description + calibration)
 
 
 def round_to_control(column) -> None:
