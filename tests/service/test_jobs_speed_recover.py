@@ -31,6 +31,7 @@ def test_speed_job_times_dense_masked_and_compact_and_is_stored(service, service
     assert isinstance(got, Latency), got
     assert set(got.ms) == {"dense", "masked", "compact"} and set(got.runs) == {1, 64}
     assert all(t > 0 for per in got.ms.values() for t in per.values()) and got.note is None
+    service.close()  # a restart: the result is stored just after it is shown, so close (which waits) first
     again = services(1, store="r.sqlite3", tiny=True)
     assert again.lookup(job) == got  # from the store, not re-measured
 
@@ -82,6 +83,7 @@ def test_staircase_job_times_every_width_and_is_stored(service, services):
     assert isinstance(got[job], Staircase), got[job]
     assert got[job].counts == list(range(1, 17)) and got[job].dense == 16 and all(t > 0 for t in got[job].ms)
     assert isinstance(got[bad], JobError) and "unknown layer 'nope'" in got[bad].message
+    service.close()  # a restart (see above)
     again = services(1, store="r.sqlite3", tiny=True)
     again.register("fmnist-cnn", CNN, fingerprint="cnn")
     assert again.lookup(job) == got[job]  # from the store, not re-measured

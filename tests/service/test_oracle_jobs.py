@@ -35,6 +35,7 @@ def test_the_workers_oracle_is_the_in_process_one_and_is_stored(services):
     assert view.truth.groups == plain.groups and view.truth.dense_loss == pytest.approx(plain.dense_loss, abs=1e-6)
     for a, b in zip(view.truth.increases, plain.increases, strict=True):
         assert a == pytest.approx(b, abs=1e-5)
+    svc.close()  # a restart: results are stored just after they are shown, so close (which waits) first
     again = services(1, store="r.sqlite3")
     again.register("fmnist-cnn", CNN, fingerprint="cnn")
     assert read_oracle(again, lab, "fmnist-cnn", 120, "s", start=False).truth == view.truth  # from the store
