@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -26,7 +25,7 @@ from prunekit.service.jobs import EvalJob, JobError
 from prunekit.service.queue import CURVE, LIVE_FULL, curve_grid
 from prunekit.service.scheduler import Scheduler
 from prunekit.service.store import ResultStore
-from prunekit.service.workers import RemotePool, Worker, WorkerPool, spawn_local
+from prunekit.service.workers import RemotePool, Worker, WorkerPool, spawn_local, worker_context
 
 __all__ = ["RAY_ENV", "EvalService", "ServiceStatus", "open_service"]
 RAY_ENV = "PRUNEKIT_RAY_ADDRESS"  # the app's Ray cluster: 'host:port', 'auto' or 'local'
@@ -86,7 +85,7 @@ class EvalService:
         if workers < (0 if remote else 1) or threads <= 0:
             raise InvalidArgumentError(f"workers and threads must be positive, got {workers} and {threads}")
         self.threads, self.store, self.nice = threads, store, nice
-        ctx = mp.get_context("spawn")  # fork would copy the server's threads and torch's thread pool
+        ctx = worker_context()
         self._results = ResultCache(store, code_version())  # its own lock
         self._filled: set[tuple] = set()  # curves already queued: a rerun asking again costs one set lookup
         pool = WorkerPool(workers, spawn or (lambda: spawn_local(ctx, threads, nice)), remote)

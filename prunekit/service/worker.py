@@ -17,14 +17,18 @@ from prunekit.service.protocol import Order, Status
 from prunekit.service.runner import JobRunner
 
 
-def worker_main(conn, threads: int, nice: int = 0) -> None:
+def worker_main(conn, threads: int, nice: int = 0, env: dict[str, str] | None = None) -> None:
     """A worker process: receive ``(job, spec-or-None, resume-or-None)``, answer as :func:`answer` does
     (ok, error, preempted or part); meanwhile send ``("partial", ...)`` and
     ``("progress", ...)`` and heed ``("stop", job)`` and ``("preempt", job)``.
 
     ``nice`` lowers the worker's CPU priority so that the web server (and a browser on the same
-    machine) stay responsive while the workers keep every core busy.
+    machine) stay responsive while the workers keep every core busy. ``env``: the environment to run in (the
+    server's, when this process was forked by a fork server started earlier).
     """
+    if env is not None:
+        os.environ.clear()
+        os.environ.update(env)
     if nice:
         os.nice(nice)
     torch.set_num_threads(threads)

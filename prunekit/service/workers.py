@@ -19,6 +19,7 @@ from prunekit.service.policy import Slot
 from prunekit.service.worker import worker_main
 
 log = logging.getLogger(__name__)
+PRELOAD = ["prunekit.service.worker"]  # what a worker imports: torch and the engine, about 1.7 s of CPU
 MAX_DEATHS_IN_A_ROW = 6  # workers dying with no job finished in between: they cannot start, so stop trying
 
 
@@ -126,10 +127,25 @@ class WorkerPool:
         return Worker(proc, conn, remote=True)
 
 
+def worker_context():
+    """How local workers start: forked by a fork server that imported :data:`PRELOAD` once, so that a worker (a
+    restart after a crash, every worker of a new service) starts without importing torch again; spawned where
+    the platform has no fork server. Never a plain fork: it would copy the server's threads and torch's pool
+    (the fork server is a fresh process that runs no torch operation)."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
 def spawn_local(ctx, threads: int, nice: int) -> Worker:
-    """A local worker process (``ctx``: a spawn context) running ``worker_main`` with ``threads`` torch threads."""
+    """A local worker process (``ctx``: :func:`worker_context`) running ``worker_main`` with ``threads`` torch
+    threads, in this process's environment as it is now (a forked worker would otherwise have the fork
+    server's, as it was when the fork server started)."""
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=worker_main, args=(child, threads, nice), daemon=True, name="prunekit-worker")
+    args = (child, threads, nice, dict(os.environ))
+    proc = ctx.Process(target=worker_main, args=args, daemon=True, name="prunekit-worker")
     with _bare_main():
         proc.start()
     child.close()
@@ -138,7 +154,7 @@ def spawn_local(ctx, threads: int, nice: int) -> Worker:
 
 @contextlib.contextmanager
 def _bare_main() -> Iterator[None]:
-    """Start a spawned worker without re-running ``__main__``: workers need nothing from it, and while
+    """Start a worker without re-running ``__main__``: workers need nothing from it, and while
     Streamlit runs a page, ``__main__`` is that page script (a worker restarted then would run the page)."""
     with _MAIN_LOCK:  # two services spawning at once must not restore each other's stand-in
         main = sys.modules.get("__main__")
