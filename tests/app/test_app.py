@@ -7,6 +7,7 @@ from streamlit.testing.v1 import AppTest
 
 from prunekit.app.links import decode_overrides
 from prunekit.core.spec import Allocation, PruneSpec
+from prunekit.service.jobs import EvalJob
 from tests.apptest import PAGES, labelled, metric, open_page, rerun, settle
 from tests.helpers import page, wait_until
 
@@ -311,6 +312,19 @@ def test_accuracy_curve_fills_in_with_true_numbers(monkeypatch):
     for scope in ("global", "local"):
         assert {0.0, 0.3, 0.9} <= set(curves[scope]), curves
         assert curves[scope][0.9] == pytest.approx(100 * _in_process_top1(0.9, scope), abs=1e-6)
+    _stop_curve_fill(EvalJob("fmnist-cnn", PruneSpec("magnitude")))
+
+
+def _stop_curve_fill(template: EvalJob) -> None:
+    """Drop the rest of the fill (the 0.01 grid, both scopes: about 200 passes): the app's service outlives
+    the test, and its worker would go on filling this curve under the tests that follow."""
+    from prunekit.app import server_state
+    from prunekit.service.queue import curve_grid
+
+    svc = server_state.service()
+    for _, s in curve_grid():
+        for scope in ("global", "local"):
+            svc.stop(template.with_scope(scope).at(s))
 
 
 def test_sensitivity_scan_runs_as_service_jobs_and_shows_what_they_measured():
