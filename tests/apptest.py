@@ -66,6 +66,24 @@ def readouts(at: AppTest) -> dict[str, tuple[str, str]]:
     return out
 
 
+def component_data(at: AppTest, name: str) -> list[dict]:
+    """The data each ``name`` component (v2) was given on this run."""
+    return [json.loads(e.proto.json) for e in at.get("bidi_component") if e.proto.component_name == name]
+
+
+def curve(at: AppTest) -> dict[str, dict[float, float]]:
+    """The Prune page's accuracy curve, scope -> sparsity -> top-1 (%), as drawn on this run: by the component that
+    listens (the points it was given; those pending arrive in the browser), else by Plotly (a page that refreshes)."""
+    for data in component_data(at, "prunekit_curve"):
+        return {s["id"]: {x: 100 * y for x, y in s["points"]} for s in data["series"]}
+    for chart in at.get("plotly_chart"):
+        spec = json.loads(chart.proto.spec)
+        if "Accuracy against sparsity" in json.dumps(spec.get("layout", {}).get("title", "")):
+            named = [t for t in spec["data"] if t.get("name", "").endswith("(full split)")]
+            return {t["name"].split()[0]: dict(zip(t["x"], t["y"], strict=True)) for t in named}
+    raise AssertionError("no accuracy curve")
+
+
 def labelled(at: AppTest) -> list[tuple[str, str]]:
     """Every metric and readout on the page: (label, value)."""
     return [(m.label, m.value) for m in at.metric] + [(k, v) for k, (v, _) in readouts(at).items()]

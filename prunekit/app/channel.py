@@ -7,7 +7,8 @@ the page only listens), they are plain HTTP (any proxy that streams passes them:
 the browser's ``EventSource`` reconnects by itself.
 
 Nothing but what the server itself offered can be read through it: a page's script asks :meth:`Channel.offer`
-for keys of the jobs it shows, under its session's token; a request with an unknown token is refused (403), a
+for keys of the jobs it shows, under its session's token (or :meth:`Channel.offer_group` for one key naming many,
+a curve's grid; its events carry each job's own key); a request with an unknown token is refused (403), a
 key that token was never given is unknown (404), and nothing is computed either way. The event loop never
 waits on the service: what is known is read through an executor, and what lands later arrives through
 :meth:`EvalService.watch` and ``loop.call_soon_threadsafe``, so one result wakes every listener at once.
@@ -27,6 +28,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from prunekit.core.evaluate import Accuracy
+from prunekit.errors import InvalidArgumentError
 from prunekit.service.evaluation import EvalService
 from prunekit.service.jobs import EvalJob, JobError
 from prunekit.service.store import digest
@@ -35,6 +37,7 @@ PATH = "/prunekit/live"
 MAX_SESSIONS = 10_000  # tokens kept, least recently offered out first
 MAX_KEYS = 512  # keys kept per token, oldest out first (a page shows a few dozen at most)
 MAX_ASKED = 64  # keys one request may listen to
+MAX_GROUP = 512  # jobs one group key may name (a curve's 0.01 grid of two scopes is 200)
 KEEP_ALIVE_S = 15.0  # a comment line this often: proxies keep an idle stream open, a gone client is noticed
 
 
@@ -70,7 +73,7 @@ class Channel:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._offered: OrderedDict[str, OrderedDict[str, EvalJob]] = OrderedDict()
+        self._offered: OrderedDict[str, OrderedDict[str, EvalJob | tuple[EvalJob, ...]]] = OrderedDict()
         self.service: EvalService | None = None  # set when the app's service starts
 
     def token(self) -> str:
@@ -92,17 +95,37 @@ class Channel:
                 offered.popitem(last=False)
         return keys
 
+    def offer_group(self, token: str, jobs: Iterable[EvalJob]) -> tuple[str, dict[EvalJob, str]]:
+        """Let ``token`` listen to ``jobs`` (at most :data:`MAX_GROUP`) under one key; returns that key and each
+        job's own key, which the events name."""
+        keys = {job: key_of(job) for job in jobs}
+        if len(keys) > MAX_GROUP:
+            raise InvalidArgumentError(f"a group of {len(keys)} jobs; at most {MAX_GROUP}")
+        group = "g" + digest(*sorted(keys.values()))[:23]
+        with self._lock:
+            offered = self._keep(token)
+            offered[group] = tuple(job.canonical() for job in keys)
+            offered.move_to_end(group)
+            while len(offered) > MAX_KEYS:
+                offered.popitem(last=False)
+        return group, keys
+
     def jobs(self, token: str, keys: list[str]) -> dict[str, EvalJob] | int:
-        """The jobs ``keys`` name for ``token``, or the HTTP status that refuses the request (403, 404)."""
+        """The jobs ``keys`` name for ``token`` by their own keys (a group's, each), or the HTTP status that
+        refuses the request (403, 404)."""
         with self._lock:
             offered = self._offered.get(token)
             if offered is None:
                 return 403
             if not keys or len(keys) > MAX_ASKED or any(k not in offered for k in keys):
                 return 404
-            return {k: offered[k] for k in keys}
+            named = [offered[k] for k in keys]
+        out: dict[str, EvalJob] = {}
+        for key, got in zip(keys, named, strict=True):
+            out |= {key_of(job): job for job in got} if isinstance(got, tuple) else {key: got}
+        return out
 
-    def _keep(self, token: str) -> OrderedDict[str, EvalJob]:
+    def _keep(self, token: str) -> OrderedDict[str, EvalJob | tuple[EvalJob, ...]]:
         offered = self._offered.setdefault(token, OrderedDict())
         self._offered.move_to_end(token)
         while len(self._offered) > MAX_SESSIONS:

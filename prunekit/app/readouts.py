@@ -137,11 +137,12 @@ def usable() -> bool:
     return os.environ.get(LIVE_ENV, "1") != "0" and not st.session_state.get(FALLBACK_KEY, False)
 
 
-def _fell_back() -> None:
+def fell_back() -> None:
+    """This session's browser could not open the channel: its pages refresh themselves from the next run."""
     st.session_state[FALLBACK_KEY] = True
 
 
-def show(cards: list[Card], key: str, on_fallback: Callable[[], None] = _fell_back) -> None:
+def show(cards: list[Card], key: str, on_fallback: Callable[[], None] = fell_back) -> None:
     """Draw ``cards``; those still pending update themselves as their figures land."""
     pending = [c for c in cards if c.reading.pending]
     jobs = [j for c in pending for j in (c.estimate_job, c.full_job) if j is not None]

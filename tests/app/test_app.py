@@ -8,7 +8,7 @@ from streamlit.testing.v1 import AppTest
 from prunekit.app.links import decode_overrides
 from prunekit.core.spec import Allocation, PruneSpec
 from prunekit.service.jobs import EvalJob
-from tests.apptest import PAGES, labelled, metric, open_page, rerun, settle
+from tests.apptest import PAGES, component_data, curve, labelled, metric, open_page, rerun, settle
 from tests.helpers import page, wait_until
 
 
@@ -289,30 +289,40 @@ def test_two_sessions_at_different_positions_each_see_their_own_numbers():
         assert all(abs(v - 100 * s) < 1 for v in bars["local"])
 
 
-def _curve_points(at: AppTest) -> dict[str, dict[float, float]]:
-    import json
-
-    for chart in at.get("plotly_chart"):
-        spec = json.loads(chart.proto.spec)
-        if "Accuracy against sparsity" in json.dumps(spec.get("layout", {}).get("title", "")):
-            return {
-                t["name"].split()[0]: dict(zip(t["x"], t["y"], strict=True))
-                for t in spec["data"]
-                if t.get("name", "").endswith("(full split)")
-            }
-    raise AssertionError("no accuracy curve")
-
-
 def test_accuracy_curve_fills_in_with_true_numbers(monkeypatch):
     monkeypatch.setenv("PRUNEKIT_CURVE_FILL", "1")
     at = settle(open_page(page("prune"), {"sparsity": "0.5"}))
-    coarse = lambda: all({0.0, 0.3, 0.9} <= set(c) for c in _curve_points(at).values())  # noqa: E731 - 0.1 grid first
+    coarse = lambda: all({0.0, 0.3, 0.9} <= set(c) for c in curve(at).values())  # noqa: E731 - 0.1 grid first
     wait_until(coarse, step=lambda: rerun(at), what="the coarse curve")
-    curves = _curve_points(at)
+    curves = curve(at)
     for scope in ("global", "local"):
         assert {0.0, 0.3, 0.9} <= set(curves[scope]), curves
         assert curves[scope][0.9] == pytest.approx(100 * _in_process_top1(0.9, scope), abs=1e-6)
     _stop_curve_fill(EvalJob("fmnist-cnn", PruneSpec("magnitude")))
+
+
+def test_the_curve_listens_for_its_pending_points_and_a_browser_without_the_channel_gets_a_refreshing_chart():
+    """Curve filling off: the slider's own point is the one the curve waits for, in both scopes, offered to this
+    session under one group key; a session whose browser cannot use the channel gets the Plotly chart."""
+    from prunekit.app.channel import CHANNEL, key_of
+    from prunekit.app.readouts import FALLBACK_KEY, TOKEN_KEY
+
+    at = open_page(page("prune"), {"sparsity": "0.43"})
+    (data,) = component_data(at, "prunekit_curve")
+    jobs = {scope: EvalJob("fmnist-cnn", PruneSpec("magnitude", allocation=Allocation(scope), sparsity=0.43))
+            for scope in ("global", "local")}  # fmt: skip
+    drawn = curve(at)
+    for scope, job in jobs.items():  # drawn if it landed before the run ended, else listened for: never both
+        assert (0.43 in drawn[scope]) != (data["pending"].get(key_of(job)) == [scope, 0.43]), (drawn, data)
+    assert len(data["pending"]) + sum(0.43 in drawn[s] for s in jobs) == 2
+    assert data["token"] == at.session_state[TOKEN_KEY]
+    if data["pending"]:
+        offered = CHANNEL.jobs(data["token"], [data["group"]])
+        assert offered == {k: jobs[scope].canonical() for k, (scope, _) in data["pending"].items()}
+    assert data["at"] == 0.43 and all(m["top1"] > 0 for m in data["marks"])
+    at.session_state[FALLBACK_KEY] = True
+    rerun(at)
+    assert component_data(at, "prunekit_curve") == [] and set(curve(at)) == {"global", "local"}
 
 
 def _stop_curve_fill(template: EvalJob) -> None:

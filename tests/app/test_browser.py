@@ -65,12 +65,17 @@ def _full(page, scope_at: str, test_id: str = "pkReadout"):
     return metric.filter(has_not_text="estimate").filter(has_not_text="computing").first
 
 
-# Records, every 5 ms, the app's script state and the global readout's state, with their times: a change of the
-# readout while no script run happened since its last state is a figure pushed by the channel, not a rerun.
+# Records, every 5 ms, the app's script state, the global readout's state and the curve's point count, with their
+# times: a change of either while no script run happened since its last state was pushed by the channel.
 WATCH = """
 window.pkLog = [];
-let lastRun = null, lastCard = null, host = null;
+let lastRun = null, lastCard = null, host = null, lastCurve = null, curveHost = null;
 setInterval(() => {
+  if (!curveHost || !curveHost.isConnected) {
+    curveHost = [...document.querySelectorAll("*")].find((e) => e.shadowRoot && e.shadowRoot.querySelector(".pk-curve"));
+  }
+  const drawn = curveHost ? curveHost.shadowRoot.querySelector(".pk-curve").dataset.points : null;
+  if (drawn !== lastCurve) { window.pkLog.push([performance.now(), "curve", drawn]); lastCurve = drawn; }
   const app = document.querySelector('[data-testid="stApp"]');
   const run = app ? app.getAttribute("data-test-script-state") : null;
   if (run !== lastRun) { window.pkLog.push([performance.now(), "run", run]); lastRun = run; }
@@ -84,9 +89,14 @@ setInterval(() => {
 """
 
 
+CURVE_HAS = """() => [...document.querySelectorAll("*")].some(
+  (e) => e.shadowRoot && e.shadowRoot.querySelector('.pk-curve circle[data-series="global"][data-s="{s}"]'))"""
+
+
 def test_a_figure_is_pushed_onto_the_page_with_no_rerun(server):
     """fmnist-vgg at a new position: its full pass takes seconds, so the page is drawn while the figure is
-    pending, and the figure then arrives on the live channel while the script stays not running."""
+    pending, and the figure then arrives on the live channel while the script stays not running, in the readout
+    and as a point on the curve."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -95,13 +105,22 @@ def test_a_figure_is_pushed_onto_the_page_with_no_rerun(server):
         page.add_init_script(WATCH)
         page.goto(f"{server}/prune?model=fmnist-vgg&sparsity=0.37", timeout=120_000)
         _full(page, "Global at 37%").wait_for(timeout=180_000)
+        page.wait_for_function(CURVE_HAS.replace("{s}", "0.37"), timeout=60_000)  # and on the curve
         page.wait_for_timeout(100)
         log = page.evaluate("window.pkLog")
         browser.close()
     cards = [(t, v) for t, kind, v in log if kind == "card" and v]
     full = next(i for i, (_, v) in enumerate(cards) if v.startswith("full"))
     assert full > 0, f"the full figure was drawn by the first run, not pushed: {log}"
-    before, landed = cards[full - 1][0], cards[full][0]  # the card's last state before the figure, and the figure
+    _assert_pushed(log, cards[full - 1][0], cards[full][0])  # the card's last state before the figure, the figure
+    curve = [(t, int(v)) for t, kind, v in log if kind == "curve" and v is not None]
+    grew = [i for i in range(1, len(curve)) if curve[i][1] > curve[i - 1][1]]
+    assert grew, f"no point was added to the curve after it was first drawn: {log}"
+    _assert_pushed(log, curve[grew[-1] - 1][0], curve[grew[-1]][0])  # the point at 37%, added by the channel
+
+
+def _assert_pushed(log: list, before: float, landed: float) -> None:
+    """No script ran from ``before`` (the page's state then) to ``landed``: what changed was pushed."""
     runs = [(t, v) for t, kind, v in log if kind == "run"]
     state_then = [v for t, v in runs if t <= before][-1]
     assert state_then == "notRunning" and not [t for t, v in runs if before < t <= landed], log

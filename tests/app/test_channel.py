@@ -8,8 +8,9 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from prunekit.app.channel import PATH, Channel, key_of, reading
+from prunekit.app.channel import MAX_GROUP, PATH, Channel, key_of, reading
 from prunekit.core.spec import Allocation, PruneSpec
+from prunekit.errors import InvalidArgumentError
 from prunekit.service.jobs import EvalJob
 from prunekit.service.queue import LIVE_ESTIMATE, LIVE_FULL
 from prunekit.service.watch import Watchers
@@ -101,6 +102,25 @@ def test_an_estimate_then_the_full_figure_each_arrive_once_as_they_land(wired):
     by_key = {g["key"]: g for g in got}
     assert by_key[keys[estimate]]["estimate"] and by_key[keys[estimate]]["n"] == 20
     assert not by_key[keys[full]]["estimate"] and by_key[keys[full]]["n"] == 64
+
+
+def test_a_group_key_streams_each_of_its_jobs_under_the_jobs_own_key_and_only_to_its_session(wired):
+    """A curve's grid under one key: every point once, named by its own key; a group is another session's
+    nothing, and more jobs than a group holds are refused before anything is offered."""
+    channel, svc, client = wired
+    jobs = [EvalJob("tiny", PruneSpec("magnitude", sparsity=s)) for s in (0.1, 0.2, 0.3)]
+    token, other = channel.token(), channel.token()
+    group, keys = channel.offer_group(token, jobs)
+    assert keys == {job: key_of(job) for job in jobs} and group not in keys.values()
+    assert client.get(PATH, {"t": other, "k": group})[0] == 404
+    svc.request([(job, LIVE_FULL) for job in jobs], "page")
+    got = _events(client, token, [group])
+    known = wait_for(svc, jobs)
+    assert sorted(g["key"] for g in got) == sorted(keys.values())  # each once
+    assert {g["key"]: g for g in got} == {keys[j]: reading(keys[j], known[j]) for j in jobs}
+    too_many = [EvalJob("tiny", PruneSpec("magnitude", sparsity=i / 1000)) for i in range(MAX_GROUP + 1)]
+    with pytest.raises(InvalidArgumentError, match=f"at most {MAX_GROUP}"):
+        channel.offer_group(token, too_many)
 
 
 def test_one_result_reaches_every_listener_once(wired):

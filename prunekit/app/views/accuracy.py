@@ -5,7 +5,7 @@ from functools import partial
 
 import streamlit as st
 
-from prunekit.app import accuracy_plots, computed, overlay, readouts, server_state
+from prunekit.app import accuracy_plots, computed, curve_chart, overlay, readouts, server_state
 from prunekit.app.live import live
 from prunekit.app.pacing import BACKGROUND_POLLS_PER_S
 from prunekit.app.session_state import PageContext
@@ -37,6 +37,9 @@ def panel(ctx: PageContext, overlaid: list[str]) -> None:
             server_state.pace(ctx.session, POINT_POLL),
             computed.point_view(lab).pending or extra_pending,
         )
+    if readouts.usable() and computed.has_curve() and not overlay.extras(overlaid):
+        pushed_curve(ctx)  # each point pushed as it lands: no refresh
+        return
     curve_pending = computed.curve_view(lab).pending or (
         computed.has_curve() and overlay.curves_pending(overlay.curves(lab, overlaid))
     )
@@ -95,6 +98,19 @@ def more_panel(ctx: PageContext, overlaid: list[str], view=None) -> bool:
     return any(r.pending for r in more.values())
 
 
+def pushed_curve(ctx: PageContext) -> None:
+    """Both scopes' curves over the slider's range, drawn by a component that adds each grid point as it lands
+    (pushed over the live channel); the page itself never refreshes for them."""
+    lab, view, point = ctx.lab, computed.curve_view(ctx.lab), computed.point_view(ctx.lab, ask=False)
+    series = [
+        curve_chart.Series(scope, f"{scope} (full split)", points, computed.curve_jobs(lab, scope, points))
+        for scope, points in view.curves.items()
+    ]
+    marks = {scope: r.best for scope, r in point.scopes.items()}
+    curve_chart.show(series, ctx.settings.sparsity, marks, point.dense.best, readouts.token(), readouts.fell_back)
+    _curve_caption(lab, view, sum(map(len, view.curves.values())), len(view.curves))
+
+
 def curve_panel(ctx: PageContext, overlaid: list[str]) -> bool:
     lab, sparsity = ctx.lab, ctx.settings.sparsity
     view, point = computed.curve_view(lab), computed.point_view(lab, ask=False)
@@ -107,16 +123,20 @@ def curve_panel(ctx: PageContext, overlaid: list[str]) -> bool:
         "curve", key, lambda: accuracy_plots.accuracy_curve(drawn, sparsity, marks, point.dense.best)
     )
     st.plotly_chart(fig, width="stretch")
+    _curve_caption(lab, view, sum(map(len, drawn.values())), len(drawn))
+    return view.pending or overlay.curves_pending(more)
+
+
+def _curve_caption(lab, view, known: int, curves: int) -> None:
     s, data = view.status, lab.loaded.eval_data()
     curve = (
-        f"Curve: {sum(map(len, drawn.values()))} of {len(drawn) * view.points} points, filled in the background every "
+        f"Curve: {known} of {curves * view.points} points when the page was drawn, filled in the background every "
         f"{', then '.join(f'{g:g}' for g in CURVE_GRIDS)}."
         if view.points
         else "No curve: the pattern fixes the sparsity."
     )
     st.caption(
         f"Top-1 on all {len(data):,} images ({data.description}); an estimate first reads a fixed stratified subset of "
-        f"{server_state.ESTIMATE_IMAGES:,}. {curve} Workers: {s.busy} of "
+        f"{server_state.ESTIMATE_IMAGES:,}. {curve} Workers then: {s.busy} of "
         f"{s.alive} busy, {s.queued_live} live and {s.queued_background} background jobs queued."
     )
-    return view.pending or overlay.curves_pending(more)
