@@ -85,6 +85,7 @@ APP_ORDER = [
     "live",
     "session_state",
     "readouts",
+    "curve_chart",
     "computed",
     "overlay",
     "planning",

@@ -140,16 +140,16 @@ def test_a_browser_that_cannot_reach_the_channel_falls_back_to_refreshing(server
 
 
 def test_a_stream_that_is_cut_reconnects_and_its_figures_still_arrive(server):
-    """The first stream the page opens is answered and then ends with nothing in it (a proxy or a server
-    restart cutting the connection): the browser connects again by itself, the figures arrive on the new
-    stream, and the page does not fall back to refreshing itself."""
+    """Each stream the page opens (the readouts', the curve's) is first answered and then ends with nothing in it
+    (a proxy or a server restart cutting the connection): the browser connects again by itself, the figures
+    arrive on the new streams, and the page does not fall back to refreshing itself."""
     from playwright.sync_api import sync_playwright
 
     asked = []
 
     def cut_first(route):
         asked.append(route.request.url)
-        if len(asked) == 1:
+        if asked.count(route.request.url) == 1:
             route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body="retry: 300\n\n")
         else:
             route.continue_()
@@ -160,9 +160,10 @@ def test_a_stream_that_is_cut_reconnects_and_its_figures_still_arrive(server):
         page.route("**/prunekit/live**", cut_first)
         page.goto(f"{server}/prune?model=fmnist-vgg&sparsity=0.43", timeout=120_000)
         _full(page, "Global at 43%").wait_for(timeout=180_000)
+        page.wait_for_function(CURVE_HAS.replace("{s}", "0.43"), timeout=60_000)  # and on the curve
         fell_back = page.get_by_text("could not open the live channel").count()
         browser.close()
-    assert len(asked) >= 2 and asked[1] == asked[0], asked  # the same stream, asked again
+    assert any(asked.count(url) >= 2 for url in asked), asked  # a stream cut, asked again
     assert fell_back == 0
 
 
