@@ -41,6 +41,24 @@ MAX_GROUP = 512  # jobs one group key may name (a curve's 0.01 grid of two scope
 KEEP_ALIVE_S = 15.0  # a comment line this often: proxies keep an idle stream open, a gone client is noticed
 
 
+# The browser's side, shared by the components that listen: open the stream of ``url``, hand each reading to
+# ``onReading``; a stream that never connects (a proxy that does not pass it) asks the page to refresh instead.
+LISTEN_JS = """
+function listen(parentElement, url, onReading, setTriggerValue) {
+  const source = new EventSource(url);
+  parentElement.pkSource = source;
+  let opened = false;
+  source.onopen = () => { opened = true; };
+  source.onmessage = (event) => onReading(JSON.parse(event.data));
+  source.addEventListener("done", () => source.close());
+  source.onerror = () => {
+    if (!opened) { source.close(); setTriggerValue("fallback", true); }  // never connected: refresh instead
+  };
+  return () => source.close();
+}
+"""
+
+
 def key_of(job: EvalJob) -> str:
     """A job's public name on the channel: a digest of its key, which says nothing of the configuration."""
     return digest(*job.canonical().key())[:24]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from prunekit.app.channel import CHANNEL, PATH
+from prunekit.app.channel import CHANNEL, LISTEN_JS, PATH
 from prunekit.app.plots import COLORS
 from prunekit.core.evaluate import Accuracy
 from prunekit.service.jobs import EvalJob
@@ -95,27 +95,18 @@ export default function (component) {
   const series = data.series.map((s) => Object.assign({}, s, { points: s.points.slice() }));
   draw(root, data, series);
   if (!data.group) return;
-  const source = new EventSource(data.path + "?t=" + encodeURIComponent(data.token) + "&k=" + data.group);
-  parentElement.pkSource = source;
-  let opened = false;
-  source.onopen = () => { opened = true; };
-  source.onmessage = (event) => {
-    const got = JSON.parse(event.data);
+  const url = data.path + "?t=" + encodeURIComponent(data.token) + "&k=" + data.group;
+  return listen(parentElement, url, (got) => {
     const [id, s] = data.pending[got.key] || [];
     const target = series.find((x) => x.id === id);
     if (!target || got.error || target.points.some((p) => p[0] === s)) return;
     target.points.push([s, got.top1]);
     draw(root, data, series);
-  };
-  source.addEventListener("done", () => source.close());
-  source.onerror = () => {
-    if (!opened) { source.close(); setTriggerValue("fallback", true); }  // never connected: refresh instead
-  };
-  return () => source.close();
+  }, setTriggerValue);
 }
 """
 
-COMPONENT = st.components.v2.component("prunekit_curve", css=CSS, js=JS)
+COMPONENT = st.components.v2.component("prunekit_curve", css=CSS, js=LISTEN_JS + JS)
 
 
 @dataclass(frozen=True)

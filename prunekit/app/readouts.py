@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from prunekit.app.channel import CHANNEL, PATH, value
+from prunekit.app.channel import CHANNEL, LISTEN_JS, PATH, value
 from prunekit.service.jobs import EvalJob
 from prunekit.service.readings import Reading
 
@@ -90,26 +90,16 @@ export default function (component) {
   const keys = Object.keys(wanted);
   if (!keys.length) return;
   const url = data.path + "?t=" + encodeURIComponent(data.token) + "&k=" + keys.join(",");
-  const source = new EventSource(url);
-  parentElement.pkSource = source;
-  let opened = false;
-  source.onopen = () => { opened = true; };
-  source.onmessage = (event) => {
-    const got = JSON.parse(event.data);
+  return listen(parentElement, url, (got) => {
     const [card, stage] = wanted[got.key] || [];
     if (!card) return;
     if (got.error) card.error = got.error; else card[stage] = got;
     draw(root, cards);
-  };
-  source.addEventListener("done", () => source.close());
-  source.onerror = () => {
-    if (!opened) { source.close(); setTriggerValue("fallback", true); }  // never connected: poll instead
-  };
-  return () => source.close();
+  }, setTriggerValue);
 }
 """
 
-COMPONENT = st.components.v2.component("prunekit_readouts", css=CSS, js=JS)
+COMPONENT = st.components.v2.component("prunekit_readouts", css=CSS, js=LISTEN_JS + JS)
 
 
 @dataclass(frozen=True)
