@@ -42,7 +42,7 @@ from prunekit.service.codec import Outcome
 from prunekit.service.evaluation import ServiceStatus
 from prunekit.service.jobs import EvalJob, MethodJob, RecoverJob, SpeedJob, StaircaseJob
 from prunekit.service.ladder import Rung, read_ladder
-from prunekit.service.queue import LIVE_FULL, curve_grid
+from prunekit.service.queue import LIVE_FULL
 
 EFFECTIVE_HELP = (
     "Weights that are zero or lie on no surviving input-output path (all-ones path test on a linearised twin)."
@@ -165,14 +165,6 @@ def fill_curve(current: Lab) -> None:
     """Queue the on-screen configuration's accuracy curve (both scopes) as background work."""
     if curve_fill_enabled() and has_curve():
         service().fill_curve(template(current, cfg()), COMPARED_SCOPES)
-
-
-def curve_jobs(current: Lab, scope: str, known: dict[float, float]) -> dict[float, EvalJob]:
-    """The points of ``scope``'s curve still to land, by sparsity: the whole grid while the curve fills in the
-    background, else the slider's own point (its full figure lands on the curve too)."""
-    base = dataclasses.replace(template(current, cfg()).with_scope(scope), subset=None)
-    grid = {s for _, s in curve_grid()} if curve_fill_enabled() else set()
-    return {s: base.at(s) for s in sorted(grid | {cfg().sparsity}) if s not in known}
 
 
 def curve_view(current: Lab) -> CurveView:

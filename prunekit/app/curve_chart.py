@@ -9,6 +9,7 @@ so through the same fallback as the readouts, and the page draws the curve with 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,8 +17,12 @@ import streamlit as st
 
 from prunekit.app.channel import CHANNEL, LISTEN_JS, PATH
 from prunekit.app.plots import COLORS
+from prunekit.app.server_state import curve_fill_enabled, template
+from prunekit.app.session_state import cfg
 from prunekit.core.evaluate import Accuracy
+from prunekit.core.lab import Lab
 from prunekit.service.jobs import EvalJob
+from prunekit.service.queue import curve_grid
 
 TITLE = "Accuracy against sparsity (filling in live)"
 
@@ -117,6 +122,14 @@ class Series:
     label: str
     points: dict[float, float]
     pending: dict[float, EvalJob]
+
+
+def curve_jobs(current: Lab, scope: str, known: dict[float, float]) -> dict[float, EvalJob]:
+    """The points of ``scope``'s curve still to land, by sparsity: the whole grid while the curve fills in the
+    background, else the slider's own point (its full figure lands on the curve too)."""
+    base = dataclasses.replace(template(current, cfg()).with_scope(scope), subset=None)
+    grid = {s for _, s in curve_grid()} if curve_fill_enabled() else set()
+    return {s: base.at(s) for s in sorted(grid | {cfg().sparsity}) if s not in known}
 
 
 def show(

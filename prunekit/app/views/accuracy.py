@@ -103,7 +103,7 @@ def pushed_curve(ctx: PageContext) -> None:
     (pushed over the live channel); the page itself never refreshes for them."""
     lab, view, point = ctx.lab, computed.curve_view(ctx.lab), computed.point_view(ctx.lab, ask=False)
     series = [
-        curve_chart.Series(scope, f"{scope} (full split)", points, computed.curve_jobs(lab, scope, points))
+        curve_chart.Series(scope, f"{scope} (full split)", points, curve_chart.curve_jobs(lab, scope, points))
         for scope, points in view.curves.items()
     ]
     marks = {scope: r.best for scope, r in point.scopes.items()}
