@@ -2,7 +2,8 @@
 
 A route on the app's own server, ``GET /prunekit/live?t=TOKEN&k=KEY,KEY...``, answers with server-sent events:
 one ``data:`` line per reading of each job key as it lands (an estimate's job, then the full figure's), then
-``event: done``. Server-sent events rather than a WebSocket: the flow is one way (the server has every answer,
+``event: done``; asked with ``p=1``, also an event each time a job still to land reports progress or is dropped.
+Server-sent events rather than a WebSocket: the flow is one way (the server has every answer,
 the page only listens), they are plain HTTP (any proxy that streams passes them: see docs/workshop.md), and
 the browser's ``EventSource`` reconnects by itself.
 
@@ -32,6 +33,7 @@ from prunekit.errors import InvalidArgumentError
 from prunekit.service.evaluation import EvalService
 from prunekit.service.jobs import EvalJob, JobError
 from prunekit.service.store import digest
+from prunekit.service.watch import Stirred
 
 PATH = "/prunekit/live"
 MAX_SESSIONS = 10_000  # tokens kept, least recently offered out first
@@ -77,11 +79,15 @@ def value(acc: Accuracy) -> dict:
 
 
 def reading(key: str, outcome: object) -> dict:
-    """What the channel sends for ``outcome``: a top-1 with its text and interval, or the error."""
+    """What the channel sends for ``outcome``: a top-1 with its text and interval, or the error; of any other
+    outcome (a latency, a recovery) only that it landed, or that its job moved (:class:`Stirred`): the page part
+    that waits for it draws it at its next run."""
     if isinstance(outcome, JobError):
         return {"key": key, "error": outcome.message}
+    if isinstance(outcome, Stirred):
+        return {"key": key, "stirred": "dropped" if outcome.dropped else "progress"}
     if not isinstance(outcome, Accuracy):
-        return {"key": key, "error": f"not an accuracy: {type(outcome).__name__}"}
+        return {"key": key, "landed": type(outcome).__name__}
     return {"key": key, **value(outcome)}
 
 
@@ -160,15 +166,20 @@ class Channel:
         if self.service is None:
             return PlainTextResponse("the evaluation service has not started", status_code=503)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # nginx: pass each event at once
-        return StreamingResponse(self.events(self.service, jobs), media_type="text/event-stream", headers=headers)
+        stirred = request.query_params.get("p") == "1"
+        events = self.events(self.service, jobs, stirred)
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
     @staticmethod
-    async def events(svc: EvalService, jobs: dict[str, EvalJob]) -> AsyncIterator[str]:
-        """Each job's outcome once, as it lands (those known already first), then ``done``."""
+    async def events(svc: EvalService, jobs: dict[str, EvalJob], stirred: bool = False) -> AsyncIterator[str]:
+        """Each job's outcome once, as it lands (those known already first), then ``done``; with ``stirred`` also
+        each progress report or drop of a job still to land, as it happens."""
         loop = asyncio.get_running_loop()
         landed: asyncio.Queue = asyncio.Queue()
         names = {job: key for key, job in jobs.items()}
-        stop = svc.watch(names, lambda job, outcome: loop.call_soon_threadsafe(landed.put_nowait, (job, outcome)))
+        stop = svc.watch(
+            names, lambda job, outcome: loop.call_soon_threadsafe(landed.put_nowait, (job, outcome)), stirred
+        )
         try:
             known = await loop.run_in_executor(None, lambda: {job: svc.lookup(job) for job in names})
             for job, outcome in known.items():
@@ -183,7 +194,8 @@ class Channel:
                     yield ": still waiting\n\n"
                     continue
                 if job in left:  # known at the start and landing meanwhile: once
-                    left.discard(job)
+                    if not isinstance(outcome, Stirred):  # a job that moved still lands later
+                        left.discard(job)
                     yield f"data: {json.dumps(reading(names[job], outcome))}\n\n"
             yield "event: done\ndata: {}\n\n"
         finally:

@@ -25,6 +25,7 @@ from prunekit.service.jobs import EvalJob, JobError
 from prunekit.service.queue import CURVE, LIVE_FULL, curve_grid
 from prunekit.service.scheduler import Scheduler
 from prunekit.service.store import ResultStore
+from prunekit.service.watch import is_noting, note
 from prunekit.service.workers import RemotePool, Worker, WorkerPool, spawn_local, worker_context
 
 __all__ = ["RAY_ENV", "EvalService", "ServiceStatus", "open_service"]
@@ -126,13 +127,19 @@ class EvalService:
         job = job.canonical()
         # One dict read without the scheduler's lock (30 sessions polling would queue on it): a stale
         # answer costs at most one store read, or one poll's wait.
-        return self._results.lookup(job, read_disk=job not in self._sched.queue)
+        outcome = self._results.lookup(job, read_disk=job not in self._sched.queue)
+        if outcome is None:
+            note(job)  # a page part drawn within ``noting`` listens for it
+        return outcome
 
-    def watch(self, jobs: Iterable[EvalJob], callback: Callable[[EvalJob, object], None]) -> Callable[[], None]:
+    def watch(
+        self, jobs: Iterable[EvalJob], callback: Callable[[EvalJob, object], None], progress: bool = False
+    ) -> Callable[[], None]:
         """Call ``callback(job, outcome)`` (on the scheduler's thread: hand over, never block) for each outcome
-        of ``jobs`` that lands from now on; returns the function that stops it. What is known already is read
-        with :meth:`lookup`, after watching, so that nothing falls between the two."""
-        return self._results.watchers.add([job.canonical() for job in jobs], callback)
+        of ``jobs`` that lands from now on, and with ``progress`` ``callback(job, Stirred(...))`` as one reports
+        progress or is dropped; returns the function that stops it. What is known already is read with
+        :meth:`lookup`, after watching, so that nothing falls between the two."""
+        return self._results.watchers.add([job.canonical() for job in jobs], callback, progress)
 
     def request(self, jobs: Iterable[tuple[EvalJob, int]], session: str = "") -> dict[EvalJob, Outcome | None]:
         """Ask for ``(job, priority)`` pairs; returns what is known now (None: queued or running).
@@ -175,7 +182,14 @@ class EvalService:
     def curve(self, template: EvalJob) -> dict[float, Accuracy]:
         """Full-split results known so far on the slider's grid for ``template``'s configuration and scope
         (a snapshot replaced as results land: a rerun or poll of any session is a dict read)."""
-        return self._results.curve(template, [s for _, s in curve_grid()])
+        grid = [s for _, s in curve_grid()]
+        known = self._results.curve(template, grid)
+        if is_noting():  # a page part drawing this curve listens for the points still to land
+            base = dataclasses.replace(template, subset=None, shard=None)
+            for s in grid:
+                if s not in known:
+                    note(base.at(s).canonical())
+        return known
 
     def progress(self, job: EvalJob) -> Recovery | None:
         """The latest progress a running recovery reported, or None."""

@@ -22,6 +22,7 @@ from prunekit.service.jobs import EvalJob, JobError
 from prunekit.service.policy import HandBack, Start, decide
 from prunekit.service.protocol import Order, Status
 from prunekit.service.queue import Entry, JobQueue
+from prunekit.service.watch import Stirred
 from prunekit.service.workers import Worker, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -105,11 +106,13 @@ class Scheduler:
         and tell every worker that has it to forget it once its running job ends (sent from this thread)."""
         with self.lock:
             self.specs.pop(key, None)
-            for entry in self.queue:
-                if entry.job.model == key and not entry.in_flight:
-                    self.queue.remove(entry.job)
+            dropped = [entry.job for entry in self.queue if entry.job.model == key and not entry.in_flight]
+            for job in dropped:
+                self.queue.remove(job)
             self._dropping.append(key)
         self.wake()
+        for job in dropped:  # whoever listens for them asks again (and registers the model again)
+            self.results.watchers.tell(job, Stirred(dropped=True))
 
     def _send_drops(self, workers: list[Worker]) -> None:
         for key in self._dropping:
@@ -178,6 +181,7 @@ class Scheduler:
             case Status.PROGRESS:
                 with self.lock:
                     self.progress[job] = payload
+                self.results.watchers.tell(job, Stirred(progress=payload))
             case Status.LOST:
                 self.fall_back(payload)
             case Status.PREEMPTED | Status.PART:

@@ -57,6 +57,7 @@ def test_the_oracle_is_measured_by_the_workers_and_every_criterion_set_against_i
     assert lines["First-order Taylor"]["y"][0] == pytest.approx(taylor.overall, abs=1e-9)
 
 
+@pytest.mark.polls  # its oracle is a stand-in that never asks the service: the part has no job to listen for
 def test_an_oracle_on_its_way_shows_its_progress_and_can_be_stopped(monkeypatch):
     from prunekit.app import oracles
     from prunekit.service.readings import OracleView

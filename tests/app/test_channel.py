@@ -155,3 +155,48 @@ def test_a_watcher_hears_each_outcome_and_a_failing_one_stops_no_other():
     stop()
     watchers.tell(b, 3)
     assert heard == [(a, 1), (b, 2)] and len(watchers) == 1
+
+
+class _Moving:
+    """A service stand-in whose test says what lands: the channel's generator, driven without workers."""
+
+    def __init__(self) -> None:
+        self.told, self.progress = None, None
+
+    def watch(self, jobs, callback, progress=False):
+        self.told, self.progress = callback, progress
+        return lambda: None
+
+    def lookup(self, job):
+        return None
+
+
+def test_a_part_that_waits_hears_each_move_of_its_job_then_that_it_landed_and_an_outcome_only_listener_the_end():
+    """Asked with p=1 (a page part that reruns when its job moves): each progress report and a drop as it happens,
+    the job still awaited after them, then what landed (a latency: only that it landed); without p=1, progress
+    is never asked for."""
+    from prunekit.deploy.latency import Latency
+    from prunekit.service.watch import Stirred
+
+    job = EvalJob("tiny", SPEC)
+    latency = Latency({"dense": {1: 1.0, 64: 2.0}}, {1: 3, 64: 3}, 1, "a test machine")
+
+    async def stream(stirred: bool) -> tuple[list[str], bool]:
+        svc = _Moving()
+        events = Channel.events(svc, {"k1": job}, stirred)
+        got = [await anext(events)]  # the retry line, once watching
+        for told in (Stirred(progress=1), Stirred(dropped=True), latency):
+            svc.told(job, told)
+            got.append(await anext(events))
+        got.append(await anext(events))
+        return got, svc.progress
+
+    got, asked = asyncio.run(stream(True))
+    data = [json.loads(g.removeprefix("data: ")) for g in got if g.startswith("data: {")]
+    assert asked and data == [
+        {"key": "k1", "stirred": "progress"},
+        {"key": "k1", "stirred": "dropped"},
+        {"key": "k1", "landed": "Latency"},
+    ]
+    assert got[-1].startswith("event: done") and reading("k1", latency) == data[-1]
+    assert asyncio.run(stream(False))[1] is False

@@ -12,6 +12,7 @@ from prunekit.core.spec import Allocation, PruneSpec
 from prunekit.deploy.latency import UNSTRUCTURED_NOTE, Latency
 from prunekit.deploy.recover import Recipe, Recovery
 from prunekit.service.jobs import JobError, RecoverJob, SpeedJob
+from prunekit.service.watch import Stirred
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.xdist_group("service")
@@ -50,6 +51,9 @@ def test_recover_job_reports_progress_and_can_be_stopped(service):
         PruneSpec("l1", "filter", allocation=Allocation("local"), sparsity=0.5),
         recipe=Recipe(bn_images=256, epochs=20, train_images=2048),
     )
+    heard, plain = [], []
+    service.watch([job], lambda j, outcome: heard.append(outcome), progress=True)  # a page part waiting for it
+    service.watch([job], lambda j, outcome: plain.append(outcome))  # a listener for outcomes only
     service.request([(job, 1)], "s:recover")
     deadline = time.time() + 120
     while (service.progress(job) is None or service.progress(job).step < 3) and time.time() < deadline:
@@ -66,6 +70,10 @@ def test_recover_job_reports_progress_and_can_be_stopped(service):
     assert got.accuracy["finetuned"].n == 10_000 and got.model is None
     service.forget(job)
     assert service.lookup(job) is None  # a stopped run is not stored: asking again reruns it
+    reports = [h.progress for h in heard[:-1]]  # each progress report as it came, then the outcome
+    assert reports and all(isinstance(h, Stirred) and not h.dropped for h in heard[:-1]), heard
+    assert [r.step for r in reports] == sorted(r.step for r in reports) and isinstance(reports[0], Recovery)
+    assert heard[-1] == got and plain == [got]
 
 
 def test_recover_job_errors_name_the_missing_training_data(service):

@@ -18,6 +18,7 @@ from prunekit.errors import InvalidArgumentError
 from prunekit.service.jobs import EvalJob, JobError
 from prunekit.service.queue import CURVE, LIVE_FULL, curve_grid
 from prunekit.service.store import ResultStore
+from prunekit.service.watch import Stirred
 from tests.helpers import TINY_SPEC, TinyResNet, spec_of, tiny_loaded, wait_for, wait_until
 
 pytestmark = pytest.mark.xdist_group("service")  # worker processes: keep these on one xdist worker
@@ -369,6 +370,27 @@ def test_a_dropped_model_leaves_the_workers_and_comes_back_when_registered_again
     back = EvalJob("counted", PruneSpec("magnitude", sparsity=0.5))
     assert isinstance(wait_for(service, [back])[back], Accuracy)
     assert len(log.read_text().split()) == 2  # the worker forgot it, and loaded it again from its spec
+
+
+def test_whoever_waits_with_progress_hears_that_a_dropped_models_queued_jobs_went(services):
+    """The server lets a model go with jobs of it queued: a page part waiting for them hears it (and asks again),
+    an outcome-only listener hears nothing; a job the worker had started still lands."""
+    service = services(1, tiny=True)
+    jobs = [EvalJob("tiny", PruneSpec("magnitude", sparsity=s / 100)) for s in range(1, 21)]
+    heard, plain = [], []
+    service.watch(jobs, lambda job, outcome: heard.append((job, outcome)), progress=True)
+    service.watch(jobs, lambda job, outcome: plain.append((job, outcome)))
+    service.request([(job, LIVE_FULL) for job in jobs], "page")
+    service.drop_model("tiny")  # twenty passes cannot be done yet: most are still queued
+    deadline = time.time() + 60
+    while len({job for job, _ in heard}) < len(jobs) and time.time() < deadline:
+        time.sleep(0.02)
+    by_job = dict(heard)
+    assert set(by_job) == set(jobs), "every job was either dropped or landed"
+    dropped = [job for job, outcome in heard if isinstance(outcome, Stirred)]
+    assert len(dropped) >= len(jobs) // 2 and all(by_job[job] == Stirred(dropped=True) for job in dropped)
+    assert all(isinstance(outcome, Accuracy | JobError) for _, outcome in plain)
+    assert {job for job, _ in plain} == set(jobs) - set(dropped)
 
 
 def test_a_runner_forgets_everything_it_kept_for_a_dropped_model():
