@@ -82,7 +82,7 @@ function draw(root, d, series) {
   }
   for (const m of d.marks) {
     const [cx, cy] = [x(d.at), y(m.top1)];
-    el(svg, "polygon", { points: `${cx},${cy - 7} ${cx + 7},${cy} ${cx},${cy + 7} ${cx - 7},${cy}`, fill: m.estimate ? "white" : m.color, stroke: m.color, "stroke-width": 2 });
+    el(svg, "polygon", { points: `${cx},${cy - 7} ${cx + 7},${cy} ${cx},${cy + 7} ${cx - 7},${cy}`, fill: m.estimate ? "white" : m.color, stroke: m.color, "stroke-width": 2, "data-mark": m.scope, "data-estimate": m.estimate });
   }
   root.dataset.points = drawn;
 }
@@ -98,7 +98,8 @@ export default function (component) {
     parentElement.appendChild(root);
   }
   const series = data.series.map((s) => Object.assign({}, s, { points: s.points.slice() }));
-  draw(root, data, series);
+  const shown = Object.assign({}, data, { marks: data.marks.slice() });
+  draw(root, shown, series);
   if (!data.group) return;
   const url = data.path + "?t=" + encodeURIComponent(data.token) + "&k=" + data.group;
   return listen(parentElement, url, (got) => {
@@ -106,7 +107,11 @@ export default function (component) {
     const target = series.find((x) => x.id === id);
     if (!target || got.error || target.points.some((p) => p[0] === s)) return;
     target.points.push([s, got.top1]);
-    draw(root, data, series);
+    if (s === data.at) {  // the slider's own full figure: its mark is no longer an estimate
+      shown.marks = shown.marks.filter((m) => m.scope !== id);
+      shown.marks.push({ scope: id, top1: got.top1, estimate: false, color: target.color });
+    }
+    draw(root, shown, series);
   }, setTriggerValue);
 }
 """
@@ -158,7 +163,7 @@ def show(
         ],
         "pending": {keys[job]: [sid, sparsity] for job, (sid, sparsity) in jobs.items()},
         "marks": [
-            {"top1": acc.top1, "estimate": acc.is_estimate, "color": COLORS.get(scope, "gray")}
+            {"scope": scope, "top1": acc.top1, "estimate": acc.is_estimate, "color": COLORS.get(scope, "gray")}
             for scope, acc in marks.items()
             if acc is not None
         ],

@@ -93,6 +93,10 @@ CURVE_HAS = """() => [...document.querySelectorAll("*")].some(
   (e) => e.shadowRoot && e.shadowRoot.querySelector('.pk-curve circle[data-series="global"][data-s="{s}"]'))"""
 
 
+MARK_FULL = """() => [...document.querySelectorAll("*")].some(
+  (e) => e.shadowRoot && e.shadowRoot.querySelector('.pk-curve polygon[data-mark="global"][data-estimate="false"]'))"""
+
+
 def test_a_figure_is_pushed_onto_the_page_with_no_rerun(server):
     """fmnist-vgg at a new position: its full pass takes seconds, so the page is drawn while the figure is
     pending, and the figure then arrives on the live channel while the script stays not running, in the readout
@@ -106,6 +110,7 @@ def test_a_figure_is_pushed_onto_the_page_with_no_rerun(server):
         page.goto(f"{server}/prune?model=fmnist-vgg&sparsity=0.37", timeout=120_000)
         _full(page, "Global at 37%").wait_for(timeout=180_000)
         page.wait_for_function(CURVE_HAS.replace("{s}", "0.37"), timeout=60_000)  # and on the curve
+        page.wait_for_function(MARK_FULL, timeout=10_000)  # and the slider's mark shows it, not an estimate
         page.wait_for_timeout(100)
         log = page.evaluate("window.pkLog")
         browser.close()
