@@ -110,6 +110,14 @@ def load_tiny_counted(log: str) -> Loaded:
     return tiny_loaded(TinyResNet)
 
 
+def load_tiny_noting_env(log: str, name: str) -> Loaded:
+    """The tiny residual model, the value of environment variable ``name`` in the loading process written to
+    ``log`` (what a worker's environment was when it loaded)."""
+    with open(log, "a") as f:
+        f.write(f"{os.environ.get(name, '<unset>')}\n")
+    return tiny_loaded(TinyResNet)
+
+
 class _Crashing(TinyCNN):
     """Kills its process on a forward while ``flag`` exists (removing it first when ``once``)."""
 

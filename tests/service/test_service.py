@@ -393,6 +393,27 @@ def test_whoever_waits_with_progress_hears_that_a_dropped_models_queued_jobs_wen
     assert {job for job, _ in plain} == set(jobs) - set(dropped)
 
 
+def test_a_worker_forked_after_the_environment_changed_runs_in_the_new_environment(services, tmp_path, monkeypatch):
+    """Workers are forked by a fork server started once per process: a variable set after it started (a test's,
+    or PRUNEKIT_ENGINE set by a script) still reaches every worker started later, and one unset is gone."""
+    log, name = tmp_path / "env.txt", "PRUNEKIT_TEST_MARK"
+    spec = ModelSpec("tests.helpers:load_tiny_noting_env", (str(log), name))
+    monkeypatch.setenv(name, "before")
+    first = services(1)  # the fork server is running once this service's worker is
+    first.register("noted", spec)
+    job = EvalJob("noted", PruneSpec("magnitude", sparsity=0.2))
+    assert isinstance(wait_for(first, [job])[job], Accuracy)
+    monkeypatch.setenv(name, "after")
+    later = services(1)
+    later.register("noted", spec)
+    assert isinstance(wait_for(later, [job.at(0.3)])[job.at(0.3)], Accuracy)
+    monkeypatch.delenv(name)
+    last = services(1)
+    last.register("noted", spec)
+    assert isinstance(wait_for(last, [job.at(0.4)])[job.at(0.4)], Accuracy)
+    assert log.read_text().split() == ["before", "after", "<unset>"]
+
+
 def test_a_runner_forgets_everything_it_kept_for_a_dropped_model():
     from prunekit.service.runner import JobRunner
 
