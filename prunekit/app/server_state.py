@@ -29,7 +29,7 @@ from prunekit.core.lab import Lab
 from prunekit.core.shared import SingleFlight
 from prunekit.core.spec import COMPARED_SCOPES
 from prunekit.errors import InvalidArgumentError
-from prunekit.models import custom, imagenette, zoo
+from prunekit.models import custom, imagenette, timm_zoo, zoo
 from prunekit.service import memory
 from prunekit.service.evaluation import RAY_ENV, EvalService, open_service
 from prunekit.service.jobs import ESTIMATE_IMAGES, EvalJob
@@ -250,6 +250,18 @@ def model_names() -> list[str]:
 @st.cache_resource
 def zoo_names() -> list[str]:
     return offered_models()
+
+
+@st.cache_resource
+def zoo_names_without_timm() -> list[str]:
+    """The zoo's names less timm's ~1,550: what the pickers list until timm's are asked for (every name listed
+    is sent to the browser again on every rerun)."""
+    return [n for n in zoo_names() if not timm_zoo.is_timm(n)]
+
+
+@st.cache_resource
+def timm_zoo_names() -> frozenset[str]:
+    return frozenset(zoo_names()) - frozenset(zoo_names_without_timm())
 
 
 def shared(key: tuple, compute: Callable[[], object]):

@@ -16,7 +16,9 @@ from prunekit.app.server_state import (
     own_lab,
     service,
     start_loading,
+    timm_zoo_names,
     zoo_names,
+    zoo_names_without_timm,
 )
 from prunekit.app.session_state import bind, cfg, error_text, init_state
 from prunekit.errors import PrunekitError
@@ -54,7 +56,8 @@ def sidebar() -> None:
     _settle_model()
     with st.sidebar:
         st.markdown("### Model")
-        shown = names if _timm_listed(names) else [n for n in names if not timm_zoo.is_timm(n)]
+        timm = _timm_listed()
+        shown = names if timm else _without_timm(names)
         bind(
             st.selectbox,
             "model",
@@ -69,13 +72,19 @@ def sidebar() -> None:
         _folder_choice()
         mode = "trusted mode: uploads may run code" if checkpoints.trusted_mode() else "safe mode"
         with st.expander(f"Upload your own weights ({mode})"):
-            _upload()
+            _upload(zoo_names() if timm else zoo_names_without_timm())
 
 
-def _timm_listed(names: list[str]) -> bool:
-    """Whether the picker lists timm's models: on request, and always while one is open. Its ~1,550 names make
-    the picker ~70 KB, which Streamlit sends again on every slider move; most sessions never need them."""
-    count = sum(map(timm_zoo.is_timm, names))
+def _without_timm(names: list[str]) -> list[str]:
+    """``names`` less timm's (a set lookup each: the picker's list is built on every rerun)."""
+    timm = timm_zoo_names()
+    return [n for n in names if n not in timm]
+
+
+def _timm_listed() -> bool:
+    """Whether the pickers list timm's models: on request, and always while one is open. Its ~1,550 names make
+    a picker ~70 KB, which Streamlit sends again on every slider move; most sessions never need them."""
+    count = len(timm_zoo_names())
     if not count:
         return False
     open_ = timm_zoo.is_timm(st.session_state.get("w_model", cfg().model))  # a pick this run counts
@@ -178,13 +187,14 @@ def _upload_mode() -> None:
         )
 
 
-def _upload() -> None:
+def _upload(architectures: list[str]) -> None:
     _upload_mode()
     arch = st.selectbox(
         "Architecture (type to search)",
-        zoo_names(),
+        architectures,
         key="upload_arch",
-        help="The zoo model the weights belong to; its input size and evaluation data are used.",
+        help="The zoo model the weights belong to; its input size and evaluation data are used. timm's are listed "
+        "once *List timm's models* is on.",
     )
     file = st.file_uploader(
         f"Weights (at most {checkpoints.max_upload_mb()} MB: {checkpoints.LIMIT_ENV} raises it)",

@@ -42,10 +42,12 @@ def test_the_picker_lists_timm_on_request_and_while_a_timm_model_is_open():
     at = open_page(page("prune"), {"model": "fmnist-cnn"})
     picker, toggle = at.sidebar.selectbox(key="w_model"), at.sidebar.toggle(key="w_timm")
     assert toggle.label == f"List timm's {len(timm_names):,} models" and not toggle.value
-    assert not [o for o in picker.options if o.startswith("timm/")]
+    architectures = at.sidebar.selectbox(key="upload_arch")  # the upload's picker too: the list is sent every rerun
+    assert not [o for o in picker.options + architectures.options if o.startswith("timm/")]
     at.sidebar.toggle(key="w_timm").set_value(True).run()
     listed = [o for o in at.sidebar.selectbox(key="w_model").options if o.startswith("timm/")]
     assert len(listed) == len(timm_names)
+    assert at.sidebar.selectbox(key="upload_arch").options == zoo.model_names()
     at.sidebar.selectbox(key="w_model").set_value(BARE).run()
     assert at.sidebar.toggle(key="w_timm").value and at.sidebar.toggle(key="w_timm").proto.disabled
     at.sidebar.selectbox(key="w_model").set_value("fmnist-cnn").run()  # leaving timm keeps the list until turned off
