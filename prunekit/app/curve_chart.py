@@ -105,8 +105,11 @@ export default function (component) {
   return listen(parentElement, url, (got) => {
     const [id, s] = data.pending[got.key] || [];
     const target = series.find((x) => x.id === id);
-    if (!target || got.error || target.points.some((p) => p[0] === s)) return;
-    target.points.push([s, got.top1]);
+    if (!target || got.error) return;
+    for (const t of s === 0 ? series : [target]) {  // sparsity 0 is the dense model: every scope's first point
+      if (!t.points.some((p) => p[0] === s)) t.points.push([s, got.top1]);
+    }
+    if (s === 0) shown.dense = got.top1;
     if (s === data.at) {  // the slider's own full figure: its mark is no longer an estimate
       shown.marks = shown.marks.filter((m) => m.scope !== id);
       shown.marks.push({ scope: id, top1: got.top1, estimate: false, color: target.color });
@@ -131,10 +134,11 @@ class Series:
 
 def curve_jobs(current: Lab, scope: str, known: dict[float, float]) -> dict[float, EvalJob]:
     """The points of ``scope``'s curve still to land, by sparsity: the whole grid while the curve fills in the
-    background, else the slider's own point (its full figure lands on the curve too)."""
+    background, else the slider's own point (its full figure lands on the curve too) and the dense model's at 0
+    (the curve's dense line)."""
     base = dataclasses.replace(template(current, cfg()).with_scope(scope), subset=None)
     grid = {s for _, s in curve_grid()} if curve_fill_enabled() else set()
-    return {s: base.at(s) for s in sorted(grid | {cfg().sparsity}) if s not in known}
+    return {s: base.at(s) for s in sorted(grid | {0.0, cfg().sparsity}) if s not in known}
 
 
 def show(

@@ -315,11 +315,16 @@ def test_the_curve_listens_for_its_pending_points_and_a_browser_without_the_chan
     drawn = curve(at)
     for scope, job in jobs.items():  # drawn if it landed before the run ended, else listened for: never both
         assert (0.43 in drawn[scope]) != (data["pending"].get(key_of(job)) == [scope, 0.43]), (drawn, data)
-    assert len(data["pending"]) + sum(0.43 in drawn[s] for s in jobs) == 2
+    at_slider = {k: scope for k, (scope, s) in data["pending"].items() if s == 0.43}
+    assert len(at_slider) + sum(0.43 in drawn[s] for s in jobs) == 2
+    dense = EvalJob("fmnist-cnn").canonical()  # the curve's point at 0 (its dense line): drawn, or listened for
+    assert all(s in (0.43, 0.0) for _, s in data["pending"].values())
+    assert (0.0 in drawn["global"]) != (key_of(dense) in data["pending"]), (drawn, data)
     assert data["token"] == at.session_state[TOKEN_KEY]
     if data["pending"]:
         offered = CHANNEL.jobs(data["token"], [data["group"]])
-        assert offered == {k: jobs[scope].canonical() for k, (scope, _) in data["pending"].items()}
+        assert {k: offered[k] for k in at_slider} == {k: jobs[scope].canonical() for k, scope in at_slider.items()}
+        assert key_of(dense) not in data["pending"] or offered[key_of(dense)] == dense
     assert data["at"] == 0.43 and all(m["top1"] > 0 for m in data["marks"])
     at.session_state[FALLBACK_KEY] = True
     rerun(at)
