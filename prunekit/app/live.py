@@ -23,6 +23,7 @@ from prunekit.service.jobs import EvalJob
 from prunekit.service.watch import noting
 
 log = logging.getLogger(__name__)
+TOLD_KEY = "channel_failed_told"  # session state: the session was told its parts refresh themselves
 GAP_MS = 250  # a part reruns at most this often as its jobs land (a poll's pace, but only when something moved)
 COALESCE_MS = 30  # jobs landing this close together rerun the part once
 
@@ -56,6 +57,9 @@ def live(name: str, panel: Callable[[], bool], every: float, pending: bool | Non
     if pending is not None:
         st.session_state[key] = pending
     polling = _polls(st.session_state.get(key, False), st.session_state.get(unheard, False))
+    if polling and st.session_state.get(readouts.FALLBACK_KEY) and not st.session_state.get(TOLD_KEY):
+        st.toast(readouts.FALLBACK_NOTE)  # once a session, on whichever page first polls for want of the channel
+        st.session_state[TOLD_KEY] = True
 
     def part() -> None:
         with server_state.turns().turn(TAIL), noting() as noted:  # a refresh waits behind every page's head

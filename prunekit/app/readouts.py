@@ -21,6 +21,10 @@ from prunekit.service.readings import Reading
 
 LIVE_ENV = "PRUNEKIT_LIVE"
 FALLBACK_KEY = "channel_failed"  # session state: this browser cannot use the channel; pages poll instead
+FALLBACK_NOTE = (
+    "This browser could not open the live channel (a proxy that does not stream?): the figures on the page refresh "
+    "themselves instead, a little later than they land."
+)
 TOKEN_KEY = "channel_token"
 PENDING = "computing..."
 

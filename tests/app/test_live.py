@@ -6,7 +6,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from prunekit.app.channel import CHANNEL, key_of
-from prunekit.app.readouts import FALLBACK_KEY, TOKEN_KEY
+from prunekit.app.readouts import FALLBACK_KEY, FALLBACK_NOTE, TOKEN_KEY
 from tests.apptest import component_data
 
 JOB_SPARSITY = 0.3
@@ -69,6 +69,9 @@ def test_a_part_polls_where_the_browser_cannot_listen_or_it_waits_for_no_job(tim
     at.session_state[FALLBACK_KEY] = True  # this browser could not open the channel
     at.run()
     assert component_data(at, "prunekit_nudge") == [] and timers[-1] == 0.5
+    assert [t.value for t in at.toast] == [FALLBACK_NOTE]  # the session is told, once
+    at.run()
+    assert not at.toast
 
     at = AppTest.from_function(_page)
     at.session_state["asks"] = False  # pending, but on nothing the service was asked for

@@ -13,10 +13,6 @@ from prunekit.core.spec import ALLOCATIONS
 from prunekit.service.queue import CURVE_GRIDS
 
 PER_LAYER = " + the link's layers"  # the slider's sparsity is not the whole story when a plan sets some layers
-FALLBACK_NOTE = (
-    "This browser could not open the live channel (a proxy that does not stream?): the figures below refresh "
-    "themselves instead, a little later than they land."
-)
 POINT_POLL, CURVE_POLL = 0.25, 2.0  # seconds between refreshes while results are on their way
 
 
@@ -30,7 +26,7 @@ def panel(ctx: PageContext, overlaid: list[str]) -> None:
         if overlaid:
             live("point_more", partial(more_panel, ctx, overlaid), server_state.pace(ctx.session, POINT_POLL))
     else:
-        st.caption(FALLBACK_NOTE)
+        st.caption(readouts.FALLBACK_NOTE)
         live(
             "point",
             partial(point_panel, ctx, overlaid),
