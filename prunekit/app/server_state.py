@@ -261,6 +261,7 @@ def zoo_names_without_timm() -> list[str]:
 
 @st.cache_resource
 def timm_zoo_names() -> frozenset[str]:
+    """timm's names among the zoo's, for a set lookup per name on every rerun."""
     return frozenset(zoo_names()) - frozenset(zoo_names_without_timm())
 
 

@@ -56,41 +56,43 @@ def note(job: EvalJob) -> None:
         noted[job] = None
 
 
+@dataclass(eq=False)
+class _Watch:
+    callback: Callback
+    progress: bool
+
+
 class Watchers:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_job: dict[EvalJob, list[Callback]] = {}
-        self._stirred: set[Callback] = set()  # callbacks that are also told of a :class:`Stirred` job
+        self._by_job: dict[EvalJob, list[_Watch]] = {}
 
     def add(self, jobs: Iterable[EvalJob], callback: Callback, progress: bool = False) -> Callable[[], None]:
         """Call ``callback(job, outcome)`` for each outcome that lands for one of ``jobs`` (canonical), and with
         ``progress`` also ``callback(job, Stirred(...))`` as a job moves without landing; returns the function
         that stops it."""
         jobs = list(dict.fromkeys(jobs))
+        watch = _Watch(callback, progress)  # one registration: removing it leaves the same callback's others
         with self._lock:
             for job in jobs:
-                self._by_job.setdefault(job, []).append(callback)
-            if progress:
-                self._stirred.add(callback)
+                self._by_job.setdefault(job, []).append(watch)
 
         def remove() -> None:
             with self._lock:
                 for job in jobs:
-                    left = [c for c in self._by_job.get(job, []) if c is not callback]
+                    left = [w for w in self._by_job.get(job, []) if w is not watch]
                     if left:
                         self._by_job[job] = left
                     else:
                         self._by_job.pop(job, None)
-                self._stirred.discard(callback)
 
         return remove
 
     def tell(self, job: EvalJob, outcome: object) -> None:
         """``outcome`` of ``job`` landed (or, a :class:`Stirred`, ``job`` moved: only those who asked hear it)."""
+        stirred = isinstance(outcome, Stirred)
         with self._lock:
-            callbacks = list(self._by_job.get(job, ()))
-            if isinstance(outcome, Stirred):
-                callbacks = [c for c in callbacks if c in self._stirred]
+            callbacks = [w.callback for w in self._by_job.get(job, ()) if w.progress or not stirred]
         for callback in callbacks:
             try:
                 callback(job, outcome)

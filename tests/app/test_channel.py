@@ -200,3 +200,22 @@ def test_a_part_that_waits_hears_each_move_of_its_job_then_that_it_landed_and_an
     ]
     assert got[-1].startswith("event: done") and reading("k1", latency) == data[-1]
     assert asyncio.run(stream(False))[1] is False
+
+
+def test_one_callback_watching_twice_is_two_registrations():
+    """The same callback added with and without progress: each stop ends its own registration only."""
+    from prunekit.service.watch import Stirred
+
+    watchers, heard = Watchers(), []
+    a = EvalJob("m", SPEC)
+
+    def hear(job, outcome):
+        heard.append(outcome)
+
+    stop_moves = watchers.add([a], hear, progress=True)
+    watchers.add([a], hear)
+    watchers.tell(a, Stirred(progress=1))
+    stop_moves()
+    watchers.tell(a, Stirred(progress=2))
+    watchers.tell(a, 3)
+    assert heard == [Stirred(progress=1), 3] and len(watchers) == 1
